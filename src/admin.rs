@@ -1,0 +1,116 @@
+//! The admin HTTP port: health, readiness, metrics and the endpoint
+//! lifecycle API that application pods call from their preStop / postStart
+//! hooks.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    extract::{Path, Query, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::Deserialize;
+
+use crate::{
+    drain::Drain,
+    endpoints::{self, Registry},
+    metrics,
+};
+
+/// What the admin handlers read.
+#[derive(Clone, Debug)]
+pub struct AdminState {
+    pub drain: Arc<Drain>,
+    pub registry: Arc<Registry>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
+        .route("/v1/endpoints", get(list_endpoints))
+        .route("/v1/endpoints/{addr}/drain", post(drain_endpoint))
+        .route("/v1/endpoints/{addr}/ready", post(ready_endpoint))
+        .with_state(state)
+}
+
+/// Alive: the process answers. Never fails while mulligan runs, so a drain
+/// is not mistaken for a hang and restarted.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready for new ext_proc streams: false from the moment a drain begins.
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+    if state.drain.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    }
+}
+
+async fn prometheus() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::prometheus().render(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct ClusterQuery {
+    cluster: Option<String>,
+}
+
+async fn list_endpoints(
+    State(state): State<AdminState>,
+    Query(q): Query<ClusterQuery>,
+) -> Json<serde_json::Value> {
+    let endpoints = state.registry.list(q.cluster.as_deref());
+    Json(serde_json::json!({ "endpoints": endpoints }))
+}
+
+async fn drain_endpoint(
+    state: State<AdminState>,
+    addr: Path<String>,
+    q: Query<ClusterQuery>,
+) -> Response {
+    set_state(state, addr, q, endpoints::State::Draining, "lifecycle: drain")
+}
+
+async fn ready_endpoint(
+    state: State<AdminState>,
+    addr: Path<String>,
+    q: Query<ClusterQuery>,
+) -> Response {
+    set_state(state, addr, q, endpoints::State::Ready, "lifecycle: ready")
+}
+
+fn set_state(
+    State(state): State<AdminState>,
+    Path(addr): Path<String>,
+    Query(q): Query<ClusterQuery>,
+    to: endpoints::State,
+    reason: &str,
+) -> Response {
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("not an IP:port address: {addr:?}\n"),
+        )
+            .into_response();
+    };
+    match state
+        .registry
+        .set_state(addr, q.cluster.as_deref(), to, reason)
+    {
+        Ok(changed) => {
+            tracing::info!(%addr, state = ?to, reason, "endpoint lifecycle");
+            Json(serde_json::json!({ "endpoints": changed })).into_response()
+        }
+        Err(e) => (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+    }
+}

@@ -1,0 +1,103 @@
+//! The command line: `mulligan serve`, `mulligan check-config FILE`,
+//! `mulligan --version`. Flags override the config file.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(name = "mulligan", version, about = "Turns rollout 503s into safe, transient retries behind Envoy")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve ext_proc for Envoy, plus the admin and lifecycle APIs.
+    Serve(ServeArgs),
+    /// Validate a config file: exit 0 when valid, else print FILE:LINE:COL: why.
+    CheckConfig {
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML config file (every key optional; see docs/config.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// gRPC address for ext_proc, health and the control API [default: 127.0.0.1:50051].
+    #[arg(long)]
+    grpc_listen: Option<SocketAddr>,
+    /// Admin HTTP address [default: 127.0.0.1:9902].
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Static upstream endpoints, HOST:PORT comma-separated, for every cluster
+    /// without a list of its own.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<SocketAddr>,
+    /// Log format [default: text]; the level comes from RUST_LOG.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+pub fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let mut cfg = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(addr) = args.grpc_listen {
+        cfg.listen.grpc = addr;
+    }
+    if let Some(addr) = args.admin_listen {
+        cfg.listen.admin = addr;
+    }
+    if !args.endpoints.is_empty() {
+        cfg.endpoints.default = args.endpoints;
+    }
+    if let Some(format) = args.log_format {
+        cfg.log.format = format;
+    }
+    crate::telemetry::init(cfg.log.format);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::server::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "mulligan failed");
+            eprintln!("mulligan: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

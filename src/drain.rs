@@ -1,0 +1,116 @@
+//! mulligan's own zero-downtime shutdown.
+//!
+//! On SIGTERM mulligan stops being ready (so Kubernetes and Envoy's health
+//! checks move new streams elsewhere), refuses new ext_proc streams (Envoy's
+//! `failure_mode_allow` passes those requests through untouched), and waits
+//! for the streams in flight to finish, up to the drain timeout.
+
+use std::sync::{
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+    Arc,
+};
+
+use tokio::sync::{watch, Notify};
+
+/// Shared drain state: readiness, the drain signal and in-flight streams.
+#[derive(Debug)]
+pub struct Drain {
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+    idle: Notify,
+    signal: watch::Sender<bool>,
+}
+
+impl Drain {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            signal: watch::channel(false).0,
+        })
+    }
+
+    /// True until the drain begins.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts draining; idempotent.
+    pub fn begin(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.signal.send_replace(true);
+    }
+
+    /// Resolves once [`Drain::begin`] has been called.
+    pub async fn signaled(&self) {
+        let mut rx = self.signal.subscribe();
+        // The sender lives in `self`, so the channel cannot close under us.
+        let _ = rx.wait_for(|draining| *draining).await;
+    }
+
+    /// Admits a new stream, or `None` when draining.
+    pub fn admit(self: &Arc<Self>) -> Option<StreamGuard> {
+        if !self.is_ready() {
+            return None;
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(StreamGuard {
+            drain: Arc::clone(self),
+        })
+    }
+
+    /// Streams admitted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Resolves when no admitted stream is left.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Held by each ext_proc stream; dropping it (however the stream ends)
+/// releases the stream's place.
+#[derive(Debug)]
+pub struct StreamGuard {
+    drain: Arc<Drain>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.drain.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.drain.idle.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn drain_refuses_new_streams_and_waits_for_old_ones() {
+        let drain = Drain::new();
+        let guard = drain.admit().expect("ready drain admits");
+        drain.begin();
+        assert!(!drain.is_ready());
+        assert!(drain.admit().is_none(), "draining must refuse new streams");
+        let waiter = tokio::spawn({
+            let drain = Arc::clone(&drain);
+            async move { drain.idle().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one stream still in flight");
+        drop(guard);
+        waiter.await.expect("idle resolves once the stream ends");
+        assert_eq!(drain.in_flight(), 0);
+    }
+}

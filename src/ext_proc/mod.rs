@@ -1,0 +1,144 @@
+//! The ext_proc gRPC service: Envoy opens one bidirectional stream per HTTP
+//! request and sends a message per phase it was configured to send.
+//!
+//! hyper already runs each HTTP/2 stream on its own task, so the per-request
+//! state ([`Exchange`]) lives inside the response stream that task polls: no
+//! extra task or channel per request, and when Envoy hangs up the stream and
+//! everything it holds is dropped at once.
+
+mod attributes;
+mod exchange;
+mod headers;
+mod reply;
+
+use std::{pin::Pin, sync::Arc};
+
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    external_processor_server::{ExternalProcessor, ExternalProcessorServer},
+    ProcessingRequest, ProcessingResponse,
+};
+use futures::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub use attributes::Attributes;
+pub use exchange::Exchange;
+pub use headers::header_value;
+
+use crate::{
+    drain::{Drain, StreamGuard},
+    endpoints::Registry,
+    metrics::{Metrics, StreamError},
+};
+
+/// The gRPC service name Envoy calls, also used for gRPC health.
+pub const SERVICE_NAME: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
+
+/// What every stream shares.
+#[derive(Debug)]
+pub struct Context {
+    pub metrics: Metrics,
+    pub drain: Arc<Drain>,
+    pub registry: Arc<Registry>,
+}
+
+/// The `ExternalProcessor` implementation.
+#[derive(Clone, Debug)]
+pub struct ExtProc {
+    ctx: Arc<Context>,
+}
+
+impl ExtProc {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self { ctx }
+    }
+
+    pub fn into_server(self) -> ExternalProcessorServer<Self> {
+        ExternalProcessorServer::new(self)
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalProcessor for ExtProc {
+    type ProcessStream = ResponseStream;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let Some(guard) = self.ctx.drain.admit() else {
+            // Envoy's failure_mode_allow lets this request through untouched.
+            self.ctx.metrics.error(StreamError::Draining);
+            return Err(Status::unavailable("mulligan is draining"));
+        };
+        let stream = StreamState {
+            inbound: request.into_inner(),
+            exchange: Exchange::new(Arc::clone(&self.ctx)),
+            _scope: StreamScope::new(self.ctx.metrics.clone(), guard),
+            done: false,
+        };
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            stream,
+            StreamState::next,
+        ))))
+    }
+}
+
+/// One ext_proc stream: Envoy's messages in, our replies out.
+struct StreamState {
+    inbound: Streaming<ProcessingRequest>,
+    exchange: Exchange,
+    _scope: StreamScope,
+    done: bool,
+}
+
+impl StreamState {
+    /// Reads Envoy's messages until one needs a reply, and returns it.
+    async fn next(mut self) -> Option<(Result<ProcessingResponse, Status>, Self)> {
+        if self.done {
+            return None;
+        }
+        loop {
+            match self.inbound.message().await {
+                Ok(Some(message)) => {
+                    if let Some(reply) = self.exchange.on_message(message).await {
+                        return Some((Ok(reply), self));
+                    }
+                }
+                // Envoy closed its side: the HTTP request is over.
+                Ok(None) => return None,
+                Err(status) => {
+                    // A decode error or a reset: nothing more will arrive.
+                    self.exchange.ctx().metrics.error(StreamError::Transport);
+                    tracing::debug!(%status, "ext_proc stream ended in error");
+                    self.done = true;
+                    return Some((Err(status), self));
+                }
+            }
+        }
+    }
+}
+
+/// Counts the stream and holds its place in the drain, for as long as the
+/// stream lives, however it ends.
+struct StreamScope {
+    metrics: Metrics,
+    _guard: StreamGuard,
+}
+
+impl StreamScope {
+    fn new(metrics: Metrics, guard: StreamGuard) -> Self {
+        metrics.stream_started();
+        Self {
+            metrics,
+            _guard: guard,
+        }
+    }
+}
+
+impl Drop for StreamScope {
+    fn drop(&mut self) {
+        self.metrics.stream_ended();
+    }
+}

@@ -1,0 +1,129 @@
+//! Wires mulligan together: binds the gRPC and admin ports, serves until a
+//! shutdown signal, then drains (see [`crate::drain`]).
+
+use std::{future::Future, io::Write, net::SocketAddr, sync::Arc};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::{
+    admin::{self, AdminState},
+    config::Config,
+    control::Control,
+    drain::Drain,
+    endpoints::Registry,
+    ext_proc::{self, Context, ExtProc},
+    metrics::Metrics,
+};
+
+/// Runs until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    run_until(cfg, shutdown_signal()).await
+}
+
+/// Runs until `shutdown` resolves, then drains and returns.
+pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let grpc_listener = TcpListener::bind(cfg.listen.grpc)
+        .await
+        .with_context(|| format!("binding the gRPC port {}", cfg.listen.grpc))?;
+    let admin_listener = TcpListener::bind(cfg.listen.admin)
+        .await
+        .with_context(|| format!("binding the admin port {}", cfg.listen.admin))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let drain = Drain::new();
+    let registry = Arc::new(Registry::from_config(&cfg.endpoints));
+    let ctx = Arc::new(Context {
+        metrics: Metrics::new(),
+        drain: Arc::clone(&drain),
+        registry: Arc::clone(&registry),
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(ext_proc::SERVICE_NAME, ServingStatus::Serving)
+        .await;
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(ExtProc::new(ctx).into_server())
+        .add_service(Control::new(Arc::clone(&registry)).into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), {
+            let drain = Arc::clone(&drain);
+            async move { drain.signaled().await }
+        });
+    let grpc = tokio::spawn(grpc);
+
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = axum::serve(
+        admin_listener,
+        admin::router(AdminState {
+            drain: Arc::clone(&drain),
+            registry,
+        }),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = admin_stopped.await;
+    });
+    let admin = tokio::spawn(async move { admin.await });
+
+    announce(grpc_addr, admin_addr);
+    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, version = env!("CARGO_PKG_VERSION"), "mulligan serving");
+
+    shutdown.await;
+    tracing::info!(
+        in_flight = drain.in_flight(),
+        timeout = ?cfg.shutdown.drain_timeout,
+        "shutdown: draining"
+    );
+    drain.begin();
+    for name in ["", ext_proc::SERVICE_NAME] {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
+
+    let drained = tokio::time::timeout(cfg.shutdown.drain_timeout, async {
+        drain.idle().await;
+        grpc.await
+    })
+    .await;
+    match drained {
+        Ok(Ok(Ok(()))) => tracing::info!("shutdown: drained"),
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "gRPC server failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "gRPC server task failed"),
+        Err(_) => tracing::warn!(
+            abandoned = drain.in_flight(),
+            "shutdown: drain timeout reached; exiting with streams still open"
+        ),
+    }
+    let _ = admin_stop.send(());
+    let _ = admin.await;
+    Ok(())
+}
+
+/// The one line on stdout, for scripts and tests that start mulligan on
+/// port 0: `listening grpc=ADDR admin=ADDR`.
+fn announce(grpc: SocketAddr, admin: SocketAddr) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening grpc={grpc} admin={admin}");
+    let _ = out.flush();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stopping only when killed");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}

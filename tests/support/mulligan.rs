@@ -1,0 +1,105 @@
+//! The mulligan binary as a child process, on ports it picks itself.
+
+use std::{net::SocketAddr, process::Stdio, time::Duration};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+use super::client;
+
+pub struct Mulligan {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Mulligan {
+    /// `mulligan serve` on ports 0 plus `extra` arguments; returns once its
+    /// "listening" line says both ports are bound.
+    pub async fn start(extra: &[&str]) -> Mulligan {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mulligan"))
+            .args([
+                "serve",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawning mulligan");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("mulligan did not announce its ports within 20 s")
+            .expect("reading mulligan stdout")
+            .expect("mulligan exited before listening");
+        let field = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+                .parse()
+                .expect("address")
+        };
+        let (grpc, admin) = (field("grpc="), field("admin="));
+        // Keep draining stdout so mulligan never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Mulligan { child, grpc, admin }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("mulligan still running")
+    }
+
+    /// Sends SIGTERM (mulligan's graceful drain).
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+    }
+
+    /// SIGKILL: mulligan vanishes without a goodbye.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("kill mulligan");
+    }
+
+    /// Waits for exit, up to `limit`; returns the exit code.
+    pub async fn wait(&mut self, limit: Duration) -> Option<i32> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .expect("mulligan did not exit in time")
+            .expect("wait")
+            .code()
+    }
+
+    pub async fn metrics(&self) -> String {
+        let r = client::get(self.admin, "/metrics").await.expect("/metrics");
+        String::from_utf8_lossy(&r.body).into_owned()
+    }
+
+    /// The value of one Prometheus sample, e.g.
+    /// `mulligan_ext_proc_phases_total{phase="request_headers"}`; 0 if absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        parse_metric(&self.metrics().await, sample)
+    }
+}
+
+pub fn parse_metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,247 @@
+//! Upstream "pods": real hyper HTTP servers on loopback whose lifecycle a
+//! test flips, as Kubernetes would during a rollout.
+//!
+//! Routes (any method):
+//! - `/ready`: 200 when ready (a readiness probe), 503 otherwise;
+//! - `/echo`: the request body back, byte for byte;
+//! - `/bytes/N`: N deterministic bytes ([`super::payload`]);
+//! - `/stream/CHUNKS/SIZE`: a streamed response, CHUNKS pieces of SIZE bytes;
+//! - `/delay/MS`: answers after MS milliseconds;
+//! - anything else: `hello from NAME`.
+//! Every reply carries `x-pod: NAME`.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, AtomicU8, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::{net::TcpListener, task::JoinSet};
+
+/// Where a pod is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PodState {
+    /// Listening, but not ready: 503 to everything.
+    Booting = 0,
+    /// Serving.
+    Ready = 1,
+    /// preStop: 503 with `connection: close`, the request not processed.
+    Draining = 2,
+    /// preStop, but still serving each request, with `connection: close`.
+    DrainingServing = 3,
+    /// Port closed: connections are refused, open ones are cut.
+    Gone = 4,
+}
+
+impl PodState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => PodState::Booting,
+            1 => PodState::Ready,
+            2 => PodState::Draining,
+            3 => PodState::DrainingServing,
+            _ => PodState::Gone,
+        }
+    }
+}
+
+struct Shared {
+    name: String,
+    state: AtomicU8,
+    /// Requests that reached the application (served, not rejected).
+    served: AtomicU64,
+    /// Requests rejected with a 503 (booting or draining).
+    rejected: AtomicU64,
+}
+
+pub struct Pod {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Pod {
+    /// A pod on a fresh loopback port, in `state`.
+    pub async fn start(name: &str, state: PodState) -> Arc<Pod> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind pod");
+        let addr = listener.local_addr().expect("pod addr");
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            state: AtomicU8::new(state as u8),
+            served: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        });
+        let pod = Arc::new(Pod {
+            addr,
+            shared,
+            server: Mutex::new(None),
+        });
+        if state == PodState::Gone {
+            drop(listener);
+        } else {
+            pod.serve(listener);
+        }
+        pod
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub fn state(&self) -> PodState {
+        PodState::from_u8(self.shared.state.load(Ordering::Acquire))
+    }
+
+    /// Moves the pod to `state`; into or out of `Gone` closes or reopens the
+    /// port (the same port: SO_REUSEADDR).
+    pub async fn set_state(&self, state: PodState) {
+        let was = self.state();
+        self.shared.state.store(state as u8, Ordering::Release);
+        if state == PodState::Gone && was != PodState::Gone {
+            if let Some(task) = self.server.lock().unwrap().take() {
+                task.abort();
+                let _ = task.await;
+            }
+        } else if was == PodState::Gone && state != PodState::Gone {
+            let listener = TcpListener::bind(self.addr).await.expect("rebind pod port");
+            self.serve(listener);
+        }
+    }
+
+    /// Requests that reached the application.
+    pub fn served(&self) -> u64 {
+        self.shared.served.load(Ordering::Acquire)
+    }
+
+    /// Requests answered 503 without processing.
+    pub fn rejected(&self) -> u64 {
+        self.shared.rejected.load(Ordering::Acquire)
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let shared = Arc::clone(&self.shared);
+        let task = tokio::spawn(async move {
+            // Connections live in the set: aborting this task cuts them all.
+            let mut conns = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let _ = stream.set_nodelay(true);
+                        let shared = Arc::clone(&shared);
+                        conns.spawn(async move {
+                            let svc = hyper::service::service_fn(move |req| {
+                                handle(Arc::clone(&shared), req)
+                            });
+                            let _ = auto::Builder::new(TokioExecutor::new())
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        });
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        });
+        *self.server.lock().unwrap() = Some(task);
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        if let Some(task) = self.server.lock().unwrap().take() {
+            task.abort();
+        }
+    }
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let state = PodState::from_u8(shared.state.load(Ordering::Acquire));
+    let path = req.uri().path().to_string();
+    let reply = |status: StatusCode| {
+        Response::builder()
+            .status(status)
+            .header("x-pod", shared.name.as_str())
+    };
+    if path == "/ready" {
+        let status = if state == PodState::Ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return Ok(reply(status).body(full("")).unwrap());
+    }
+    match state {
+        PodState::Booting => {
+            shared.rejected.fetch_add(1, Ordering::AcqRel);
+            return Ok(reply(StatusCode::SERVICE_UNAVAILABLE)
+                .header("x-pod-state", "booting")
+                .body(full("not ready\n"))
+                .unwrap());
+        }
+        PodState::Draining => {
+            shared.rejected.fetch_add(1, Ordering::AcqRel);
+            return Ok(reply(StatusCode::SERVICE_UNAVAILABLE)
+                .header("x-pod-state", "draining")
+                .header("connection", "close")
+                .body(full("draining\n"))
+                .unwrap());
+        }
+        _ => {}
+    }
+    shared.served.fetch_add(1, Ordering::AcqRel);
+    let mut builder = reply(StatusCode::OK);
+    if state == PodState::DrainingServing {
+        builder = builder.header("connection", "close");
+    }
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let body = match segments.as_slice() {
+        ["echo"] => {
+            let bytes = match req.into_body().collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(_) => return Ok(reply(StatusCode::BAD_REQUEST).body(full("")).unwrap()),
+            };
+            full(bytes)
+        }
+        ["bytes", n] => full(super::payload(n.parse().unwrap_or(0))),
+        ["stream", chunks, size] => {
+            let chunks: usize = chunks.parse().unwrap_or(1);
+            let size: usize = size.parse().unwrap_or(1);
+            let data = Bytes::from(super::payload(chunks * size));
+            let stream = futures::stream::iter(0..chunks).then(move |i| {
+                let piece = data.slice(i * size..(i + 1) * size);
+                async move {
+                    // A real pause between chunks, so they travel separately.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    Ok::<_, Infallible>(Frame::data(piece))
+                }
+            });
+            BodyExt::boxed(StreamBody::new(stream))
+        }
+        ["delay", ms] => {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+            full(format!("hello from {} after {ms} ms\n", shared.name))
+        }
+        _ => full(format!("hello from {}\n", shared.name)),
+    };
+    Ok(builder.body(body).unwrap())
+}

@@ -1,0 +1,80 @@
+//! Fills `${NAME}` and `${NAME:-default}` in a config template.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+/// Renders `template`; a placeholder with neither a value nor a default is an
+/// error, so a config can never start with a hole in it. Comment lines (`#`)
+/// are copied as they are: they may talk about placeholders.
+pub fn render(template: &str, vars: &HashMap<&str, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    for line in template.split_inclusive('\n') {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+        } else {
+            render_line(line, vars, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+fn render_line(line: &str, vars: &HashMap<&str, String>, out: &mut String) -> Result<(), String> {
+    let mut rest = line;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed placeholder in {line:?}"))?;
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        match (vars.get(name), default) {
+            (Some(v), _) => out.push_str(v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => return Err(format!("no value for ${{{name}}}")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(())
+}
+
+/// A flow-style YAML list of `lb_endpoints` for the given addresses.
+pub fn lb_endpoints(addrs: &[SocketAddr]) -> String {
+    let items: Vec<String> = addrs
+        .iter()
+        .map(|a| {
+            format!(
+                "{{endpoint: {{address: {{socket_address: {{address: \"{}\", port_value: {}}}}}}}}}",
+                a.ip(),
+                a.port()
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// The reference bootstrap with `overrides` on top of the rig's defaults:
+/// every port 0 (Envoy picks), the given app endpoints and mulligan port.
+pub fn standalone(
+    app: &[SocketAddr],
+    mulligan_grpc_port: u16,
+    overrides: &[(&'static str, String)],
+) -> String {
+    let path = super::repo_root().join("envoy-config/standalone/envoy.yaml");
+    let template = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let mut vars: HashMap<&str, String> = HashMap::from([
+        ("ADMIN_PORT", "0".to_string()),
+        ("LISTEN_PORT", "0".to_string()),
+        ("BASELINE_PORT", "0".to_string()),
+        ("APP_ENDPOINTS", lb_endpoints(app)),
+        ("MULLIGAN_GRPC_PORT", mulligan_grpc_port.to_string()),
+    ]);
+    for (k, v) in overrides {
+        vars.insert(k, v.clone());
+    }
+    render(&template, &vars).unwrap_or_else(|e| panic!("rendering {}: {e}", path.display()))
+}
