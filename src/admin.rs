@@ -78,7 +78,13 @@ async fn drain_endpoint(
     addr: Path<String>,
     q: Query<ClusterQuery>,
 ) -> Response {
-    set_state(state, addr, q, endpoints::State::Draining, "lifecycle: drain")
+    set_state(
+        state,
+        addr,
+        q,
+        endpoints::State::Draining,
+        "lifecycle: drain",
+    )
 }
 
 async fn ready_endpoint(

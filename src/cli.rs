@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, LogFormat};
 
 #[derive(Debug, Parser)]
-#[command(name = "mulligan", version, about = "Turns rollout 503s into safe, transient retries behind Envoy")]
+#[command(
+    name = "mulligan",
+    version,
+    about = "Turns rollout 503s into safe, transient retries behind Envoy"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,9 +23,7 @@ enum Command {
     /// Serve ext_proc for Envoy, plus the admin and lifecycle APIs.
     Serve(ServeArgs),
     /// Validate a config file: exit 0 when valid, else print FILE:LINE:COL: why.
-    CheckConfig {
-        file: PathBuf,
-    },
+    CheckConfig { file: PathBuf },
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,7 +87,10 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     crate::telemetry::init(cfg.log.format);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

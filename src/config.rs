@@ -16,7 +16,26 @@ pub struct Config {
     pub listen: Listen,
     pub shutdown: Shutdown,
     pub log: Log,
+    pub limits: Limits,
     pub endpoints: Endpoints,
+}
+
+/// Resource limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest ext_proc message accepted from Envoy, in bytes. In STREAMED
+    /// mode Envoy may hand over a whole body in one message; a larger one
+    /// fails the stream and Envoy applies `failure_mode_allow`.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// Where mulligan listens.
@@ -185,6 +204,9 @@ static = ["127.0.0.1:8080"]
         let cfg = Config::parse("m.toml", text).expect("valid");
         assert_eq!(cfg.shutdown.drain_timeout, Duration::from_millis(1500));
         assert_eq!(cfg.endpoints.default.len(), 1);
-        assert_eq!(cfg.endpoints.clusters["httproute/default/backend/rule/0"].len(), 2);
+        assert_eq!(
+            cfg.endpoints.clusters["httproute/default/backend/rule/0"].len(),
+            2
+        );
     }
 }

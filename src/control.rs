@@ -97,7 +97,12 @@ impl Lifecycle for Control {
     ) -> Result<Response<proto::ListEndpointsResponse>, Status> {
         let r = request.into_inner();
         let cluster = (!r.cluster.is_empty()).then_some(r.cluster.as_str());
-        let endpoints = self.registry.list(cluster).into_iter().map(to_proto).collect();
+        let endpoints = self
+            .registry
+            .list(cluster)
+            .into_iter()
+            .map(to_proto)
+            .collect();
         Ok(Response::new(proto::ListEndpointsResponse { endpoints }))
     }
 }

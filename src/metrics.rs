@@ -97,7 +97,8 @@ impl Metrics {
         Self {
             streams: counter!("mulligan_ext_proc_streams_total"),
             in_flight: gauge!("mulligan_ext_proc_streams_in_flight"),
-            phases: Phase::ALL.map(|p| counter!("mulligan_ext_proc_phases_total", "phase" => p.as_str())),
+            phases: Phase::ALL
+                .map(|p| counter!("mulligan_ext_proc_phases_total", "phase" => p.as_str())),
             errors: StreamError::ALL
                 .map(|e| counter!("mulligan_ext_proc_errors_total", "kind" => e.as_str())),
         }

@@ -5,7 +5,7 @@ use std::{future::Future, io::Write, net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -47,11 +47,13 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
         .set_service_status(ext_proc::SERVICE_NAME, ServingStatus::Serving)
         .await;
 
+    // Small gRPC frames both ways on every request: Nagle would hold them.
+    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(ExtProc::new(ctx).into_server())
+        .add_service(ExtProc::new(ctx).into_server(cfg.limits.max_message_bytes))
         .add_service(Control::new(Arc::clone(&registry)).into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), {
+        .serve_with_incoming_shutdown(incoming, {
             let drain = Arc::clone(&drain);
             async move { drain.signaled().await }
         });

@@ -77,7 +77,11 @@ impl Endpoint {
     }
 
     pub fn view(&self) -> EndpointView {
-        let reason = self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let reason = self
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         EndpointView {
             address: self.addr,
             cluster: self.cluster.to_string(),
@@ -195,10 +199,13 @@ mod tests {
     use super::*;
 
     fn registry() -> Registry {
-        let mut cfg = config::Endpoints::default();
-        cfg.default = vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()];
-        cfg.clusters
-            .insert("app".into(), vec!["127.0.0.1:2".parse().unwrap()]);
+        let cfg = config::Endpoints {
+            default: vec![
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap(),
+            ],
+            clusters: [("app".to_string(), vec!["127.0.0.1:2".parse().unwrap()])].into(),
+        };
         Registry::from_config(&cfg)
     }
 
@@ -214,12 +221,24 @@ mod tests {
     fn drain_marks_the_address_in_every_cluster_that_has_it() {
         let r = registry();
         let changed = r
-            .set_state("127.0.0.1:2".parse().unwrap(), None, State::Draining, "preStop")
+            .set_state(
+                "127.0.0.1:2".parse().unwrap(),
+                None,
+                State::Draining,
+                "preStop",
+            )
             .expect("known");
         assert_eq!(changed.len(), 2);
-        assert!(changed.iter().all(|e| e.state == State::Draining && e.reason == "preStop"));
+        assert!(changed
+            .iter()
+            .all(|e| e.state == State::Draining && e.reason == "preStop"));
         let one = r
-            .set_state("127.0.0.1:2".parse().unwrap(), Some("app"), State::Ready, "postStart")
+            .set_state(
+                "127.0.0.1:2".parse().unwrap(),
+                Some("app"),
+                State::Ready,
+                "postStart",
+            )
             .expect("known");
         assert_eq!(one.len(), 1);
     }

@@ -70,7 +70,10 @@ mod tests {
     fn reads_strings_and_doubles() {
         let r = request(vec![
             ("response.code", Kind::NumberValue(503.0)),
-            ("upstream.address", Kind::StringValue("127.0.0.1:8080".into())),
+            (
+                "upstream.address",
+                Kind::StringValue("127.0.0.1:8080".into()),
+            ),
             ("response.flags", Kind::StringValue("32".into())),
         ]);
         let a = Attributes::of(&r);

@@ -52,8 +52,12 @@ impl ExtProc {
         Self { ctx }
     }
 
-    pub fn into_server(self) -> ExternalProcessorServer<Self> {
+    /// The tonic service; `max_message_bytes` bounds each message both ways
+    /// (a body chunk is echoed back in full-duplex mode).
+    pub fn into_server(self, max_message_bytes: usize) -> ExternalProcessorServer<Self> {
         ExternalProcessorServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes.saturating_add(4096))
     }
 }
 

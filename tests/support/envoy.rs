@@ -52,7 +52,8 @@ impl Envoy {
             .arg(&config)
             .arg("--admin-address-path")
             .arg(&admin_path)
-            .args(["--disable-hot-restart", "--concurrency", "1", "--log-level", "warn"])
+            .args(["--disable-hot-restart", "--concurrency", "1", "--log-level"])
+            .arg(std::env::var("ENVOY_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
             .arg("--log-path")
             .arg(&log)
             .stdin(Stdio::null())
@@ -104,7 +105,9 @@ impl Envoy {
             .await
             .expect("admin /listeners");
         let v: serde_json::Value = serde_json::from_slice(&r.body).expect("listeners json");
-        let statuses = v["listener_statuses"].as_array().expect("listener_statuses");
+        let statuses = v["listener_statuses"]
+            .as_array()
+            .expect("listener_statuses");
         let l = statuses
             .iter()
             .find(|l| l["name"] == name)
@@ -129,6 +132,14 @@ impl Envoy {
             .find_map(|l| l.strip_prefix(&format!("{name}: ")))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// Every stat whose name contains `part`, as text (for failure messages).
+    pub async fn stats(&self, part: &str) -> String {
+        let r = client::get(self.admin, &format!("/stats?filter={part}"))
+            .await
+            .expect("admin /stats");
+        String::from_utf8_lossy(&r.body).into_owned()
     }
 
     /// Envoy's own log, for failure messages.

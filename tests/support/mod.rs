@@ -23,3 +23,56 @@ pub fn payload(len: usize) -> Vec<u8> {
 pub fn repo_root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Pods, mulligan and Envoy (reference bootstrap) wired together.
+pub struct Stack {
+    pub pods: Vec<std::sync::Arc<pods::Pod>>,
+    pub mulligan: mulligan::Mulligan,
+    pub envoy: envoy::Envoy,
+    /// Envoy's listener with mulligan in the path.
+    pub front: std::net::SocketAddr,
+    /// Envoy's listener without it.
+    pub baseline: std::net::SocketAddr,
+}
+
+impl Stack {
+    /// Starts `pods`, mulligan (with `--endpoints` set to the pods, plus
+    /// `mulligan_args`), and Envoy with the bootstrap `overrides`.
+    pub async fn start(
+        pods: &[(&str, pods::PodState)],
+        mulligan_args: &[&str],
+        overrides: &[(&'static str, String)],
+    ) -> Stack {
+        let mut started = Vec::new();
+        for (name, state) in pods {
+            started.push(pods::Pod::start(name, *state).await);
+        }
+        let addrs: Vec<_> = started.iter().map(|p| p.addr).collect();
+        let list = addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut args = vec!["--endpoints", list.as_str()];
+        args.extend_from_slice(mulligan_args);
+        let mulligan = mulligan::Mulligan::start(&args).await;
+        let envoy =
+            envoy::Envoy::start(&render::standalone(&addrs, mulligan.grpc.port(), overrides)).await;
+        let front = envoy.listener("mulligan").await;
+        let baseline = envoy.listener("baseline").await;
+        Stack {
+            pods: started,
+            mulligan,
+            envoy,
+            front,
+            baseline,
+        }
+    }
+
+    /// An ext_proc stat of the mulligan listener, e.g. `failure_mode_allowed`.
+    pub async fn ext_proc_stat(&self, name: &str) -> u64 {
+        self.envoy
+            .stat(&format!("http.mulligan.ext_proc.{name}"))
+            .await
+    }
+}

@@ -19,16 +19,25 @@ impl Mulligan {
     /// `mulligan serve` on ports 0 plus `extra` arguments; returns once its
     /// "listening" line says both ports are bound.
     pub async fn start(extra: &[&str]) -> Mulligan {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mulligan"))
-            .args([
-                "serve",
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .args(extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        let mut args = vec![
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn(&args).await
+    }
+
+    /// The mulligan binary with exactly `args`.
+    pub async fn spawn(args: &[&str]) -> Mulligan {
+        let mut child = Command::new(mulligan_bin())
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -91,6 +100,18 @@ impl Mulligan {
     /// `mulligan_ext_proc_phases_total{phase="request_headers"}`; 0 if absent.
     pub async fn metric(&self, sample: &str) -> f64 {
         parse_metric(&self.metrics().await, sample)
+    }
+}
+
+/// The binary under test: `$MULLIGAN_BIN`, else the one cargo built for
+/// this test or bench.
+pub fn mulligan_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("MULLIGAN_BIN") {
+        return p.into();
+    }
+    match option_env!("CARGO_BIN_EXE_mulligan") {
+        Some(p) => p.into(),
+        None => panic!("set MULLIGAN_BIN to the mulligan binary (cargo build --release)"),
     }
 }
 

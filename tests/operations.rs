@@ -1,0 +1,229 @@
+//! The operations surface: admin HTTP, gRPC health, the lifecycle API, the
+//! CLI contract and logs.
+mod support;
+
+use std::process::Command;
+
+use mulligan::proto::{
+    lifecycle_client::LifecycleClient, EndpointRef, EndpointState, ListEndpointsRequest,
+};
+use support::{client, mulligan::Mulligan};
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mulligan");
+
+#[tokio::test]
+async fn admin_endpoints_answer() {
+    let m = Mulligan::start(&["--endpoints", "127.0.0.1:7001,127.0.0.1:7002"]).await;
+    let health = client::get(m.admin, "/healthz").await.expect("healthz");
+    assert_eq!(health.status, 200);
+    let ready = client::get(m.admin, "/readyz").await.expect("readyz");
+    assert_eq!(ready.status, 200);
+
+    let metrics = m.metrics().await;
+    for name in [
+        "mulligan_ext_proc_streams_total",
+        "mulligan_ext_proc_streams_in_flight",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+
+    let list = client::get(m.admin, "/v1/endpoints").await.expect("list");
+    assert_eq!(list.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&list.body).expect("json");
+    let eps = v["endpoints"].as_array().expect("endpoints array");
+    assert_eq!(eps.len(), 2, "{v}");
+    assert!(eps.iter().all(|e| e["state"] == "ready"), "{v}");
+
+    let drained = client::post(m.admin, "/v1/endpoints/127.0.0.1:7002/drain")
+        .await
+        .expect("drain");
+    assert_eq!(drained.status, 200);
+    let list = client::get(m.admin, "/v1/endpoints").await.expect("list");
+    let v: serde_json::Value = serde_json::from_slice(&list.body).expect("json");
+    let e = v["endpoints"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|e| e["address"] == "127.0.0.1:7002")
+        .expect("drained endpoint listed")
+        .clone();
+    assert_eq!(e["state"], "draining");
+    assert_eq!(e["reason"], "lifecycle: drain");
+
+    // An address mulligan does not know is refused, never learned.
+    let unknown = client::post(m.admin, "/v1/endpoints/10.1.2.3:80/drain")
+        .await
+        .expect("unknown");
+    assert_eq!(unknown.status, 404);
+    let bad = client::post(m.admin, "/v1/endpoints/not-an-address/ready")
+        .await
+        .expect("bad");
+    assert_eq!(bad.status, 400);
+}
+
+#[tokio::test]
+async fn grpc_health_and_lifecycle() {
+    let m = Mulligan::start(&["--endpoints", "127.0.0.1:7001"]).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", m.grpc))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect gRPC");
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "envoy.service.ext_proc.v3.ExternalProcessor"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving, "service {service:?}");
+    }
+
+    let mut lifecycle = LifecycleClient::new(channel);
+    let e = lifecycle
+        .mark_draining(EndpointRef {
+            address: "127.0.0.1:7001".into(),
+            cluster: String::new(),
+        })
+        .await
+        .expect("mark draining")
+        .into_inner();
+    assert_eq!(e.state(), EndpointState::Draining);
+    let list = lifecycle
+        .list_endpoints(ListEndpointsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.endpoints.len(), 1);
+    assert_eq!(list.endpoints[0].state(), EndpointState::Draining);
+    let ready = lifecycle
+        .mark_ready(EndpointRef {
+            address: "127.0.0.1:7001".into(),
+            cluster: String::new(),
+        })
+        .await
+        .expect("mark ready")
+        .into_inner();
+    assert_eq!(ready.state(), EndpointState::Ready);
+    let unknown = lifecycle
+        .mark_ready(EndpointRef {
+            address: "10.0.0.9:80".into(),
+            cluster: String::new(),
+        })
+        .await
+        .expect_err("unknown endpoint");
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+}
+
+#[test]
+fn version_flag_prints_the_version() {
+    let out = Command::new(BIN).arg("--version").output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.trim(),
+        format!("mulligan {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn check_config_accepts_valid_and_locates_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[listen]\ngrpc = \"0.0.0.0:50051\"\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .arg(&good)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[listen]\ngrpc = \"0.0.0.0:50051\"\n\n[shutdown]\ndrain_timeout = \"soon\"\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!("{}:5:17: ", bad.display())),
+        "error must name file:line:column, got {err:?}"
+    );
+
+    let missing = Command::new(BIN)
+        .args(["check-config", "/nonexistent/mulligan.toml"])
+        .output()
+        .expect("run");
+    assert!(!missing.status.success());
+}
+
+#[test]
+fn broken_config_stops_serve_with_the_location() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[listen]\ngrcp = \"127.0.0.1:1\"\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":2:1: ") && err.contains("grcp"), "{err}");
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("a log line within 20 s")
+        .expect("read")
+        .expect("a line");
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert_eq!(v["message"], "mulligan serving", "{v}");
+    assert!(
+        v["grpc"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{v}"
+    );
+}
