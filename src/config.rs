@@ -18,6 +18,141 @@ pub struct Config {
     pub log: Log,
     pub limits: Limits,
     pub endpoints: Endpoints,
+    pub rescue: Rescue,
+    pub budget: Budget,
+    pub health: Health,
+    pub probe: Probe,
+}
+
+/// Rescue: replaying a retriable 503 to a healthy endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rescue {
+    /// Off: mulligan only observes (classification and metrics still run).
+    pub enabled: bool,
+    /// Replays per request, after the original attempt.
+    pub max_attempts: u32,
+    /// One replay may take this long, connect to last body byte.
+    #[serde(with = "humantime_serde")]
+    pub per_try_timeout: Duration,
+    /// The whole rescue (replays, backoff and holding) ends this long after
+    /// the request arrived; capped by `x-envoy-expected-rq-timeout-ms` when the
+    /// request carries it. Keep it below the route timeout.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// First backoff before a second replay; doubles per replay, with full jitter.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    /// Largest backoff.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Response header an upstream sets on a 503 when it rejected the request
+    /// without processing it (a draining app's shutdown middleware). Such a
+    /// 503 is safe to replay whatever the method.
+    pub drain_header: String,
+    /// Replay a 503 from the application that carries no drain signal
+    /// (idempotent requests only).
+    pub retry_plain_503: bool,
+    /// Request bodies up to this size are captured for replay; a larger body
+    /// is never replayed and never buffered.
+    pub max_request_body_bytes: usize,
+    /// A replayed response larger than this is not used: the client gets the
+    /// original response.
+    pub max_response_body_bytes: usize,
+    /// Requests held waiting for a ready endpoint, at most; past this the
+    /// original response passes through.
+    pub max_held: usize,
+    /// `Retry-After` (seconds) added to a 503 that could not be rescued in time.
+    pub retry_after_seconds: u32,
+}
+
+impl Default for Rescue {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_attempts: 3,
+            per_try_timeout: Duration::from_secs(5),
+            deadline: Duration::from_secs(10),
+            backoff_base: Duration::from_millis(5),
+            backoff_max: Duration::from_millis(250),
+            drain_header: "x-mulligan-drain".into(),
+            retry_plain_503: false,
+            max_request_body_bytes: 64 * 1024,
+            max_response_body_bytes: 4 * 1024 * 1024,
+            max_held: 10_000,
+            retry_after_seconds: 1,
+        }
+    }
+}
+
+/// The retry budget shared by every stream: replays may add at most
+/// `ratio` of the requests seen plus `min_per_second`, over `window`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Budget {
+    pub ratio: f64,
+    pub min_per_second: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            ratio: 0.2,
+            min_per_second: 10,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Passive health: what mulligan learns from the responses it sees.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    /// An endpoint seen failing is avoided this long; the penalty doubles
+    /// with each consecutive failure up to `penalty_max`; a success clears it.
+    #[serde(with = "humantime_serde")]
+    pub penalty_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub penalty_max: Duration,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            penalty_base: Duration::from_secs(1),
+            penalty_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Active readiness probing of every known endpoint (off unless `path` is set).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Probe {
+    /// HTTP path probed with GET, e.g. "/ready"; empty disables probing.
+    pub path: String,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive successes before a not-ready endpoint is ready.
+    pub healthy_threshold: u32,
+    /// Consecutive failures before a ready endpoint is not ready.
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Self {
+            path: String::new(),
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_millis(300),
+            healthy_threshold: 1,
+            unhealthy_threshold: 2,
+        }
+    }
 }
 
 /// Resource limits.

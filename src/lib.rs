@@ -6,8 +6,17 @@
 //! 1. [`ext_proc`]: Envoy opens one gRPC stream per HTTP request; the stream
 //!    handler answers every phase (headers, bodies, trailers) and keeps the
 //!    per-request state (`Exchange`).
-//! 2. [`endpoints`]: the registry of upstream endpoints and their lifecycle
-//!    (ready, draining, gone), fed by static config and the lifecycle API.
+//! 2. [`classify`]: on a failed response, why it failed (a draining pod, a
+//!    refused connection, overload, ...).
+//! 3. [`policy`]: whether it may be sent again ([`policy::safety`]), whether
+//!    the platform can afford it ([`policy::budget`]) and when
+//!    ([`policy::backoff`]).
+//! 4. [`endpoints`]: the registry of upstream endpoints and their lifecycle
+//!    (ready, draining, gone), its sources (static config, the lifecycle
+//!    API, passive health, active probes) and the picker.
+//! 5. [`rescue`] drives [`replay`]: send the request again to a healthy
+//!    endpoint, or hold it until one is ready, and answer Envoy with the
+//!    response.
 //!
 //! Around the request path:
 //! - [`server`] wires the gRPC port (ext_proc, health, [`control`]) and the
@@ -16,6 +25,7 @@
 //!   [`telemetry`] logs and [`metrics`] the Prometheus counters.
 
 pub mod admin;
+pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -23,6 +33,9 @@ pub mod drain;
 pub mod endpoints;
 pub mod ext_proc;
 pub mod metrics;
+pub mod policy;
+pub mod replay;
+pub mod rescue;
 pub mod server;
 pub mod telemetry;
 

@@ -5,7 +5,12 @@
 
 use std::sync::OnceLock;
 
-use metrics::{counter, describe_counter, describe_gauge, gauge, Counter, Gauge};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Histogram,
+};
+
+use crate::{classify::Cause, policy::Decision};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// The process-wide Prometheus recorder; installed on first use.
@@ -82,6 +87,91 @@ impl StreamError {
     }
 }
 
+/// How a rescue ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Outcome {
+    /// A replay succeeded; the client got its response.
+    Rescued = 0,
+    /// The retry budget was spent: the original response passed through.
+    BudgetExhausted,
+    /// No endpoint became ready before the deadline: 503 + Retry-After.
+    HeldTooLong,
+    /// Too many requests already held: the original response passed through.
+    HeldLimit,
+    /// Every allowed replay failed.
+    AttemptsExhausted,
+    /// The replayed response was over the size cap: the original passed through.
+    ResponseTooLarge,
+    /// A replay may have reached the app and the request is not idempotent:
+    /// no further replay; the original response passed through.
+    StoppedUnsafe,
+    /// The request could not be rebuilt for replay (a header HTTP cannot carry).
+    Unreplayable,
+    /// The deadline had passed before the rescue could start.
+    NoTimeLeft,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 9] = [
+        Outcome::Rescued,
+        Outcome::BudgetExhausted,
+        Outcome::HeldTooLong,
+        Outcome::HeldLimit,
+        Outcome::AttemptsExhausted,
+        Outcome::ResponseTooLarge,
+        Outcome::StoppedUnsafe,
+        Outcome::Unreplayable,
+        Outcome::NoTimeLeft,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Rescued => "rescued",
+            Outcome::BudgetExhausted => "budget_exhausted",
+            Outcome::HeldTooLong => "held_too_long",
+            Outcome::HeldLimit => "held_limit",
+            Outcome::AttemptsExhausted => "attempts_exhausted",
+            Outcome::ResponseTooLarge => "response_too_large",
+            Outcome::StoppedUnsafe => "stopped_unsafe",
+            Outcome::Unreplayable => "unreplayable",
+            Outcome::NoTimeLeft => "no_time_left",
+        }
+    }
+}
+
+/// What one replay attempt got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AttemptResult {
+    /// A response that ends the rescue (any status the policy does not retry).
+    Response = 0,
+    /// A retriable response (a draining or not-ready endpoint's 503).
+    Retriable,
+    /// The connection could not be made.
+    ConnectFailure,
+    /// Timed out or broke after sending.
+    Failed,
+}
+
+impl AttemptResult {
+    pub const ALL: [AttemptResult; 4] = [
+        AttemptResult::Response,
+        AttemptResult::Retriable,
+        AttemptResult::ConnectFailure,
+        AttemptResult::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptResult::Response => "response",
+            AttemptResult::Retriable => "retriable",
+            AttemptResult::ConnectFailure => "connect_failure",
+            AttemptResult::Failed => "failed",
+        }
+    }
+}
+
 /// Pre-registered handles for everything the request path counts.
 #[derive(Clone)]
 pub struct Metrics {
@@ -89,6 +179,12 @@ pub struct Metrics {
     in_flight: Gauge,
     phases: [Counter; 6],
     errors: [Counter; 3],
+    /// Indexed by [`Cause`], then [`Decision`].
+    decisions: Vec<[Counter; 5]>,
+    outcomes: [Counter; 9],
+    attempts: [Counter; 4],
+    held: Gauge,
+    rescue_seconds: Histogram,
 }
 
 impl Metrics {
@@ -101,7 +197,39 @@ impl Metrics {
                 .map(|p| counter!("mulligan_ext_proc_phases_total", "phase" => p.as_str())),
             errors: StreamError::ALL
                 .map(|e| counter!("mulligan_ext_proc_errors_total", "kind" => e.as_str())),
+            decisions: Cause::ALL
+                .iter()
+                .map(|c| {
+                    Decision::ALL.map(|d| {
+                        counter!("mulligan_decisions_total", "cause" => c.as_str(), "decision" => d.as_str())
+                    })
+                })
+                .collect(),
+            outcomes: Outcome::ALL
+                .map(|o| counter!("mulligan_rescues_total", "outcome" => o.as_str())),
+            attempts: AttemptResult::ALL
+                .map(|a| counter!("mulligan_replay_attempts_total", "result" => a.as_str())),
+            held: gauge!("mulligan_rescue_held"),
+            rescue_seconds: histogram!("mulligan_rescue_duration_seconds"),
         }
+    }
+
+    /// A failed response was classified and a decision taken on it.
+    pub fn decision(&self, cause: Cause, decision: Decision) {
+        self.decisions[cause as usize][decision as usize].increment(1);
+    }
+
+    pub fn outcome(&self, outcome: Outcome, seconds: f64) {
+        self.outcomes[outcome as usize].increment(1);
+        self.rescue_seconds.record(seconds);
+    }
+
+    pub fn attempt(&self, result: AttemptResult) {
+        self.attempts[result as usize].increment(1);
+    }
+
+    pub fn held(&self, delta: f64) {
+        self.held.increment(delta);
     }
 
     pub fn stream_started(&self) {
@@ -150,5 +278,22 @@ fn describe() {
     describe_counter!(
         "mulligan_ext_proc_errors_total",
         "ext_proc streams that ended in error, by kind"
+    );
+    describe_counter!(
+        "mulligan_decisions_total",
+        "failed responses (5xx, 429) by cause and what mulligan decided"
+    );
+    describe_counter!("mulligan_rescues_total", "rescues started, by outcome");
+    describe_counter!(
+        "mulligan_replay_attempts_total",
+        "replays sent to an endpoint, by result"
+    );
+    describe_gauge!(
+        "mulligan_rescue_held",
+        "requests held right now, waiting for a ready endpoint"
+    );
+    describe_histogram!(
+        "mulligan_rescue_duration_seconds",
+        "time from the failed response to the rescue's end"
     );
 }

@@ -13,9 +13,10 @@ use crate::{
     config::Config,
     control::Control,
     drain::Drain,
-    endpoints::Registry,
+    endpoints::{probe, Registry},
     ext_proc::{self, Context, ExtProc},
     metrics::Metrics,
+    rescue::Rescuer,
 };
 
 /// Runs until SIGTERM or SIGINT, then drains and returns.
@@ -35,9 +36,12 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
     let admin_addr = admin_listener.local_addr()?;
 
     let drain = Drain::new();
-    let registry = Arc::new(Registry::from_config(&cfg.endpoints));
+    let registry = Arc::new(Registry::from_config(&cfg.endpoints, &cfg.health));
+    let metrics = Metrics::new();
+    let probes = probe::spawn(Arc::clone(&registry), &cfg.probe);
     let ctx = Arc::new(Context {
-        metrics: Metrics::new(),
+        rescuer: Rescuer::new(&cfg, Arc::clone(&registry), metrics.clone()),
+        metrics,
         drain: Arc::clone(&drain),
         registry: Arc::clone(&registry),
     });
@@ -101,6 +105,9 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
             abandoned = drain.in_flight(),
             "shutdown: drain timeout reached; exiting with streams still open"
         ),
+    }
+    for p in probes {
+        p.abort();
     }
     let _ = admin_stop.send(());
     let _ = admin.await;

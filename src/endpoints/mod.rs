@@ -1,6 +1,15 @@
-//! Upstream endpoints: which exist for each Envoy cluster, and what state of
-//! their lifecycle each is in (ready, not ready, draining, gone).
+//! Upstream endpoints: which exist for each Envoy cluster, what state of
+//! their lifecycle each is in (ready, not ready, draining, gone), and which
+//! one a replay should go to.
+//!
+//! - [`registry`]: the shared set and each endpoint's state;
+//! - sources that feed it: static config (in the registry), the lifecycle
+//!   API (`admin`, `control`), passive health (the responses mulligan sees)
+//!   and [`probe`] (active readiness checks);
+//! - [`picker`]: the choice of endpoint for one replay.
 
-mod registry;
+pub mod picker;
+pub mod probe;
+pub mod registry;
 
-pub use registry::{Endpoint, EndpointView, NotFound, Registry, State};
+pub use registry::{Cluster, Endpoint, EndpointView, InFlight, NotFound, Registry, State};

@@ -2,20 +2,24 @@
 //!
 //! Membership (which endpoints a cluster has) changes rarely: config, later
 //! service discovery. It is held in an [`ArcSwap`] snapshot, so the request
-//! path reads it without a lock. State changes (drain, ready) are frequent in
-//! a rollout and touch one endpoint: they are atomics on the endpoint itself.
+//! path reads it without a lock. State changes (drain, ready, a passive
+//! penalty) are frequent in a rollout and touch one endpoint: they are
+//! atomics on the endpoint itself. Every change that can make an endpoint
+//! usable bumps a watch channel, which wakes the requests held for one.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering},
         Arc, Mutex,
     },
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::config;
 
@@ -26,7 +30,7 @@ use crate::config;
 pub enum State {
     /// Serving; requests may go to it.
     Ready = 0,
-    /// Booting, or failing its readiness checks.
+    /// Booting, or failing its readiness probe.
     NotReady = 1,
     /// Leaving (preStop, terminating): no new request goes to it.
     Draining = 2,
@@ -53,6 +57,13 @@ pub struct Endpoint {
     state: AtomicU8,
     /// Why the endpoint is in its state; written only when the state changes.
     reason: Mutex<String>,
+    /// Replays under way to this endpoint (the picker prefers fewer).
+    in_flight: AtomicU32,
+    /// Passive health: avoided until this instant (ms since the registry
+    /// started); 0 when not penalised.
+    penalty_until_ms: AtomicU64,
+    /// Consecutive failures seen; the penalty doubles with each.
+    failures: AtomicU32,
 }
 
 impl Endpoint {
@@ -62,6 +73,9 @@ impl Endpoint {
             cluster,
             state: AtomicU8::new(state as u8),
             reason: Mutex::new(reason.to_string()),
+            in_flight: AtomicU32::new(0),
+            penalty_until_ms: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
         }
     }
 
@@ -69,25 +83,52 @@ impl Endpoint {
         State::from_u8(self.state.load(Ordering::Acquire))
     }
 
-    pub fn set_state(&self, state: State, reason: &str) {
+    fn set_state(&self, state: State, reason: &str) -> State {
         let mut guard = self.reason.lock().unwrap_or_else(|p| p.into_inner());
-        self.state.store(state as u8, Ordering::Release);
+        let was = State::from_u8(self.state.swap(state as u8, Ordering::AcqRel));
         guard.clear();
         guard.push_str(reason);
+        was
     }
 
-    pub fn view(&self) -> EndpointView {
-        let reason = self
-            .reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+    /// Ready and not penalised: a request may be sent here now.
+    pub fn usable(&self, now_ms: u64) -> bool {
+        self.state() == State::Ready && self.penalty_until_ms.load(Ordering::Acquire) <= now_ms
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request to this endpoint until the guard is dropped.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    fn view(&self, now_ms: u64) -> EndpointView {
+        let reason = self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
         EndpointView {
             address: self.addr,
             cluster: self.cluster.to_string(),
             state: self.state(),
             reason,
+            penalty_ms: self
+                .penalty_until_ms
+                .load(Ordering::Acquire)
+                .saturating_sub(now_ms),
+            in_flight: self.in_flight(),
         }
+    }
+}
+
+/// A request under way to an endpoint.
+#[derive(Debug)]
+pub struct InFlight(Arc<Endpoint>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -98,6 +139,9 @@ pub struct EndpointView {
     pub cluster: String,
     pub state: State,
     pub reason: String,
+    /// Milliseconds of passive-health penalty left (0: none).
+    pub penalty_ms: u64,
+    pub in_flight: u32,
 }
 
 /// The endpoints of one cluster.
@@ -110,10 +154,24 @@ pub struct Cluster {
 /// that has no list of its own.
 pub const DEFAULT_CLUSTER: &str = "*";
 
+#[derive(Debug, Default)]
+struct Snapshot {
+    clusters: BTreeMap<Arc<str>, Arc<Cluster>>,
+    /// Every endpoint with a given address, across clusters.
+    by_addr: HashMap<SocketAddr, Vec<Arc<Endpoint>>>,
+}
+
 /// Every known cluster and its endpoints.
 #[derive(Debug)]
 pub struct Registry {
-    clusters: ArcSwap<BTreeMap<Arc<str>, Arc<Cluster>>>,
+    snapshot: ArcSwap<Snapshot>,
+    start: Instant,
+    /// Bumped whenever an endpoint may have become usable.
+    changed: watch::Sender<u64>,
+    /// Endpoints under a passive penalty: while zero, successes cost nothing.
+    penalized: AtomicUsize,
+    penalty_base: Duration,
+    penalty_max: Duration,
 }
 
 /// A lifecycle call named an endpoint the registry does not know. mulligan
@@ -124,23 +182,22 @@ pub struct NotFound(pub String);
 
 impl Registry {
     /// Builds the registry from static configuration; every endpoint starts
-    /// ready (static endpoints are trusted until a lifecycle call or, later,
-    /// a health signal says otherwise).
-    pub fn from_config(cfg: &config::Endpoints) -> Self {
-        let mut clusters = BTreeMap::new();
+    /// ready (static endpoints are trusted until a lifecycle call, a probe or
+    /// a failure says otherwise).
+    pub fn from_config(cfg: &config::Endpoints, health: &config::Health) -> Self {
+        let mut snap = Snapshot::default();
         let mut add = |name: &str, addrs: &[SocketAddr]| {
             let name: Arc<str> = Arc::from(name);
-            let mut seen = Vec::with_capacity(addrs.len());
-            let endpoints = addrs
-                .iter()
-                .filter(|a| {
-                    let fresh = !seen.contains(*a);
-                    seen.push(**a);
-                    fresh
-                })
-                .map(|a| Arc::new(Endpoint::new(*a, name.clone(), State::Ready, "static")))
-                .collect();
-            clusters.insert(name, Arc::new(Cluster { endpoints }));
+            let mut endpoints: Vec<Arc<Endpoint>> = Vec::with_capacity(addrs.len());
+            for a in addrs {
+                if endpoints.iter().any(|e| e.addr == *a) {
+                    continue;
+                }
+                let e = Arc::new(Endpoint::new(*a, name.clone(), State::Ready, "static"));
+                snap.by_addr.entry(*a).or_default().push(Arc::clone(&e));
+                endpoints.push(e);
+            }
+            snap.clusters.insert(name, Arc::new(Cluster { endpoints }));
         };
         if !cfg.default.is_empty() {
             add(DEFAULT_CLUSTER, &cfg.default);
@@ -149,17 +206,57 @@ impl Registry {
             add(name, addrs);
         }
         Self {
-            clusters: ArcSwap::from_pointee(clusters),
+            snapshot: ArcSwap::from_pointee(snap),
+            start: Instant::now(),
+            changed: watch::channel(0).0,
+            penalized: AtomicUsize::new(0),
+            penalty_base: health.penalty_base,
+            penalty_max: health.penalty_max.max(health.penalty_base),
         }
+    }
+
+    /// Milliseconds since the registry started: the clock of penalties.
+    pub fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// The endpoints for an Envoy cluster: its own list, else the static
+    /// default list.
+    pub fn cluster(&self, name: Option<&str>) -> Option<Arc<Cluster>> {
+        let snap = self.snapshot.load();
+        name.and_then(|n| snap.clusters.get(n))
+            .or_else(|| snap.clusters.get(DEFAULT_CLUSTER))
+            .cloned()
+    }
+
+    /// Every distinct endpoint address (for probing).
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.snapshot.load().by_addr.keys().copied().collect()
+    }
+
+    /// The state of `addr` as the registry knows it (the first cluster's).
+    pub fn state_of(&self, addr: SocketAddr) -> Option<State> {
+        let snap = self.snapshot.load();
+        snap.by_addr.get(&addr)?.first().map(|e| e.state())
+    }
+
+    /// Wakes every request held for a usable endpoint.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// Every endpoint, or those of one cluster.
     pub fn list(&self, cluster: Option<&str>) -> Vec<EndpointView> {
-        let clusters = self.clusters.load();
-        clusters
+        let snap = self.snapshot.load();
+        let now = self.now_ms();
+        snap.clusters
             .iter()
             .filter(|(name, _)| cluster.is_none_or(|c| c == &***name))
-            .flat_map(|(_, c)| c.endpoints.iter().map(|e| e.view()))
+            .flat_map(|(_, c)| c.endpoints.iter().map(|e| e.view(now)))
             .collect()
     }
 
@@ -172,15 +269,20 @@ impl Registry {
         state: State,
         reason: &str,
     ) -> Result<Vec<EndpointView>, NotFound> {
-        let clusters = self.clusters.load();
-        let changed: Vec<EndpointView> = clusters
-            .iter()
-            .filter(|(name, _)| cluster.is_none_or(|c| c == &***name))
-            .flat_map(|(_, c)| c.endpoints.iter())
-            .filter(|e| e.addr == addr)
+        let snap = self.snapshot.load();
+        let now = self.now_ms();
+        let changed: Vec<EndpointView> = snap
+            .by_addr
+            .get(&addr)
+            .into_iter()
+            .flatten()
+            .filter(|e| cluster.is_none_or(|c| c == &*e.cluster))
             .map(|e| {
                 e.set_state(state, reason);
-                e.view()
+                if state == State::Ready {
+                    self.clear_penalty(e);
+                }
+                e.view(now)
             })
             .collect();
         if changed.is_empty() {
@@ -190,7 +292,95 @@ impl Registry {
             };
             return Err(NotFound(what));
         }
+        if state == State::Ready {
+            self.notify();
+        }
         Ok(changed)
+    }
+
+    /// An active probe's verdict on `addr`. A draining endpoint stays
+    /// draining: only a lifecycle call brings it back.
+    pub fn probed(&self, addr: SocketAddr, state: State, reason: &str) {
+        let snap = self.snapshot.load();
+        let mut woke = false;
+        for e in snap.by_addr.get(&addr).into_iter().flatten() {
+            let now = e.state();
+            if now == State::Draining || now == state {
+                continue;
+            }
+            e.set_state(state, reason);
+            if state == State::Ready {
+                self.clear_penalty(e);
+                woke = true;
+            }
+        }
+        if woke {
+            self.notify();
+        }
+    }
+
+    /// Passive health: a request to `addr` failed in a way that says the
+    /// endpoint, not the request, is the problem. The endpoint is avoided for
+    /// a penalty that doubles with each consecutive failure.
+    pub fn observe_failure(&self, addr: SocketAddr) {
+        let snap = self.snapshot.load();
+        let now = self.now_ms();
+        for e in snap.by_addr.get(&addr).into_iter().flatten() {
+            let n = e.failures.fetch_add(1, Ordering::AcqRel).min(16);
+            let penalty = self
+                .penalty_base
+                .saturating_mul(1 << n)
+                .min(self.penalty_max);
+            let until = now + penalty.as_millis() as u64;
+            if e.penalty_until_ms.swap(until, Ordering::AcqRel) == 0 {
+                self.penalized.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// True when some endpoint is under a passive penalty.
+    pub fn has_penalties(&self) -> bool {
+        self.penalized.load(Ordering::Acquire) != 0
+    }
+
+    /// Passive health: `addr` served a request. Costs one atomic load when no
+    /// endpoint is penalised (the common case, on every request).
+    pub fn observe_success(&self, addr: SocketAddr) {
+        if self.penalized.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let snap = self.snapshot.load();
+        let mut woke = false;
+        for e in snap.by_addr.get(&addr).into_iter().flatten() {
+            woke |= self.clear_penalty(e);
+        }
+        if woke {
+            self.notify();
+        }
+    }
+
+    fn clear_penalty(&self, e: &Endpoint) -> bool {
+        e.failures.store(0, Ordering::Release);
+        if e.penalty_until_ms.swap(0, Ordering::AcqRel) != 0 {
+            self.penalized.fetch_sub(1, Ordering::AcqRel);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The earliest moment a penalised endpoint of `cluster` becomes usable
+    /// again (held requests wake then, since no event marks it).
+    pub fn next_penalty_expiry(&self, cluster: &Cluster) -> Option<Duration> {
+        let now = self.now_ms();
+        cluster
+            .endpoints
+            .iter()
+            .filter(|e| e.state() == State::Ready)
+            .map(|e| e.penalty_until_ms.load(Ordering::Acquire))
+            .filter(|until| *until > now)
+            .min()
+            .map(|until| Duration::from_millis(until - now))
     }
 }
 
@@ -200,13 +390,10 @@ mod tests {
 
     fn registry() -> Registry {
         let cfg = config::Endpoints {
-            default: vec![
-                "127.0.0.1:1".parse().unwrap(),
-                "127.0.0.1:2".parse().unwrap(),
-            ],
+            default: vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()],
             clusters: [("app".to_string(), vec!["127.0.0.1:2".parse().unwrap()])].into(),
         };
-        Registry::from_config(&cfg)
+        Registry::from_config(&cfg, &config::Health::default())
     }
 
     #[test]
@@ -215,30 +402,23 @@ mod tests {
         assert_eq!(r.list(None).len(), 3);
         assert_eq!(r.list(Some("app")).len(), 1);
         assert!(r.list(Some("other")).is_empty());
+        // Unknown clusters fall back to the static default list.
+        assert_eq!(r.cluster(Some("other")).expect("default").endpoints.len(), 2);
+        assert_eq!(r.cluster(Some("app")).expect("app").endpoints.len(), 1);
     }
 
     #[test]
     fn drain_marks_the_address_in_every_cluster_that_has_it() {
         let r = registry();
         let changed = r
-            .set_state(
-                "127.0.0.1:2".parse().unwrap(),
-                None,
-                State::Draining,
-                "preStop",
-            )
+            .set_state("127.0.0.1:2".parse().unwrap(), None, State::Draining, "preStop")
             .expect("known");
         assert_eq!(changed.len(), 2);
         assert!(changed
             .iter()
             .all(|e| e.state == State::Draining && e.reason == "preStop"));
         let one = r
-            .set_state(
-                "127.0.0.1:2".parse().unwrap(),
-                Some("app"),
-                State::Ready,
-                "postStart",
-            )
+            .set_state("127.0.0.1:2".parse().unwrap(), Some("app"), State::Ready, "postStart")
             .expect("known");
         assert_eq!(one.len(), 1);
     }
@@ -251,5 +431,36 @@ mod tests {
             .expect_err("unknown");
         assert!(err.to_string().contains("10.9.9.9:80"));
         assert_eq!(r.list(None).len(), 3);
+    }
+
+    #[test]
+    fn passive_penalty_grows_and_success_clears_it() {
+        let r = registry();
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let c = r.cluster(None).expect("default");
+        let e = &c.endpoints[0];
+        assert!(e.usable(r.now_ms()));
+        r.observe_failure(a);
+        let first = e.penalty_until_ms.load(Ordering::Acquire);
+        assert!(!e.usable(r.now_ms()));
+        r.observe_failure(a);
+        assert!(e.penalty_until_ms.load(Ordering::Acquire) > first);
+        assert!(r.next_penalty_expiry(&c).is_some());
+        let rx = r.subscribe();
+        r.observe_success(a);
+        assert!(e.usable(r.now_ms()));
+        assert!(rx.has_changed().expect("open"), "held requests must wake");
+    }
+
+    #[test]
+    fn probes_never_undo_a_drain() {
+        let r = registry();
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        r.set_state(a, None, State::Draining, "preStop").expect("known");
+        r.probed(a, State::Ready, "probe ok");
+        assert_eq!(r.state_of(a), Some(State::Draining));
+        r.set_state(a, None, State::Ready, "postStart").expect("known");
+        r.probed(a, State::Gone, "probe refused");
+        assert_eq!(r.state_of(a), Some(State::Gone));
     }
 }

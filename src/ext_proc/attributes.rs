@@ -21,6 +21,11 @@ impl<'a> Attributes<'a> {
         Self(request.attributes.get(FILTER_KEY))
     }
 
+    /// A view of attributes already taken out of their message.
+    pub fn from_struct(attributes: Option<&'a Struct>) -> Self {
+        Self(attributes)
+    }
+
     fn kind(&self, key: &str) -> Option<&'a Kind> {
         self.0?.fields.get(key)?.kind.as_ref()
     }

@@ -7,16 +7,68 @@
 //! message is answered at once, in order, so Envoy never reaches its message
 //! timeout; whatever Envoy sends, in whatever order, gets a well-formed reply
 //! and the request passes through as Envoy would have served it.
+//!
+//! The one exception is a rescue: on a retriable failure the reply to the
+//! response headers first extends Envoy's message timeout, then, once the
+//! rescue ends ([`Exchange::resume`]), replaces the response or lets it
+//! through.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use bytes::{Bytes, BytesMut};
 use envoy_types::pb::envoy::{
-    extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode,
-    service::ext_proc::v3::{processing_request::Request, ProcessingRequest, ProcessingResponse},
+    config::core::v3::HeaderValue as EnvoyHeader,
+    extensions::filters::http::ext_proc::v3::{
+        processing_mode::{BodySendMode, HeaderSendMode},
+        ProcessingMode,
+    },
+    service::ext_proc::v3::{
+        processing_request::Request, HttpBody, HttpHeaders, ProcessingRequest,
+        ProcessingResponse,
+    },
+};
+use tokio::time::Instant;
+
+use super::{attributes, attributes::Attributes, header_value, reply, Context};
+use crate::{
+    classify::{self, Cause, Observed},
+    metrics::{Outcome, Phase, StreamError},
+    policy::{self, safety, Decision, RequestFacts},
+    replay::Prepared,
+    rescue::{Ending, Job},
 };
 
-use super::{attributes::Attributes, header_value, reply, Context};
-use crate::metrics::{Phase, StreamError};
+/// The request, as captured for a possible replay. The headers are the
+/// message's own, moved here, not copied.
+#[derive(Debug)]
+struct Captured {
+    headers: Vec<EnvoyHeader>,
+    received: Instant,
+    body: Body,
+}
+
+/// The request body, as far as replay is concerned.
+#[derive(Debug)]
+enum Body {
+    /// The request has no body.
+    Empty,
+    /// Chunks are arriving and fit under the cap so far.
+    Buffering(BytesMut),
+    /// The whole body, under the cap.
+    Complete(Bytes),
+    /// Over the cap, with trailers, or not observed: never replayed.
+    Unavailable,
+}
+
+/// A rescue decided on, to run when the stream next asks for a reply.
+#[derive(Debug)]
+struct Pending {
+    request: Prepared,
+    facts: RequestFacts,
+    cluster: Option<String>,
+    failed: Option<SocketAddr>,
+    deadline: Instant,
+}
 
 /// Per-request state, owned by the stream.
 #[derive(Debug)]
@@ -28,6 +80,8 @@ pub struct Exchange {
     /// Envoy ignores replies in observability mode, so none are sent.
     observability: bool,
     started: bool,
+    request: Option<Captured>,
+    pending: Option<Pending>,
 }
 
 impl Exchange {
@@ -38,6 +92,8 @@ impl Exchange {
             response_body: BodySendMode::None,
             observability: false,
             started: false,
+            request: None,
+            pending: None,
         }
     }
 
@@ -46,7 +102,7 @@ impl Exchange {
     }
 
     /// Handles one message from Envoy; returns the reply to send, if any.
-    pub async fn on_message(&mut self, message: ProcessingRequest) -> Option<ProcessingResponse> {
+    pub async fn on_message(&mut self, mut message: ProcessingRequest) -> Option<ProcessingResponse> {
         if !self.started {
             self.started = true;
             if let Some(cfg) = message.protocol_config {
@@ -57,50 +113,43 @@ impl Exchange {
             }
         }
         self.observability = message.observability_mode;
+        let metrics = &self.ctx.metrics;
 
-        let reply = match message.request {
-            Some(Request::RequestHeaders(_)) => {
-                self.ctx.metrics.phase(Phase::RequestHeaders);
-                reply::continue_request_headers()
+        let reply = match message.request.take() {
+            Some(Request::RequestHeaders(headers)) => {
+                metrics.phase(Phase::RequestHeaders);
+                self.on_request_headers(headers)
             }
             Some(Request::RequestBody(chunk)) => {
-                self.ctx.metrics.phase(Phase::RequestBody);
-                body_reply(true, self.request_body, chunk)
+                metrics.phase(Phase::RequestBody);
+                self.on_request_body(chunk)
             }
             Some(Request::RequestTrailers(_)) => {
-                self.ctx.metrics.phase(Phase::RequestTrailers);
+                metrics.phase(Phase::RequestTrailers);
+                // Trailers are not replayed: a body followed by them is not either.
+                if let Some(r) = &mut self.request {
+                    r.body = Body::Unavailable;
+                }
                 reply::continue_trailers(true)
             }
-            Some(Request::ResponseHeaders(ref headers)) => {
-                self.ctx.metrics.phase(Phase::ResponseHeaders);
-                if tracing::enabled!(tracing::Level::TRACE) {
-                    let attrs = Attributes::of(&message);
-                    let status = attrs.uint("response.code").or_else(|| {
-                        header_value(headers.headers.as_ref(), ":status")
-                            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-                    });
-                    tracing::trace!(
-                        status,
-                        cluster = attrs.str("xds.cluster_name"),
-                        upstream = attrs.str("upstream.address"),
-                        "response headers"
-                    );
-                }
-                reply::continue_response_headers()
+            Some(Request::ResponseHeaders(headers)) => {
+                metrics.phase(Phase::ResponseHeaders);
+                let attrs = message.attributes.remove(attributes::FILTER_KEY);
+                self.on_response_headers(&headers, Attributes::from_struct(attrs.as_ref()))
             }
             Some(Request::ResponseBody(chunk)) => {
-                self.ctx.metrics.phase(Phase::ResponseBody);
+                metrics.phase(Phase::ResponseBody);
                 body_reply(false, self.response_body, chunk)
             }
             Some(Request::ResponseTrailers(_)) => {
-                self.ctx.metrics.phase(Phase::ResponseTrailers);
+                metrics.phase(Phase::ResponseTrailers);
                 reply::continue_trailers(false)
             }
             None => {
                 // A flow-control update alone needs no reply; anything else
                 // without a phase is malformed, and ignoring it loses nothing.
                 if message.client_window_update.is_none() {
-                    self.ctx.metrics.error(StreamError::EmptyMessage);
+                    metrics.error(StreamError::EmptyMessage);
                     tracing::debug!("ext_proc message without a phase; ignored");
                 }
                 return None;
@@ -108,13 +157,279 @@ impl Exchange {
         };
         (!self.observability).then_some(reply)
     }
+
+    /// Runs a rescue decided on in the response headers phase, and returns
+    /// the reply that ends it. `None` when no rescue is pending.
+    pub async fn resume(&mut self) -> Option<ProcessingResponse> {
+        let p = self.pending.take()?;
+        let ending = self
+            .ctx
+            .rescuer
+            .run(Job {
+                request: &p.request,
+                facts: p.facts,
+                cluster: p.cluster.as_deref(),
+                failed: p.failed,
+                deadline: p.deadline,
+            })
+            .await;
+        Some(match ending {
+            Ending::Rescued(r) => {
+                reply::immediate(r).unwrap_or_else(reply::continue_response_headers)
+            }
+            Ending::PassThrough { retry_after: true } => {
+                reply::continue_with_retry_after(self.ctx.rescuer.cfg.retry_after_seconds)
+            }
+            Ending::PassThrough { retry_after: false } => reply::continue_response_headers(),
+        })
+    }
+
+    fn on_request_headers(&mut self, headers: HttpHeaders) -> ProcessingResponse {
+        let rescuer = &self.ctx.rescuer;
+        rescuer.budget.deposit();
+        let fields = headers.headers.map(|m| m.headers).unwrap_or_default();
+        let mut mode_override = None;
+        let body = if !rescuer.cfg.enabled {
+            Body::Unavailable
+        } else if headers.end_of_stream {
+            Body::Empty
+        } else {
+            let cap = rescuer.cfg.max_request_body_bytes;
+            let length = find(&fields, "content-length")
+                .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok());
+            match length {
+                Some(n) if n > cap => Body::Unavailable,
+                _ => {
+                    if self.request_body == BodySendMode::None {
+                        // Observe this body only: a known small one whole
+                        // (one message); one of unknown length chunk by chunk,
+                        // so it is never held back waiting for a buffer.
+                        let mode = if length.is_some() {
+                            BodySendMode::Buffered
+                        } else {
+                            BodySendMode::Streamed
+                        };
+                        mode_override = Some(ProcessingMode {
+                            request_header_mode: HeaderSendMode::Send as i32,
+                            response_header_mode: HeaderSendMode::Send as i32,
+                            request_body_mode: mode as i32,
+                            response_body_mode: self.response_body as i32,
+                            request_trailer_mode: HeaderSendMode::Default as i32,
+                            response_trailer_mode: HeaderSendMode::Default as i32,
+                        });
+                        self.request_body = mode;
+                    }
+                    Body::Buffering(BytesMut::new())
+                }
+            }
+        };
+        self.request = Some(Captured {
+            headers: fields,
+            received: Instant::now(),
+            body,
+        });
+        reply::continue_request_headers(mode_override)
+    }
+
+    fn on_request_body(&mut self, chunk: HttpBody) -> ProcessingResponse {
+        let cap = self.ctx.rescuer.cfg.max_request_body_bytes;
+        let duplex = matches!(
+            self.request_body,
+            BodySendMode::FullDuplexStreamed | BodySendMode::Grpc
+        );
+        let capturing = matches!(
+            self.request,
+            Some(Captured {
+                body: Body::Buffering(_),
+                ..
+            })
+        );
+        if duplex {
+            // The chunk goes back to Envoy; keep a copy only while capturing.
+            if capturing {
+                self.capture(chunk.body.clone(), chunk.end_of_stream, cap);
+            }
+            reply::echo_body(true, chunk)
+        } else {
+            if capturing {
+                self.capture(chunk.body, chunk.end_of_stream, cap);
+            }
+            reply::continue_body(true)
+        }
+    }
+
+    fn capture(&mut self, bytes: Vec<u8>, end: bool, cap: usize) {
+        let Some(r) = &mut self.request else { return };
+        let Body::Buffering(buf) = &mut r.body else {
+            return;
+        };
+        if buf.len() + bytes.len() > cap {
+            r.body = Body::Unavailable;
+        } else if buf.is_empty() && end {
+            // The usual case (BUFFERED): the whole body in one message, kept
+            // without a copy.
+            r.body = Body::Complete(Bytes::from(bytes));
+        } else {
+            buf.extend_from_slice(&bytes);
+            if end {
+                r.body = Body::Complete(buf.split().freeze());
+            }
+        }
+    }
+
+    fn on_response_headers(
+        &mut self,
+        headers: &HttpHeaders,
+        attrs: Attributes<'_>,
+    ) -> ProcessingResponse {
+        let fields = headers.headers.as_ref();
+        let status = attrs
+            .uint("response.code")
+            .or_else(|| {
+                header_value(fields, ":status")
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+            })
+            .unwrap_or(0) as u16;
+        let registry = &self.ctx.registry;
+        let upstream = || {
+            attrs
+                .str("upstream.address")
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+        };
+        if status < 500 && status != 429 {
+            // The fast path: every healthy response. Passive health only
+            // looks further when some endpoint is penalised.
+            if registry.has_penalties() {
+                if let Some(addr) = upstream() {
+                    registry.observe_success(addr);
+                }
+            }
+            return reply::continue_response_headers();
+        }
+
+        let rescue_cfg = &self.ctx.rescuer.cfg;
+        let failed = upstream();
+        let cause = classify::classify(&Observed {
+            status,
+            flags: attrs.uint("response.flags").unwrap_or(0),
+            details: attrs.str("response.code_details").unwrap_or(""),
+            connection_close: header_value(fields, "connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"close")),
+            drain_header: header_value(fields, &rescue_cfg.drain_header).is_some(),
+            overloaded: header_value(fields, "x-envoy-overloaded").is_some(),
+            endpoint: failed.and_then(|a| registry.state_of(a)),
+        });
+        if let Some(addr) = failed {
+            if matches!(
+                cause,
+                Cause::ConnectFailure
+                    | Cause::UpstreamRejected
+                    | Cause::UpstreamDraining
+                    | Cause::UpstreamNotReady
+                    | Cause::ResetAfterSend
+            ) {
+                registry.observe_failure(addr);
+            }
+        }
+
+        let decision = self.decide(cause);
+        self.ctx.metrics.decision(cause, decision);
+        tracing::debug!(
+            status,
+            cause = cause.as_str(),
+            decision = decision.as_str(),
+            upstream = ?failed,
+            cluster = attrs.str("xds.cluster_name"),
+            "failed response"
+        );
+        if decision != Decision::Rescue {
+            return reply::continue_response_headers();
+        }
+        match self.plan(attrs, failed) {
+            Ok(pending) => {
+                let wait = pending.deadline.saturating_duration_since(Instant::now());
+                self.pending = Some(pending);
+                // Envoy must wait for the rescue: extend its message timeout
+                // to the deadline (plus a margin to answer in).
+                reply::extend_timeout(wait + Duration::from_millis(200))
+            }
+            Err(outcome) => {
+                self.ctx.metrics.outcome(outcome, 0.0);
+                reply::continue_response_headers()
+            }
+        }
+    }
+
+    fn decide(&self, cause: Cause) -> Decision {
+        let cfg = &self.ctx.rescuer.cfg;
+        if cause == Cause::Success {
+            return Decision::NotRetriable;
+        }
+        if !cfg.enabled || self.observability {
+            return Decision::Disabled;
+        }
+        let Some(r) = &self.request else {
+            return Decision::BodyNotCaptured;
+        };
+        let facts = RequestFacts {
+            idempotent_method: find(&r.headers, ":method").is_some_and(safety::idempotent_method),
+            idempotency_key: find(&r.headers, "idempotency-key").is_some(),
+            body_replayable: matches!(r.body, Body::Empty | Body::Complete(_)),
+        };
+        policy::decide(cause, facts, cfg.retry_plain_503)
+    }
+
+    /// Everything the rescue needs, taken from the captured request.
+    fn plan(&mut self, attrs: Attributes<'_>, failed: Option<SocketAddr>) -> Result<Pending, Outcome> {
+        let cfg = &self.ctx.rescuer.cfg;
+        let r = self.request.take().ok_or(Outcome::Unreplayable)?;
+        let facts = RequestFacts {
+            idempotent_method: find(&r.headers, ":method").is_some_and(safety::idempotent_method),
+            idempotency_key: find(&r.headers, "idempotency-key").is_some(),
+            body_replayable: true,
+        };
+        // The route's budget, when an Envoy in front announced it.
+        let route_budget = find(&r.headers, "x-envoy-expected-rq-timeout-ms")
+            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_millis);
+        let budget = route_budget.map_or(cfg.deadline, |b| b.min(cfg.deadline));
+        let deadline = r.received + budget;
+        if Instant::now() >= deadline {
+            return Err(Outcome::NoTimeLeft);
+        }
+        let body = match r.body {
+            Body::Complete(b) => b,
+            _ => Bytes::new(),
+        };
+        let request = Prepared::from_envoy(&r.headers, body).map_err(|e| {
+            tracing::debug!(error = %e, "request cannot be replayed");
+            Outcome::Unreplayable
+        })?;
+        Ok(Pending {
+            request,
+            facts,
+            cluster: attrs.str("xds.cluster_name").map(str::to_string),
+            failed,
+            deadline,
+        })
+    }
 }
 
-fn body_reply(
-    request_path: bool,
-    mode: BodySendMode,
-    chunk: envoy_types::pb::envoy::service::ext_proc::v3::HttpBody,
-) -> ProcessingResponse {
+/// The first value of a captured header, as bytes.
+fn find<'a>(headers: &'a [EnvoyHeader], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(name))
+        .map(|h| {
+            if h.raw_value.is_empty() {
+                h.value.as_bytes()
+            } else {
+                h.raw_value.as_slice()
+            }
+        })
+}
+
+fn body_reply(request_path: bool, mode: BodySendMode, chunk: HttpBody) -> ProcessingResponse {
     match mode {
         BodySendMode::FullDuplexStreamed | BodySendMode::Grpc => {
             reply::echo_body(request_path, chunk)

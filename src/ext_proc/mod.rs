@@ -28,6 +28,7 @@ use crate::{
     drain::{Drain, StreamGuard},
     endpoints::Registry,
     metrics::{Metrics, StreamError},
+    rescue::Rescuer,
 };
 
 /// The gRPC service name Envoy calls, also used for gRPC health.
@@ -39,6 +40,7 @@ pub struct Context {
     pub metrics: Metrics,
     pub drain: Arc<Drain>,
     pub registry: Arc<Registry>,
+    pub rescuer: Rescuer,
 }
 
 /// The `ExternalProcessor` implementation.
@@ -102,6 +104,9 @@ impl StreamState {
     async fn next(mut self) -> Option<(Result<ProcessingResponse, Status>, Self)> {
         if self.done {
             return None;
+        }
+        if let Some(reply) = self.exchange.resume().await {
+            return Some((Ok(reply), self));
         }
         loop {
             match self.inbound.message().await {

@@ -1,10 +1,22 @@
 //! The replies mulligan sends Envoy, one constructor per kind.
 
-use envoy_types::pb::envoy::service::ext_proc::v3::{
-    body_mutation::Mutation, processing_response::Response, BodyMutation, BodyResponse,
-    CommonResponse, HeadersResponse, HttpBody, ProcessingResponse, StreamedBodyResponse,
-    TrailersResponse,
+use std::time::Duration;
+
+use envoy_types::pb::{
+    envoy::{
+        config::core::v3::{header_value_option::HeaderAppendAction, HeaderValue, HeaderValueOption},
+        extensions::filters::http::ext_proc::v3::ProcessingMode,
+        r#type::v3::{HttpStatus, StatusCode},
+        service::ext_proc::v3::{
+            body_mutation::Mutation, processing_response::Response, BodyMutation, BodyResponse,
+            CommonResponse, HeaderMutation, HeadersResponse, HttpBody, ImmediateResponse,
+            ProcessingResponse, StreamedBodyResponse, TrailersResponse,
+        },
+    },
+    google::protobuf,
 };
+
+use crate::replay::{hop_by_hop, Replayed};
 
 fn wrap(response: Response) -> ProcessingResponse {
     ProcessingResponse {
@@ -13,13 +25,93 @@ fn wrap(response: Response) -> ProcessingResponse {
     }
 }
 
-/// Headers phase: carry on unchanged.
-pub fn continue_request_headers() -> ProcessingResponse {
-    wrap(Response::RequestHeaders(HeadersResponse::default()))
+/// Request headers: carry on; optionally change how the rest of this
+/// request is processed (e.g. send its small body so it can be replayed).
+pub fn continue_request_headers(mode_override: Option<ProcessingMode>) -> ProcessingResponse {
+    ProcessingResponse {
+        response: Some(Response::RequestHeaders(HeadersResponse::default())),
+        mode_override,
+        ..Default::default()
+    }
 }
 
 pub fn continue_response_headers() -> ProcessingResponse {
     wrap(Response::ResponseHeaders(HeadersResponse::default()))
+}
+
+/// The original response goes through, with `Retry-After` set: the
+/// request was held for a ready endpoint until its deadline.
+pub fn continue_with_retry_after(seconds: u32) -> ProcessingResponse {
+    let set = HeaderValueOption {
+        header: Some(HeaderValue {
+            key: "retry-after".into(),
+            value: String::new(),
+            raw_value: seconds.to_string().into_bytes(),
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    };
+    wrap(Response::ResponseHeaders(HeadersResponse {
+        response: Some(CommonResponse {
+            header_mutation: Some(HeaderMutation {
+                set_headers: vec![set],
+                remove_headers: Vec::new(),
+            }),
+            ..Default::default()
+        }),
+    }))
+}
+
+/// Asks Envoy to wait up to `timeout` for the next reply on this stream
+/// (a rescue takes longer than the default message timeout).
+pub fn extend_timeout(timeout: Duration) -> ProcessingResponse {
+    ProcessingResponse {
+        override_message_timeout: Some(protobuf::Duration {
+            seconds: timeout.as_secs() as i64,
+            nanos: timeout.subsec_nanos() as i32,
+        }),
+        ..Default::default()
+    }
+}
+
+/// The rescued response, replacing the failed one. `None` when Envoy could
+/// not carry its status (not a code Envoy's `StatusCode` enum defines).
+pub fn immediate(r: Replayed) -> Option<ProcessingResponse> {
+    let code = StatusCode::try_from(i32::from(r.status)).ok()?;
+    let mut set_headers = Vec::with_capacity(r.headers.len());
+    let mut last: Option<&http::HeaderName> = None;
+    for (name, value) in &r.headers {
+        if hop_by_hop(name.as_str()) || name == http::header::CONTENT_LENGTH {
+            continue;
+        }
+        // The first value of a name replaces what Envoy's local reply had;
+        // later values of the same name are appended (e.g. set-cookie).
+        let action = if last == Some(name) {
+            HeaderAppendAction::AppendIfExistsOrAdd
+        } else {
+            HeaderAppendAction::OverwriteIfExistsOrAdd
+        };
+        last = Some(name);
+        set_headers.push(HeaderValueOption {
+            header: Some(HeaderValue {
+                key: name.as_str().to_string(),
+                value: String::new(),
+                raw_value: value.as_bytes().to_vec(),
+            }),
+            append_action: action as i32,
+            ..Default::default()
+        });
+    }
+    Some(wrap(Response::ImmediateResponse(ImmediateResponse {
+        status: Some(HttpStatus { code: code as i32 }),
+        headers: Some(HeaderMutation {
+            set_headers,
+            remove_headers: Vec::new(),
+        }),
+        body: r.body.to_vec(),
+        grpc_status: None,
+        details: "mulligan_rescued".into(),
+    })))
 }
 
 /// Body chunk in a mode where Envoy keeps the body (STREAMED, BUFFERED,

@@ -1,0 +1,165 @@
+//! Safety: never replay a request the application may have processed,
+//! unless doing it twice is harmless.
+
+use crate::classify::{Cause, Reached};
+
+/// What the decision needs to know about the request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestFacts {
+    /// GET, HEAD, OPTIONS, TRACE, PUT, DELETE (RFC 9110 §9.2.2).
+    pub idempotent_method: bool,
+    /// The request carries an `Idempotency-Key`.
+    pub idempotency_key: bool,
+    /// The body (if any) was captured whole, so it can be sent again.
+    pub body_replayable: bool,
+}
+
+/// The verdict on one failed response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Decision {
+    /// Replay it (or hold it until an endpoint is ready, then replay).
+    Rescue = 0,
+    /// Not a failure retrying can help (overload, timeout, other 5xx), or a
+    /// plain app 503 with `retry_plain_503` off.
+    NotRetriable,
+    /// The app may have processed it and it is not idempotent.
+    Unsafe,
+    /// The request body was not captured (over the cap, or not observed).
+    BodyNotCaptured,
+    /// Rescue is switched off.
+    Disabled,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 5] = [
+        Decision::Rescue,
+        Decision::NotRetriable,
+        Decision::Unsafe,
+        Decision::BodyNotCaptured,
+        Decision::Disabled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Rescue => "rescue",
+            Decision::NotRetriable => "not_retriable",
+            Decision::Unsafe => "unsafe",
+            Decision::BodyNotCaptured => "body_not_captured",
+            Decision::Disabled => "disabled",
+        }
+    }
+}
+
+/// Whether a response with this cause may be rescued.
+pub fn decide(cause: Cause, request: RequestFacts, retry_plain_503: bool) -> Decision {
+    let retriable = match cause {
+        Cause::NoHealthyUpstream
+        | Cause::ConnectFailure
+        | Cause::UpstreamRejected
+        | Cause::UpstreamDraining
+        | Cause::UpstreamNotReady
+        | Cause::ResetAfterSend => true,
+        Cause::App503 => retry_plain_503,
+        Cause::Success | Cause::Timeout | Cause::Overload | Cause::OtherError => false,
+    };
+    if !retriable {
+        return Decision::NotRetriable;
+    }
+    if !is_safe(cause.reached_app(), request) {
+        return Decision::Unsafe;
+    }
+    if !request.body_replayable {
+        return Decision::BodyNotCaptured;
+    }
+    Decision::Rescue
+}
+
+/// Sending again is safe when the app never saw the request, or when doing
+/// it twice has the effect of doing it once.
+pub fn is_safe(reached: Reached, request: RequestFacts) -> bool {
+    reached == Reached::Never || request.idempotent_method || request.idempotency_key
+}
+
+/// RFC 9110 §9.2.2 idempotent methods.
+pub fn idempotent_method(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POST: RequestFacts = RequestFacts {
+        idempotent_method: false,
+        idempotency_key: false,
+        body_replayable: true,
+    };
+    const GET: RequestFacts = RequestFacts {
+        idempotent_method: true,
+        idempotency_key: false,
+        body_replayable: true,
+    };
+
+    #[test]
+    fn post_is_replayed_only_when_it_never_reached_the_app() {
+        for cause in [
+            Cause::ConnectFailure,
+            Cause::NoHealthyUpstream,
+            Cause::UpstreamRejected,
+        ] {
+            assert_eq!(decide(cause, POST, false), Decision::Rescue, "{cause:?}");
+        }
+        for cause in [
+            Cause::UpstreamDraining,
+            Cause::UpstreamNotReady,
+            Cause::ResetAfterSend,
+        ] {
+            assert_eq!(decide(cause, POST, false), Decision::Unsafe, "{cause:?}");
+        }
+    }
+
+    #[test]
+    fn idempotency_key_makes_a_post_safe() {
+        let keyed = RequestFacts {
+            idempotency_key: true,
+            ..POST
+        };
+        assert_eq!(decide(Cause::ResetAfterSend, keyed, false), Decision::Rescue);
+    }
+
+    #[test]
+    fn overload_timeouts_and_plain_503s() {
+        assert_eq!(decide(Cause::Overload, GET, true), Decision::NotRetriable);
+        assert_eq!(decide(Cause::Timeout, GET, true), Decision::NotRetriable);
+        assert_eq!(decide(Cause::OtherError, GET, true), Decision::NotRetriable);
+        assert_eq!(decide(Cause::App503, GET, false), Decision::NotRetriable);
+        assert_eq!(decide(Cause::App503, GET, true), Decision::Rescue);
+        assert_eq!(decide(Cause::App503, POST, true), Decision::Unsafe);
+    }
+
+    #[test]
+    fn uncaptured_body_is_never_replayed() {
+        let big = RequestFacts {
+            body_replayable: false,
+            ..GET
+        };
+        assert_eq!(
+            decide(Cause::ConnectFailure, big, false),
+            Decision::BodyNotCaptured
+        );
+    }
+
+    #[test]
+    fn rfc_9110_idempotent_methods() {
+        for m in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+            assert!(idempotent_method(m.as_bytes()), "{m}");
+        }
+        for m in ["POST", "PATCH", "CONNECT", "get"] {
+            assert!(!idempotent_method(m.as_bytes()), "{m}");
+        }
+    }
+}

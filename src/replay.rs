@@ -1,0 +1,253 @@
+//! Replay: sends a captured request again, to an endpoint the registry
+//! chose, over pooled keep-alive connections.
+//!
+//! The request is rebuilt as the upstream first saw it: method, path and
+//! query, headers (minus hop-by-hop ones), body; plus `x-mulligan-attempt`
+//! so upstream logs can tell a replay. The address comes only from the
+//! registry, never from anything in the request.
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::config::core::v3::HeaderValue as EnvoyHeader;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+
+use crate::config;
+
+/// The header that numbers attempts: the original is 1, the first replay 2.
+pub const ATTEMPT_HEADER: &str = "x-mulligan-attempt";
+
+/// Headers that describe one connection, not the request (RFC 9110 §7.6.1).
+pub fn hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// A request ready to be sent again, built once per rescue.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// Why a captured request cannot be replayed faithfully.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreplayable {
+    #[error("request has no :method or :path")]
+    MissingPseudoHeader,
+    #[error("header {0:?} cannot be carried by HTTP/1.1")]
+    BadHeader(String),
+}
+
+impl Prepared {
+    /// Rebuilds the request from the headers Envoy sent in the request
+    /// headers phase and the captured body.
+    pub fn from_envoy(headers: &[EnvoyHeader], body: Bytes) -> Result<Self, Unreplayable> {
+        let (mut method, mut path, mut authority) = (None, None, None);
+        let mut map = HeaderMap::with_capacity(headers.len());
+        for h in headers {
+            let value = if h.raw_value.is_empty() {
+                h.value.as_bytes()
+            } else {
+                &h.raw_value
+            };
+            match h.key.as_str() {
+                ":method" => method = Some(value),
+                ":path" => path = Some(value),
+                ":authority" => authority = Some(value),
+                k if k.starts_with(':') => {}
+                k if hop_by_hop(k) || k == "content-length" || k == ATTEMPT_HEADER => {}
+                k => {
+                    let name = HeaderName::from_bytes(k.as_bytes())
+                        .map_err(|_| Unreplayable::BadHeader(k.to_string()))?;
+                    let value = HeaderValue::from_bytes(value)
+                        .map_err(|_| Unreplayable::BadHeader(k.to_string()))?;
+                    map.append(name, value);
+                }
+            }
+        }
+        let method = method
+            .and_then(|m| Method::from_bytes(m).ok())
+            .ok_or(Unreplayable::MissingPseudoHeader)?;
+        let path = path
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .filter(|p| p.starts_with('/'))
+            .ok_or(Unreplayable::MissingPseudoHeader)?
+            .to_string();
+        if let Some(a) = authority {
+            let host = HeaderValue::from_bytes(a)
+                .map_err(|_| Unreplayable::BadHeader(":authority".into()))?;
+            map.insert(header::HOST, host);
+        }
+        Ok(Self {
+            method,
+            path,
+            headers: map,
+            body,
+        })
+    }
+
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+}
+
+/// A replayed response, read whole (within the size cap).
+#[derive(Debug)]
+pub struct Replayed {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What one replay attempt got.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The endpoint answered (any status).
+    Response(Replayed),
+    /// No connection: the request never left mulligan.
+    ConnectFailed,
+    /// The response was larger than the cap.
+    TooLarge,
+    /// Timed out or broke after the request was sent: the app may have it.
+    Failed(String),
+}
+
+/// The pooled HTTP client replays go through.
+#[derive(Clone, Debug)]
+pub struct Replayer {
+    client: Client<HttpConnector, Full<Bytes>>,
+    max_response: usize,
+}
+
+impl Replayer {
+    pub fn new(cfg: &config::Rescue) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(cfg.per_try_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Self {
+            client,
+            max_response: cfg.max_response_body_bytes,
+        }
+    }
+
+    /// Sends `request` to `endpoint` as attempt number `attempt` (2 for the
+    /// first replay), bounded by `timeout` from connect to last body byte.
+    pub async fn send(
+        &self,
+        endpoint: SocketAddr,
+        request: &Prepared,
+        attempt: u32,
+        timeout: Duration,
+    ) -> Attempt {
+        let uri = format!("http://{endpoint}{}", request.path);
+        let mut builder = Request::builder().method(request.method.clone()).uri(uri);
+        if let Some(h) = builder.headers_mut() {
+            h.clone_from(&request.headers);
+            h.insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
+        }
+        let req = match builder.body(Full::new(request.body.clone())) {
+            Ok(r) => r,
+            Err(e) => return Attempt::Failed(format!("building request: {e}")),
+        };
+        let exchange = async {
+            let resp = match self.client.request(req).await {
+                Ok(r) => r,
+                Err(e) if e.is_connect() => return Attempt::ConnectFailed,
+                Err(e) => return Attempt::Failed(format!("{e}")),
+            };
+            let (parts, body) = resp.into_parts();
+            match Limited::new(body, self.max_response).collect().await {
+                Ok(b) => Attempt::Response(Replayed {
+                    status: parts.status.as_u16(),
+                    headers: parts.headers,
+                    body: b.to_bytes(),
+                }),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => Attempt::TooLarge,
+                Err(e) => Attempt::Failed(format!("reading body: {e}")),
+            }
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(a) => a,
+            Err(_) => Attempt::Failed("per-try timeout".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(k: &str, v: &[u8]) -> EnvoyHeader {
+        EnvoyHeader {
+            key: k.into(),
+            value: String::new(),
+            raw_value: v.to_vec(),
+        }
+    }
+
+    #[test]
+    fn rebuilds_the_request_without_hop_by_hop_headers() {
+        let p = Prepared::from_envoy(
+            &[
+                h(":method", b"PUT"),
+                h(":path", b"/a?b=c"),
+                h(":authority", b"app.example"),
+                h(":scheme", b"http"),
+                h("connection", b"keep-alive"),
+                h("transfer-encoding", b"chunked"),
+                h("content-length", b"3"),
+                h("x-request-id", b"abc"),
+                h("set-me", b"1"),
+                h("set-me", b"2"),
+            ],
+            Bytes::from_static(b"abc"),
+        )
+        .expect("replayable");
+        assert_eq!(p.method, Method::PUT);
+        assert_eq!(p.path, "/a?b=c");
+        assert_eq!(p.headers["host"], "app.example");
+        assert_eq!(p.headers["x-request-id"], "abc");
+        assert_eq!(p.headers.get_all("set-me").iter().count(), 2);
+        for gone in ["connection", "transfer-encoding", "content-length"] {
+            assert!(p.headers.get(gone).is_none(), "{gone}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_rebuild() {
+        assert!(Prepared::from_envoy(&[h(":path", b"/")], Bytes::new()).is_err());
+        let bad = Prepared::from_envoy(
+            &[h(":method", b"GET"), h(":path", b"/"), h("x", b"a\nb")],
+            Bytes::new(),
+        );
+        assert!(matches!(bad, Err(Unreplayable::BadHeader(_))));
+        // A path that is an absolute URL could point anywhere: refused.
+        let absolute = Prepared::from_envoy(
+            &[h(":method", b"GET"), h(":path", b"http://169.254.169.254/")],
+            Bytes::new(),
+        );
+        assert!(absolute.is_err());
+    }
+}

@@ -1,0 +1,226 @@
+//! Rescue: turns a retriable failure into the response the client should
+//! have got, by replaying the request to a healthy endpoint, or holding it
+//! until one is ready, within the request's deadline and the shared budget.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use crate::{
+    classify::{self, Cause, Observed},
+    config,
+    endpoints::{picker, Cluster, Endpoint, Registry},
+    metrics::{AttemptResult, Metrics, Outcome},
+    policy::{self, safety, Backoff, Budget, Decision, RequestFacts},
+    replay::{Attempt, Prepared, Replayed, Replayer},
+};
+
+/// Shared by every stream: the budget, the client and the limits.
+#[derive(Debug)]
+pub struct Rescuer {
+    pub cfg: config::Rescue,
+    pub budget: Budget,
+    backoff: Backoff,
+    replayer: Replayer,
+    registry: Arc<Registry>,
+    metrics: Metrics,
+    held: AtomicUsize,
+}
+
+/// One rescue's inputs.
+#[derive(Debug)]
+pub struct Job<'a> {
+    pub request: &'a Prepared,
+    pub facts: RequestFacts,
+    pub cluster: Option<&'a str>,
+    /// The endpoint that failed (not tried again at once).
+    pub failed: Option<SocketAddr>,
+    pub deadline: Instant,
+}
+
+/// How a rescue ended, for the stream to answer Envoy.
+#[derive(Debug)]
+pub enum Ending {
+    /// Send this response instead of the failed one.
+    Rescued(Replayed),
+    /// Let the original response through; with `Retry-After` when held
+    /// until the deadline.
+    PassThrough { retry_after: bool },
+}
+
+impl Rescuer {
+    pub fn new(cfg: &config::Config, registry: Arc<Registry>, metrics: Metrics) -> Self {
+        Self {
+            budget: Budget::new(cfg.budget.ratio, cfg.budget.min_per_second, cfg.budget.window),
+            backoff: Backoff {
+                base: cfg.rescue.backoff_base,
+                max: cfg.rescue.backoff_max,
+            },
+            replayer: Replayer::new(&cfg.rescue),
+            cfg: cfg.rescue.clone(),
+            registry,
+            metrics,
+            held: AtomicUsize::new(0),
+        }
+    }
+
+    pub async fn run(&self, job: Job<'_>) -> Ending {
+        let started = Instant::now();
+        let outcome = self.attempts(&job).await;
+        let (outcome, ending) = match outcome {
+            Ok(replayed) => (Outcome::Rescued, Ending::Rescued(replayed)),
+            Err(o) => (
+                o,
+                Ending::PassThrough {
+                    retry_after: o == Outcome::HeldTooLong,
+                },
+            ),
+        };
+        self.metrics
+            .outcome(outcome, started.elapsed().as_secs_f64());
+        tracing::debug!(
+            outcome = outcome.as_str(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rescue"
+        );
+        ending
+    }
+
+    async fn attempts(&self, job: &Job<'_>) -> Result<Replayed, Outcome> {
+        let Some(cluster) = self.registry.cluster(job.cluster) else {
+            // No endpoint is known for this cluster: wait for none.
+            return Err(Outcome::AttemptsExhausted);
+        };
+        let mut tried: Vec<SocketAddr> = job.failed.into_iter().collect();
+        for replay in 1..=self.cfg.max_attempts {
+            if Instant::now() >= job.deadline {
+                return Err(Outcome::NoTimeLeft);
+            }
+            let pause = self.backoff.delay(replay);
+            if !pause.is_zero() {
+                tokio::time::sleep_until((Instant::now() + pause).min(job.deadline)).await;
+            }
+            let endpoint = match picker::pick(&cluster, &tried, self.registry.now_ms()) {
+                Some(e) => e,
+                None => self.hold(&cluster, job.deadline).await?,
+            };
+            if !self.budget.try_withdraw() {
+                return Err(Outcome::BudgetExhausted);
+            }
+            let remaining = job.deadline.saturating_duration_since(Instant::now());
+            let timeout = self.cfg.per_try_timeout.min(remaining);
+            let attempt = {
+                let _in_flight = endpoint.start_request();
+                self.replayer
+                    .send(endpoint.addr, job.request, replay + 1, timeout)
+                    .await
+            };
+            tried.push(endpoint.addr);
+            match attempt {
+                Attempt::Response(r) => match self.judge(&r, job.facts, endpoint.addr) {
+                    Decision::Rescue => {
+                        self.metrics.attempt(AttemptResult::Retriable);
+                        self.registry.observe_failure(endpoint.addr);
+                    }
+                    _ => {
+                        self.metrics.attempt(AttemptResult::Response);
+                        if r.status < 500 {
+                            self.registry.observe_success(endpoint.addr);
+                        }
+                        return Ok(r);
+                    }
+                },
+                Attempt::ConnectFailed => {
+                    self.metrics.attempt(AttemptResult::ConnectFailure);
+                    self.registry.observe_failure(endpoint.addr);
+                }
+                Attempt::TooLarge => {
+                    self.metrics.attempt(AttemptResult::Response);
+                    return Err(Outcome::ResponseTooLarge);
+                }
+                Attempt::Failed(why) => {
+                    self.metrics.attempt(AttemptResult::Failed);
+                    tracing::debug!(endpoint = %endpoint.addr, why, "replay failed");
+                    self.registry.observe_failure(endpoint.addr);
+                    // The app may have this one now: only an idempotent
+                    // request may go out again.
+                    if !safety::is_safe(classify::Reached::Maybe, job.facts) {
+                        return Err(Outcome::StoppedUnsafe);
+                    }
+                }
+            }
+        }
+        Err(Outcome::AttemptsExhausted)
+    }
+
+    /// Would the policy retry this replayed response?
+    fn judge(&self, r: &Replayed, facts: RequestFacts, addr: SocketAddr) -> Decision {
+        let header = |name: &str| r.headers.get(name);
+        let cause = classify::classify(&Observed {
+            status: r.status,
+            details: "via_upstream",
+            connection_close: header("connection")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close")),
+            drain_header: header(&self.cfg.drain_header).is_some(),
+            overloaded: header("x-envoy-overloaded").is_some(),
+            endpoint: self.registry.state_of(addr),
+            ..Default::default()
+        });
+        if cause == Cause::Success {
+            return Decision::NotRetriable;
+        }
+        policy::decide(cause, facts, self.cfg.retry_plain_503)
+    }
+
+    /// Waits for a usable endpoint until the deadline: woken by any change
+    /// that can make one usable (a lifecycle or probe "ready", a cleared
+    /// penalty) or by the next penalty expiring; no polling.
+    async fn hold(&self, cluster: &Cluster, deadline: Instant) -> Result<Arc<Endpoint>, Outcome> {
+        if self.held.fetch_add(1, Ordering::AcqRel) >= self.cfg.max_held {
+            self.held.fetch_sub(1, Ordering::AcqRel);
+            return Err(Outcome::HeldLimit);
+        }
+        let _held = Held(self);
+        self.metrics.held(1.0);
+        let mut changes = self.registry.subscribe();
+        loop {
+            changes.borrow_and_update();
+            if let Some(e) = picker::pick(cluster, &[], self.registry.now_ms()) {
+                return Ok(e);
+            }
+            let wake = self
+                .registry
+                .next_penalty_expiry(cluster)
+                .map_or(deadline, |d| (Instant::now() + d + Duration::from_millis(1)).min(deadline));
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Err(Outcome::HeldTooLong);
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if Instant::now() >= deadline {
+                        return Err(Outcome::HeldTooLong);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Releases a held request's place, however the hold ends.
+struct Held<'a>(&'a Rescuer);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.held(-1.0);
+    }
+}
