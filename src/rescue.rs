@@ -58,7 +58,11 @@ pub enum Ending {
 impl Rescuer {
     pub fn new(cfg: &config::Config, registry: Arc<Registry>, metrics: Metrics) -> Self {
         Self {
-            budget: Budget::new(cfg.budget.ratio, cfg.budget.min_per_second, cfg.budget.window),
+            budget: Budget::new(
+                cfg.budget.ratio,
+                cfg.budget.min_per_second,
+                cfg.budget.window,
+            ),
             backoff: Backoff {
                 base: cfg.rescue.backoff_base,
                 max: cfg.rescue.backoff_max,
@@ -198,7 +202,9 @@ impl Rescuer {
             let wake = self
                 .registry
                 .next_penalty_expiry(cluster)
-                .map_or(deadline, |d| (Instant::now() + d + Duration::from_millis(1)).min(deadline));
+                .map_or(deadline, |d| {
+                    (Instant::now() + d + Duration::from_millis(1)).min(deadline)
+                });
             tokio::select! {
                 changed = changes.changed() => {
                     if changed.is_err() {

@@ -23,7 +23,11 @@ pub fn pick(cluster: &Cluster, exclude: &[SocketAddr], now_ms: u64) -> Option<Ar
                 b += 1;
             }
             let (a, b) = (usable[a], usable[b]);
-            Some(Arc::clone(if b.in_flight() < a.in_flight() { b } else { a }))
+            Some(Arc::clone(if b.in_flight() < a.in_flight() {
+                b
+            } else {
+                a
+            }))
         }
     }
 }

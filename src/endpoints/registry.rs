@@ -107,7 +107,11 @@ impl Endpoint {
     }
 
     fn view(&self, now_ms: u64) -> EndpointView {
-        let reason = self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let reason = self
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         EndpointView {
             address: self.addr,
             cluster: self.cluster.to_string(),
@@ -390,7 +394,10 @@ mod tests {
 
     fn registry() -> Registry {
         let cfg = config::Endpoints {
-            default: vec!["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()],
+            default: vec![
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap(),
+            ],
             clusters: [("app".to_string(), vec!["127.0.0.1:2".parse().unwrap()])].into(),
         };
         Registry::from_config(&cfg, &config::Health::default())
@@ -403,7 +410,10 @@ mod tests {
         assert_eq!(r.list(Some("app")).len(), 1);
         assert!(r.list(Some("other")).is_empty());
         // Unknown clusters fall back to the static default list.
-        assert_eq!(r.cluster(Some("other")).expect("default").endpoints.len(), 2);
+        assert_eq!(
+            r.cluster(Some("other")).expect("default").endpoints.len(),
+            2
+        );
         assert_eq!(r.cluster(Some("app")).expect("app").endpoints.len(), 1);
     }
 
@@ -411,14 +421,24 @@ mod tests {
     fn drain_marks_the_address_in_every_cluster_that_has_it() {
         let r = registry();
         let changed = r
-            .set_state("127.0.0.1:2".parse().unwrap(), None, State::Draining, "preStop")
+            .set_state(
+                "127.0.0.1:2".parse().unwrap(),
+                None,
+                State::Draining,
+                "preStop",
+            )
             .expect("known");
         assert_eq!(changed.len(), 2);
         assert!(changed
             .iter()
             .all(|e| e.state == State::Draining && e.reason == "preStop"));
         let one = r
-            .set_state("127.0.0.1:2".parse().unwrap(), Some("app"), State::Ready, "postStart")
+            .set_state(
+                "127.0.0.1:2".parse().unwrap(),
+                Some("app"),
+                State::Ready,
+                "postStart",
+            )
             .expect("known");
         assert_eq!(one.len(), 1);
     }
@@ -456,10 +476,12 @@ mod tests {
     fn probes_never_undo_a_drain() {
         let r = registry();
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        r.set_state(a, None, State::Draining, "preStop").expect("known");
+        r.set_state(a, None, State::Draining, "preStop")
+            .expect("known");
         r.probed(a, State::Ready, "probe ok");
         assert_eq!(r.state_of(a), Some(State::Draining));
-        r.set_state(a, None, State::Ready, "postStart").expect("known");
+        r.set_state(a, None, State::Ready, "postStart")
+            .expect("known");
         r.probed(a, State::Gone, "probe refused");
         assert_eq!(r.state_of(a), Some(State::Gone));
     }

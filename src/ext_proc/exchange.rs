@@ -23,8 +23,7 @@ use envoy_types::pb::envoy::{
         ProcessingMode,
     },
     service::ext_proc::v3::{
-        processing_request::Request, HttpBody, HttpHeaders, ProcessingRequest,
-        ProcessingResponse,
+        processing_request::Request, HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
     },
 };
 use tokio::time::Instant;
@@ -102,7 +101,10 @@ impl Exchange {
     }
 
     /// Handles one message from Envoy; returns the reply to send, if any.
-    pub async fn on_message(&mut self, mut message: ProcessingRequest) -> Option<ProcessingResponse> {
+    pub async fn on_message(
+        &mut self,
+        mut message: ProcessingRequest,
+    ) -> Option<ProcessingResponse> {
         if !self.started {
             self.started = true;
             if let Some(cfg) = message.protocol_config {
@@ -380,7 +382,11 @@ impl Exchange {
     }
 
     /// Everything the rescue needs, taken from the captured request.
-    fn plan(&mut self, attrs: Attributes<'_>, failed: Option<SocketAddr>) -> Result<Pending, Outcome> {
+    fn plan(
+        &mut self,
+        attrs: Attributes<'_>,
+        failed: Option<SocketAddr>,
+    ) -> Result<Pending, Outcome> {
         let cfg = &self.ctx.rescuer.cfg;
         let r = self.request.take().ok_or(Outcome::Unreplayable)?;
         let facts = RequestFacts {

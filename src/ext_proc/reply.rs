@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use envoy_types::pb::{
     envoy::{
-        config::core::v3::{header_value_option::HeaderAppendAction, HeaderValue, HeaderValueOption},
+        config::core::v3::{
+            header_value_option::HeaderAppendAction, HeaderValue, HeaderValueOption,
+        },
         extensions::filters::http::ext_proc::v3::ProcessingMode,
         r#type::v3::{HttpStatus, StatusCode},
         service::ext_proc::v3::{

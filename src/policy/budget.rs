@@ -70,7 +70,9 @@ impl Budget {
 
     /// Records one request (every request, on the hot path).
     pub fn deposit(&self) {
-        self.slot(self.now()).requests.fetch_add(1, Ordering::Relaxed);
+        self.slot(self.now())
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget; false when it is spent.

@@ -128,7 +128,10 @@ mod tests {
             idempotency_key: true,
             ..POST
         };
-        assert_eq!(decide(Cause::ResetAfterSend, keyed, false), Decision::Rescue);
+        assert_eq!(
+            decide(Cause::ResetAfterSend, keyed, false),
+            Decision::Rescue
+        );
     }
 
     #[test]

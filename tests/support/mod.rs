@@ -69,6 +69,35 @@ impl Stack {
         }
     }
 
+    /// Like [`Stack::start`], with mulligan reading `toml` as its config file.
+    pub async fn with_config(
+        pods: &[(&str, pods::PodState)],
+        toml: &str,
+        overrides: &[(&'static str, String)],
+    ) -> Stack {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mulligan.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let path = path.to_str().expect("utf-8 path").to_string();
+        let stack = Stack::start(pods, &["--config", &path], overrides).await;
+        // mulligan has read the file by the time it listens.
+        drop(dir);
+        stack
+    }
+
+    /// The pod named `name`.
+    pub fn pod(&self, name: &str) -> &std::sync::Arc<pods::Pod> {
+        self.pods
+            .iter()
+            .find(|p| p.name() == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// Requests that reached any pod's application.
+    pub fn served(&self) -> u64 {
+        self.pods.iter().map(|p| p.served()).sum()
+    }
+
     /// An ext_proc stat of the mulligan listener, e.g. `failure_mode_allowed`.
     pub async fn ext_proc_stat(&self, name: &str) -> u64 {
         self.envoy

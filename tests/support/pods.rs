@@ -67,6 +67,9 @@ struct Shared {
     served: AtomicU64,
     /// Requests rejected with a 503 (booting or draining).
     rejected: AtomicU64,
+    /// A draining pod marks its 503 with `x-mulligan-drain` (it rejected the
+    /// request without processing it), as mulligan's docs ask apps to.
+    drain_header: std::sync::atomic::AtomicBool,
 }
 
 pub struct Pod {
@@ -85,6 +88,7 @@ impl Pod {
             state: AtomicU8::new(state as u8),
             served: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            drain_header: std::sync::atomic::AtomicBool::new(true),
         });
         let pod = Arc::new(Pod {
             addr,
@@ -122,6 +126,11 @@ impl Pod {
             let listener = TcpListener::bind(self.addr).await.expect("rebind pod port");
             self.serve(listener);
         }
+    }
+
+    /// Whether a draining pod's 503 carries `x-mulligan-drain`.
+    pub fn set_drain_header(&self, on: bool) {
+        self.shared.drain_header.store(on, Ordering::Release);
     }
 
     /// Requests that reached the application.
@@ -202,11 +211,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
         PodState::Draining => {
             shared.rejected.fetch_add(1, Ordering::AcqRel);
-            return Ok(reply(StatusCode::SERVICE_UNAVAILABLE)
+            let mut b = reply(StatusCode::SERVICE_UNAVAILABLE)
                 .header("x-pod-state", "draining")
-                .header("connection", "close")
-                .body(full("draining\n"))
-                .unwrap());
+                .header("connection", "close");
+            if shared.drain_header.load(Ordering::Acquire) {
+                b = b.header("x-mulligan-drain", "1");
+            }
+            return Ok(b.body(full("draining\n")).unwrap());
         }
         _ => {}
     }
