@@ -14,32 +14,11 @@ use std::{
 
 use hdrhistogram::Histogram;
 use support::{
+    bench::{arg, header, histogram, row},
     client::{HttpClient, Proto},
     pods::PodState,
     Stack,
 };
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn row(label: &str, h: &Histogram<u64>, rps: Option<f64>) {
-    let us = |q: f64| h.value_at_quantile(q) as f64;
-    println!(
-        "| {label:<28} | {:>7} | {:>8.0} | {:>8.0} | {:>8.0} | {:>8.0} | {:>9} |",
-        h.len(),
-        us(0.5),
-        us(0.99),
-        us(0.999),
-        h.max() as f64,
-        rps.map_or("-".to_string(), |r| format!("{r:.0}")),
-    );
-}
 
 async fn closed_loop(addr: SocketAddr, concurrency: u64, seconds: u64) -> (Histogram<u64>, f64) {
     let until = Instant::now() + Duration::from_secs(seconds);
@@ -47,7 +26,7 @@ async fn closed_loop(addr: SocketAddr, concurrency: u64, seconds: u64) -> (Histo
     for _ in 0..concurrency {
         tasks.push(tokio::spawn(async move {
             let http = HttpClient::new(Proto::Http1);
-            let mut h = Histogram::<u64>::new(3).expect("histogram");
+            let mut h = histogram();
             while Instant::now() < until {
                 let t = Instant::now();
                 let r = http.get(addr, "/").await.expect("request");
@@ -57,7 +36,7 @@ async fn closed_loop(addr: SocketAddr, concurrency: u64, seconds: u64) -> (Histo
             h
         }));
     }
-    let mut all = Histogram::<u64>::new(3).expect("histogram");
+    let mut all = histogram();
     for t in tasks {
         all.add(t.await.expect("worker")).expect("merge");
     }
@@ -79,8 +58,8 @@ async fn main() {
     }
 
     // Sequential, interleaved: latency of one request at a time.
-    let mut with = Histogram::<u64>::new(3).expect("histogram");
-    let mut without = Histogram::<u64>::new(3).expect("histogram");
+    let mut with = histogram();
+    let mut without = histogram();
     for i in 0..requests * 2 {
         let (addr, h) = if i % 2 == 0 {
             (stack.front, &mut with)
@@ -93,17 +72,15 @@ async fn main() {
         h.record(t.elapsed().as_micros() as u64).expect("record");
     }
 
-    println!("\n## Passthrough through Envoy 1.40, with and without mulligan (latency in µs)\n");
-    println!("| run                          |   reqs  |   p50    |   p99    |  p99.9   |   max    |  req/s    |");
-    println!("|------------------------------|---------|----------|----------|----------|----------|-----------|");
+    header("Passthrough through Envoy 1.40, with and without mulligan");
     row("sequential, Envoy alone", &without, None);
     row("sequential, Envoy + mulligan", &with, None);
 
     // Closed loop under concurrency: alternate short rounds so drift in
     // machine load hits both sides alike.
     let rounds = 2;
-    let mut cw = Histogram::<u64>::new(3).expect("histogram");
-    let mut cwo = Histogram::<u64>::new(3).expect("histogram");
+    let mut cw = histogram();
+    let mut cwo = histogram();
     let (mut rw, mut rwo) = (0.0, 0.0);
     for _ in 0..rounds {
         let (h, r) = closed_loop(stack.baseline, concurrency, seconds).await;

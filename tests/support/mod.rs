@@ -7,6 +7,7 @@
 //! - [`render`]: fills the `${NAME}` placeholders of `envoy-config/`.
 #![allow(dead_code)]
 
+pub mod bench;
 pub mod client;
 pub mod envoy;
 pub mod mulligan;
