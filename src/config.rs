@@ -227,8 +227,19 @@ pub enum LogFormat {
     Json,
 }
 
-/// Statically known upstream endpoints.
-#[derive(Clone, Debug, Default, Deserialize)]
+impl Default for Endpoints {
+    fn default() -> Self {
+        Self {
+            default: Vec::new(),
+            clusters: BTreeMap::new(),
+            eds_file: String::new(),
+            eds_file_poll: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Known upstream endpoints: static lists and discovery sources.
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Endpoints {
     /// Endpoints of every cluster that has no list of its own in `clusters`.
@@ -236,6 +247,11 @@ pub struct Endpoints {
     pub default: Vec<SocketAddr>,
     /// Endpoints per Envoy cluster name (`xds.cluster_name`).
     pub clusters: BTreeMap<String, Vec<SocketAddr>>,
+    /// An Envoy EDS file (JSON `DiscoveryResponse`) to follow; empty: none.
+    pub eds_file: String,
+    /// How often the EDS file is checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub eds_file_poll: Duration,
 }
 
 /// A configuration error, located in its file.

@@ -13,7 +13,7 @@ use crate::{
     config::Config,
     control::Control,
     drain::Drain,
-    endpoints::{probe, Registry},
+    endpoints::{eds_file, probe, Registry},
     ext_proc::{self, Context, ExtProc},
     metrics::Metrics,
     rescue::Rescuer,
@@ -38,7 +38,20 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
     let drain = Drain::new();
     let registry = Arc::new(Registry::from_config(&cfg.endpoints, &cfg.health));
     let metrics = Metrics::new();
-    let probes = probe::spawn(Arc::clone(&registry), &cfg.probe);
+    let mut sources = Vec::new();
+    if !cfg.endpoints.eds_file.is_empty() {
+        let path = std::path::PathBuf::from(&cfg.endpoints.eds_file);
+        match eds_file::load(&registry, &path) {
+            Ok(n) => tracing::info!(file = %path.display(), clusters = n, "eds file loaded"),
+            Err(e) => tracing::warn!(error = e, "eds file not loaded yet; following it"),
+        }
+        sources.push(eds_file::spawn(
+            Arc::clone(&registry),
+            path,
+            cfg.endpoints.eds_file_poll,
+        ));
+    }
+    sources.extend(probe::spawn(Arc::clone(&registry), &cfg.probe));
     let ctx = Arc::new(Context {
         rescuer: Rescuer::new(&cfg, Arc::clone(&registry), metrics.clone()),
         metrics,
@@ -106,8 +119,8 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
             "shutdown: drain timeout reached; exiting with streams still open"
         ),
     }
-    for p in probes {
-        p.abort();
+    for task in sources {
+        task.abort();
     }
     let _ = admin_stop.send(());
     let _ = admin.await;

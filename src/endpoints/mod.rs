@@ -3,11 +3,13 @@
 //! one a replay should go to.
 //!
 //! - [`registry`]: the shared set and each endpoint's state;
-//! - sources that feed it: static config (in the registry), the lifecycle
-//!   API (`admin`, `control`), passive health (the responses mulligan sees)
-//!   and [`probe`] (active readiness checks);
+//! - sources that feed it: static config (in the registry), Envoy's EDS
+//!   file ([`eds_file`]), the lifecycle API (`admin`, `control`), passive
+//!   health (the responses mulligan sees) and [`probe`] (active readiness
+//!   checks);
 //! - [`picker`]: the choice of endpoint for one replay.
 
+pub mod eds_file;
 pub mod picker;
 pub mod probe;
 pub mod registry;

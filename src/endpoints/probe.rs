@@ -7,7 +7,12 @@
 //! gone at once (nothing listens there); other failures count towards
 //! `unhealthy_threshold`.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -22,10 +27,12 @@ use crate::config;
 
 type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
 
-/// Starts one probe task per endpoint address; none when probing is off.
-pub fn spawn(registry: Arc<Registry>, cfg: &config::Probe) -> Vec<JoinHandle<()>> {
+/// Probes every endpoint address the registry knows, following membership
+/// changes (one task per address); `None` when probing is off. Aborting the
+/// returned task stops every probe.
+pub fn spawn(registry: Arc<Registry>, cfg: &config::Probe) -> Option<JoinHandle<()>> {
     if cfg.path.is_empty() {
-        return Vec::new();
+        return None;
     }
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -33,20 +40,41 @@ pub fn spawn(registry: Arc<Registry>, cfg: &config::Probe) -> Vec<JoinHandle<()>
     let client: ProbeClient = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);
-    registry
-        .addresses()
-        .into_iter()
-        .map(|addr| {
-            let probe = Probe {
-                addr,
-                uri: format!("http://{addr}{}", cfg.path),
-                client: client.clone(),
-                registry: Arc::clone(&registry),
-                cfg: cfg.clone(),
-            };
-            tokio::spawn(probe.run())
-        })
-        .collect()
+    let cfg = cfg.clone();
+    Some(tokio::spawn(async move {
+        let mut members = registry.membership();
+        // Dropping the map (when this task is aborted) aborts every probe.
+        let mut probes: HashMap<SocketAddr, AbortOnDrop> = HashMap::new();
+        loop {
+            members.borrow_and_update();
+            let now: HashSet<SocketAddr> = registry.addresses().into_iter().collect();
+            probes.retain(|addr, _| now.contains(addr));
+            for addr in now {
+                probes.entry(addr).or_insert_with(|| {
+                    let probe = Probe {
+                        addr,
+                        uri: format!("http://{addr}{}", cfg.path),
+                        client: client.clone(),
+                        registry: Arc::clone(&registry),
+                        cfg: cfg.clone(),
+                    };
+                    AbortOnDrop(tokio::spawn(probe.run()))
+                });
+            }
+            if members.changed().await.is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+/// A probe task that stops when its endpoint leaves the registry.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 struct Probe {

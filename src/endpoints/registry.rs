@@ -165,6 +165,18 @@ struct Snapshot {
     by_addr: HashMap<SocketAddr, Vec<Arc<Endpoint>>>,
 }
 
+impl Snapshot {
+    fn index(clusters: BTreeMap<Arc<str>, Arc<Cluster>>) -> Self {
+        let mut by_addr: HashMap<SocketAddr, Vec<Arc<Endpoint>>> = HashMap::new();
+        for c in clusters.values() {
+            for e in &c.endpoints {
+                by_addr.entry(e.addr).or_default().push(Arc::clone(e));
+            }
+        }
+        Self { clusters, by_addr }
+    }
+}
+
 /// Every known cluster and its endpoints.
 #[derive(Debug)]
 pub struct Registry {
@@ -172,6 +184,8 @@ pub struct Registry {
     start: Instant,
     /// Bumped whenever an endpoint may have become usable.
     changed: watch::Sender<u64>,
+    /// Bumped whenever the set of endpoints changes (probes follow it).
+    membership: watch::Sender<u64>,
     /// Endpoints under a passive penalty: while zero, successes cost nothing.
     penalized: AtomicUsize,
     penalty_base: Duration,
@@ -189,7 +203,7 @@ impl Registry {
     /// ready (static endpoints are trusted until a lifecycle call, a probe or
     /// a failure says otherwise).
     pub fn from_config(cfg: &config::Endpoints, health: &config::Health) -> Self {
-        let mut snap = Snapshot::default();
+        let mut clusters = BTreeMap::new();
         let mut add = |name: &str, addrs: &[SocketAddr]| {
             let name: Arc<str> = Arc::from(name);
             let mut endpoints: Vec<Arc<Endpoint>> = Vec::with_capacity(addrs.len());
@@ -197,11 +211,14 @@ impl Registry {
                 if endpoints.iter().any(|e| e.addr == *a) {
                     continue;
                 }
-                let e = Arc::new(Endpoint::new(*a, name.clone(), State::Ready, "static"));
-                snap.by_addr.entry(*a).or_default().push(Arc::clone(&e));
-                endpoints.push(e);
+                endpoints.push(Arc::new(Endpoint::new(
+                    *a,
+                    name.clone(),
+                    State::Ready,
+                    "static",
+                )));
             }
-            snap.clusters.insert(name, Arc::new(Cluster { endpoints }));
+            clusters.insert(name, Arc::new(Cluster { endpoints }));
         };
         if !cfg.default.is_empty() {
             add(DEFAULT_CLUSTER, &cfg.default);
@@ -210,9 +227,10 @@ impl Registry {
             add(name, addrs);
         }
         Self {
-            snapshot: ArcSwap::from_pointee(snap),
+            snapshot: ArcSwap::from_pointee(Snapshot::index(clusters)),
             start: Instant::now(),
             changed: watch::channel(0).0,
+            membership: watch::channel(0).0,
             penalized: AtomicUsize::new(0),
             penalty_base: health.penalty_base,
             penalty_max: health.penalty_max.max(health.penalty_base),
@@ -247,6 +265,50 @@ impl Registry {
     /// Wakes every request held for a usable endpoint.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// Wakes whoever follows the set of endpoints (the probe supervisor).
+    pub fn membership(&self) -> watch::Receiver<u64> {
+        self.membership.subscribe()
+    }
+
+    /// Replaces the endpoints of `cluster` with `entries` (a discovery
+    /// source's full view of it). Endpoints that stay keep their identity:
+    /// in-flight counts and penalties survive. A source never ends a drain:
+    /// an endpoint that is draining stays so until a lifecycle `ready` call,
+    /// or until it leaves and comes back.
+    pub fn replace_cluster(&self, cluster: &str, entries: &[(SocketAddr, State)], source: &str) {
+        let name: Arc<str> = Arc::from(cluster);
+        let mut woke = false;
+        self.snapshot.rcu(|snap| {
+            let old = snap.clusters.get(&name);
+            let mut endpoints = Vec::with_capacity(entries.len());
+            for (addr, state) in entries {
+                if endpoints.iter().any(|e: &Arc<Endpoint>| e.addr == *addr) {
+                    continue;
+                }
+                let existing = old.and_then(|c| c.endpoints.iter().find(|e| e.addr == *addr));
+                let e = match existing {
+                    Some(e) => {
+                        let now = e.state();
+                        if now != *state && !(now == State::Draining && *state == State::Ready) {
+                            e.set_state(*state, source);
+                        }
+                        Arc::clone(e)
+                    }
+                    None => Arc::new(Endpoint::new(*addr, name.clone(), *state, source)),
+                };
+                woke |= e.state() == State::Ready;
+                endpoints.push(e);
+            }
+            let mut clusters = snap.clusters.clone();
+            clusters.insert(name.clone(), Arc::new(Cluster { endpoints }));
+            Snapshot::index(clusters)
+        });
+        self.membership.send_modify(|v| *v = v.wrapping_add(1));
+        if woke {
+            self.notify();
+        }
     }
 
     fn notify(&self) {
@@ -399,6 +461,7 @@ mod tests {
                 "127.0.0.1:2".parse().unwrap(),
             ],
             clusters: [("app".to_string(), vec!["127.0.0.1:2".parse().unwrap()])].into(),
+            ..Default::default()
         };
         Registry::from_config(&cfg, &config::Health::default())
     }
@@ -470,6 +533,38 @@ mod tests {
         r.observe_success(a);
         assert!(e.usable(r.now_ms()));
         assert!(rx.has_changed().expect("open"), "held requests must wake");
+    }
+
+    #[test]
+    fn a_source_replaces_membership_but_keeps_identity_and_drains() {
+        let r = registry();
+        let a: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:3".parse().unwrap();
+        let before = r.cluster(Some("app")).unwrap();
+        let _busy = before.endpoints[0].start_request();
+        r.set_state(a, Some("app"), State::Draining, "lifecycle: drain")
+            .unwrap();
+        let members = r.membership();
+        r.replace_cluster("app", &[(a, State::Ready), (b, State::NotReady)], "file");
+        assert!(members.has_changed().unwrap());
+        let after = r.cluster(Some("app")).unwrap();
+        assert_eq!(after.endpoints.len(), 2);
+        assert_eq!(
+            after.endpoints[0].in_flight(),
+            1,
+            "same endpoint, same counters"
+        );
+        assert_eq!(
+            after.endpoints[0].state(),
+            State::Draining,
+            "a source never ends a drain"
+        );
+        assert_eq!(r.state_of(b), Some(State::NotReady));
+        r.replace_cluster("app", &[(b, State::Ready)], "file");
+        assert_eq!(r.list(Some("app")).len(), 1);
+        assert_eq!(r.state_of(b), Some(State::Ready));
+        // The default cluster was untouched.
+        assert_eq!(r.list(Some("*")).len(), 2);
     }
 
     #[test]

@@ -1,0 +1,171 @@
+//! A discovery source: Envoy's own EDS file (filesystem xDS).
+//!
+//! Where Envoy reads endpoints from a file (`path_config_source`), mulligan
+//! can follow a file in the same format: a `DiscoveryResponse` (or a bare
+//! `ClusterLoadAssignment`) in JSON. Each `ClusterLoadAssignment` replaces the
+//! endpoints mulligan knows for its `cluster_name`; `health_status` maps to a
+//! state (`DRAINING` is draining, `UNHEALTHY` and `TIMEOUT` not ready,
+//! anything else ready). Writers replace the file atomically (rename), as
+//! Envoy requires too; mulligan checks it every `eds_file_poll`.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+
+use super::{Registry, State};
+
+#[derive(Debug, Deserialize)]
+struct Document {
+    #[serde(default)]
+    resources: Vec<Assignment>,
+    #[serde(default)]
+    cluster_name: Option<String>,
+    #[serde(default)]
+    endpoints: Vec<Locality>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Assignment {
+    cluster_name: String,
+    #[serde(default)]
+    endpoints: Vec<Locality>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Locality {
+    #[serde(default)]
+    lb_endpoints: Vec<LbEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LbEndpoint {
+    endpoint: EndpointAddr,
+    #[serde(default)]
+    health_status: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct EndpointAddr {
+    address: Address,
+}
+
+#[derive(Debug, Deserialize)]
+struct Address {
+    socket_address: SocketAddress,
+}
+
+#[derive(Debug, Deserialize)]
+struct SocketAddress {
+    address: IpAddr,
+    port_value: u16,
+}
+
+/// One cluster's endpoints, as the file states them.
+pub type ClusterView = (String, Vec<(SocketAddr, State)>);
+
+/// Parses an EDS document.
+pub fn parse(text: &str) -> Result<Vec<ClusterView>, serde_json::Error> {
+    let doc: Document = serde_json::from_str(text)?;
+    let mut out = Vec::new();
+    let mut add = |name: String, localities: Vec<Locality>| {
+        let eps = localities
+            .into_iter()
+            .flat_map(|l| l.lb_endpoints)
+            .map(|e| {
+                let sa = e.endpoint.address.socket_address;
+                let state = match e.health_status.as_deref() {
+                    Some("DRAINING") => State::Draining,
+                    Some("UNHEALTHY" | "TIMEOUT") => State::NotReady,
+                    _ => State::Ready,
+                };
+                (SocketAddr::new(sa.address, sa.port_value), state)
+            })
+            .collect();
+        out.push((name, eps));
+    };
+    for a in doc.resources {
+        add(a.cluster_name, a.endpoints);
+    }
+    if let Some(name) = doc.cluster_name {
+        add(name, doc.endpoints);
+    }
+    Ok(out)
+}
+
+/// Loads `path` into the registry once; errors are reported, not fatal.
+pub fn load(registry: &Registry, path: &Path) -> Result<usize, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let clusters = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let n = clusters.len();
+    for (name, eps) in clusters {
+        registry.replace_cluster(&name, &eps, "eds file");
+    }
+    Ok(n)
+}
+
+/// Follows `path`: reloads it whenever its modification time or size changes.
+pub fn spawn(registry: Arc<Registry>, path: PathBuf, poll: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seen: Option<(SystemTime, u64)> = None;
+        let mut interval = tokio::time::interval(poll);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let stamp = (
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.len(),
+            );
+            if seen == Some(stamp) {
+                continue;
+            }
+            match load(&registry, &path) {
+                Ok(_) => seen = Some(stamp),
+                // A half-written file (a writer that did not rename): try
+                // again next tick.
+                Err(e) => tracing::warn!(error = e, "eds file not loaded"),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_discovery_response_with_health() {
+        let text = r#"{"version_info":"3","resources":[{"@type":"type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment","cluster_name":"app","endpoints":[{"lb_endpoints":[
+            {"endpoint":{"address":{"socket_address":{"address":"127.0.0.1","port_value":8001}}},"health_status":"HEALTHY"},
+            {"endpoint":{"address":{"socket_address":{"address":"127.0.0.1","port_value":8002}}},"health_status":"DRAINING"},
+            {"endpoint":{"address":{"socket_address":{"address":"::1","port_value":8003}}}}]}]}]}"#;
+        let v = parse(text).expect("valid");
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].0, "app");
+        assert_eq!(
+            v[0].1,
+            vec![
+                ("127.0.0.1:8001".parse().unwrap(), State::Ready),
+                ("127.0.0.1:8002".parse().unwrap(), State::Draining),
+                ("[::1]:8003".parse().unwrap(), State::Ready),
+            ]
+        );
+    }
+
+    #[test]
+    fn bare_assignment_and_bad_input() {
+        let v = parse(r#"{"cluster_name":"x","endpoints":[]}"#).expect("valid");
+        assert_eq!(v, vec![("x".to_string(), vec![])]);
+        // Hostnames are not accepted: mulligan only sends to IP endpoints.
+        assert!(parse(r#"{"cluster_name":"x","endpoints":[{"lb_endpoints":[{"endpoint":{"address":{"socket_address":{"address":"evil.example","port_value":1}}}}]}]}"#).is_err());
+        assert!(parse("{not json").is_err());
+    }
+}
