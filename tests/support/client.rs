@@ -46,6 +46,15 @@ impl HttpClient {
         }
     }
 
+    /// A client that opens a new connection for every request.
+    pub fn fresh() -> Self {
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_max_idle_per_host(0);
+        Self {
+            inner: b.build(HttpConnector::new()),
+        }
+    }
+
     pub async fn send(
         &self,
         method: Method,

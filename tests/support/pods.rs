@@ -9,6 +9,10 @@
 //! - `/delay/MS`: answers after MS milliseconds;
 //! - anything else: `hello from NAME`.
 //!
+//! `?ms=N` on any route adds N milliseconds of service time. Requests that
+//! carry `x-harness-variant: A` (B, C, D) are counted per variant, so the
+//! rollout harness can tell which proxy sent them.
+//!
 //! Every reply carries `x-pod: NAME`.
 
 use std::{
@@ -70,12 +74,16 @@ struct Shared {
     /// A draining pod marks its 503 with `x-mulligan-drain` (it rejected the
     /// request without processing it), as mulligan's docs ask apps to.
     drain_header: std::sync::atomic::AtomicBool,
+    /// Arrivals per `x-harness-variant` (A..D), rejected ones included.
+    by_variant: [AtomicU64; 4],
 }
 
 pub struct Pod {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Tells the accept loop to stop gracefully (see [`Pod::exit`]).
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<Duration>>>,
 }
 
 impl Pod {
@@ -89,11 +97,13 @@ impl Pod {
             served: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             drain_header: std::sync::atomic::AtomicBool::new(true),
+            by_variant: Default::default(),
         });
         let pod = Arc::new(Pod {
             addr,
             shared,
             server: Mutex::new(None),
+            stop: Mutex::new(None),
         });
         if state == PodState::Gone {
             drop(listener);
@@ -128,6 +138,25 @@ impl Pod {
         }
     }
 
+    /// A graceful exit (SIGTERM after preStop): the port closes at once, but
+    /// requests already in flight on open connections finish (new ones on
+    /// them get a draining 503 with `connection: close`), for up to `grace`;
+    /// then every connection is cut. [`Pod::set_state`] to `Gone` is the
+    /// abrupt version (a crash).
+    pub fn exit(&self, grace: Duration) {
+        self.shared
+            .state
+            .store(PodState::Gone as u8, Ordering::Release);
+        if let Some(stop) = self.stop.lock().unwrap().take() {
+            let _ = stop.send(grace);
+        }
+    }
+
+    /// Arrivals tagged with `x-harness-variant` (0 = A .. 3 = D).
+    pub fn arrivals(&self, variant: usize) -> u64 {
+        self.shared.by_variant[variant].load(Ordering::Acquire)
+    }
+
     /// Whether a draining pod's 503 carries `x-mulligan-drain`.
     pub fn set_drain_header(&self, on: bool) {
         self.shared.drain_header.store(on, Ordering::Release);
@@ -145,11 +174,22 @@ impl Pod {
 
     fn serve(&self, listener: TcpListener) {
         let shared = Arc::clone(&self.shared);
+        let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<Duration>();
+        *self.stop.lock().unwrap() = Some(stop_tx);
         let task = tokio::spawn(async move {
             // Connections live in the set: aborting this task cuts them all.
             let mut conns = JoinSet::new();
             loop {
                 tokio::select! {
+                    grace = &mut stop => {
+                        drop(listener);
+                        let grace = grace.unwrap_or_default();
+                        let _ = tokio::time::timeout(grace, async {
+                            while conns.join_next().await.is_some() {}
+                        })
+                        .await;
+                        return;
+                    }
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
                         let _ = stream.set_nodelay(true);
@@ -188,6 +228,19 @@ fn full(b: impl Into<Bytes>) -> Body {
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let state = PodState::from_u8(shared.state.load(Ordering::Acquire));
     let path = req.uri().path().to_string();
+    if let Some(v) = req.headers().get("x-harness-variant") {
+        if let Some(i) = v.as_bytes().first().and_then(|b| b.checked_sub(b'A')) {
+            if let Some(c) = shared.by_variant.get(i as usize) {
+                c.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+    let service_ms: u64 = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let reply = |status: StatusCode| {
         Response::builder()
             .status(status)
@@ -204,12 +257,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     match state {
         PodState::Booting => {
             shared.rejected.fetch_add(1, Ordering::AcqRel);
-            return Ok(reply(StatusCode::SERVICE_UNAVAILABLE)
-                .header("x-pod-state", "booting")
-                .body(full("not ready\n"))
-                .unwrap());
+            let mut b = reply(StatusCode::SERVICE_UNAVAILABLE).header("x-pod-state", "booting");
+            if shared.drain_header.load(Ordering::Acquire) {
+                b = b.header("x-mulligan-drain", "1");
+            }
+            return Ok(b.body(full("not ready\n")).unwrap());
         }
-        PodState::Draining => {
+        // Gone, but reached on a connection that was already open (a
+        // graceful exit): rejected like a draining pod.
+        PodState::Draining | PodState::Gone => {
             shared.rejected.fetch_add(1, Ordering::AcqRel);
             let mut b = reply(StatusCode::SERVICE_UNAVAILABLE)
                 .header("x-pod-state", "draining")
@@ -222,6 +278,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         _ => {}
     }
     shared.served.fetch_add(1, Ordering::AcqRel);
+    if service_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(service_ms)).await;
+    }
     let mut builder = reply(StatusCode::OK);
     if state == PodState::DrainingServing {
         builder = builder.header("connection", "close");

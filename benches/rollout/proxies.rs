@@ -1,0 +1,190 @@
+//! The proxy behind each variant: one Envoy each (and one mulligan for each
+//! variant that has it), all reading the same EDS file.
+//!
+//! Every Envoy config is derived from the reference bootstrap
+//! (`envoy-config/standalone/envoy.yaml`, the one source of mulligan's
+//! ext_proc settings) and Envoy Gateway's own xDS output for the retry
+//! policy and the cluster (`shared/fixtures/envoy-gateway/xds/retry.*`), so
+//! B is what Envoy Gateway would run, not an imitation of it.
+
+use std::{net::SocketAddr, path::Path};
+
+use serde_json::{json, Value};
+
+use crate::support::{envoy::Envoy, mulligan::Mulligan, render, repo_root};
+
+/// The variants compared side by side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Variant {
+    /// Envoy, no retries.
+    A,
+    /// Envoy with Envoy Gateway's default retries.
+    B,
+    /// B + mulligan rescue.
+    C,
+    /// Steer mode (not built yet).
+    D,
+}
+
+impl Variant {
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn letter(self) -> &'static str {
+        ["A", "B", "C", "D"][self.index()]
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::A => "A: Envoy, no retries",
+            Variant::B => "B: Envoy + Envoy Gateway retries",
+            Variant::C => "C: B + mulligan rescue",
+            Variant::D => "D: steer + rescue",
+        }
+    }
+
+    /// The variants that can run today.
+    pub fn available() -> Vec<Variant> {
+        vec![Variant::A, Variant::B, Variant::C]
+    }
+}
+
+/// A running proxy for one variant.
+pub struct Proxy {
+    pub variant: Variant,
+    /// Kept for the run: dropping it stops Envoy.
+    pub _envoy: Envoy,
+    pub mulligan: Option<Mulligan>,
+    pub front: SocketAddr,
+}
+
+fn fixture(name: &str) -> Value {
+    let path = repo_root()
+        .join("../shared/fixtures/envoy-gateway/xds")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}\nThe harness needs Envoy Gateway's fixtures in ../shared beside the checkout.",
+            path.display()
+        )
+    });
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Envoy Gateway's default BackendTrafficPolicy `retry` policy, as its
+/// translator emits it (the route `second-route-defaults` in the fixture).
+pub fn envoy_gateway_retry_policy() -> Value {
+    let routes = fixture("retry.routes.yaml");
+    routes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|rc| rc["virtualHosts"].as_array().into_iter().flatten())
+        .flat_map(|vh| vh["routes"].as_array().into_iter().flatten())
+        .find(|r| r["name"] == "second-route-defaults")
+        .map(|r| r["route"]["retryPolicy"].clone())
+        .expect("retry fixture has the default route")
+}
+
+/// Envoy Gateway's cluster for a route backend (least request, EDS), with
+/// its EDS source pointed at our file instead of ADS.
+fn envoy_gateway_cluster(eds: &Path) -> Value {
+    let clusters = fixture("retry.clusters.yaml");
+    let mut c = clusters
+        .as_array()
+        .and_then(|a| a.first())
+        .cloned()
+        .expect("retry fixture has a cluster");
+    c["name"] = json!("app");
+    c["connectTimeout"] = json!("1s");
+    c["edsClusterConfig"] = json!({
+        "edsConfig": {
+            "pathConfigSource": {
+                "path": eds.display().to_string(),
+                "watchedDirectory": {"path": eds.parent().expect("eds dir").display().to_string()},
+            },
+            "resourceApiVersion": "V3",
+        },
+    });
+    c
+}
+
+/// The bootstrap for `variant`: the reference file with the listener the
+/// variant needs, Envoy Gateway's cluster and (B, C) its retries.
+pub fn bootstrap(variant: Variant, eds: &Path, mulligan_grpc_port: u16) -> String {
+    let yaml = render::standalone(&[], mulligan_grpc_port, &[]);
+    let mut v: Value = serde_yaml_ng::from_str(&yaml).expect("reference bootstrap is YAML");
+    // Filesystem xDS needs a node identity.
+    v["node"] = json!({"id": format!("rollout-{}", variant.letter()), "cluster": "rollout"});
+    let keep = if variant == Variant::A || variant == Variant::B {
+        "baseline"
+    } else {
+        "mulligan"
+    };
+    let listeners = v["static_resources"]["listeners"]
+        .as_array_mut()
+        .expect("listeners");
+    listeners.retain(|l| l["name"] == keep);
+    if variant != Variant::A {
+        let retry = envoy_gateway_retry_policy();
+        for l in listeners.iter_mut() {
+            for f in l["filter_chains"][0]["filters"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                let vhs = f["typed_config"]["route_config"]["virtual_hosts"].as_array_mut();
+                for vh in vhs.into_iter().flatten() {
+                    for r in vh["routes"].as_array_mut().into_iter().flatten() {
+                        r["route"]["retry_policy"] = retry.clone();
+                    }
+                }
+            }
+        }
+    }
+    let clusters = v["static_resources"]["clusters"]
+        .as_array_mut()
+        .expect("clusters");
+    clusters.retain(|c| c["name"] != "app");
+    clusters.push(envoy_gateway_cluster(eds));
+    v.to_string()
+}
+
+impl Proxy {
+    /// Starts the proxy for `variant`; mulligan (C, D) follows `mulligan_eds`.
+    pub async fn start(
+        variant: Variant,
+        envoy_eds: &Path,
+        mulligan_eds: &Path,
+        mulligan_toml: &str,
+    ) -> Proxy {
+        let mulligan = if variant == Variant::C || variant == Variant::D {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("mulligan.toml");
+            let toml = format!(
+                "[endpoints]\neds_file = {:?}\neds_file_poll = \"20ms\"\n{mulligan_toml}",
+                mulligan_eds.display().to_string()
+            );
+            std::fs::write(&path, toml).expect("mulligan config");
+            let m = Mulligan::start(&["--config", path.to_str().expect("path")]).await;
+            Some(m)
+        } else {
+            None
+        };
+        let port = mulligan.as_ref().map_or(1, |m| m.grpc.port());
+        let envoy = Envoy::start(&bootstrap(variant, envoy_eds, port)).await;
+        let name = if mulligan.is_some() {
+            "mulligan"
+        } else {
+            "baseline"
+        };
+        let front = envoy.listener(name).await;
+        Proxy {
+            variant,
+            _envoy: envoy,
+            mulligan,
+            front,
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! What a run shows: a Markdown table per scenario (stdout), the same as
+//! JSON, and an SVG timeline of client-visible errors per second.
+
+use std::{collections::BTreeMap, path::Path};
+
+use hdrhistogram::Histogram;
+use plotters::prelude::*;
+use serde::Serialize;
+
+use super::load::{ErrorCause, Sample};
+
+/// mulligan's own cost during the run.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ProcStats {
+    pub cpu_seconds: f64,
+    pub peak_rss_mib: f64,
+}
+
+impl ProcStats {
+    /// CPU time and peak RSS of `pid`, from /proc.
+    pub fn of(pid: u32) -> ProcStats {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are
+        // the 14th and 15th fields of the whole line.
+        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let cpu_seconds = (ticks(11) + ticks(12)) / 100.0;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let hwm_kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        ProcStats {
+            cpu_seconds,
+            peak_rss_mib: hwm_kb / 1024.0,
+        }
+    }
+}
+
+/// One variant's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct VariantResult {
+    pub variant: &'static str,
+    pub label: &'static str,
+    pub requests: u64,
+    pub posts: u64,
+    pub errors: u64,
+    /// Client-visible errors caused by draining, gone or not-ready pods.
+    pub rollout_errors: u64,
+    pub errors_by_cause: BTreeMap<&'static str, u64>,
+    /// Requests that reached a pod (rejected ones included) per client request.
+    pub amplification: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub mulligan: Option<ProcStats>,
+    pub rescued: Option<f64>,
+    pub budget_exhausted: Option<f64>,
+    /// Client-visible errors per second of the run.
+    pub errors_per_second: Vec<u64>,
+}
+
+impl VariantResult {
+    pub fn new(
+        variant: &'static str,
+        label: &'static str,
+        samples: &[Sample],
+        arrivals: u64,
+        duration_s: f64,
+    ) -> VariantResult {
+        let mut h = Histogram::<u64>::new(3).expect("histogram");
+        let mut by_cause: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let seconds = duration_s.ceil() as usize + 1;
+        let mut per_second = vec![0u64; seconds];
+        let mut rollout_errors = 0;
+        for s in samples {
+            let _ = h.record(s.latency_us.max(1));
+            if let Some(c) = s.error {
+                *by_cause.entry(c.as_str()).or_default() += 1;
+                if c.is_rollout() {
+                    rollout_errors += 1;
+                }
+                let sec = (s.at_ms / 1000) as usize;
+                if sec < per_second.len() {
+                    per_second[sec] += 1;
+                }
+            }
+        }
+        let ms = |v: u64| v as f64 / 1000.0;
+        let requests = samples.len() as u64;
+        VariantResult {
+            variant,
+            label,
+            requests,
+            posts: samples.iter().filter(|s| s.post).count() as u64,
+            errors: samples.iter().filter(|s| s.error.is_some()).count() as u64,
+            rollout_errors,
+            errors_by_cause: by_cause,
+            amplification: arrivals as f64 / requests.max(1) as f64,
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+            mulligan: None,
+            rescued: None,
+            budget_exhausted: None,
+            errors_per_second: per_second,
+        }
+    }
+}
+
+/// A whole scenario run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioResult {
+    pub scenario: String,
+    pub description: String,
+    pub cluster: super::cluster::Spec,
+    pub load: super::load::Spec,
+    pub events: Vec<(f64, String)>,
+    pub variants: Vec<VariantResult>,
+}
+
+impl ScenarioResult {
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "\n### {} — {}\n\n{} req/s per variant for {} s, {:.0}% POST, {} connections; {} replicas, EDS lag {} ms\n\n",
+            self.scenario,
+            self.description,
+            self.load.rate,
+            self.load.duration_s,
+            self.load.post_fraction * 100.0,
+            if self.load.fresh_connections { "fresh" } else { "keep-alive" },
+            self.cluster.replicas,
+            self.cluster.eds_lag_ms,
+        );
+        let causes: Vec<&str> = ErrorCause::ALL.iter().map(|c| c.as_str()).collect();
+        out.push_str("| variant | requests | 5xx | ");
+        out.push_str(&causes.join(" | "));
+        out.push_str(" | amplification | p50 ms | p99 ms | p99.9 ms | max ms | mulligan CPU s | mulligan peak RSS MiB |\n|---|---:|---:|");
+        out.push_str(&"---:|".repeat(causes.len()));
+        out.push_str("---:|---:|---:|---:|---:|---:|---:|\n");
+        for v in &self.variants {
+            out.push_str(&format!("| {} | {} | {} | ", v.label, v.requests, v.errors));
+            for c in &causes {
+                out.push_str(&format!(
+                    "{} | ",
+                    v.errors_by_cause.get(c).copied().unwrap_or(0)
+                ));
+            }
+            let (cpu, rss) = v.mulligan.map_or(("-".into(), "-".into()), |m| {
+                (
+                    format!("{:.2}", m.cpu_seconds),
+                    format!("{:.1}", m.peak_rss_mib),
+                )
+            });
+            out.push_str(&format!(
+                "{:.3} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} |\n",
+                v.amplification, v.p50_ms, v.p99_ms, v.p999_ms, v.max_ms, cpu, rss
+            ));
+        }
+        for v in &self.variants {
+            if let (Some(r), Some(b)) = (v.rescued, v.budget_exhausted) {
+                out.push_str(&format!(
+                    "\n{}: {r:.0} responses rescued, {b:.0} left alone because the retry budget was spent.",
+                    v.variant
+                ));
+            }
+        }
+        out.push('\n');
+        out
+    }
+
+    /// Errors per second over the run, one line per variant.
+    pub fn plot(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let secs = self
+            .variants
+            .iter()
+            .map(|v| v.errors_per_second.len())
+            .max()
+            .unwrap_or(1);
+        let top = self
+            .variants
+            .iter()
+            .flat_map(|v| v.errors_per_second.iter().copied())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{}: client-visible errors per second", self.scenario),
+                ("sans-serif", 20),
+            )
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(48)
+            .build_cartesian_2d(0..secs as u32, 0..(top + top / 10 + 1))?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds since start")
+            .y_desc("5xx per second")
+            .draw()?;
+        let colors = [RED, BLUE, GREEN, MAGENTA];
+        for (i, v) in self.variants.iter().enumerate() {
+            let color = colors[i % colors.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    v.errors_per_second
+                        .iter()
+                        .enumerate()
+                        .map(|(s, e)| (s as u32, *e)),
+                    color.stroke_width(2),
+                ))?
+                .label(v.label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+        }
+        // Rollout events as thin vertical marks.
+        for (t, _) in &self.events {
+            let x = *t as u32;
+            chart.draw_series(std::iter::once(PathElement::new(
+                vec![(x, 0), (x, top / 20 + 1)],
+                BLACK.mix(0.4),
+            )))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    }
+}

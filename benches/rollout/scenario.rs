@@ -1,0 +1,307 @@
+//! The named scenarios and the runner that plays one against every variant.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use super::{
+    cluster::{Cluster, DrainMode, Spec as ClusterSpec},
+    load::{self, Spec as LoadSpec},
+    proxies::{Proxy, Variant},
+    report::{ProcStats, ScenarioResult, VariantResult},
+};
+
+/// Scenarios: (name, what it shows).
+pub const SCENARIOS: [(&str, &str); 7] = [
+    (
+        "rolling",
+        "rolling updates, maxSurge 25%, maxUnavailable 0, pods reject while draining",
+    ),
+    (
+        "aggressive",
+        "rolling updates, maxSurge 0, maxUnavailable 50%",
+    ),
+    (
+        "scale-from-one",
+        "scale 1 → 4 → 1 with slow boot and readiness that reports before the app serves",
+    ),
+    (
+        "eds-lag",
+        "rolling updates with a 2 s EDS propagation lag (a slow control plane)",
+    ),
+    (
+        "outage",
+        "every pod killed for 10 s, then new pods boot (amplification must stay in budget)",
+    ),
+    (
+        "serving-drain",
+        "rolling updates, pods keep serving with connection: close while draining",
+    ),
+    (
+        "demo",
+        "the 60-second default: rolling updates as in `rolling`",
+    ),
+];
+
+/// Overrides from the command line (or a test).
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub duration_s: Option<f64>,
+    pub rate: Option<f64>,
+    pub post_fraction: Option<f64>,
+    pub fresh_connections: bool,
+    pub eds_lag_ms: Option<u64>,
+    pub replicas: Option<usize>,
+    pub variants: Vec<Variant>,
+    /// Extra mulligan config (TOML) for the variants that run it.
+    pub mulligan_toml: String,
+    /// Print progress to stderr every few seconds.
+    pub progress: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            duration_s: None,
+            rate: None,
+            post_fraction: None,
+            fresh_connections: false,
+            eds_lag_ms: None,
+            replicas: None,
+            variants: Variant::available(),
+            mulligan_toml: "[probe]\npath = \"/ready\"\ninterval = \"200ms\"\n".into(),
+            progress: true,
+        }
+    }
+}
+
+fn base() -> (ClusterSpec, LoadSpec) {
+    (
+        ClusterSpec {
+            replicas: 4,
+            boot_ms: (1000, 2000),
+            probe_period_ms: 500,
+            warmup_ms: 0,
+            drain: DrainMode::Reject,
+            drain_window_ms: 2000,
+            exit_grace_ms: 1000,
+            eds_lag_ms: 200,
+        },
+        LoadSpec {
+            rate: 200.0,
+            duration_s: 30.0,
+            post_fraction: 0.2,
+            post_bytes: 512,
+            fresh_connections: false,
+            service_ms: (1, 5),
+        },
+    )
+}
+
+/// The cluster and load a scenario starts from.
+pub fn spec(name: &str) -> Option<(ClusterSpec, LoadSpec)> {
+    let (mut c, mut l) = base();
+    match name {
+        "rolling" | "aggressive" => {}
+        "demo" => l.duration_s = 60.0,
+        "scale-from-one" => {
+            c.replicas = 1;
+            c.boot_ms = (3000, 5000);
+            c.probe_period_ms = 300;
+            c.warmup_ms = 1300;
+        }
+        "eds-lag" => c.eds_lag_ms = 2000,
+        "outage" => l.duration_s = 25.0,
+        "serving-drain" => c.drain = DrainMode::KeepServing,
+        _ => return None,
+    }
+    Some((c, l))
+}
+
+/// What the controller does during the run, until `until`.
+async fn script(name: &str, cluster: Arc<Cluster>, until: Instant) {
+    let n = cluster.spec.replicas;
+    let settle = Duration::from_secs(2);
+    tokio::time::sleep(settle).await;
+    match name {
+        "scale-from-one" => {
+            while Instant::now() + Duration::from_secs(8) < until {
+                cluster.scale_to(4).await;
+                cluster.wait_ready(4, Duration::from_secs(10)).await;
+                tokio::time::sleep(settle).await;
+                cluster.scale_to(1).await;
+                tokio::time::sleep(Duration::from_secs(4)).await;
+            }
+        }
+        "outage" => {
+            cluster.outage(Duration::from_secs(10)).await;
+        }
+        _ => {
+            let (surge, unavailable) = if name == "aggressive" {
+                (0, n / 2)
+            } else {
+                (n.div_ceil(4), 0)
+            };
+            while Instant::now() + Duration::from_secs(4) < until {
+                cluster.rolling_update(surge, unavailable).await;
+                tokio::time::sleep(settle).await;
+            }
+        }
+    }
+}
+
+/// Runs scenario `name` against every variant in `opts`.
+pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
+    let (mut cspec, mut lspec) = spec(name).unwrap_or_else(|| panic!("no scenario {name}"));
+    if let Some(d) = opts.duration_s {
+        lspec.duration_s = d;
+    }
+    if let Some(r) = opts.rate {
+        lspec.rate = r;
+    }
+    if let Some(p) = opts.post_fraction {
+        lspec.post_fraction = p;
+    }
+    if let Some(l) = opts.eds_lag_ms {
+        cspec.eds_lag_ms = l;
+    }
+    if let Some(r) = opts.replicas {
+        cspec.replicas = r;
+    }
+    lspec.fresh_connections |= opts.fresh_connections;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::new(cspec.clone(), dir.path()).await;
+    let mut proxies = Vec::new();
+    for v in &opts.variants {
+        let p = Proxy::start(
+            *v,
+            cluster.envoy_eds(),
+            cluster.mulligan_eds(),
+            &opts.mulligan_toml,
+        )
+        .await;
+        if let Some(m) = &p.mulligan {
+            cluster.add_mulligan(m.admin);
+        }
+        proxies.push(p);
+    }
+    // Every proxy serves before the clock starts.
+    for p in &proxies {
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = crate::support::client::get(p.front, "/").await;
+            if matches!(&r, Ok(r) if r.status == 200) {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "{:?} never served: {r:?}",
+                p.variant
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let arrivals_before: Vec<u64> = (0..4)
+        .map(|i| cluster.all_pods().iter().map(|p| p.arrivals(i)).sum())
+        .collect();
+
+    let start = Instant::now() + Duration::from_millis(100);
+    let until = start + Duration::from_secs_f64(lspec.duration_s);
+    let controller = {
+        let cluster = Arc::clone(&cluster);
+        let name = name.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start).await;
+            script(&name, cluster, until).await;
+        })
+    };
+    let progress = Arc::new(Mutex::new(vec![0u64; proxies.len()]));
+    let reporter = opts.progress.then(|| {
+        let progress = Arc::clone(&progress);
+        let letters: Vec<&str> = proxies.iter().map(|p| p.variant.letter()).collect();
+        let total = lspec.duration_s;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let done = progress.lock().unwrap().clone();
+                let parts: Vec<String> = letters
+                    .iter()
+                    .zip(done)
+                    .map(|(l, n)| format!("{l} {n}"))
+                    .collect();
+                eprintln!(
+                    "  [{:>4.0}/{total:.0} s] requests done: {}",
+                    start.elapsed().as_secs_f64(),
+                    parts.join(", ")
+                );
+            }
+        })
+    });
+    let loads = proxies.iter().enumerate().map(|(i, p)| {
+        load::run(
+            p.front,
+            p.variant.letter(),
+            &lspec,
+            start,
+            Arc::clone(&progress),
+            i,
+        )
+    });
+    let samples = futures::future::join_all(loads).await;
+    controller.abort();
+    if let Some(r) = reporter {
+        r.abort();
+    }
+
+    let mut variants = Vec::new();
+    for (p, s) in proxies.iter().zip(samples) {
+        let i = p.variant.index();
+        let arrivals: u64 = cluster
+            .all_pods()
+            .iter()
+            .map(|pod| pod.arrivals(i))
+            .sum::<u64>()
+            - arrivals_before[i];
+        let mut v = VariantResult::new(
+            p.variant.letter(),
+            p.variant.label(),
+            &s,
+            arrivals,
+            lspec.duration_s,
+        );
+        if let Some(m) = &p.mulligan {
+            v.mulligan = Some(ProcStats::of(m.pid()));
+            v.rescued = Some(
+                m.metric(r#"mulligan_rescues_total{outcome="rescued"}"#)
+                    .await,
+            );
+            v.budget_exhausted = Some(
+                m.metric(r#"mulligan_rescues_total{outcome="budget_exhausted"}"#)
+                    .await,
+            );
+        }
+        variants.push(v);
+    }
+    let events = cluster
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(t, e)| (t.saturating_duration_since(start).as_secs_f64(), e.clone()))
+        .collect();
+    ScenarioResult {
+        scenario: name.to_string(),
+        description: SCENARIOS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(String::new(), |(_, d)| d.to_string()),
+        cluster: cspec,
+        load: lspec,
+        events,
+        variants,
+    }
+}

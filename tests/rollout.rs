@@ -1,0 +1,60 @@
+//! A short run of the rollout harness (`benches/rollout`): the correctness
+//! claims behind the benchmark figures, asserted. The harness must see the
+//! 503s a rollout leaks through Envoy alone (A), and mulligan (C) must leave
+//! none of them.
+mod support;
+
+#[path = "../benches/rollout/mod.rs"]
+mod rollout;
+
+use rollout::scenario::{self, Options};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_with_eds_lag_leaks_nothing_through_mulligan() {
+    let opts = Options {
+        duration_s: Some(8.0),
+        rate: Some(100.0),
+        progress: false,
+        ..Options::default()
+    };
+    let result = scenario::run("eds-lag", &opts).await;
+    println!("{}", result.markdown());
+    let by = |letter: &str| {
+        result
+            .variants
+            .iter()
+            .find(|v| v.variant == letter)
+            .unwrap_or_else(|| panic!("variant {letter} ran"))
+    };
+    let (a, c) = (by("A"), by("C"));
+    assert!(
+        a.requests >= 790 && c.requests >= 790,
+        "the load ran: {a:?}"
+    );
+    assert!(
+        a.rollout_errors > 0,
+        "the harness must see the 503s Envoy alone leaks during a rollout"
+    );
+    assert_eq!(
+        c.rollout_errors, 0,
+        "mulligan must leave no rollout 503: {:?}",
+        c.errors_by_cause
+    );
+    assert!(
+        c.errors == 0,
+        "no 5xx at all through mulligan: {:?}",
+        c.errors_by_cause
+    );
+    assert!(c.amplification < 1.5, "amplification {}", c.amplification);
+    // The rollout really happened while the load ran.
+    assert!(result
+        .events
+        .iter()
+        .any(|(_, e)| e.contains("rolling update")));
+    // And the timeline plot renders.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svg = dir.path().join("eds-lag.svg");
+    result.plot(&svg).expect("plot");
+    let text = std::fs::read_to_string(&svg).expect("svg written");
+    assert!(text.starts_with("<svg") && text.contains("C: B + mulligan rescue"));
+}
