@@ -110,6 +110,7 @@ fn context() -> Arc<Context> {
     let metrics = Metrics::new();
     Arc::new(Context {
         rescuer: Rescuer::new(&cfg, Arc::clone(&registry), metrics.clone()),
+        steer: cfg.steer.clone(),
         metrics,
         drain: Drain::new(),
         registry,

@@ -22,6 +22,34 @@ pub struct Config {
     pub budget: Budget,
     pub health: Health,
     pub probe: Probe,
+    pub steer: Steer,
+}
+
+/// Steer: choosing healthy endpoints before the request leaves Envoy.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Steer {
+    /// Needs Envoy's `override_host` load balancing policy on the cluster
+    /// (`envoy-config/standalone/steer.yaml`) and `mutation_rules.allow_envoy`.
+    pub enabled: bool,
+    /// The header `override_host` reads the endpoint list from.
+    pub header: String,
+    /// Endpoints listed per request, in the order Envoy tries them.
+    pub max_endpoints: usize,
+    /// Ask for the response phase on one request in this many even when it
+    /// needs no rescue, to learn from what Envoy reports (0: never).
+    pub observe_one_in: u32,
+}
+
+impl Default for Steer {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            header: "x-gateway-destination-endpoint".into(),
+            max_endpoints: 3,
+            observe_one_in: 16,
+        }
+    }
 }
 
 /// Rescue: replaying a retriable 503 to a healthy endpoint.

@@ -16,7 +16,8 @@
 //!    API, passive health, active probes) and the picker.
 //! 5. [`rescue`] drives [`replay`]: send the request again to a healthy
 //!    endpoint, or hold it until one is ready, and answer Envoy with the
-//!    response.
+//!    response; or, on the request path, [`steer`] hands Envoy an ordered
+//!    list of healthy endpoints and retry headers.
 //!
 //! Around the request path:
 //! - [`server`] wires the gRPC port (ext_proc, health, [`control`]) and the
@@ -37,6 +38,7 @@ pub mod policy;
 pub mod replay;
 pub mod rescue;
 pub mod server;
+pub mod steer;
 pub mod telemetry;
 
 /// mulligan's own control API (`proto/mulligan/v1`).

@@ -185,6 +185,8 @@ pub struct Metrics {
     attempts: [Counter; 4],
     held: Gauge,
     rescue_seconds: Histogram,
+    /// Steered requests: [listed endpoints, none usable] × [observed, not].
+    steered: [[Counter; 2]; 2],
 }
 
 impl Metrics {
@@ -210,6 +212,15 @@ impl Metrics {
             attempts: AttemptResult::ALL
                 .map(|a| counter!("mulligan_replay_attempts_total", "result" => a.as_str())),
             held: gauge!("mulligan_rescue_held"),
+            steered: [false, true].map(|empty| {
+                [true, false].map(|observe| {
+                    counter!(
+                        "mulligan_steered_total",
+                        "endpoints" => if empty { "none" } else { "listed" },
+                        "response_phase" => if observe { "observed" } else { "skipped" }
+                    )
+                })
+            }),
             rescue_seconds: histogram!("mulligan_rescue_duration_seconds"),
         }
     }
@@ -226,6 +237,11 @@ impl Metrics {
 
     pub fn attempt(&self, result: AttemptResult) {
         self.attempts[result as usize].increment(1);
+    }
+
+    /// A request was steered (or found no usable endpoint to steer to).
+    pub fn steered(&self, no_endpoint: bool, observe: bool) {
+        self.steered[no_endpoint as usize][!observe as usize].increment(1);
     }
 
     pub fn held(&self, delta: f64) {
@@ -287,6 +303,10 @@ fn describe() {
     describe_counter!(
         "mulligan_replay_attempts_total",
         "replays sent to an endpoint, by result"
+    );
+    describe_counter!(
+        "mulligan_steered_total",
+        "requests steered, by whether usable endpoints were listed and whether the response phase was kept"
     );
     describe_gauge!(
         "mulligan_rescue_held",

@@ -40,8 +40,8 @@ pub struct Job<'a> {
     pub request: &'a Prepared,
     pub facts: RequestFacts,
     pub cluster: Option<&'a str>,
-    /// The endpoint that failed (not tried again at once).
-    pub failed: Option<SocketAddr>,
+    /// The endpoints that failed it already (not tried again at once).
+    pub failed: &'a [SocketAddr],
     pub deadline: Instant,
 }
 
@@ -102,7 +102,7 @@ impl Rescuer {
             // No endpoint is known for this cluster: wait for none.
             return Err(Outcome::AttemptsExhausted);
         };
-        let mut tried: Vec<SocketAddr> = job.failed.into_iter().collect();
+        let mut tried: Vec<SocketAddr> = job.failed.to_vec();
         for replay in 1..=self.cfg.max_attempts {
             if Instant::now() >= job.deadline {
                 return Err(Outcome::NoTimeLeft);

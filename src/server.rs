@@ -54,6 +54,7 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
     sources.extend(probe::spawn(Arc::clone(&registry), &cfg.probe));
     let ctx = Arc::new(Context {
         rescuer: Rescuer::new(&cfg, Arc::clone(&registry), metrics.clone()),
+        steer: cfg.steer.clone(),
         metrics,
         drain: Arc::clone(&drain),
         registry: Arc::clone(&registry),

@@ -35,6 +35,7 @@ use crate::{
     policy::{self, safety, Decision, RequestFacts},
     replay::Prepared,
     rescue::{Ending, Job},
+    steer,
 };
 
 /// The request, as captured for a possible replay. The headers are the
@@ -65,7 +66,8 @@ struct Pending {
     request: Prepared,
     facts: RequestFacts,
     cluster: Option<String>,
-    failed: Option<SocketAddr>,
+    /// Endpoints that already failed this request (not retried at once).
+    failed: Vec<SocketAddr>,
     deadline: Instant,
 }
 
@@ -81,6 +83,8 @@ pub struct Exchange {
     started: bool,
     request: Option<Captured>,
     pending: Option<Pending>,
+    /// The endpoints steer listed for this request, in order.
+    steered: Vec<SocketAddr>,
 }
 
 impl Exchange {
@@ -93,6 +97,7 @@ impl Exchange {
             started: false,
             request: None,
             pending: None,
+            steered: Vec::new(),
         }
     }
 
@@ -120,7 +125,8 @@ impl Exchange {
         let reply = match message.request.take() {
             Some(Request::RequestHeaders(headers)) => {
                 metrics.phase(Phase::RequestHeaders);
-                self.on_request_headers(headers)
+                let attrs = message.attributes.remove(attributes::FILTER_KEY);
+                self.on_request_headers(headers, Attributes::from_struct(attrs.as_ref()))
             }
             Some(Request::RequestBody(chunk)) => {
                 metrics.phase(Phase::RequestBody);
@@ -171,7 +177,7 @@ impl Exchange {
                 request: &p.request,
                 facts: p.facts,
                 cluster: p.cluster.as_deref(),
-                failed: p.failed,
+                failed: &p.failed,
                 deadline: p.deadline,
             })
             .await;
@@ -186,12 +192,24 @@ impl Exchange {
         })
     }
 
-    fn on_request_headers(&mut self, headers: HttpHeaders) -> ProcessingResponse {
-        let rescuer = &self.ctx.rescuer;
+    fn on_request_headers(
+        &mut self,
+        headers: HttpHeaders,
+        attrs: Attributes<'_>,
+    ) -> ProcessingResponse {
+        let ctx = Arc::clone(&self.ctx);
+        let rescuer = &ctx.rescuer;
         rescuer.budget.deposit();
         let fields = headers.headers.map(|m| m.headers).unwrap_or_default();
-        let mut mode_override = None;
-        let body = if !rescuer.cfg.enabled {
+        let mut mutation = reply::Mutation::default();
+        // With steer on, the response phase is asked for only when needed.
+        let observe = if ctx.steer.enabled {
+            Some(self.steer(&fields, attrs, &mut mutation))
+        } else {
+            None
+        };
+        let mut body_override = None;
+        let body = if !rescuer.cfg.enabled || observe == Some(false) {
             Body::Unavailable
         } else if headers.end_of_stream {
             Body::Empty
@@ -211,26 +229,80 @@ impl Exchange {
                         } else {
                             BodySendMode::Streamed
                         };
-                        mode_override = Some(ProcessingMode {
-                            request_header_mode: HeaderSendMode::Send as i32,
-                            response_header_mode: HeaderSendMode::Send as i32,
-                            request_body_mode: mode as i32,
-                            response_body_mode: self.response_body as i32,
-                            request_trailer_mode: HeaderSendMode::Default as i32,
-                            response_trailer_mode: HeaderSendMode::Default as i32,
-                        });
+                        body_override = Some(mode);
                         self.request_body = mode;
                     }
                     Body::Buffering(BytesMut::new())
                 }
             }
         };
+        let mode_override =
+            (observe.is_some() || body_override.is_some()).then(|| ProcessingMode {
+                request_header_mode: HeaderSendMode::Send as i32,
+                response_header_mode: if observe == Some(false) {
+                    HeaderSendMode::Skip
+                } else {
+                    HeaderSendMode::Send
+                } as i32,
+                request_body_mode: self.request_body as i32,
+                response_body_mode: self.response_body as i32,
+                request_trailer_mode: HeaderSendMode::Default as i32,
+                response_trailer_mode: HeaderSendMode::Default as i32,
+            });
         self.request = Some(Captured {
             headers: fields,
             received: Instant::now(),
             body,
         });
-        reply::continue_request_headers(mode_override)
+        reply::continue_request_headers(mode_override, mutation)
+    }
+
+    /// Steers the request: the endpoint list and retry headers go in
+    /// `mutation`; returns whether the response phase is wanted.
+    fn steer(
+        &mut self,
+        fields: &[EnvoyHeader],
+        attrs: Attributes<'_>,
+        mutation: &mut reply::Mutation,
+    ) -> bool {
+        let cfg = &self.ctx.steer;
+        let facts = RequestFacts {
+            idempotent_method: find(fields, ":method").is_some_and(safety::idempotent_method),
+            idempotency_key: find(fields, "idempotency-key").is_some(),
+            body_replayable: true,
+        };
+        let plan = steer::plan(
+            &self.ctx.registry,
+            attrs.str("xds.cluster_name"),
+            facts,
+            cfg,
+            &self.ctx.rescuer.cfg,
+            fastrand::f64(),
+        );
+        if plan.endpoints.is_empty() {
+            // Never let a client's own list through.
+            mutation.remove(&cfg.header);
+        } else {
+            mutation.set(&cfg.header, steer::header_value(&plan.endpoints));
+            mutation.set("x-envoy-retry-on", plan.retry_on.to_string());
+            mutation.set(
+                "x-envoy-retriable-header-names",
+                self.ctx.rescuer.cfg.drain_header.clone(),
+            );
+            mutation.set("x-envoy-max-retries", plan.max_retries.to_string());
+            mutation.set(
+                "x-envoy-upstream-rq-per-try-timeout-ms",
+                plan.per_try_timeout_ms.to_string(),
+            );
+            if plan.retry_503 {
+                mutation.set("x-envoy-retriable-status-codes", "503".to_string());
+            }
+        }
+        self.ctx
+            .metrics
+            .steered(plan.endpoints.is_empty(), plan.observe);
+        self.steered = plan.endpoints;
+        plan.observe
     }
 
     fn on_request_body(&mut self, chunk: HttpBody) -> ProcessingResponse {
@@ -298,6 +370,16 @@ impl Exchange {
                 .str("upstream.address")
                 .and_then(|a| a.parse::<SocketAddr>().ok())
         };
+        if !self.steered.is_empty() {
+            // Envoy went down our list: the endpoints before the one that
+            // answered failed this request.
+            let attempts = attrs.uint("upstream.request_attempt_count").unwrap_or(1);
+            if attempts > 1 {
+                for e in steer::failed_before(&self.steered, attempts, upstream()) {
+                    registry.observe_failure(*e);
+                }
+            }
+        }
         if status < 500 && status != 429 {
             // The fast path: every healthy response. Passive health only
             // looks further when some endpoint is penalised.
@@ -411,11 +493,15 @@ impl Exchange {
             tracing::debug!(error = %e, "request cannot be replayed");
             Outcome::Unreplayable
         })?;
+        let attempts = attrs.uint("upstream.request_attempt_count").unwrap_or(1);
+        let mut tried: Vec<SocketAddr> =
+            steer::failed_before(&self.steered, attempts, failed).to_vec();
+        tried.extend(failed);
         Ok(Pending {
             request,
             facts,
             cluster: attrs.str("xds.cluster_name").map(str::to_string),
-            failed,
+            failed: tried,
             deadline,
         })
     }

@@ -41,6 +41,7 @@ pub struct Context {
     pub drain: Arc<Drain>,
     pub registry: Arc<Registry>,
     pub rescuer: Rescuer,
+    pub steer: crate::config::Steer,
 }
 
 /// The `ExternalProcessor` implementation.

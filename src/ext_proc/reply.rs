@@ -10,9 +10,9 @@ use envoy_types::pb::{
         extensions::filters::http::ext_proc::v3::ProcessingMode,
         r#type::v3::{HttpStatus, StatusCode},
         service::ext_proc::v3::{
-            body_mutation::Mutation, processing_response::Response, BodyMutation, BodyResponse,
-            CommonResponse, HeaderMutation, HeadersResponse, HttpBody, ImmediateResponse,
-            ProcessingResponse, StreamedBodyResponse, TrailersResponse,
+            body_mutation::Mutation as BodyChange, processing_response::Response, BodyMutation,
+            BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpBody,
+            ImmediateResponse, ProcessingResponse, StreamedBodyResponse, TrailersResponse,
         },
     },
     google::protobuf,
@@ -27,11 +27,56 @@ fn wrap(response: Response) -> ProcessingResponse {
     }
 }
 
-/// Request headers: carry on; optionally change how the rest of this
-/// request is processed (e.g. send its small body so it can be replayed).
-pub fn continue_request_headers(mode_override: Option<ProcessingMode>) -> ProcessingResponse {
+/// Header changes to make on the request.
+#[derive(Debug, Default)]
+pub struct Mutation {
+    set: Vec<HeaderValueOption>,
+    remove: Vec<String>,
+}
+
+impl Mutation {
+    /// Sets `key` to `value`, replacing whatever the client sent.
+    pub fn set(&mut self, key: &str, value: String) {
+        self.set.push(HeaderValueOption {
+            header: Some(HeaderValue {
+                key: key.to_string(),
+                value: String::new(),
+                raw_value: value.into_bytes(),
+            }),
+            append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..Default::default()
+        });
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        self.remove.push(key.to_string());
+    }
+
+    fn into_common(self) -> Option<CommonResponse> {
+        if self.set.is_empty() && self.remove.is_empty() {
+            return None;
+        }
+        Some(CommonResponse {
+            header_mutation: Some(HeaderMutation {
+                set_headers: self.set,
+                remove_headers: self.remove,
+            }),
+            ..Default::default()
+        })
+    }
+}
+
+/// Request headers: carry on, with `mutation` applied; optionally change how
+/// the rest of this request is processed (send its small body so it can be
+/// replayed, skip or ask for the response phase).
+pub fn continue_request_headers(
+    mode_override: Option<ProcessingMode>,
+    mutation: Mutation,
+) -> ProcessingResponse {
     ProcessingResponse {
-        response: Some(Response::RequestHeaders(HeadersResponse::default())),
+        response: Some(Response::RequestHeaders(HeadersResponse {
+            response: mutation.into_common(),
+        })),
         mode_override,
         ..Default::default()
     }
@@ -141,7 +186,7 @@ pub fn echo_body(request_path: bool, chunk: HttpBody) -> ProcessingResponse {
     let body = BodyResponse {
         response: Some(CommonResponse {
             body_mutation: Some(BodyMutation {
-                mutation: Some(Mutation::StreamedResponse(streamed)),
+                mutation: Some(BodyChange::StreamedResponse(streamed)),
             }),
             ..Default::default()
         }),

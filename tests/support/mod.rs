@@ -44,6 +44,17 @@ impl Stack {
         mulligan_args: &[&str],
         overrides: &[(&'static str, String)],
     ) -> Stack {
+        Stack::start_with(render::standalone, pods, mulligan_args, overrides).await
+    }
+
+    /// Like [`Stack::start`], with Envoy rendered by `bootstrap` (e.g.
+    /// [`render::steer`]).
+    pub async fn start_with(
+        bootstrap: render::Bootstrap,
+        pods: &[(&str, pods::PodState)],
+        mulligan_args: &[&str],
+        overrides: &[(&'static str, String)],
+    ) -> Stack {
         let mut started = Vec::new();
         for (name, state) in pods {
             started.push(pods::Pod::start(name, *state).await);
@@ -57,8 +68,7 @@ impl Stack {
         let mut args = vec!["--endpoints", list.as_str()];
         args.extend_from_slice(mulligan_args);
         let mulligan = mulligan::Mulligan::start(&args).await;
-        let envoy =
-            envoy::Envoy::start(&render::standalone(&addrs, mulligan.grpc.port(), overrides)).await;
+        let envoy = envoy::Envoy::start(&bootstrap(&addrs, mulligan.grpc.port(), overrides)).await;
         let front = envoy.listener("mulligan").await;
         let baseline = envoy.listener("baseline").await;
         Stack {

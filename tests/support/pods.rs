@@ -7,6 +7,8 @@
 //! - `/bytes/N`: N deterministic bytes ([`super::payload`]);
 //! - `/stream/CHUNKS/SIZE`: a streamed response, CHUNKS pieces of SIZE bytes;
 //! - `/delay/MS`: answers after MS milliseconds;
+//! - `/status/CODE`: answers CODE;
+//! - `/overload`: 503 with `x-envoy-overloaded` (a pod shedding load);
 //! - anything else: `hello from NAME`.
 //!
 //! `?ms=N` on any route adds N milliseconds of service time. Requests that
@@ -308,6 +310,18 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 }
             });
             BodyExt::boxed(StreamBody::new(stream))
+        }
+        ["status", code] => {
+            let code = code.parse().ok().and_then(|c| StatusCode::from_u16(c).ok());
+            return Ok(reply(code.unwrap_or(StatusCode::BAD_REQUEST))
+                .body(full("status\n"))
+                .unwrap());
+        }
+        ["overload"] => {
+            return Ok(reply(StatusCode::SERVICE_UNAVAILABLE)
+                .header("x-envoy-overloaded", "true")
+                .body(full("overloaded\n"))
+                .unwrap());
         }
         ["delay", ms] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;

@@ -56,6 +56,9 @@ pub fn lb_endpoints(addrs: &[SocketAddr]) -> String {
     format!("[{}]", items.join(", "))
 }
 
+/// A bootstrap renderer: app endpoints, mulligan's gRPC port, overrides.
+pub type Bootstrap = fn(&[SocketAddr], u16, &[(&'static str, String)]) -> String;
+
 /// The reference bootstrap with `overrides` on top of the rig's defaults:
 /// every port 0 (Envoy picks), the given app endpoints and mulligan port.
 pub fn standalone(
@@ -63,7 +66,27 @@ pub fn standalone(
     mulligan_grpc_port: u16,
     overrides: &[(&'static str, String)],
 ) -> String {
-    let path = super::repo_root().join("envoy-config/standalone/envoy.yaml");
+    bootstrap("envoy.yaml", app, mulligan_grpc_port, overrides)
+}
+
+/// The steer-mode bootstrap (`steer.yaml`), likewise.
+pub fn steer(
+    app: &[SocketAddr],
+    mulligan_grpc_port: u16,
+    overrides: &[(&'static str, String)],
+) -> String {
+    bootstrap("steer.yaml", app, mulligan_grpc_port, overrides)
+}
+
+fn bootstrap(
+    file: &str,
+    app: &[SocketAddr],
+    mulligan_grpc_port: u16,
+    overrides: &[(&'static str, String)],
+) -> String {
+    let path = super::repo_root()
+        .join("envoy-config/standalone")
+        .join(file);
     let template = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let mut vars: HashMap<&str, String> = HashMap::from([
