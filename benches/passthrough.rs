@@ -1,9 +1,11 @@
-//! Passthrough overhead: the same requests through one Envoy, to the same
-//! pod, via the listener with mulligan and the one without, interleaved so
-//! both see the same machine noise. Prints figures; asserts nothing about
-//! speed.
+//! Healthy-traffic overhead: the same requests to the same three pods,
+//! through Envoy alone, Envoy + mulligan rescue (`envoy.yaml`: request and
+//! response headers go to mulligan) and Envoy + mulligan steer (`steer.yaml`:
+//! request headers only, the response phase skipped for most requests),
+//! interleaved so all three see the same machine noise. Prints figures;
+//! asserts nothing about speed.
 //!
-//! `cargo bench --bench passthrough [-- --requests N --concurrency C --seconds S]`
+//! `cargo bench --bench passthrough [-- --requests N --concurrency C --seconds S --rounds R]`
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -14,11 +16,35 @@ use std::{
 
 use hdrhistogram::Histogram;
 use support::{
-    bench::{arg, header, histogram, row},
+    bench::{arg, cpu_seconds, header, histogram, row},
     client::{HttpClient, Proto},
     pods::PodState,
-    Stack,
+    render, Stack,
 };
+
+/// Open loop: `rate` requests per second for `seconds`, latency measured
+/// from each request's intended send time.
+async fn open_loop(addr: SocketAddr, rate: u64, seconds: u64) -> Histogram<u64> {
+    let http = HttpClient::new(Proto::Http1);
+    let start = tokio::time::Instant::now();
+    let every = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..rate * seconds {
+        let intended = start + every * i as u32;
+        tokio::time::sleep_until(intended).await;
+        let http = http.clone();
+        tasks.spawn(async move {
+            let r = http.get(addr, "/").await.expect("request");
+            assert_eq!(r.status, 200);
+            intended.elapsed().as_micros() as u64
+        });
+    }
+    let mut h = histogram();
+    while let Some(us) = tasks.join_next().await {
+        h.record(us.expect("task")).expect("record");
+    }
+    h
+}
 
 async fn closed_loop(addr: SocketAddr, concurrency: u64, seconds: u64) -> (Histogram<u64>, f64) {
     let until = Instant::now() + Duration::from_secs(seconds);
@@ -49,63 +75,128 @@ async fn main() {
     let requests = arg("--requests", 5000);
     let concurrency = arg("--concurrency", 16);
     let seconds = arg("--seconds", 5);
-    let stack = Stack::start(&[("a", PodState::Ready)], &[], &[]).await;
+    let rounds = arg("--rounds", 2);
+    let rate = arg("--rate", 1500);
+    let pods = [
+        ("a", PodState::Ready),
+        ("b", PodState::Ready),
+        ("c", PodState::Ready),
+    ];
+    let rescue = Stack::start(&pods, &[], &[]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("steer.toml");
+    std::fs::write(&cfg, "[steer]\nenabled = true\n").expect("config");
+    let steer = Stack::start_with(
+        render::steer,
+        &pods,
+        &["--config", cfg.to_str().expect("path")],
+        &[],
+    )
+    .await;
+    let targets = [
+        ("Envoy alone", rescue.baseline),
+        ("Envoy + mulligan rescue", rescue.front),
+        ("Envoy + mulligan steer", steer.front),
+    ];
     let http = HttpClient::new(Proto::Http1);
-    for addr in [stack.front, stack.baseline] {
-        for _ in 0..200 {
+    for (_, addr) in targets {
+        for _ in 0..300 {
             http.get(addr, "/").await.expect("warm-up");
         }
     }
 
-    // Sequential, interleaved: latency of one request at a time.
-    let mut with = histogram();
-    let mut without = histogram();
-    for i in 0..requests * 2 {
-        let (addr, h) = if i % 2 == 0 {
-            (stack.front, &mut with)
-        } else {
-            (stack.baseline, &mut without)
-        };
+    // Sequential, interleaved: the latency of one request at a time.
+    let mut seq = [histogram(), histogram(), histogram()];
+    for i in 0..requests as usize * 3 {
+        let k = i % 3;
         let t = Instant::now();
-        let r = http.get(addr, "/").await.expect("request");
+        let r = http.get(targets[k].1, "/").await.expect("request");
         assert_eq!(r.status, 200);
-        h.record(t.elapsed().as_micros() as u64).expect("record");
+        seq[k]
+            .record(t.elapsed().as_micros() as u64)
+            .expect("record");
     }
 
-    header("Passthrough through Envoy 1.40, with and without mulligan");
-    row("sequential, Envoy alone", &without, None);
-    row("sequential, Envoy + mulligan", &with, None);
+    // The Envoy (and mulligan) serving each target, for CPU per request.
+    let procs = [
+        (rescue.envoy.pid(), None),
+        (rescue.envoy.pid(), Some(rescue.mulligan.pid())),
+        (steer.envoy.pid(), Some(steer.mulligan.pid())),
+    ];
+    let cpu = |k: usize| {
+        let (envoy, mulligan) = procs[k];
+        (cpu_seconds(envoy), mulligan.map_or(0.0, cpu_seconds))
+    };
 
-    // Closed loop under concurrency: alternate short rounds so drift in
-    // machine load hits both sides alike.
-    let rounds = 2;
-    let mut cw = histogram();
-    let mut cwo = histogram();
-    let (mut rw, mut rwo) = (0.0, 0.0);
+    // Open loop at a fixed rate: the same load for every target.
+    let mut fixed = [histogram(), histogram(), histogram()];
+    let mut cpu_us = [(0.0f64, 0.0f64); 3];
     for _ in 0..rounds {
-        let (h, r) = closed_loop(stack.baseline, concurrency, seconds).await;
-        cwo.add(h).expect("merge");
-        rwo += r / rounds as f64;
-        let (h, r) = closed_loop(stack.front, concurrency, seconds).await;
-        cw.add(h).expect("merge");
-        rw += r / rounds as f64;
+        for (k, (_, addr)) in targets.iter().enumerate() {
+            let before = cpu(k);
+            fixed[k]
+                .add(open_loop(*addr, rate, seconds).await)
+                .expect("merge");
+            let after = cpu(k);
+            let n = (rate * seconds * rounds) as f64;
+            cpu_us[k].0 += (after.0 - before.0) * 1e6 / n;
+            cpu_us[k].1 += (after.1 - before.1) * 1e6 / n;
+        }
     }
-    row(
-        &format!("{concurrency} conns, Envoy alone"),
-        &cwo,
-        Some(rwo),
-    );
-    row(
-        &format!("{concurrency} conns, Envoy + mulligan"),
-        &cw,
-        Some(rw),
+
+    // Closed loop under concurrency, in alternating rounds so drift in the
+    // machine's load hits every target alike.
+    let mut conc = [histogram(), histogram(), histogram()];
+    let mut rps = [0.0f64; 3];
+    for _ in 0..rounds {
+        for (k, (_, addr)) in targets.iter().enumerate() {
+            let (h, r) = closed_loop(*addr, concurrency, seconds).await;
+            conc[k].add(h).expect("merge");
+            rps[k] += r / rounds as f64;
+        }
+    }
+
+    header("Healthy traffic through Envoy 1.40 (3 pods)");
+    for (k, (label, _)) in targets.iter().enumerate() {
+        row(&format!("sequential, {label}"), &seq[k], None);
+    }
+    for (k, (label, _)) in targets.iter().enumerate() {
+        row(&format!("{rate}/s fixed, {label}"), &fixed[k], None);
+    }
+    for (k, (label, _)) in targets.iter().enumerate() {
+        row(
+            &format!("{concurrency} conns, {label}"),
+            &conc[k],
+            Some(rps[k]),
+        );
+    }
+    println!("\nCPU per request at {rate}/s (µs): Envoy alone {:.0}; with rescue: Envoy {:.0} + mulligan {:.0}; with steer: Envoy {:.0} + mulligan {:.0}",
+        cpu_us[0].0, cpu_us[1].0, cpu_us[1].1, cpu_us[2].0, cpu_us[2].1);
+    let p = |h: &Histogram<u64>, q| h.value_at_quantile(q) as i64;
+    println!(
+        "\nthroughput vs Envoy alone: rescue {:.2}, steer {:.2}",
+        rps[1] / rps[0],
+        rps[2] / rps[0]
     );
     println!(
-        "\nthroughput with mulligan / without: {:.2}; p50 added (sequential): {} µs; p99 added: {} µs",
-        rw / rwo,
-        with.value_at_quantile(0.5) as i64 - without.value_at_quantile(0.5) as i64,
-        with.value_at_quantile(0.99) as i64 - without.value_at_quantile(0.99) as i64,
+        "added latency, sequential p50/p99: rescue +{}/+{} µs, steer +{}/+{} µs",
+        p(&seq[1], 0.5) - p(&seq[0], 0.5),
+        p(&seq[1], 0.99) - p(&seq[0], 0.99),
+        p(&seq[2], 0.5) - p(&seq[0], 0.5),
+        p(&seq[2], 0.99) - p(&seq[0], 0.99),
     );
-    let failed = stack.ext_proc_stat("failure_mode_allowed").await;
-    println!("Envoy ext_proc fallbacks during the run (must be 0): {failed}");
+    let observed = steer
+        .mulligan
+        .metric(r#"mulligan_steered_total{endpoints="listed",response_phase="observed"}"#)
+        .await;
+    let skipped = steer
+        .mulligan
+        .metric(r#"mulligan_steered_total{endpoints="listed",response_phase="skipped"}"#)
+        .await;
+    println!(
+        "steer kept the response phase for {:.1}% of requests; Envoy ext_proc fallbacks (must be 0): rescue {}, steer {}",
+        100.0 * observed / (observed + skipped).max(1.0),
+        rescue.ext_proc_stat("failure_mode_allowed").await,
+        steer.ext_proc_stat("failure_mode_allowed").await,
+    );
 }

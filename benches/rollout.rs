@@ -1,6 +1,7 @@
 //! The rollout harness: what a client sees while a deployment rolls, through
 //! Envoy without retries (A), with Envoy Gateway's retries (B), and with
-//! mulligan (C), side by side in one run. See `benches/rollout/mod.rs`.
+//! mulligan rescue (C), and with mulligan steer + rescue (D), side by side in
+//! one run. See `benches/rollout/mod.rs`.
 //!
 //! `cargo bench --bench rollout -- [SCENARIO|all|list] [--duration S]
 //!  [--rate R] [--post F] [--fresh] [--eds-lag MS] [--replicas N] [--out DIR]`

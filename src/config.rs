@@ -36,6 +36,10 @@ pub struct Steer {
     pub header: String,
     /// Endpoints listed per request, in the order Envoy tries them.
     pub max_endpoints: usize,
+    /// Ask for the response phase (so rescue can act) when fewer usable
+    /// endpoints than this are listed: a short list can run out, e.g. when
+    /// the pods on it start draining together.
+    pub observe_below: usize,
     /// Ask for the response phase on one request in this many even when it
     /// needs no rescue, to learn from what Envoy reports (0: never).
     pub observe_one_in: u32,
@@ -47,6 +51,7 @@ impl Default for Steer {
             enabled: false,
             header: "x-gateway-destination-endpoint".into(),
             max_endpoints: 3,
+            observe_below: 3,
             observe_one_in: 16,
         }
     }

@@ -44,7 +44,8 @@ pub struct Plan {
     pub max_retries: u32,
     pub per_try_timeout_ms: u64,
     /// Whether mulligan wants the response phase for this request: to rescue
-    /// what steering cannot (no endpoint to fall over to), or to learn from it.
+    /// what steering cannot (a list too short to fall over along), or to
+    /// learn from it.
     pub observe: bool,
 }
 
@@ -67,7 +68,7 @@ pub fn plan(
     let sampled = steer.observe_one_in > 0 && sample * f64::from(steer.observe_one_in) < 1.0;
     let retry_503 = safe && rescue.retry_plain_503;
     Plan {
-        observe: endpoints.len() < 2 || sampled,
+        observe: endpoints.len() < steer.observe_below.max(1) || sampled,
         retry_on: match (safe, retry_503) {
             (false, _) => RETRY_ON_NEVER_PROCESSED,
             (true, false) => RETRY_ON_SAFE,
@@ -155,7 +156,7 @@ mod tests {
 
     #[test]
     fn lists_only_usable_endpoints_and_retries_by_safety() {
-        let r = registry(4);
+        let r = registry(5);
         let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         r.set_state(a(1), None, State::Draining, "x").unwrap();
         r.observe_failure(a(2));
@@ -164,8 +165,8 @@ mod tests {
         let p = plan(&r, None, GET, &steer, &rescue, 0.9);
         let mut listed = p.endpoints.clone();
         listed.sort();
-        assert_eq!(listed, vec![a(3), a(4)]);
-        assert_eq!(p.max_retries, 1);
+        assert_eq!(listed, vec![a(3), a(4), a(5)]);
+        assert_eq!(p.max_retries, 2);
         assert!(p.retry_on.contains("retriable-headers") && p.retry_on.ends_with(",reset"));
         assert!(!p.retry_503 && !p.retry_on.contains("retriable-status-codes"));
         assert!(
@@ -188,6 +189,21 @@ mod tests {
         let p = plan(&r, None, GET, &steer, &plain, 0.9);
         assert!(p.retry_503 && p.retry_on.contains("retriable-status-codes"));
         assert!(!plan(&r, None, POST, &steer, &plain, 0.9).retry_503);
+    }
+
+    #[test]
+    fn a_short_list_keeps_the_response_phase() {
+        let r = registry(2);
+        let p = plan(
+            &r,
+            None,
+            GET,
+            &config::Steer::default(),
+            &config::Rescue::default(),
+            0.9,
+        );
+        assert_eq!(p.endpoints.len(), 2);
+        assert!(p.observe);
     }
 
     #[test]
@@ -214,7 +230,7 @@ mod tests {
 
     #[test]
     fn sampling_observes_one_in_n() {
-        let r = registry(3);
+        let r = registry(4);
         let (s, x) = (config::Steer::default(), config::Rescue::default());
         assert!(plan(&r, None, GET, &s, &x, 0.01).observe);
         assert!(!plan(&r, None, GET, &s, &x, 0.5).observe);

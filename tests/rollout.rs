@@ -11,6 +11,7 @@ use rollout::scenario::{self, Options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_with_eds_lag_leaks_nothing_through_mulligan() {
+    // A, B, C and D side by side on the same pods and the same rollout.
     let opts = Options {
         duration_s: Some(8.0),
         rate: Some(100.0),
@@ -26,7 +27,7 @@ async fn a_rolling_update_with_eds_lag_leaks_nothing_through_mulligan() {
             .find(|v| v.variant == letter)
             .unwrap_or_else(|| panic!("variant {letter} ran"))
     };
-    let (a, c) = (by("A"), by("C"));
+    let (a, c, d) = (by("A"), by("C"), by("D"));
     assert!(
         a.requests >= 790 && c.requests >= 790,
         "the load ran: {a:?}"
@@ -46,6 +47,14 @@ async fn a_rolling_update_with_eds_lag_leaks_nothing_through_mulligan() {
         c.errors_by_cause
     );
     assert!(c.amplification < 1.5, "amplification {}", c.amplification);
+    // Steer (D) avoids the failures instead of retrying them.
+    assert_eq!(d.errors, 0, "steer + rescue: {:?}", d.errors_by_cause);
+    assert!(
+        d.amplification <= c.amplification,
+        "steer should need fewer upstream attempts than rescue: D {} vs C {}",
+        d.amplification,
+        c.amplification
+    );
     // The rollout really happened while the load ran.
     assert!(result
         .events

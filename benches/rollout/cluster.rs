@@ -171,7 +171,9 @@ impl Cluster {
     }
 
     /// Publishes the current endpoint set: mulligan now, Envoy after the lag.
+    /// One publication at a time, so files never go back in time.
     fn publish_now(&self) {
+        let _one = self.eds.publishing.lock().unwrap();
         let eps: Vec<(SocketAddr, &'static str)> = self
             .members
             .lock()
@@ -425,6 +427,7 @@ struct Eds {
     mulligan_path: PathBuf,
     lagged: mpsc::UnboundedSender<(Instant, String)>,
     lag: Duration,
+    publishing: Mutex<()>,
 }
 
 impl Eds {
@@ -447,6 +450,7 @@ impl Eds {
             mulligan_path: mulligan_dir.join("eds.json"),
             lagged: tx,
             lag,
+            publishing: Mutex::new(()),
         }
     }
 

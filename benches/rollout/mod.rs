@@ -5,7 +5,8 @@
 //! - B: Envoy with the retries Envoy Gateway configures by default (taken
 //!   from its own xDS output in `shared/fixtures/envoy-gateway`);
 //! - C: B plus mulligan (rescue);
-//! - D: steer mode (not built yet: the slot is reserved).
+//! - D: steer + rescue (mulligan lists healthy endpoints per request; Envoy's
+//!   router walks the list; rescue catches what still fails).
 //!
 //! All variants send to the same pods, which the same controller rolls, and
 //! each Envoy learns the endpoint set from the same EDS file (filesystem xDS)

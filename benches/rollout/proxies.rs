@@ -22,7 +22,7 @@ pub enum Variant {
     B,
     /// B + mulligan rescue.
     C,
-    /// Steer mode (not built yet).
+    /// Steer + rescue.
     D,
 }
 
@@ -44,9 +44,9 @@ impl Variant {
         }
     }
 
-    /// The variants that can run today.
+    /// Every variant.
     pub fn available() -> Vec<Variant> {
-        vec![Variant::A, Variant::B, Variant::C]
+        vec![Variant::A, Variant::B, Variant::C, Variant::D]
     }
 }
 
@@ -98,7 +98,13 @@ fn envoy_gateway_cluster(eds: &Path) -> Value {
         .expect("retry fixture has a cluster");
     c["name"] = json!("app");
     c["connectTimeout"] = json!("1s");
-    c["edsClusterConfig"] = json!({
+    c["edsClusterConfig"] = eds_config(eds);
+    c
+}
+
+/// An EDS source that is our file (filesystem xDS).
+fn eds_config(eds: &Path) -> Value {
+    json!({
         "edsConfig": {
             "pathConfigSource": {
                 "path": eds.display().to_string(),
@@ -106,14 +112,18 @@ fn envoy_gateway_cluster(eds: &Path) -> Value {
             },
             "resourceApiVersion": "V3",
         },
-    });
-    c
+    })
 }
 
-/// The bootstrap for `variant`: the reference file with the listener the
-/// variant needs, Envoy Gateway's cluster and (B, C) its retries.
+/// The bootstrap for `variant`: the reference file (`steer.yaml` for D) with
+/// the listener the variant needs, Envoy Gateway's retries (B, C, D) and
+/// cluster (A, B, C; D keeps steer's `override_host` cluster), all on EDS.
 pub fn bootstrap(variant: Variant, eds: &Path, mulligan_grpc_port: u16) -> String {
-    let yaml = render::standalone(&[], mulligan_grpc_port, &[]);
+    let yaml = if variant == Variant::D {
+        render::steer(&[], mulligan_grpc_port, &[])
+    } else {
+        render::standalone(&[], mulligan_grpc_port, &[])
+    };
     let mut v: Value = serde_yaml_ng::from_str(&yaml).expect("reference bootstrap is YAML");
     // Filesystem xDS needs a node identity.
     v["node"] = json!({"id": format!("rollout-{}", variant.letter()), "cluster": "rollout"});
@@ -146,8 +156,19 @@ pub fn bootstrap(variant: Variant, eds: &Path, mulligan_grpc_port: u16) -> Strin
     let clusters = v["static_resources"]["clusters"]
         .as_array_mut()
         .expect("clusters");
-    clusters.retain(|c| c["name"] != "app");
-    clusters.push(envoy_gateway_cluster(eds));
+    if variant == Variant::D {
+        let app = clusters
+            .iter_mut()
+            .find(|c| c["name"] == "app")
+            .expect("steer.yaml has the app cluster");
+        let obj = app.as_object_mut().expect("cluster object");
+        obj.remove("load_assignment");
+        obj.insert("type".into(), json!("EDS"));
+        obj.insert("eds_cluster_config".into(), eds_config(eds));
+    } else {
+        clusters.retain(|c| c["name"] != "app");
+        clusters.push(envoy_gateway_cluster(eds));
+    }
     v.to_string()
 }
 
@@ -162,8 +183,13 @@ impl Proxy {
         let mulligan = if variant == Variant::C || variant == Variant::D {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("mulligan.toml");
+            let steer = if variant == Variant::D {
+                "[steer]\nenabled = true\n"
+            } else {
+                ""
+            };
             let toml = format!(
-                "[endpoints]\neds_file = {:?}\neds_file_poll = \"20ms\"\n{mulligan_toml}",
+                "{steer}[endpoints]\neds_file = {:?}\neds_file_poll = \"20ms\"\n{mulligan_toml}",
                 mulligan_eds.display().to_string()
             );
             std::fs::write(&path, toml).expect("mulligan config");

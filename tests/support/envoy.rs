@@ -142,6 +142,10 @@ impl Envoy {
         String::from_utf8_lossy(&r.body).into_owned()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Envoy's own log, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
