@@ -13,6 +13,7 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    pub runtime: Runtime,
     pub listen: Listen,
     pub shutdown: Shutdown,
     pub log: Log,
@@ -97,6 +98,9 @@ pub struct Rescue {
     pub max_held: usize,
     /// `Retry-After` (seconds) added to a 503 that could not be rescued in time.
     pub retry_after_seconds: u32,
+    /// Replay over HTTP/2 (prior knowledge, h2c) instead of HTTP/1.1, for
+    /// upstreams Envoy reaches over HTTP/2.
+    pub replay_http2: bool,
 }
 
 impl Default for Rescue {
@@ -114,6 +118,7 @@ impl Default for Rescue {
             max_response_body_bytes: 4 * 1024 * 1024,
             max_held: 10_000,
             retry_after_seconds: 1,
+            replay_http2: false,
         }
     }
 }
@@ -204,6 +209,17 @@ impl Default for Limits {
             max_message_bytes: 64 * 1024 * 1024,
         }
     }
+}
+
+/// The async runtime.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    /// Worker threads; 0: one per available core (cgroup limits included).
+    /// Fewer threads mean fewer cross-thread wake-ups per request: on a
+    /// shared 2-core machine one thread cut mulligan's CPU per request by
+    /// about a third (BENCHMARKS.md).
+    pub worker_threads: usize,
 }
 
 /// Where mulligan listens.

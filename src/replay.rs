@@ -1,5 +1,6 @@
 //! Replay: sends a captured request again, to an endpoint the registry
-//! chose, over pooled keep-alive connections.
+//! chose, over pooled keep-alive connections (HTTP/1.1, or HTTP/2 with
+//! `rescue.replay_http2`).
 //!
 //! The request is rebuilt as the upstream first saw it: method, path and
 //! query, headers (minus hop-by-hop ones), body; plus `x-mulligan-attempt`
@@ -145,6 +146,7 @@ impl Replayer {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)
+            .http2_only(cfg.replay_http2)
             .build(connector);
         Self {
             client,

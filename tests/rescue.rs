@@ -114,6 +114,32 @@ async fn draining_and_gone_pods_cost_no_client_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_can_speak_http2() {
+    let stack = Stack::with_config(
+        &[("ready", PodState::Ready), ("gone", PodState::Gone)],
+        "[rescue]\nreplay_http2 = true\n[budget]\nratio = 1.0\n",
+        &[],
+    )
+    .await;
+    let r = load(&stack, 20, 1, Method::POST, payload(2000), false).await;
+    assert_eq!(count(&r, 200), 20);
+    assert!(r.iter().all(|(_, ok)| *ok));
+    let rescued = stack
+        .mulligan
+        .metric(r#"mulligan_rescues_total{outcome="rescued"}"#)
+        .await;
+    assert!(
+        rescued >= 5.0,
+        "round robin sends half to the gone pod: {rescued}"
+    );
+    assert_eq!(
+        stack.pod("ready").http2_requests() as f64,
+        rescued,
+        "every replay, and only replays, arrived over HTTP/2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_the_app_may_have_processed_is_not_replayed() {
     let stack = Stack::start(
         &[("ready", PodState::Ready), ("draining", PodState::Draining)],

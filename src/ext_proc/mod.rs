@@ -82,7 +82,7 @@ impl ExternalProcessor for ExtProc {
         let stream = StreamState {
             inbound: request.into_inner(),
             exchange: Exchange::new(Arc::clone(&self.ctx)),
-            _scope: StreamScope::new(self.ctx.metrics.clone(), guard),
+            _scope: StreamScope::new(Arc::clone(&self.ctx), guard),
             done: false,
         };
         Ok(Response::new(Box::pin(futures::stream::unfold(
@@ -133,22 +133,19 @@ impl StreamState {
 /// Counts the stream and holds its place in the drain, for as long as the
 /// stream lives, however it ends.
 struct StreamScope {
-    metrics: Metrics,
+    ctx: Arc<Context>,
     _guard: StreamGuard,
 }
 
 impl StreamScope {
-    fn new(metrics: Metrics, guard: StreamGuard) -> Self {
-        metrics.stream_started();
-        Self {
-            metrics,
-            _guard: guard,
-        }
+    fn new(ctx: Arc<Context>, guard: StreamGuard) -> Self {
+        ctx.metrics.stream_started();
+        Self { ctx, _guard: guard }
     }
 }
 
 impl Drop for StreamScope {
     fn drop(&mut self) {
-        self.metrics.stream_ended();
+        self.ctx.metrics.stream_ended();
     }
 }

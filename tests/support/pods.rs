@@ -78,6 +78,8 @@ struct Shared {
     drain_header: std::sync::atomic::AtomicBool,
     /// Arrivals per `x-harness-variant` (A..D), rejected ones included.
     by_variant: [AtomicU64; 4],
+    /// Arrivals over HTTP/2 (Envoy speaks HTTP/1.1 to pods in the rig).
+    http2: AtomicU64,
 }
 
 pub struct Pod {
@@ -100,6 +102,7 @@ impl Pod {
             rejected: AtomicU64::new(0),
             drain_header: std::sync::atomic::AtomicBool::new(true),
             by_variant: Default::default(),
+            http2: AtomicU64::new(0),
         });
         let pod = Arc::new(Pod {
             addr,
@@ -152,6 +155,11 @@ impl Pod {
         if let Some(stop) = self.stop.lock().unwrap().take() {
             let _ = stop.send(grace);
         }
+    }
+
+    /// Requests that arrived over HTTP/2.
+    pub fn http2_requests(&self) -> u64 {
+        self.shared.http2.load(Ordering::Acquire)
     }
 
     /// Arrivals tagged with `x-harness-variant` (0 = A .. 3 = D).
@@ -230,6 +238,9 @@ fn full(b: impl Into<Bytes>) -> Body {
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let state = PodState::from_u8(shared.state.load(Ordering::Acquire));
     let path = req.uri().path().to_string();
+    if req.version() == http::Version::HTTP_2 {
+        shared.http2.fetch_add(1, Ordering::AcqRel);
+    }
     if let Some(v) = req.headers().get("x-harness-variant") {
         if let Some(i) = v.as_bytes().first().and_then(|b| b.checked_sub(b'A')) {
             if let Some(c) = shared.by_variant.get(i as usize) {
