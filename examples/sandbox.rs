@@ -48,6 +48,12 @@ async fn main() {
         b.addr,
         envoy.admin,
     );
-    let _ = tokio::signal::ctrl_c().await;
+    // Ctrl-C or SIGTERM: dropping Envoy and mulligan stops them too.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
     println!("stopping");
 }
