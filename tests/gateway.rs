@@ -468,3 +468,177 @@ async fn mulligan_attached_as_envoy_gateway_attaches_it_rescues_a_rollout() {
         .await;
     assert_eq!(fell_back, 0);
 }
+
+// Only the cluster, load and controller are used here.
+#[allow(dead_code)]
+#[path = "../benches/rollout/mod.rs"]
+mod rollout;
+
+/// The same Envoy Gateway-shaped config, on EDS, through the rollout
+/// harness: a rolling update with a 2 s EDS lag under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_envoy_gateway_shaped_config_survives_a_rolling_update() {
+    use std::{
+        sync::{Arc, Mutex},
+        time::Duration,
+    };
+    let (mut cspec, mut lspec) = rollout::scenario::base();
+    cspec.eds_lag_ms = 2000;
+    cspec.cluster_name = BACKEND_CLUSTER.into();
+    lspec.rate = 100.0;
+    lspec.duration_s = 10.0;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = rollout::cluster::Cluster::new(cspec, dir.path()).await;
+
+    let cfg = dir.path().join("mulligan.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[endpoints]\neds_file = {:?}\neds_file_poll = \"20ms\"\n[probe]\npath = \"/ready\"\n",
+            cluster.mulligan_eds().display().to_string()
+        ),
+    )
+    .expect("config");
+    let mulligan = Mulligan::start(&["--config", cfg.to_str().expect("path")]).await;
+    cluster.add_mulligan(mulligan.admin);
+
+    // Envoy Gateway's backend cluster, fed by the harness's EDS file; the
+    // virtual host answers any Host (the load sends none).
+    let mut bootstrap = envoy_gateway_bootstrap(&[], mulligan.grpc.port());
+    let backend = &mut bootstrap["static_resources"]["clusters"][0];
+    let obj = backend.as_object_mut().expect("cluster");
+    obj.remove("load_assignment");
+    obj.insert("type".into(), json!("EDS"));
+    let eds = cluster.envoy_eds();
+    obj.insert(
+        "eds_cluster_config".into(),
+        json!({"eds_config": {
+            "path_config_source": {
+                "path": eds.display().to_string(),
+                "watched_directory": {"path": eds.parent().expect("dir").display().to_string()},
+            },
+            "resource_api_version": "V3",
+        }}),
+    );
+    let h = hcm(&mut bootstrap["static_resources"]["listeners"][0]);
+    h["route_config"]["virtual_hosts"][0]["domains"] = json!(["*"]);
+    let envoy = Envoy::start(&bootstrap.to_string()).await;
+    let front = envoy.listener("default/eg/http").await;
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let until = start + Duration::from_secs_f64(lspec.duration_s);
+    let controller = {
+        let cluster = Arc::clone(&cluster);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(start).await;
+            rollout::scenario::script("rolling", cluster, until).await;
+        })
+    };
+    let samples =
+        rollout::load::run(front, "C", &lspec, start, Arc::new(Mutex::new(vec![0])), 0).await;
+    controller.abort();
+    let errors: Vec<_> = samples.iter().filter_map(|s| s.error).collect();
+    assert!(samples.len() >= 990, "the load ran: {}", samples.len());
+    assert!(errors.is_empty(), "client-visible errors: {errors:?}");
+    assert!(
+        cluster
+            .events
+            .lock()
+            .expect("events")
+            .iter()
+            .any(|(_, e)| e.starts_with("rolling update to generation 2")),
+        "a rolling update ran during the load"
+    );
+    // The rollout did push 503s at Envoy Gateway's config (no route retries
+    // here), and mulligan turned them into answers.
+    let rescued = mulligan
+        .metric(r#"mulligan_rescues_total{outcome="rescued"}"#)
+        .await;
+    assert!(
+        rescued >= 1.0,
+        "nothing needed rescuing: the test proved nothing"
+    );
+}
+
+/// The Kubernetes manifests for mulligan itself: every file the
+/// kustomizations name exists and parses, the ConfigMap's mulligan.toml is a
+/// valid config (checked by the binary), and the Deployment runs it with the
+/// probes and ports mulligan serves.
+#[test]
+fn the_kubernetes_manifests_fit_the_binary() {
+    let dir = repo_root().join("envoy-config/gateway");
+    for k in ["kustomization.yaml", "kubernetes/kustomization.yaml"] {
+        let path = dir.join(k);
+        let kz = yaml_docs(path.clone()).remove(0);
+        let base = path.parent().expect("dir").to_path_buf();
+        for r in kz["resources"].as_array().expect("resources") {
+            let r = base.join(r.as_str().expect("resource path"));
+            assert!(r.exists(), "{} names missing {}", k, r.display());
+            if r.is_file() {
+                assert!(!yaml_docs(r).is_empty());
+            }
+        }
+    }
+    let docs: Vec<Value> = ["configmap.yaml", "deployment.yaml", "service.yaml"]
+        .iter()
+        .flat_map(|f| yaml_docs(dir.join("kubernetes").join(f)))
+        .collect();
+    let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).expect(kind).clone();
+
+    let toml = find("ConfigMap")["data"]["mulligan.toml"]
+        .as_str()
+        .expect("mulligan.toml in the ConfigMap")
+        .to_string();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("mulligan.toml");
+    std::fs::write(&file, &toml).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_mulligan"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("check-config");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg = mulligan::config::Config::parse("mulligan.toml", &toml).expect("valid");
+
+    let deploy = find("Deployment");
+    let c = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        c["args"],
+        json!(["serve", "--config", "/etc/mulligan/mulligan.toml"])
+    );
+    let port = |name: &str| {
+        c["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["containerPort"].as_u64())
+            .unwrap_or_else(|| panic!("container port {name}"))
+    };
+    assert_eq!(port("grpc"), u64::from(cfg.listen.grpc.port()));
+    assert_eq!(port("admin"), u64::from(cfg.listen.admin.port()));
+    assert!(
+        cfg.listen.grpc.ip().is_unspecified(),
+        "in a pod mulligan must listen on all addresses"
+    );
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    // The grace period outlasts mulligan's own drain.
+    let grace = deploy["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("grace period");
+    assert!(grace > cfg.shutdown.drain_timeout.as_secs() + 5);
+    // The EnvoyExtensionPolicy points at the Service's gRPC port.
+    let svc = find("Service");
+    let eep = by_kind("EnvoyExtensionPolicy");
+    let backend = &eep["spec"]["extProc"][0]["backendRefs"][0];
+    assert_eq!(backend["name"], svc["metadata"]["name"]);
+    assert!(svc["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .any(|p| p["port"] == backend["port"] && p["appProtocol"] == "kubernetes.io/h2c"));
+}

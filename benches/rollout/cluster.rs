@@ -53,6 +53,8 @@ pub struct Spec {
     pub exit_grace_ms: u64,
     /// EDS propagation lag to Envoy.
     pub eds_lag_ms: u64,
+    /// The cluster (EDS resource) name the endpoints are published under.
+    pub cluster_name: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +117,10 @@ impl Cluster {
             .iter()
             .map(|m| (m.pod.addr, "HEALTHY"))
             .collect();
-        write_atomic(&cluster.eds.envoy_path, &eds_json("0", &eps));
+        write_atomic(
+            &cluster.eds.envoy_path,
+            &eds_json(&cluster.spec.cluster_name, "0", &eps),
+        );
         cluster
     }
 
@@ -189,7 +194,8 @@ impl Cluster {
                 (m.pod.addr, health)
             })
             .collect();
-        self.eds.publish(&eds_json(&eds_version(), &eps));
+        self.eds
+            .publish(&eds_json(&self.spec.cluster_name, &eds_version(), &eps));
     }
 
     /// Creates one pod of the current generation and runs its boot.
@@ -398,8 +404,8 @@ fn eds_version() -> String {
     (V.fetch_add(1, Ordering::Relaxed) + 1).to_string()
 }
 
-/// A `DiscoveryResponse` with one `ClusterLoadAssignment` for cluster `app`.
-pub fn eds_json(version: &str, eps: &[(SocketAddr, &str)]) -> String {
+/// A `DiscoveryResponse` with one `ClusterLoadAssignment` for `cluster`.
+pub fn eds_json(cluster: &str, version: &str, eps: &[(SocketAddr, &str)]) -> String {
     let lb: Vec<serde_json::Value> = eps
         .iter()
         .map(|(a, health)| {
@@ -413,7 +419,7 @@ pub fn eds_json(version: &str, eps: &[(SocketAddr, &str)]) -> String {
         "version_info": version,
         "resources": [{
             "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
-            "cluster_name": "app",
+            "cluster_name": cluster,
             "endpoints": [{"lb_endpoints": lb}],
         }],
     })

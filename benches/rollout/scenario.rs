@@ -78,7 +78,8 @@ impl Default for Options {
     }
 }
 
-fn base() -> (ClusterSpec, LoadSpec) {
+/// The defaults every scenario starts from.
+pub fn base() -> (ClusterSpec, LoadSpec) {
     (
         ClusterSpec {
             replicas: 4,
@@ -89,6 +90,7 @@ fn base() -> (ClusterSpec, LoadSpec) {
             drain_window_ms: 2000,
             exit_grace_ms: 1000,
             eds_lag_ms: 200,
+            cluster_name: "app".into(),
         },
         LoadSpec {
             rate: 200.0,
@@ -122,7 +124,7 @@ pub fn spec(name: &str) -> Option<(ClusterSpec, LoadSpec)> {
 }
 
 /// What the controller does during the run, until `until`.
-async fn script(name: &str, cluster: Arc<Cluster>, until: Instant) {
+pub async fn script(name: &str, cluster: Arc<Cluster>, until: Instant) {
     let n = cluster.spec.replicas;
     let settle = Duration::from_secs(2);
     tokio::time::sleep(settle).await;
