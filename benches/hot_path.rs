@@ -127,32 +127,21 @@ fn exchange(c: &mut Criterion) {
         "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}",
     );
     let mut g = c.benchmark_group("exchange");
-    g.bench_function("healthy", |b| {
-        b.iter_batched(
-            || (req.clone(), ok.clone()),
-            |(rq, rs)| {
-                futures::executor::block_on(async {
-                    let mut x = Exchange::new(Arc::clone(&ctx));
-                    black_box(x.on_message(rq).await);
-                    black_box(x.on_message(rs).await);
-                })
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    g.bench_function("503_decided", |b| {
-        b.iter_batched(
-            || (req.clone(), refused.clone()),
-            |(rq, rs)| {
-                futures::executor::block_on(async {
-                    let mut x = Exchange::new(Arc::clone(&ctx));
-                    black_box(x.on_message(rq).await);
-                    black_box(x.on_message(rs).await);
-                })
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    for (name, response) in [("healthy", &ok), ("503_decided", &refused)] {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || (req.clone(), response.clone()),
+                |(rq, rs)| {
+                    futures::executor::block_on(async {
+                        let mut x = Exchange::new(Arc::clone(&ctx));
+                        black_box(x.on_message(rq).await);
+                        black_box(x.on_message(rs).await);
+                    })
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     g.finish();
 }
 

@@ -131,17 +131,7 @@ pub fn failed_before(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::endpoints::State;
-
-    fn registry(n: u16) -> Registry {
-        let cfg = config::Endpoints {
-            default: (1..=n)
-                .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
-                .collect(),
-            ..Default::default()
-        };
-        Registry::from_config(&cfg, &config::Health::default())
-    }
+    use crate::endpoints::{registry::loopback as registry, State};
 
     const GET: RequestFacts = RequestFacts {
         idempotent_method: true,

@@ -44,12 +44,8 @@ async fn killed_mid_run_costs_no_client_request() {
     assert!(stack.ext_proc_stat("failure_mode_allowed").await > 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_finishes_in_flight_streams_then_exits_zero() {
-    let mut stack = Stack::start(&[("a", PodState::Ready)], &[], &[]).await;
-    let front = stack.front;
-    // A request whose ext_proc stream stays open for 1.5 s (the pod is slow).
-    let slow = tokio::spawn(async move { client::get(front, "/delay/1500").await });
+/// Waits until mulligan has a stream open (the slow request reached it).
+async fn until_in_flight(stack: &Stack) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while stack
         .mulligan
@@ -63,6 +59,15 @@ async fn sigterm_finishes_in_flight_streams_then_exits_zero() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_streams_then_exits_zero() {
+    let mut stack = Stack::start(&[("a", PodState::Ready)], &[], &[]).await;
+    let front = stack.front;
+    // A request whose ext_proc stream stays open for 1.5 s (the pod is slow).
+    let slow = tokio::spawn(async move { client::get(front, "/delay/1500").await });
+    until_in_flight(&stack).await;
     let replies_before = stack.ext_proc_stat("stream_msgs_received").await;
     stack.mulligan.terminate();
     let started = Instant::now();
@@ -118,19 +123,7 @@ async fn drain_timeout_bounds_the_wait() {
     .await;
     let front = stack.front;
     let slow = tokio::spawn(async move { client::get(front, "/delay/6000").await });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stack
-        .mulligan
-        .metric("mulligan_ext_proc_streams_in_flight")
-        .await
-        < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "slow request never reached mulligan"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_in_flight(&stack).await;
     stack.mulligan.terminate();
     let started = Instant::now();
     let code = stack.mulligan.wait(Duration::from_secs(5)).await;

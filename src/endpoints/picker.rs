@@ -35,17 +35,7 @@ pub fn pick(cluster: &Cluster, exclude: &[SocketAddr], now_ms: u64) -> Option<Ar
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config, endpoints::Registry, endpoints::State};
-
-    fn registry(n: u16) -> Registry {
-        let cfg = config::Endpoints {
-            default: (1..=n)
-                .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
-                .collect(),
-            ..Default::default()
-        };
-        Registry::from_config(&cfg, &config::Health::default())
-    }
+    use crate::endpoints::{registry::loopback as registry, State};
 
     #[test]
     fn skips_unusable_and_excluded_endpoints() {

@@ -450,6 +450,18 @@ impl Registry {
     }
 }
 
+/// For unit tests: `n` static endpoints, 127.0.0.1 ports 1..=n.
+#[cfg(test)]
+pub(crate) fn loopback(n: u16) -> Registry {
+    let cfg = config::Endpoints {
+        default: (1..=n)
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect(),
+        ..Default::default()
+    };
+    Registry::from_config(&cfg, &config::Health::default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,7 @@ use envoy_types::pb::envoy::{
 };
 use tokio::time::Instant;
 
-use super::{attributes, attributes::Attributes, header_value, reply, Context};
+use super::{attributes, attributes::Attributes, header_value, headers::find, reply, Context};
 use crate::{
     classify::{self, Cause, Observed},
     metrics::{Outcome, Phase, StreamError},
@@ -505,20 +505,6 @@ impl Exchange {
             deadline,
         })
     }
-}
-
-/// The first value of a captured header, as bytes.
-fn find<'a>(headers: &'a [EnvoyHeader], name: &str) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|h| h.key.eq_ignore_ascii_case(name))
-        .map(|h| {
-            if h.raw_value.is_empty() {
-                h.value.as_bytes()
-            } else {
-                h.raw_value.as_slice()
-            }
-        })
 }
 
 fn body_reply(request_path: bool, mode: BodySendMode, chunk: HttpBody) -> ProcessingResponse {

@@ -5,12 +5,16 @@
 //! is copied, and names compare case-insensitively (HTTP/2 lowercases them,
 //! but a hand-made client may not).
 
-use envoy_types::pb::envoy::config::core::v3::HeaderMap;
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 
 /// The first value of `name`, as bytes.
 pub fn header_value<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a [u8]> {
-    headers?
-        .headers
+    find(&headers?.headers, name)
+}
+
+/// The first value of `name` in a list of headers, as bytes.
+pub fn find<'a>(headers: &'a [HeaderValue], name: &str) -> Option<&'a [u8]> {
+    headers
         .iter()
         .find(|h| h.key.eq_ignore_ascii_case(name))
         .map(|h| {
