@@ -266,11 +266,7 @@ impl Exchange {
         mutation: &mut reply::Mutation,
     ) -> bool {
         let cfg = &self.ctx.steer;
-        let facts = RequestFacts {
-            idempotent_method: find(fields, ":method").is_some_and(safety::idempotent_method),
-            idempotency_key: find(fields, "idempotency-key").is_some(),
-            body_replayable: true,
-        };
+        let facts = facts(fields, true);
         let plan = steer::plan(
             &self.ctx.registry,
             attrs.str("xds.cluster_name"),
@@ -455,11 +451,10 @@ impl Exchange {
         let Some(r) = &self.request else {
             return Decision::BodyNotCaptured;
         };
-        let facts = RequestFacts {
-            idempotent_method: find(&r.headers, ":method").is_some_and(safety::idempotent_method),
-            idempotency_key: find(&r.headers, "idempotency-key").is_some(),
-            body_replayable: matches!(r.body, Body::Empty | Body::Complete(_)),
-        };
+        let facts = facts(
+            &r.headers,
+            matches!(r.body, Body::Empty | Body::Complete(_)),
+        );
         policy::decide(cause, facts, cfg.retry_plain_503)
     }
 
@@ -471,11 +466,7 @@ impl Exchange {
     ) -> Result<Pending, Outcome> {
         let cfg = &self.ctx.rescuer.cfg;
         let r = self.request.take().ok_or(Outcome::Unreplayable)?;
-        let facts = RequestFacts {
-            idempotent_method: find(&r.headers, ":method").is_some_and(safety::idempotent_method),
-            idempotency_key: find(&r.headers, "idempotency-key").is_some(),
-            body_replayable: true,
-        };
+        let facts = facts(&r.headers, true);
         // The route's budget, when an Envoy in front announced it.
         let route_budget = find(&r.headers, "x-envoy-expected-rq-timeout-ms")
             .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
@@ -504,6 +495,15 @@ impl Exchange {
             failed: tried,
             deadline,
         })
+    }
+}
+
+/// What the safety rules need to know about a request, from its headers.
+fn facts(headers: &[EnvoyHeader], body_replayable: bool) -> RequestFacts {
+    RequestFacts {
+        idempotent_method: find(headers, ":method").is_some_and(safety::idempotent_method),
+        idempotency_key: find(headers, "idempotency-key").is_some(),
+        body_replayable,
     }
 }
 
