@@ -43,12 +43,15 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready for new ext_proc streams: false from the moment a drain begins.
+/// Ready for traffic: false until discovery has its first view of the
+/// endpoints, and from the moment a drain begins.
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
-    if state.drain.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
+    if !state.drain.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if !state.drain.is_serving() {
+        (StatusCode::SERVICE_UNAVAILABLE, "discovering endpoints\n")
+    } else {
+        (StatusCode::OK, "ready\n")
     }
 }
 

@@ -24,6 +24,46 @@ pub struct Config {
     pub health: Health,
     pub probe: Probe,
     pub steer: Steer,
+    pub kubernetes: Kubernetes,
+}
+
+/// Kubernetes discovery: EndpointSlices (and Pods) of chosen Services.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Kubernetes {
+    pub enabled: bool,
+    /// The namespace of the Services (the RBAC in the manifests is scoped
+    /// to it).
+    pub namespace: String,
+    /// The API server; empty: in-cluster config (or the local kubeconfig).
+    pub api_server: String,
+    pub services: Vec<KubeService>,
+}
+
+impl Default for Kubernetes {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            namespace: "default".into(),
+            api_server: String::new(),
+            services: Vec::new(),
+        }
+    }
+}
+
+/// One Service whose endpoints mulligan follows.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeService {
+    pub name: String,
+    /// The Envoy cluster its endpoints belong to; default: the name Envoy
+    /// Gateway generates for the first rule of an HTTPRoute of the same
+    /// name, `httproute/<namespace>/<name>/rule/0`.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// The EndpointSlice port (by name or number); default: the first.
+    #[serde(default)]
+    pub port: Option<String>,
 }
 
 /// Steer: choosing healthy endpoints before the request leaves Envoy.

@@ -16,6 +16,9 @@ use tokio::sync::{watch, Notify};
 #[derive(Debug)]
 pub struct Drain {
     draining: AtomicBool,
+    /// Discovery sources that have not completed their first sync; mulligan
+    /// is not ready while any has not.
+    unsynced: AtomicUsize,
     in_flight: AtomicUsize,
     idle: Notify,
     signal: watch::Sender<bool>,
@@ -25,15 +28,34 @@ impl Drain {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             draining: AtomicBool::new(false),
+            unsynced: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             signal: watch::channel(false).0,
         })
     }
 
-    /// True until the drain begins.
+    /// Ready for new streams: not draining.
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Ready to be sent traffic (`/readyz`): not draining, and every
+    /// discovery source has its first view of the endpoints.
+    pub fn is_serving(&self) -> bool {
+        self.is_ready() && self.unsynced.load(Ordering::Acquire) == 0
+    }
+
+    /// A discovery source starts; readiness waits for it.
+    pub fn hold_readiness(&self) {
+        self.unsynced.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// That source has synced once.
+    pub fn release_readiness(&self) {
+        let _ = self
+            .unsynced
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// Starts draining; idempotent.

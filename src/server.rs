@@ -13,7 +13,7 @@ use crate::{
     config::Config,
     control::Control,
     drain::Drain,
-    endpoints::{eds_file, probe, Registry},
+    endpoints::{eds_file, kubernetes, probe, Registry},
     ext_proc::{self, Context, ExtProc},
     metrics::Metrics,
     rescue::Rescuer,
@@ -50,6 +50,12 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
             path,
             cfg.endpoints.eds_file_poll,
         ));
+    }
+    if cfg.kubernetes.enabled {
+        let tasks = kubernetes::spawn(Arc::clone(&registry), Arc::clone(&drain), &cfg.kubernetes)
+            .await
+            .context("starting Kubernetes discovery")?;
+        sources.extend(tasks);
     }
     sources.extend(probe::spawn(Arc::clone(&registry), &cfg.probe));
     let ctx = Arc::new(Context {

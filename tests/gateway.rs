@@ -23,7 +23,7 @@ const MULLIGAN_CLUSTER: &str = "envoyextensionpolicy/default/mulligan/0/mulligan
 const BACKEND_CLUSTER: &str = "httproute/default/backend/rule/0";
 
 fn fixtures() -> PathBuf {
-    repo_root().join("../shared/fixtures/envoy-gateway")
+    support::envoy_gateway_fixtures()
 }
 
 fn yaml_docs(path: PathBuf) -> Vec<Value> {

@@ -4,12 +4,14 @@
 //!
 //! - [`registry`]: the shared set and each endpoint's state;
 //! - sources that feed it: static config (in the registry), Envoy's EDS
-//!   file ([`eds_file`]), the lifecycle API (`admin`, `control`), passive
+//!   file ([`eds_file`]), Kubernetes EndpointSlices and Pods
+//!   ([`kubernetes`]), the lifecycle API (`admin`, `control`), passive
 //!   health (the responses mulligan sees) and [`probe`] (active readiness
 //!   checks);
 //! - [`picker`]: the choice of endpoint for one replay.
 
 pub mod eds_file;
+pub mod kubernetes;
 pub mod picker;
 pub mod probe;
 pub mod registry;

@@ -364,6 +364,22 @@ impl Registry {
         Ok(changed)
     }
 
+    /// Every endpoint on `ip` (any port, any cluster) is draining: its pod
+    /// is being deleted.
+    pub fn drain_ip(&self, ip: std::net::IpAddr, reason: &str) {
+        let snap = self.snapshot.load();
+        for (addr, eps) in &snap.by_addr {
+            if addr.ip() != ip {
+                continue;
+            }
+            for e in eps {
+                if matches!(e.state(), State::Ready | State::NotReady) {
+                    e.set_state(State::Draining, reason);
+                }
+            }
+        }
+    }
+
     /// An active probe's verdict on `addr`. A draining endpoint stays
     /// draining: only a lifecycle call brings it back.
     pub fn probed(&self, addr: SocketAddr, state: State, reason: &str) {

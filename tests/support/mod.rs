@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod client;
 pub mod envoy;
+pub mod kube_api;
 pub mod mulligan;
 pub mod pods;
 pub mod render;
@@ -23,6 +24,20 @@ pub fn payload(len: usize) -> Vec<u8> {
 /// Root of the repository (for `envoy-config/` and `.tools/`).
 pub fn repo_root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Envoy Gateway's real output (`shared/fixtures/envoy-gateway`), which CI
+/// and every checkout of this project have beside the repository.
+pub fn envoy_gateway_fixtures() -> std::path::PathBuf {
+    let dir = repo_root().join("../shared/fixtures/envoy-gateway");
+    if !dir.is_dir() {
+        panic!(
+            "{} is missing: the Envoy Gateway fixtures live in shared/ beside the checkout \
+             (the project's layout; CI has it there too)",
+            dir.display()
+        );
+    }
+    dir
 }
 
 /// Pods, mulligan and Envoy (reference bootstrap) wired together.
