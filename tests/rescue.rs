@@ -402,3 +402,68 @@ async fn no_healthy_upstream_is_rescued_to_an_endpoint_mulligan_knows() {
         2.0
     );
 }
+
+/// A listener standing for an address an attacker would like mulligan to
+/// call; counts the connections it gets.
+async fn bait() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind bait");
+    let addr = l.local_addr().expect("addr");
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&hits);
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = l.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (addr, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_in_a_request_can_point_a_replay_elsewhere() {
+    let stack = Stack::with_config(
+        &[("ready", PodState::Ready), ("gone", PodState::Gone)],
+        "[budget]\nratio = 1.0\n",
+        &[],
+    )
+    .await;
+    let (bait, hits) = bait().await;
+    let evil = bait.to_string();
+    let http = HttpClient::new(Proto::Http1);
+    for _ in 0..20 {
+        let r = http
+            .send(
+                Method::GET,
+                stack.front,
+                "/",
+                &[
+                    ("host", evil.as_str()),
+                    ("x-forwarded-host", evil.as_str()),
+                    ("x-gateway-destination-endpoint", evil.as_str()),
+                    ("x-envoy-original-dst-host", evil.as_str()),
+                ],
+                client::empty(),
+            )
+            .await
+            .expect("request");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, "hello from ready\n");
+    }
+    assert!(
+        stack
+            .mulligan
+            .metric(r#"mulligan_rescues_total{outcome="rescued"}"#)
+            .await
+            >= 5.0,
+        "half the requests went to the gone pod and were replayed"
+    );
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a replay went to an address taken from the request"
+    );
+}

@@ -334,3 +334,54 @@ async fn what_envoy_reports_teaches_passive_health() {
         retries
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_choose_the_endpoint() {
+    let stack = steer_stack(
+        &[
+            ("a", PodState::Ready),
+            ("b", PodState::Ready),
+            ("c", PodState::Ready),
+        ],
+        "",
+    )
+    .await;
+    // A client naming one pod (b, drained in mulligan's view) and an outside
+    // address: mulligan's list replaces the header.
+    client::post(
+        stack.mulligan.admin,
+        &format!("/v1/endpoints/{}/drain", stack.pod("b").addr),
+    )
+    .await
+    .expect("drain");
+    let outside = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let wanted = format!(
+        "{},{}",
+        outside.local_addr().expect("addr"),
+        stack.pod("b").addr
+    );
+    let before = stack.pod("b").served();
+    let http = HttpClient::new(Proto::Http1);
+    for _ in 0..50 {
+        let r = http
+            .send(
+                Method::GET,
+                stack.front,
+                "/",
+                &[("x-gateway-destination-endpoint", wanted.as_str())],
+                client::empty(),
+            )
+            .await
+            .expect("request");
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        stack.pod("b").served(),
+        before,
+        "the client's header steered a request"
+    );
+    let accepted = tokio::time::timeout(Duration::from_millis(50), outside.accept()).await;
+    assert!(accepted.is_err(), "Envoy connected to the client's address");
+}
