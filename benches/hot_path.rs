@@ -111,6 +111,7 @@ fn context() -> Arc<Context> {
     Arc::new(Context {
         rescuer: Rescuer::new(&cfg, Arc::clone(&registry), metrics.clone()),
         steer: cfg.steer.clone(),
+        max_streams: cfg.limits.max_streams,
         metrics,
         drain: Drain::new(),
         registry,

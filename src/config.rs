@@ -241,12 +241,17 @@ pub struct Limits {
     /// mode Envoy may hand over a whole body in one message; a larger one
     /// fails the stream and Envoy applies `failure_mode_allow`.
     pub max_message_bytes: usize,
+    /// ext_proc streams open at once (one per HTTP request in flight through
+    /// Envoy); past this a new stream is refused (`RESOURCE_EXHAUSTED`) and
+    /// Envoy's `failure_mode_allow` passes that request through untouched.
+    pub max_streams: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_message_bytes: 64 * 1024 * 1024,
+            max_streams: 10_000,
         }
     }
 }

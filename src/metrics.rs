@@ -69,13 +69,16 @@ pub enum StreamError {
     EmptyMessage,
     /// A new stream arrived while mulligan was draining.
     Draining,
+    /// A new stream arrived at `limits.max_streams`.
+    StreamLimit,
 }
 
 impl StreamError {
-    const ALL: [StreamError; 3] = [
+    const ALL: [StreamError; 4] = [
         StreamError::Transport,
         StreamError::EmptyMessage,
         StreamError::Draining,
+        StreamError::StreamLimit,
     ];
 
     fn as_str(self) -> &'static str {
@@ -83,6 +86,7 @@ impl StreamError {
             StreamError::Transport => "transport",
             StreamError::EmptyMessage => "empty_message",
             StreamError::Draining => "draining",
+            StreamError::StreamLimit => "stream_limit",
         }
     }
 }
@@ -178,7 +182,7 @@ pub struct Metrics {
     streams: Counter,
     in_flight: Gauge,
     phases: [Counter; 6],
-    errors: [Counter; 3],
+    errors: [Counter; 4],
     /// Indexed by [`Cause`], then [`Decision`].
     decisions: Vec<[Counter; 5]>,
     outcomes: [Counter; 9],

@@ -61,6 +61,7 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
     let ctx = Arc::new(Context {
         rescuer: Rescuer::new(&cfg, Arc::clone(&registry), metrics.clone()),
         steer: cfg.steer.clone(),
+        max_streams: cfg.limits.max_streams,
         metrics,
         drain: Arc::clone(&drain),
         registry: Arc::clone(&registry),

@@ -215,3 +215,58 @@ async fn hang_up_mid_stream_releases_the_stream() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn streams_past_the_limit_are_refused_and_places_come_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(&cfg, "[limits]\nmax_streams = 2\n").expect("write");
+    let m = Mulligan::start(&["--config", cfg.to_str().expect("path")]).await;
+    let mut first = open(&m).await;
+    let mut second = open(&m).await;
+    for c in [&mut first, &mut second] {
+        c.send(msg(Request::RequestHeaders(HttpHeaders::default())))
+            .await;
+        c.reply().await;
+    }
+    let mut client = ExternalProcessorClient::connect(format!("http://{}", m.grpc))
+        .await
+        .expect("connect");
+    let (_tx, rx) = mpsc::channel(1);
+    let refused = client
+        .process(ReceiverStream::new(rx))
+        .await
+        .expect_err("a third stream is over the limit");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        m.metric(r#"mulligan_ext_proc_errors_total{kind="stream_limit"}"#)
+            .await,
+        1.0
+    );
+    // One stream ends: a new one is admitted.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (tx, rx) = mpsc::channel(1);
+        match client.process(ReceiverStream::new(rx)).await {
+            Ok(r) => {
+                let mut c = Conversation {
+                    tx,
+                    rx: r.into_inner(),
+                };
+                c.send(msg(Request::RequestHeaders(HttpHeaders::default())))
+                    .await;
+                assert!(matches!(
+                    c.reply().await.response,
+                    Some(Response::RequestHeaders(_))
+                ));
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+                assert!(Instant::now() < deadline, "the place never came back");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

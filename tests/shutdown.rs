@@ -137,3 +137,27 @@ async fn drain_timeout_bounds_the_wait() {
     let r = slow.await.expect("slow task").expect("slow request");
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_the_limit_pass_through_envoy_untouched() {
+    // A limit of zero: every stream is over it.
+    let stack = Stack::with_config(
+        &[("a", PodState::Ready)],
+        "[limits]\nmax_streams = 0\n",
+        &[],
+    )
+    .await;
+    for _ in 0..20 {
+        let r = client::get(stack.front, "/").await.expect("request");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, "hello from a\n");
+    }
+    assert_eq!(
+        stack
+            .mulligan
+            .metric(r#"mulligan_ext_proc_errors_total{kind="stream_limit"}"#)
+            .await,
+        20.0
+    );
+    assert_eq!(stack.ext_proc_stat("failure_mode_allowed").await, 20);
+}

@@ -42,6 +42,8 @@ pub struct Context {
     pub registry: Arc<Registry>,
     pub rescuer: Rescuer,
     pub steer: crate::config::Steer,
+    /// `limits.max_streams`.
+    pub max_streams: usize,
 }
 
 /// The `ExternalProcessor` implementation.
@@ -79,6 +81,13 @@ impl ExternalProcessor for ExtProc {
             self.ctx.metrics.error(StreamError::Draining);
             return Err(Status::unavailable("mulligan is draining"));
         };
+        if self.ctx.drain.in_flight() > self.ctx.max_streams {
+            // The guard goes with this return: the place is released.
+            self.ctx.metrics.error(StreamError::StreamLimit);
+            return Err(Status::resource_exhausted(
+                "mulligan is at its stream limit",
+            ));
+        }
         let stream = StreamState {
             inbound: request.into_inner(),
             exchange: Exchange::new(Arc::clone(&self.ctx)),
