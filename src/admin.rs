@@ -5,8 +5,8 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
-    extract::{Path, Query, State},
-    http::{header, StatusCode},
+    extract::{ConnectInfo, Path, Query, State},
+    http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -14,6 +14,7 @@ use axum::{
 use serde::Deserialize;
 
 use crate::{
+    access::{Access, Caller},
     drain::Drain,
     endpoints::{self, Registry},
     metrics,
@@ -24,6 +25,23 @@ use crate::{
 pub struct AdminState {
     pub drain: Arc<Drain>,
     pub registry: Arc<Registry>,
+    pub access: Access,
+}
+
+/// The caller of one admin request.
+fn caller<'a>(peer: SocketAddr, headers: &'a HeaderMap) -> Caller<'a> {
+    Caller {
+        peer: Some(peer),
+        authorization: headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+    }
+}
+
+fn forbidden() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "forbidden: call from loopback or send the admin token (Authorization: Bearer ...)\n",
+    )
+        .into_response()
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -55,7 +73,14 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn prometheus() -> Response {
+async fn prometheus(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if !state.access.may_read(caller(peer, &headers)) {
+        return forbidden();
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         metrics::prometheus().render(),
@@ -70,17 +95,27 @@ struct ClusterQuery {
 
 async fn list_endpoints(
     State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Query(q): Query<ClusterQuery>,
-) -> Json<serde_json::Value> {
+) -> Response {
+    if !state.access.may_read(caller(peer, &headers)) {
+        return forbidden();
+    }
     let endpoints = state.registry.list(q.cluster.as_deref());
-    Json(serde_json::json!({ "endpoints": endpoints }))
+    Json(serde_json::json!({ "endpoints": endpoints })).into_response()
 }
 
 async fn drain_endpoint(
     state: State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     addr: Path<String>,
     q: Query<ClusterQuery>,
 ) -> Response {
+    if !state.access.may_write(caller(peer, &headers)) {
+        return forbidden();
+    }
     set_state(
         state,
         addr,
@@ -92,9 +127,14 @@ async fn drain_endpoint(
 
 async fn ready_endpoint(
     state: State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     addr: Path<String>,
     q: Query<ClusterQuery>,
 ) -> Response {
+    if !state.access.may_write(caller(peer, &headers)) {
+        return forbidden();
+    }
     set_state(state, addr, q, endpoints::State::Ready, "lifecycle: ready")
 }
 

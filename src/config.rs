@@ -15,6 +15,7 @@ use serde::Deserialize;
 pub struct Config {
     pub runtime: Runtime,
     pub listen: Listen,
+    pub admin: Admin,
     pub shutdown: Shutdown,
     pub log: Log,
     pub limits: Limits,
@@ -265,6 +266,29 @@ pub struct Runtime {
     /// shared 2-core machine one thread cut mulligan's CPU per request by
     /// about a third (BENCHMARKS.md).
     pub worker_threads: usize,
+}
+
+/// Who may use the admin port and the lifecycle API.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// A file holding the bearer token that authorises lifecycle calls (and
+    /// reads, when they are not open); empty: no token.
+    pub token_file: String,
+    /// Callers on loopback may change state without the token.
+    pub trust_loopback: bool,
+    /// `/metrics` and `/v1/endpoints` are readable without the token.
+    pub open_reads: bool,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            token_file: String::new(),
+            trust_loopback: true,
+            open_reads: true,
+        }
+    }
 }
 
 /// Where mulligan listens.

@@ -6,6 +6,7 @@ use std::{net::SocketAddr, sync::Arc};
 use tonic::{Request, Response, Status};
 
 use crate::{
+    access::{Access, Caller},
     endpoints::{self, EndpointView, Registry},
     proto::{
         self,
@@ -16,11 +17,33 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Control {
     registry: Arc<Registry>,
+    access: Access,
+}
+
+/// The caller of a gRPC request, for the access policy.
+fn caller<T>(request: &Request<T>) -> Caller<'_> {
+    Caller {
+        peer: request.remote_addr(),
+        authorization: request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes()),
+    }
 }
 
 impl Control {
-    pub fn new(registry: Arc<Registry>) -> Self {
-        Self { registry }
+    pub fn new(registry: Arc<Registry>, access: Access) -> Self {
+        Self { registry, access }
+    }
+
+    fn check_write<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if self.access.may_write(caller(request)) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(
+                "call from loopback or send the admin token (authorization: Bearer ...)",
+            ))
+        }
     }
 
     pub fn into_server(self) -> LifecycleServer<Self> {
@@ -73,6 +96,7 @@ impl Lifecycle for Control {
         &self,
         request: Request<proto::EndpointRef>,
     ) -> Result<Response<proto::Endpoint>, Status> {
+        self.check_write(&request)?;
         self.set(
             request.into_inner(),
             endpoints::State::Draining,
@@ -84,6 +108,7 @@ impl Lifecycle for Control {
         &self,
         request: Request<proto::EndpointRef>,
     ) -> Result<Response<proto::Endpoint>, Status> {
+        self.check_write(&request)?;
         self.set(
             request.into_inner(),
             endpoints::State::Ready,
@@ -95,6 +120,9 @@ impl Lifecycle for Control {
         &self,
         request: Request<proto::ListEndpointsRequest>,
     ) -> Result<Response<proto::ListEndpointsResponse>, Status> {
+        if !self.access.may_read(caller(&request)) {
+            return Err(Status::permission_denied("send the admin token"));
+        }
         let r = request.into_inner();
         let cluster = (!r.cluster.is_empty()).then_some(r.cluster.as_str());
         let endpoints = self

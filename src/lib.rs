@@ -25,6 +25,7 @@
 //! - [`config`] is the TOML configuration, [`cli`] the command line,
 //!   [`telemetry`] logs and [`metrics`] the Prometheus counters.
 
+pub mod access;
 pub mod admin;
 pub mod classify;
 pub mod cli;

@@ -9,6 +9,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::{
+    access::Access,
     admin::{self, AdminState},
     config::Config,
     control::Control,
@@ -35,6 +36,7 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
     let grpc_addr = grpc_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
+    let access = Access::load(&cfg.admin)?;
     let drain = Drain::new();
     let registry = Arc::new(Registry::from_config(&cfg.endpoints, &cfg.health));
     let metrics = Metrics::new();
@@ -77,7 +79,7 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(ExtProc::new(ctx).into_server(cfg.limits.max_message_bytes))
-        .add_service(Control::new(Arc::clone(&registry)).into_server())
+        .add_service(Control::new(Arc::clone(&registry), access.clone()).into_server())
         .serve_with_incoming_shutdown(incoming, {
             let drain = Arc::clone(&drain);
             async move { drain.signaled().await }
@@ -90,7 +92,9 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
         admin::router(AdminState {
             drain: Arc::clone(&drain),
             registry,
-        }),
+            access,
+        })
+        .into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
         let _ = admin_stopped.await;

@@ -227,3 +227,105 @@ async fn json_logs_are_one_object_per_line() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn lifecycle_calls_need_loopback_or_the_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").expect("token");
+    let cfg = dir.path().join("m.toml");
+    // As if every caller were remote: loopback is not trusted here.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[admin]\ntoken_file = {:?}\ntrust_loopback = false\nopen_reads = false\n",
+            token.display().to_string()
+        ),
+    )
+    .expect("config");
+    let m = Mulligan::start(&[
+        "--config",
+        cfg.to_str().expect("path"),
+        "--endpoints",
+        "127.0.0.1:7001",
+    ])
+    .await;
+    let http = client::HttpClient::new(client::Proto::Http1);
+    let drain = "/v1/endpoints/127.0.0.1:7001/drain";
+    let call = |path: &'static str, method: http::Method, auth: Option<&'static str>| {
+        let http = http.clone();
+        let admin = m.admin;
+        async move {
+            let headers: Vec<(&str, &str)> =
+                auth.map(|a| vec![("authorization", a)]).unwrap_or_default();
+            http.send(method, admin, path, &headers, client::empty())
+                .await
+                .expect("admin call")
+                .status
+                .as_u16()
+        }
+    };
+    use http::Method;
+    assert_eq!(call(drain, Method::POST, None).await, 403);
+    assert_eq!(call(drain, Method::POST, Some("Bearer wrong")).await, 403);
+    assert_eq!(call("/v1/endpoints", Method::GET, None).await, 403);
+    assert_eq!(call("/metrics", Method::GET, None).await, 403);
+    // Health stays open: the kubelet has no token.
+    assert_eq!(call("/healthz", Method::GET, None).await, 200);
+    assert_eq!(call("/readyz", Method::GET, None).await, 200);
+    assert_eq!(
+        call(drain, Method::POST, Some("Bearer s3cret-token")).await,
+        200
+    );
+    assert_eq!(
+        call("/v1/endpoints", Method::GET, Some("Bearer s3cret-token")).await,
+        200
+    );
+
+    // The same rule on the gRPC lifecycle API.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", m.grpc))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut lifecycle = LifecycleClient::new(channel);
+    let r = EndpointRef {
+        address: "127.0.0.1:7001".into(),
+        cluster: String::new(),
+    };
+    let denied = lifecycle.mark_ready(r.clone()).await.expect_err("no token");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let mut with_token = tonic::Request::new(r);
+    with_token.metadata_mut().insert(
+        "authorization",
+        "Bearer s3cret-token".parse().expect("metadata"),
+    );
+    let ok = lifecycle
+        .mark_ready(with_token)
+        .await
+        .expect("with the token")
+        .into_inner();
+    assert_eq!(ok.state(), EndpointState::Ready);
+}
+
+#[test]
+fn a_missing_token_file_stops_serve_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(&cfg, "[admin]\ntoken_file = \"/nonexistent/token\"\n").expect("write");
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin.token_file /nonexistent/token"), "{err}");
+}
