@@ -246,6 +246,9 @@ pub struct Limits {
     /// Envoy); past this a new stream is refused (`RESOURCE_EXHAUSTED`) and
     /// Envoy's `failure_mode_allow` passes that request through untouched.
     pub max_streams: usize,
+    /// Request body bytes held for replay across all requests at once; past
+    /// it a body is not captured (that request is not replayed).
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for Limits {
@@ -253,6 +256,7 @@ impl Default for Limits {
         Self {
             max_message_bytes: 64 * 1024 * 1024,
             max_streams: 10_000,
+            max_buffered_bytes: 256 * 1024 * 1024,
         }
     }
 }

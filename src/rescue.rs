@@ -32,6 +32,9 @@ pub struct Rescuer {
     registry: Arc<Registry>,
     metrics: Metrics,
     held: AtomicUsize,
+    /// Request body bytes captured for replay, across every stream.
+    buffered: AtomicUsize,
+    max_buffered: usize,
 }
 
 /// One rescue's inputs.
@@ -72,6 +75,25 @@ impl Rescuer {
             registry,
             metrics,
             held: AtomicUsize::new(0),
+            buffered: AtomicUsize::new(0),
+            max_buffered: cfg.limits.max_buffered_bytes,
+        }
+    }
+
+    /// Reserves `n` bytes of body capture; false past
+    /// `limits.max_buffered_bytes`.
+    pub fn reserve(&self, n: usize) -> bool {
+        let before = self.buffered.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.max_buffered {
+            self.buffered.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    pub fn release(&self, n: usize) {
+        if n > 0 {
+            self.buffered.fetch_sub(n, Ordering::AcqRel);
         }
     }
 

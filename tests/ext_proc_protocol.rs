@@ -270,3 +270,106 @@ async fn streams_past_the_limit_are_refused_and_places_come_back() {
         }
     }
 }
+
+/// A failed response as Envoy reports a refused connection.
+fn refused_response() -> ProcessingRequest {
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    let mut attrs = Struct::default();
+    attrs.fields.insert(
+        "response.code".into(),
+        Value {
+            kind: Some(Kind::NumberValue(503.0)),
+        },
+    );
+    attrs.fields.insert(
+        "response.flags".into(),
+        Value {
+            kind: Some(Kind::NumberValue(32.0)),
+        },
+    );
+    let mut m = msg(Request::ResponseHeaders(HttpHeaders::default()));
+    m.attributes
+        .insert("envoy.filters.http.ext_proc".into(), attrs);
+    m
+}
+
+fn post_headers() -> ProcessingRequest {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    let h = |k: &str, v: &str| HeaderValue {
+        key: k.into(),
+        value: String::new(),
+        raw_value: v.as_bytes().to_vec(),
+    };
+    msg(Request::RequestHeaders(HttpHeaders {
+        headers: Some(HeaderMap {
+            headers: vec![h(":method", "PUT"), h(":path", "/x")],
+        }),
+        end_of_stream: false,
+        ..Default::default()
+    }))
+}
+
+#[tokio::test]
+async fn bodies_past_the_total_buffer_limit_are_not_captured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(&cfg, "[limits]\nmax_buffered_bytes = 1000\n").expect("write");
+    let m = Mulligan::start(&["--config", cfg.to_str().expect("path")]).await;
+    let decision = |d: &'static str| {
+        let m = &m;
+        async move {
+            m.metric(&format!(
+                r#"mulligan_decisions_total{{cause="connect_failure",decision="{d}"}}"#
+            ))
+            .await
+        }
+    };
+    // The first request holds 800 bytes (its stream stays open).
+    let mut first = open(&m).await;
+    first.send(post_headers()).await;
+    first.reply().await;
+    first
+        .send(msg(Request::RequestBody(body(&[1u8; 800], true))))
+        .await;
+    first.reply().await;
+    // The second's 800 bytes do not fit beside them.
+    let mut second = open(&m).await;
+    second.send(post_headers()).await;
+    second.reply().await;
+    second
+        .send(msg(Request::RequestBody(body(&[2u8; 800], true))))
+        .await;
+    second.reply().await;
+    second.send(refused_response()).await;
+    assert!(matches!(
+        second.reply().await.response,
+        Some(Response::ResponseHeaders(_))
+    ));
+    assert_eq!(decision("body_not_captured").await, 1.0);
+    drop(second);
+    // The first one's body was kept: it is rescued (it extends Envoy's
+    // message timeout first; no endpoint exists, so it ends as it came).
+    first.send(refused_response()).await;
+    let extend = first.reply().await;
+    assert!(extend.override_message_timeout.is_some());
+    assert_eq!(decision("rescue").await, 1.0);
+    drop(first);
+    // Both gone: their bytes are released, so a third body fits again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while m.metric("mulligan_ext_proc_streams_in_flight").await != 0.0 {
+        assert!(Instant::now() < deadline, "streams never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut third = open(&m).await;
+    third.send(post_headers()).await;
+    third.reply().await;
+    third
+        .send(msg(Request::RequestBody(body(&[3u8; 900], true))))
+        .await;
+    third.reply().await;
+    third.send(refused_response()).await;
+    assert!(
+        third.reply().await.override_message_timeout.is_some(),
+        "third body was not captured"
+    );
+}

@@ -467,3 +467,37 @@ async fn nothing_in_a_request_can_point_a_replay_elsewhere() {
         "a replay went to an address taken from the request"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_held_the_original_response_passes_at_once() {
+    let stack = Stack::with_config(
+        &[("a", PodState::Gone)],
+        "[rescue]\nmax_held = 1\ndeadline = \"3s\"\n",
+        &[],
+    )
+    .await;
+    let front = stack.front;
+    let held = tokio::spawn(async move { client::get(front, "/").await });
+    until_held(&stack, 1.0).await;
+    // A second request finds the hold full: Envoy's own 503, without waiting.
+    let started = Instant::now();
+    let r = client::get(stack.front, "/").await.expect("request");
+    assert_eq!(r.status, 503);
+    assert!(r.headers.get("retry-after").is_none());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "it waited: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        stack
+            .mulligan
+            .metric(r#"mulligan_rescues_total{outcome="held_limit"}"#)
+            .await,
+        1.0
+    );
+    // The first one is still held, and ends at its deadline.
+    let first = held.await.expect("task").expect("held request");
+    assert_eq!(first.status, 503);
+    assert_eq!(first.headers["retry-after"], "1");
+}

@@ -85,6 +85,14 @@ pub struct Exchange {
     pending: Option<Pending>,
     /// The endpoints steer listed for this request, in order.
     steered: Vec<SocketAddr>,
+    /// Captured body bytes counted against `limits.max_buffered_bytes`.
+    reserved: usize,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.ctx.rescuer.release(self.reserved);
+    }
 }
 
 impl Exchange {
@@ -98,6 +106,7 @@ impl Exchange {
             request: None,
             pending: None,
             steered: Vec::new(),
+            reserved: 0,
         }
     }
 
@@ -333,13 +342,18 @@ impl Exchange {
         let Body::Buffering(buf) = &mut r.body else {
             return;
         };
-        if buf.len() + bytes.len() > cap {
+        // Over the per-request cap, or over what every request together may
+        // hold: this body will not be replayed, and what it held goes back.
+        if buf.len() + bytes.len() > cap || !self.ctx.rescuer.reserve(bytes.len()) {
             r.body = Body::Unavailable;
+            self.ctx.rescuer.release(std::mem::take(&mut self.reserved));
         } else if buf.is_empty() && end {
+            self.reserved += bytes.len();
             // The usual case (BUFFERED): the whole body in one message, kept
             // without a copy.
             r.body = Body::Complete(Bytes::from(bytes));
         } else {
+            self.reserved += bytes.len();
             buf.extend_from_slice(&bytes);
             if end {
                 r.body = Body::Complete(buf.split().freeze());
