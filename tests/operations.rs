@@ -14,6 +14,14 @@ use tonic_health::pb::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_mulligan");
 
+/// A lifecycle call's target, in every cluster that has it.
+fn endpoint_ref(address: &str) -> EndpointRef {
+    EndpointRef {
+        address: address.into(),
+        cluster: String::new(),
+    }
+}
+
 #[tokio::test]
 async fn admin_endpoints_answer() {
     let m = Mulligan::start(&["--endpoints", "127.0.0.1:7001,127.0.0.1:7002"]).await;
@@ -89,10 +97,7 @@ async fn grpc_health_and_lifecycle() {
 
     let mut lifecycle = LifecycleClient::new(channel);
     let e = lifecycle
-        .mark_draining(EndpointRef {
-            address: "127.0.0.1:7001".into(),
-            cluster: String::new(),
-        })
+        .mark_draining(endpoint_ref("127.0.0.1:7001"))
         .await
         .expect("mark draining")
         .into_inner();
@@ -105,19 +110,13 @@ async fn grpc_health_and_lifecycle() {
     assert_eq!(list.endpoints.len(), 1);
     assert_eq!(list.endpoints[0].state(), EndpointState::Draining);
     let ready = lifecycle
-        .mark_ready(EndpointRef {
-            address: "127.0.0.1:7001".into(),
-            cluster: String::new(),
-        })
+        .mark_ready(endpoint_ref("127.0.0.1:7001"))
         .await
         .expect("mark ready")
         .into_inner();
     assert_eq!(ready.state(), EndpointState::Ready);
     let unknown = lifecycle
-        .mark_ready(EndpointRef {
-            address: "10.0.0.9:80".into(),
-            cluster: String::new(),
-        })
+        .mark_ready(endpoint_ref("10.0.0.9:80"))
         .await
         .expect_err("unknown endpoint");
     assert_eq!(unknown.code(), tonic::Code::NotFound);
@@ -289,10 +288,7 @@ async fn lifecycle_calls_need_loopback_or_the_token() {
         .await
         .expect("connect");
     let mut lifecycle = LifecycleClient::new(channel);
-    let r = EndpointRef {
-        address: "127.0.0.1:7001".into(),
-        cluster: String::new(),
-    };
+    let r = endpoint_ref("127.0.0.1:7001");
     let denied = lifecycle.mark_ready(r.clone()).await.expect_err("no token");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     let mut with_token = tonic::Request::new(r);

@@ -15,6 +15,12 @@ use support::{
 
 const STEER: &str = "[steer]\nenabled = true\n";
 
+const THREE_READY: [(&str, PodState); 3] = [
+    ("a", PodState::Ready),
+    ("b", PodState::Ready),
+    ("c", PodState::Ready),
+];
+
 async fn steer_stack(pods: &[(&str, PodState)], toml: &str) -> Stack {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("mulligan.toml");
@@ -90,15 +96,7 @@ fn steer_yaml_differs_from_the_reference_only_where_documented() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_marked_draining_gets_no_new_request_after_the_call() {
-    let stack = steer_stack(
-        &[
-            ("a", PodState::Ready),
-            ("b", PodState::Ready),
-            ("c", PodState::Ready),
-        ],
-        "",
-    )
-    .await;
+    let stack = steer_stack(&THREE_READY, "").await;
     let http = HttpClient::new(Proto::Http1);
     for _ in 0..30 {
         assert_eq!(http.get(stack.front, "/").await.expect("warm").status, 200);
@@ -140,15 +138,7 @@ async fn a_pod_marked_draining_gets_no_new_request_after_the_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_that_dies_mid_run_costs_no_client_request() {
-    let stack = steer_stack(
-        &[
-            ("a", PodState::Ready),
-            ("b", PodState::Ready),
-            ("c", PodState::Ready),
-        ],
-        "",
-    )
-    .await;
+    let stack = steer_stack(&THREE_READY, "").await;
     let http = HttpClient::new(Proto::Http1);
     let mut statuses = Vec::new();
     for i in 0..600 {
@@ -337,15 +327,7 @@ async fn what_envoy_reports_teaches_passive_health() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_choose_the_endpoint() {
-    let stack = steer_stack(
-        &[
-            ("a", PodState::Ready),
-            ("b", PodState::Ready),
-            ("c", PodState::Ready),
-        ],
-        "",
-    )
-    .await;
+    let stack = steer_stack(&THREE_READY, "").await;
     // A client naming one pod (b, drained in mulligan's view) and an outside
     // address: mulligan's list replaces the header.
     client::post(

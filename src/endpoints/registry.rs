@@ -83,12 +83,11 @@ impl Endpoint {
         State::from_u8(self.state.load(Ordering::Acquire))
     }
 
-    fn set_state(&self, state: State, reason: &str) -> State {
+    fn set_state(&self, state: State, reason: &str) {
         let mut guard = self.reason.lock().unwrap_or_else(|p| p.into_inner());
-        let was = State::from_u8(self.state.swap(state as u8, Ordering::AcqRel));
+        self.state.store(state as u8, Ordering::Release);
         guard.clear();
         guard.push_str(reason);
-        was
     }
 
     /// Ready and not penalised: a request may be sent here now.

@@ -206,17 +206,16 @@ impl Exchange {
         headers: HttpHeaders,
         attrs: Attributes<'_>,
     ) -> ProcessingResponse {
-        let ctx = Arc::clone(&self.ctx);
-        let rescuer = &ctx.rescuer;
-        rescuer.budget.deposit();
+        self.ctx.rescuer.budget.deposit();
         let fields = headers.headers.map(|m| m.headers).unwrap_or_default();
         let mut mutation = reply::Mutation::default();
         // With steer on, the response phase is asked for only when needed.
-        let observe = if ctx.steer.enabled {
+        let observe = if self.ctx.steer.enabled {
             Some(self.steer(&fields, attrs, &mut mutation))
         } else {
             None
         };
+        let rescuer = &self.ctx.rescuer;
         let mut body_override = None;
         let body = if !rescuer.cfg.enabled || observe == Some(false) {
             Body::Unavailable
