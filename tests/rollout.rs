@@ -67,3 +67,48 @@ async fn a_rolling_update_with_eds_lag_leaks_nothing_through_mulligan() {
     let text = std::fs::read_to_string(&svg).expect("svg written");
     assert!(text.starts_with("<svg") && text.contains("C: B + mulligan rescue"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soak_mode_rolls_on_a_clock_and_samples_memory_and_fds() {
+    // The 30-minute soak in miniature: the same code path, a shorter clock.
+    let opts = Options {
+        duration_s: Some(12.0),
+        rate: Some(100.0),
+        roll_every_s: Some(5.0),
+        sample_every_s: Some(0.5),
+        variants: vec![rollout::proxies::Variant::C],
+        progress: false,
+        ..Options::default()
+    };
+    let result = scenario::run("soak", &opts).await;
+    println!("{}", result.markdown());
+    let c = &result.variants[0];
+    assert_eq!(
+        c.errors, 0,
+        "no 5xx through mulligan: {:?}",
+        c.errors_by_cause
+    );
+    let rollouts = result
+        .events
+        .iter()
+        .filter(|(_, e)| e.contains("rolling update") && e.contains("surge"))
+        .count();
+    assert!(rollouts >= 2, "a rollout every 5 s: {:?}", result.events);
+    let mulligan = result
+        .resources
+        .iter()
+        .find(|s| s.name == "C mulligan")
+        .expect("mulligan sampled");
+    assert!(mulligan.readings.len() >= 20, "{:?}", mulligan.readings);
+    assert!(mulligan
+        .readings
+        .iter()
+        .all(|r| r.rss_mib > 1.0 && r.fds > 3));
+    let table = result.resources_markdown();
+    assert!(table.contains("| C mulligan |") && table.contains("| C envoy |"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svg = dir.path().join("soak-resources.svg");
+    result.plot_resources(&svg).expect("plot");
+    let text = std::fs::read_to_string(&svg).expect("svg written");
+    assert!(text.contains("RSS MiB") && text.contains("open fds"));
+}

@@ -16,10 +16,12 @@
 //! - [`proxies`]: the Envoy (and mulligan) behind each variant;
 //! - [`load`]: the open-loop load generator;
 //! - [`report`]: tables, JSON and the SVG timeline;
+//! - [`resources`]: RSS and open fds of mulligan and Envoy over the run;
 //! - [`scenario`]: what each named scenario does.
 
 pub mod cluster;
 pub mod load;
 pub mod proxies;
 pub mod report;
+pub mod resources;
 pub mod scenario;

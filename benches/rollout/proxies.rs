@@ -54,7 +54,7 @@ impl Variant {
 pub struct Proxy {
     pub variant: Variant,
     /// Kept for the run: dropping it stops Envoy.
-    pub _envoy: Envoy,
+    pub envoy: Envoy,
     pub mulligan: Option<Mulligan>,
     pub front: SocketAddr,
 }
@@ -203,7 +203,7 @@ impl Proxy {
         let front = envoy.listener(name).await;
         Proxy {
             variant,
-            _envoy: envoy,
+            envoy,
             mulligan,
             front,
         }

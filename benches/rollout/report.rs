@@ -7,7 +7,10 @@ use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use super::load::{ErrorCause, Sample};
+use super::{
+    load::{ErrorCause, Sample},
+    resources::Series,
+};
 
 /// mulligan's own cost during the run.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -121,6 +124,8 @@ pub struct ScenarioResult {
     pub load: super::load::Spec,
     pub events: Vec<(f64, String)>,
     pub variants: Vec<VariantResult>,
+    /// RSS and open fds of each mulligan and Envoy over the run.
+    pub resources: Vec<Series>,
 }
 
 impl ScenarioResult {
@@ -170,7 +175,105 @@ impl ScenarioResult {
             }
         }
         out.push('\n');
+        out.push_str(&self.resources_markdown());
         out
+    }
+
+    /// The settling time excluded from drift: pools and caches fill first.
+    pub fn warmup_s(&self) -> f64 {
+        (self.load.duration_s / 5.0).min(60.0)
+    }
+
+    /// RSS and fds per process: after warm-up, peak, at the end, and drift.
+    pub fn resources_markdown(&self) -> String {
+        if self.resources.iter().all(|s| s.readings.is_empty()) {
+            return String::new();
+        }
+        let warmup = self.warmup_s();
+        let mut out = format!(
+            "\nResources (sampled over the run; drift = last reading minus the first after {warmup:.0} s):\n\n\
+             | process | RSS MiB after warm-up | peak RSS MiB | RSS MiB at end | RSS drift MiB | fds after warm-up | peak fds | fds at end | fd drift |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        );
+        for s in &self.resources {
+            let first = s.readings.iter().find(|r| r.t_s >= warmup);
+            let (Some(first), Some(last)) = (first, s.readings.last()) else {
+                continue;
+            };
+            let (drss, dfd) = s.drift(warmup).unwrap_or_default();
+            out.push_str(&format!(
+                "| {} | {:.1} | {:.1} | {:.1} | {:+.1} | {} | {} | {} | {:+} |\n",
+                s.name,
+                first.rss_mib,
+                s.max_rss(),
+                last.rss_mib,
+                drss,
+                first.fds,
+                s.max_fds(),
+                last.fds,
+                dfd
+            ));
+        }
+        out
+    }
+
+    /// RSS (top) and open fds (bottom) of each process over the run.
+    pub fn plot_resources(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (900, 640)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (upper, lower) = root.split_vertically(320);
+        let end = self
+            .resources
+            .iter()
+            .flat_map(|s| s.readings.last())
+            .map(|r| r.t_s)
+            .fold(1.0, f64::max);
+        let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
+        let panels: [(&_, &str, fn(&super::resources::Reading) -> f64); 2] = [
+            (&upper, "RSS MiB", |r| r.rss_mib),
+            (&lower, "open fds", |r| r.fds as f64),
+        ];
+        for (area, what, value) in panels {
+            let top = self
+                .resources
+                .iter()
+                .flat_map(|s| s.readings.iter().map(value))
+                .fold(1.0, f64::max);
+            let mut chart = ChartBuilder::on(area)
+                .caption(
+                    format!("{}: {what} over the run", self.scenario),
+                    ("sans-serif", 18),
+                )
+                .margin(10)
+                .x_label_area_size(32)
+                .y_label_area_size(48)
+                .build_cartesian_2d(0.0..end, 0.0..top * 1.15)?;
+            chart
+                .configure_mesh()
+                .x_desc("seconds since start")
+                .y_desc(what)
+                .draw()?;
+            for (i, s) in self.resources.iter().enumerate() {
+                let color = colors[i % colors.len()];
+                chart
+                    .draw_series(LineSeries::new(
+                        s.readings.iter().map(|r| (r.t_s, value(r))),
+                        color.stroke_width(2),
+                    ))?
+                    .label(s.name.clone())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::LowerRight)
+                .draw()?;
+        }
+        root.present()?;
+        Ok(())
     }
 
     /// Errors per second over the run, one line per variant.

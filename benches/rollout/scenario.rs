@@ -12,10 +12,11 @@ use super::{
     load::{self, Spec as LoadSpec},
     proxies::{Proxy, Variant},
     report::{ProcStats, ScenarioResult, VariantResult},
+    resources,
 };
 
 /// Scenarios: (name, what it shows).
-pub const SCENARIOS: [(&str, &str); 7] = [
+pub const SCENARIOS: [(&str, &str); 8] = [
     (
         "rolling",
         "rolling updates, maxSurge 25%, maxUnavailable 0, pods reject while draining",
@@ -41,6 +42,10 @@ pub const SCENARIOS: [(&str, &str); 7] = [
         "rolling updates, pods keep serving with connection: close while draining",
     ),
     (
+        "soak",
+        "30 minutes at a fixed rate with a rolling update every minute; RSS and fds sampled throughout (C and D)",
+    ),
+    (
         "demo",
         "the 60-second default: rolling updates as in `rolling`",
     ),
@@ -55,6 +60,10 @@ pub struct Options {
     pub fresh_connections: bool,
     pub eds_lag_ms: Option<u64>,
     pub replicas: Option<usize>,
+    /// Start a rolling update this often (scenarios that roll on a clock).
+    pub roll_every_s: Option<f64>,
+    /// How often to read RSS and open fds of mulligan and Envoy.
+    pub sample_every_s: Option<f64>,
     pub variants: Vec<Variant>,
     /// Extra mulligan config (TOML) for the variants that run it.
     pub mulligan_toml: String,
@@ -71,6 +80,8 @@ impl Default for Options {
             fresh_connections: false,
             eds_lag_ms: None,
             replicas: None,
+            roll_every_s: None,
+            sample_every_s: None,
             variants: Variant::available(),
             mulligan_toml: "[probe]\npath = \"/ready\"\ninterval = \"200ms\"\n".into(),
             progress: true,
@@ -117,18 +128,28 @@ pub fn spec(name: &str) -> Option<(ClusterSpec, LoadSpec)> {
         }
         "eds-lag" => c.eds_lag_ms = 2000,
         "outage" => l.duration_s = 25.0,
+        "soak" => l.duration_s = 1800.0,
         "serving-drain" => c.drain = DrainMode::KeepServing,
         _ => return None,
     }
     Some((c, l))
 }
 
-/// What the controller does during the run, until `until`.
-pub async fn script(name: &str, cluster: Arc<Cluster>, until: Instant) {
+/// What the controller does during the run, until `until`. `roll_every`
+/// paces the scenarios that roll on a clock (the soak).
+pub async fn script(name: &str, cluster: Arc<Cluster>, until: Instant, roll_every: Duration) {
     let n = cluster.spec.replicas;
     let settle = Duration::from_secs(2);
     tokio::time::sleep(settle).await;
     match name {
+        "soak" => {
+            let mut next = Instant::now();
+            while next + Duration::from_secs(4) < until {
+                cluster.rolling_update(n.div_ceil(4), 0).await;
+                next += roll_every;
+                tokio::time::sleep_until(next).await;
+            }
+        }
         "scale-from-one" => {
             while Instant::now() + Duration::from_secs(8) < until {
                 cluster.scale_to(4).await;
@@ -216,29 +237,68 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
     let controller = {
         let cluster = Arc::clone(&cluster);
         let name = name.to_string();
+        let roll_every = Duration::from_secs_f64(opts.roll_every_s.unwrap_or(60.0));
         tokio::spawn(async move {
             tokio::time::sleep_until(start).await;
-            script(&name, cluster, until).await;
+            script(&name, cluster, until, roll_every).await;
         })
+    };
+    let watched: Vec<(String, u32)> = proxies
+        .iter()
+        .flat_map(|p| {
+            let l = p.variant.letter();
+            let m = p
+                .mulligan
+                .as_ref()
+                .map(|m| (format!("{l} mulligan"), m.pid()));
+            m.into_iter()
+                .chain(std::iter::once((format!("{l} envoy"), p.envoy.pid())))
+        })
+        .collect();
+    let sampler = {
+        let every = opts
+            .sample_every_s
+            .unwrap_or(if name == "soak" { 10.0 } else { 1.0 });
+        tokio::spawn(resources::sample(
+            watched.clone(),
+            start,
+            until,
+            Duration::from_secs_f64(every),
+        ))
     };
     let progress = Arc::new(Mutex::new(vec![0u64; proxies.len()]));
     let reporter = opts.progress.then(|| {
         let progress = Arc::clone(&progress);
         let letters: Vec<&str> = proxies.iter().map(|p| p.variant.letter()).collect();
         let total = lspec.duration_s;
+        let mulligans: Vec<(String, u32)> = watched
+            .iter()
+            .filter(|(n, _)| n.ends_with("mulligan"))
+            .cloned()
+            .collect();
+        // Long runs report less often.
+        let every = Duration::from_secs(if total > 300.0 { 30 } else { 5 });
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::time::sleep(every).await;
                 let done = progress.lock().unwrap().clone();
                 let parts: Vec<String> = letters
                     .iter()
                     .zip(done)
                     .map(|(l, n)| format!("{l} {n}"))
                     .collect();
+                let t = start.elapsed().as_secs_f64();
+                let mem: Vec<String> = mulligans
+                    .iter()
+                    .map(|(n, pid)| {
+                        let r = resources::Reading::of(*pid, t);
+                        format!("{n} {:.1} MiB {} fds", r.rss_mib, r.fds)
+                    })
+                    .collect();
                 eprintln!(
-                    "  [{:>4.0}/{total:.0} s] requests done: {}",
-                    start.elapsed().as_secs_f64(),
-                    parts.join(", ")
+                    "  [{t:>4.0}/{total:.0} s] requests done: {}; {}",
+                    parts.join(", "),
+                    mem.join(", ")
                 );
             }
         })
@@ -258,6 +318,7 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
     if let Some(r) = reporter {
         r.abort();
     }
+    let resources = sampler.await.unwrap_or_default();
 
     let mut variants = Vec::new();
     for (p, s) in proxies.iter().zip(samples) {
@@ -305,5 +366,6 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
         load: lspec,
         events,
         variants,
+        resources,
     }
 }
