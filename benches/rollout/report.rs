@@ -229,7 +229,8 @@ impl ScenarioResult {
             .map(|r| r.t_s)
             .fold(1.0, f64::max);
         let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
-        let panels: [(&_, &str, fn(&super::resources::Reading) -> f64); 2] = [
+        type Value = fn(&super::resources::Reading) -> f64;
+        let panels: [(&_, &str, Value); 2] = [
             (&upper, "RSS MiB", |r| r.rss_mib),
             (&lower, "open fds", |r| r.fds as f64),
         ];
