@@ -530,7 +530,7 @@ async fn the_envoy_gateway_shaped_config_survives_a_rolling_update() {
         let cluster = Arc::clone(&cluster);
         tokio::spawn(async move {
             tokio::time::sleep_until(start).await;
-            rollout::scenario::script("rolling", cluster, until).await;
+            rollout::scenario::script("rolling", cluster, until, Duration::from_secs(60)).await;
         })
     };
     let samples =
