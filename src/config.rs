@@ -249,6 +249,24 @@ pub struct Limits {
     /// Request body bytes held for replay across all requests at once; past
     /// it a body is not captured (that request is not replayed).
     pub max_buffered_bytes: usize,
+    /// A stream on which no message arrives for this long is ended with
+    /// `DEADLINE_EXCEEDED` and everything it holds is freed, so a peer that
+    /// opens streams and stalls cannot pin places under `max_streams`.
+    /// Envoy's `failure_mode_allow` passes that request on. It must exceed
+    /// the longest quiet gap within one HTTP request (the upstream's time to
+    /// first byte when response phases are processed, or the gap between
+    /// body chunks in streamed modes). `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
+    /// HTTP/2 PING interval on the gRPC port. A peer that vanished without
+    /// closing its sockets (a frozen Envoy, a partitioned node) holds its
+    /// streams until a PING goes unanswered. `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection and every
+    /// stream on it are closed.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -257,6 +275,9 @@ impl Default for Limits {
             max_message_bytes: 64 * 1024 * 1024,
             max_streams: 10_000,
             max_buffered_bytes: 256 * 1024 * 1024,
+            stream_idle_timeout: Duration::from_secs(300),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -71,14 +71,17 @@ pub enum StreamError {
     Draining,
     /// A new stream arrived at `limits.max_streams`.
     StreamLimit,
+    /// No message arrived for `limits.stream_idle_timeout`.
+    Idle,
 }
 
 impl StreamError {
-    const ALL: [StreamError; 4] = [
+    const ALL: [StreamError; 5] = [
         StreamError::Transport,
         StreamError::EmptyMessage,
         StreamError::Draining,
         StreamError::StreamLimit,
+        StreamError::Idle,
     ];
 
     fn as_str(self) -> &'static str {
@@ -87,6 +90,7 @@ impl StreamError {
             StreamError::EmptyMessage => "empty_message",
             StreamError::Draining => "draining",
             StreamError::StreamLimit => "stream_limit",
+            StreamError::Idle => "idle",
         }
     }
 }
@@ -182,7 +186,7 @@ pub struct Metrics {
     streams: Counter,
     in_flight: Gauge,
     phases: [Counter; 6],
-    errors: [Counter; 4],
+    errors: [Counter; 5],
     /// Indexed by [`Cause`], then [`Decision`].
     decisions: Vec<[Counter; 5]>,
     outcomes: [Counter; 9],

@@ -76,9 +76,16 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
 
     // Small gRPC frames both ways on every request: Nagle would hold them.
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let keepalive = |d: std::time::Duration| (!d.is_zero()).then_some(d);
     let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(keepalive(cfg.limits.keepalive_interval))
+        .http2_keepalive_timeout(keepalive(cfg.limits.keepalive_timeout))
         .add_service(health_service)
-        .add_service(ExtProc::new(ctx).into_server(cfg.limits.max_message_bytes))
+        .add_service(
+            ExtProc::new(ctx)
+                .idle_timeout(cfg.limits.stream_idle_timeout)
+                .into_server(cfg.limits.max_message_bytes),
+        )
         .add_service(Control::new(Arc::clone(&registry), access.clone()).into_server())
         .serve_with_incoming_shutdown(incoming, {
             let drain = Arc::clone(&drain);

@@ -10,66 +10,21 @@ use envoy_types::pb::envoy::{
     extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode,
     service::ext_proc::v3::{
         body_mutation::Mutation, external_processor_client::ExternalProcessorClient,
-        processing_request::Request, processing_response::Response, HttpBody, HttpHeaders,
-        HttpTrailers, ProcessingRequest, ProcessingResponse, ProtocolConfiguration,
+        processing_request::Request, processing_response::Response, HttpHeaders, HttpTrailers,
+        ProcessingRequest, ProtocolConfiguration,
     },
 };
-use support::mulligan::Mulligan;
+use support::{
+    ext_proc::{body, msg, open, request_headers, Conversation},
+    mulligan::Mulligan,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
-
-struct Conversation {
-    tx: mpsc::Sender<ProcessingRequest>,
-    rx: Streaming<ProcessingResponse>,
-}
-
-async fn open(m: &Mulligan) -> Conversation {
-    let mut client = ExternalProcessorClient::connect(format!("http://{}", m.grpc))
-        .await
-        .expect("connect");
-    let (tx, rx) = mpsc::channel(16);
-    let rx = client
-        .process(ReceiverStream::new(rx))
-        .await
-        .expect("open stream")
-        .into_inner();
-    Conversation { tx, rx }
-}
-
-impl Conversation {
-    async fn send(&self, request: ProcessingRequest) {
-        self.tx.send(request).await.expect("send");
-    }
-
-    async fn reply(&mut self) -> ProcessingResponse {
-        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
-            .await
-            .expect("a reply within 5 s")
-            .expect("no gRPC error")
-            .expect("stream still open")
-    }
-}
-
-fn msg(request: Request) -> ProcessingRequest {
-    ProcessingRequest {
-        request: Some(request),
-        ..Default::default()
-    }
-}
-
-fn body(bytes: &[u8], end: bool) -> HttpBody {
-    HttpBody {
-        body: bytes.to_vec(),
-        end_of_stream: end,
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn full_duplex_bodies_are_echoed_in_order() {
     let m = Mulligan::start(&[]).await;
-    let mut c = open(&m).await;
+    let mut c = open(m.grpc).await;
     let mut first = msg(Request::RequestHeaders(HttpHeaders::default()));
     first.protocol_config = Some(ProtocolConfiguration {
         request_body_mode: BodySendMode::FullDuplexStreamed as i32,
@@ -132,7 +87,7 @@ async fn full_duplex_bodies_are_echoed_in_order() {
 #[tokio::test]
 async fn streamed_mode_continues_without_mutating() {
     let m = Mulligan::start(&[]).await;
-    let mut c = open(&m).await;
+    let mut c = open(m.grpc).await;
     c.send(msg(Request::RequestHeaders(HttpHeaders::default())))
         .await;
     c.send(msg(Request::RequestBody(body(b"abc", true)))).await;
@@ -152,7 +107,7 @@ async fn streamed_mode_continues_without_mutating() {
 #[tokio::test]
 async fn observability_mode_and_empty_messages_get_no_reply() {
     let m = Mulligan::start(&[]).await;
-    let mut c = open(&m).await;
+    let mut c = open(m.grpc).await;
     let mut observed = msg(Request::RequestHeaders(HttpHeaders::default()));
     observed.observability_mode = true;
     c.send(observed).await;
@@ -177,8 +132,8 @@ async fn oversized_message_fails_only_its_stream() {
     let cfg = dir.path().join("m.toml");
     std::fs::write(&cfg, "[limits]\nmax_message_bytes = 1024\n").expect("write");
     let m = Mulligan::start(&["--config", cfg.to_str().expect("path")]).await;
-    let mut big = open(&m).await;
-    let mut small = open(&m).await;
+    let mut big = open(m.grpc).await;
+    let mut small = open(m.grpc).await;
     big.send(msg(Request::RequestBody(body(&[7u8; 4096], true))))
         .await;
     let err = tokio::time::timeout(Duration::from_secs(5), big.rx.message())
@@ -203,7 +158,7 @@ async fn oversized_message_fails_only_its_stream() {
 #[tokio::test]
 async fn hang_up_mid_stream_releases_the_stream() {
     let m = Mulligan::start(&[]).await;
-    let mut c = open(&m).await;
+    let mut c = open(m.grpc).await;
     c.send(msg(Request::RequestHeaders(HttpHeaders::default())))
         .await;
     c.reply().await;
@@ -222,8 +177,8 @@ async fn streams_past_the_limit_are_refused_and_places_come_back() {
     let cfg = dir.path().join("m.toml");
     std::fs::write(&cfg, "[limits]\nmax_streams = 2\n").expect("write");
     let m = Mulligan::start(&["--config", cfg.to_str().expect("path")]).await;
-    let mut first = open(&m).await;
-    let mut second = open(&m).await;
+    let mut first = open(m.grpc).await;
+    let mut second = open(m.grpc).await;
     for c in [&mut first, &mut second] {
         c.send(msg(Request::RequestHeaders(HttpHeaders::default())))
             .await;
@@ -294,19 +249,7 @@ fn refused_response() -> ProcessingRequest {
 }
 
 fn post_headers() -> ProcessingRequest {
-    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-    let h = |k: &str, v: &str| HeaderValue {
-        key: k.into(),
-        value: String::new(),
-        raw_value: v.as_bytes().to_vec(),
-    };
-    msg(Request::RequestHeaders(HttpHeaders {
-        headers: Some(HeaderMap {
-            headers: vec![h(":method", "PUT"), h(":path", "/x")],
-        }),
-        end_of_stream: false,
-        ..Default::default()
-    }))
+    request_headers(&[(":method", "PUT"), (":path", "/x")], false)
 }
 
 #[tokio::test]
@@ -325,7 +268,7 @@ async fn bodies_past_the_total_buffer_limit_are_not_captured() {
         }
     };
     // The first request holds 800 bytes (its stream stays open).
-    let mut first = open(&m).await;
+    let mut first = open(m.grpc).await;
     first.send(post_headers()).await;
     first.reply().await;
     first
@@ -333,7 +276,7 @@ async fn bodies_past_the_total_buffer_limit_are_not_captured() {
         .await;
     first.reply().await;
     // The second's 800 bytes do not fit beside them.
-    let mut second = open(&m).await;
+    let mut second = open(m.grpc).await;
     second.send(post_headers()).await;
     second.reply().await;
     second
@@ -360,7 +303,7 @@ async fn bodies_past_the_total_buffer_limit_are_not_captured() {
         assert!(Instant::now() < deadline, "streams never released");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut third = open(&m).await;
+    let mut third = open(m.grpc).await;
     third.send(post_headers()).await;
     third.reply().await;
     third

@@ -11,7 +11,7 @@ mod exchange;
 mod headers;
 mod reply;
 
-use std::{pin::Pin, sync::Arc};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     external_processor_server::{ExternalProcessor, ExternalProcessorServer},
@@ -50,11 +50,22 @@ pub struct Context {
 #[derive(Clone, Debug)]
 pub struct ExtProc {
     ctx: Arc<Context>,
+    /// `limits.stream_idle_timeout`; `None` when off.
+    idle_timeout: Option<Duration>,
 }
 
 impl ExtProc {
     pub fn new(ctx: Arc<Context>) -> Self {
-        Self { ctx }
+        Self {
+            ctx,
+            idle_timeout: None,
+        }
+    }
+
+    /// Ends a stream on which nothing arrives for `timeout` (zero: never).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = (!timeout.is_zero()).then_some(timeout);
+        self
     }
 
     /// The tonic service; `max_message_bytes` bounds each message both ways
@@ -92,6 +103,7 @@ impl ExternalProcessor for ExtProc {
             inbound: request.into_inner(),
             exchange: Exchange::new(Arc::clone(&self.ctx)),
             _scope: StreamScope::new(Arc::clone(&self.ctx), guard),
+            idle_timeout: self.idle_timeout,
             done: false,
         };
         Ok(Response::new(Box::pin(futures::stream::unfold(
@@ -106,6 +118,7 @@ struct StreamState {
     inbound: Streaming<ProcessingRequest>,
     exchange: Exchange,
     _scope: StreamScope,
+    idle_timeout: Option<Duration>,
     done: bool,
 }
 
@@ -119,7 +132,24 @@ impl StreamState {
             return Some((Ok(reply), self));
         }
         loop {
-            match self.inbound.message().await {
+            let next = match self.idle_timeout {
+                None => self.inbound.message().await,
+                Some(idle) => match tokio::time::timeout(idle, self.inbound.message()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        // A stalled peer: end the stream so its place and
+                        // memory come back; Envoy's failure_mode_allow
+                        // carries the request on without us.
+                        self.exchange.ctx().metrics.error(StreamError::Idle);
+                        self.done = true;
+                        let status = Status::deadline_exceeded(format!(
+                            "no ext_proc message for {idle:?} (limits.stream_idle_timeout); stream closed"
+                        ));
+                        return Some((Err(status), self));
+                    }
+                },
+            };
+            match next {
                 Ok(Some(message)) => {
                     if let Some(reply) = self.exchange.on_message(message).await {
                         return Some((Ok(reply), self));

@@ -4,12 +4,14 @@
 //! - [`mulligan`]: starts the mulligan binary and talks to its admin port;
 //! - [`pods`]: upstream "pods" whose lifecycle a test flips;
 //! - [`client`]: HTTP/1.1 and HTTP/2 clients;
+//! - [`ext_proc`]: a hand-made ext_proc client, one stream at a time;
 //! - [`render`]: fills the `${NAME}` placeholders of `envoy-config/`.
 #![allow(dead_code)]
 
 pub mod bench;
 pub mod client;
 pub mod envoy;
+pub mod ext_proc;
 pub mod kube_api;
 pub mod mulligan;
 pub mod pods;

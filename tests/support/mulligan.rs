@@ -101,6 +101,39 @@ impl Mulligan {
     pub async fn metric(&self, sample: &str) -> f64 {
         parse_metric(&self.metrics().await, sample)
     }
+
+    /// Waits until `sample` reads more than `floor`.
+    pub async fn wait_metric_above(&self, sample: &str, floor: f64, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let v = self.metric(sample).await;
+            if v > floor {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{sample} is {v}, want more than {floor} within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until `sample` reads `want`; panics with `what` after `limit`.
+    /// Metrics are mulligan's own readiness signal for state it frees.
+    pub async fn wait_metric(&self, sample: &str, want: f64, limit: Duration, what: &str) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let v = self.metric(sample).await;
+            if v == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: {sample} is {v}, want {want} within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 /// The binary under test: `$MULLIGAN_BIN`, else the one cargo built for
