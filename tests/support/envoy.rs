@@ -146,6 +146,21 @@ impl Envoy {
         self.child.id()
     }
 
+    /// Sends `signal` (e.g. "STOP", "CONT") to Envoy.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} Envoy");
+    }
+
+    /// SIGKILL: Envoy vanishes with its connections; the kernel closes them.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill Envoy");
+        self.child.wait().expect("reap Envoy");
+    }
+
     /// Envoy's own log, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()

@@ -6,7 +6,10 @@
 //! - `/echo`: the request body back, byte for byte;
 //! - `/bytes/N`: N deterministic bytes ([`super::payload`]);
 //! - `/stream/CHUNKS/SIZE`: a streamed response, CHUNKS pieces of SIZE bytes;
-//! - `/delay/MS`: answers after MS milliseconds;
+//! - `/delay/MS`: answers after MS milliseconds (a hanging upstream);
+//! - `/trickle/N/MS`: N bytes (`content-length: N`), one every MS ms;
+//! - `/cut/N`: promises N bytes (`content-length: N`), sends half, then
+//!   resets the connection;
 //! - `/status/CODE`: answers CODE;
 //! - `/overload`: 503 with `x-envoy-overloaded` (a pod shedding load);
 //! - anything else: `hello from NAME`.
@@ -229,10 +232,11 @@ impl Drop for Pod {
     }
 }
 
-type Body = BoxBody<Bytes, Infallible>;
+/// A body may fail on purpose (`/cut`): hyper then aborts the connection.
+type Body = BoxBody<Bytes, std::io::Error>;
 
 fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).boxed()
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -317,10 +321,34 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 async move {
                     // A real pause between chunks, so they travel separately.
                     tokio::time::sleep(Duration::from_millis(2)).await;
-                    Ok::<_, Infallible>(Frame::data(piece))
+                    Ok::<_, std::io::Error>(Frame::data(piece))
                 }
             });
             BodyExt::boxed(StreamBody::new(stream))
+        }
+        ["trickle", n, ms] => {
+            let n: usize = n.parse().unwrap_or(1);
+            let pause = Duration::from_millis(ms.parse().unwrap_or(100));
+            let data = Bytes::from(super::payload(n));
+            let stream = futures::stream::iter(0..n).then(move |i| {
+                let piece = data.slice(i..i + 1);
+                async move {
+                    tokio::time::sleep(pause).await;
+                    Ok::<_, std::io::Error>(Frame::data(piece))
+                }
+            });
+            builder = builder.header("content-length", n);
+            BodyExt::boxed(StreamBody::new(stream))
+        }
+        ["cut", n] => {
+            let n: usize = n.parse().unwrap_or(2);
+            let half = Bytes::from(super::payload(n / 2));
+            let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+                Ok(Frame::data(half)),
+                Err(std::io::Error::other("cut mid-body on purpose")),
+            ];
+            builder = builder.header("content-length", n);
+            BodyExt::boxed(StreamBody::new(futures::stream::iter(frames)))
         }
         ["status", code] => {
             let code = code.parse().ok().and_then(|c| StatusCode::from_u16(c).ok());

@@ -1,0 +1,273 @@
+//! Faults, through real Envoy and real pods: mulligan killed under load and
+//! restarted, Envoy killed or frozen with streams open, and replay targets
+//! that hang, trickle or cut their response mid-body. A request mulligan
+//! cannot help passes through as Envoy would have served it; nothing is
+//! ever answered with a truncated success.
+mod support;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use support::{
+    client,
+    envoy::Envoy,
+    mulligan::Mulligan,
+    payload,
+    pods::{Pod, PodState},
+    render, Stack,
+};
+
+const IN_FLIGHT: &str = "mulligan_ext_proc_streams_in_flight";
+const HELD: &str = "mulligan_rescue_held";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_costs_no_request_and_a_restart_serves_within_a_second() {
+    let stack = Stack::start(&[("a", PodState::Ready), ("b", PodState::Ready)], &[], &[]).await;
+    let list = format!("{},{}", stack.pods[0].addr, stack.pods[1].addr);
+    let grpc = format!("127.0.0.1:{}", stack.mulligan.grpc.port());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, sent, failed, front) = (
+            Arc::clone(&stop),
+            Arc::clone(&sent),
+            Arc::clone(&failed),
+            stack.front,
+        );
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Acquire) {
+                let ok = matches!(client::get(front, "/").await, Ok(r) if r.status == 200);
+                sent.fetch_add(1, Ordering::AcqRel);
+                if !ok {
+                    failed.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        }));
+    }
+    // Load is flowing through mulligan.
+    stack
+        .mulligan
+        .wait_metric_above(
+            r#"mulligan_ext_proc_phases_total{phase="request_headers"}"#,
+            50.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    let mut old = stack.mulligan;
+    old.kill().await;
+    let killed = Instant::now();
+    let new = Mulligan::spawn(&[
+        "serve",
+        "--grpc-listen",
+        &grpc,
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--endpoints",
+        &list,
+    ])
+    .await;
+    let listening = killed.elapsed();
+    new.wait_metric_above(
+        r#"mulligan_ext_proc_phases_total{phase="request_headers"}"#,
+        0.0,
+        Duration::from_secs(5),
+    )
+    .await;
+    let serving = killed.elapsed();
+    // Some more load through the new process, then stop.
+    let before = sent.load(Ordering::Acquire);
+    while sent.load(Ordering::Acquire) < before + 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Release);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let (sent, failed) = (sent.load(Ordering::Acquire), failed.load(Ordering::Acquire));
+    println!(
+        "SIGKILL: {sent} requests, {failed} failed; restarted and listening after {listening:?}, \
+         serving Envoy's streams again after {serving:?}"
+    );
+    assert_eq!(failed, 0, "failure_mode_allow carries every request");
+    assert!(
+        serving < Duration::from_secs(1),
+        "serving again {serving:?} after the kill"
+    );
+    assert!(
+        stack
+            .envoy
+            .stat("http.mulligan.ext_proc.failure_mode_allowed")
+            .await
+            > 0,
+        "Envoy saw mulligan gone (else the kill proved nothing)"
+    );
+}
+
+/// Pods for the Envoy fault tests: `slow` serves (slowly, on `/delay`),
+/// `drain` rejects with the drain header. mulligan treats `slow` as draining
+/// (told over its lifecycle API), so a rejected request has nowhere to go
+/// and is held.
+async fn streams_and_holds(mulligan_toml: &str) -> (Stack, u64) {
+    let stack = Stack::with_config(
+        &[("slow", PodState::Ready), ("drain", PodState::Draining)],
+        mulligan_toml,
+        &[],
+    )
+    .await;
+    stack.pod("drain").set_drain_header(true);
+    let slow = stack.pod("slow").addr;
+    let r = client::post(stack.mulligan.admin, &format!("/v1/endpoints/{slow}/drain"))
+        .await
+        .expect("drain call");
+    assert_eq!(r.status, 200);
+    const REQUESTS: u64 = 20;
+    for _ in 0..REQUESTS {
+        let front = stack.front;
+        tokio::spawn(async move {
+            // The client's fate does not matter here: Envoy dies under it.
+            let _ = client::get(front, "/delay/30000").await;
+        });
+    }
+    stack
+        .mulligan
+        .wait_metric(
+            IN_FLIGHT,
+            REQUESTS as f64,
+            Duration::from_secs(10),
+            "streams open",
+        )
+        .await;
+    stack
+        .mulligan
+        .wait_metric_above(HELD, 0.0, Duration::from_secs(10))
+        .await;
+    (stack, REQUESTS)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_killed_with_streams_open_leaves_nothing_behind() {
+    let (mut stack, _) = streams_and_holds("[rescue]\ndeadline = \"30s\"\n").await;
+    let held = stack.mulligan.metric(HELD).await;
+    stack.envoy.kill();
+    let killed = Instant::now();
+    // Long before any request's own timer (30 s) could have ended it.
+    stack
+        .mulligan
+        .wait_metric(IN_FLIGHT, 0.0, Duration::from_secs(3), "streams released")
+        .await;
+    stack
+        .mulligan
+        .wait_metric(HELD, 0.0, Duration::from_secs(3), "holds released")
+        .await;
+    println!(
+        "Envoy SIGKILL: {held} held requests and every stream released after {:?}",
+        killed.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_envoy_is_found_out_by_keepalive() {
+    let (stack, _) = streams_and_holds(
+        "[rescue]\ndeadline = \"30s\"\n[limits]\nkeepalive_interval = \"300ms\"\nkeepalive_timeout = \"300ms\"\n",
+    )
+    .await;
+    // SIGSTOP: Envoy's sockets stay open, but nothing answers.
+    stack.envoy.signal("STOP");
+    let frozen = Instant::now();
+    let released = async {
+        stack
+            .mulligan
+            .wait_metric(IN_FLIGHT, 0.0, Duration::from_secs(5), "streams released")
+            .await;
+        stack
+            .mulligan
+            .wait_metric(HELD, 0.0, Duration::from_secs(5), "holds released")
+            .await;
+    };
+    released.await;
+    let took = frozen.elapsed();
+    stack.envoy.signal("CONT");
+    println!("frozen Envoy: streams released after {took:?} (PING every 300 ms, 300 ms to answer)");
+    assert!(
+        took >= Duration::from_millis(300),
+        "released by the PING timeout: {took:?}"
+    );
+}
+
+/// A draining pod (`a`, in Envoy's cluster) and one ready pod (`b`, the
+/// only endpoint mulligan knows) that misbehaves on the path it is asked.
+async fn replay_rig() -> (Arc<Pod>, Arc<Pod>, Mulligan, Envoy, std::net::SocketAddr) {
+    let a = Pod::start("a", PodState::Draining).await;
+    a.set_drain_header(true);
+    let b = Pod::start("b", PodState::Ready).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        "[rescue]\nper_try_timeout = \"300ms\"\ndeadline = \"1500ms\"\nmax_attempts = 2\n",
+    )
+    .expect("write");
+    let b_addr = b.addr.to_string();
+    let m = Mulligan::start(&[
+        "--endpoints",
+        &b_addr,
+        "--config",
+        cfg.to_str().expect("path"),
+    ])
+    .await;
+    let envoy = Envoy::start(&render::standalone(&[a.addr], m.grpc.port(), &[])).await;
+    let front = envoy.listener("mulligan").await;
+    (a, b, m, envoy, front)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_target_that_hangs_trickles_or_cuts_never_yields_a_truncated_success() {
+    let (_a, b, m, _envoy, front) = replay_rig().await;
+    // (path, the full body a success must carry, whether it can finish in
+    // time: 20 bytes, one per 5 ms, fit in the 300 ms per-try timeout)
+    let cases: [(&str, Vec<u8>, bool); 4] = [
+        ("/trickle/20/5", payload(20), true),
+        ("/delay/5000", Vec::new(), false),
+        ("/trickle/50/100", payload(50), false),
+        ("/cut/1000", payload(1000), false),
+    ];
+    for (path, full, completes) in cases {
+        let started = Instant::now();
+        let r = client::get(front, path).await.expect("a response");
+        let took = started.elapsed();
+        let status = r.status.as_u16();
+        println!(
+            "{path}: {status} after {took:?}, {} body bytes",
+            r.body.len()
+        );
+        match status {
+            200 => assert_eq!(r.body, full, "{path}: a success carries the whole body"),
+            503 => {
+                assert_eq!(
+                    &r.body[..],
+                    b"draining\n",
+                    "{path}: the original response, whole"
+                );
+            }
+            other => panic!("{path}: {other} is neither the rescue nor the original"),
+        }
+        assert_eq!(status == 200, completes, "{path}: {status}");
+        // Bounded by the rescue deadline (1.5 s), not by the upstream.
+        assert!(took < Duration::from_secs(3), "{path}: {took:?}");
+    }
+    assert!(b.served() >= 4, "every case reached the misbehaving pod");
+    assert_eq!(
+        m.metric(r#"mulligan_rescues_total{outcome="rescued"}"#)
+            .await,
+        1.0,
+        "only the trickle that finished in time was used"
+    );
+    m.wait_metric(IN_FLIGHT, 0.0, Duration::from_secs(5), "streams released")
+        .await;
+}
