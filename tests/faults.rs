@@ -200,6 +200,61 @@ async fn a_frozen_envoy_is_found_out_by_keepalive() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envoy_hot_restart_releases_the_old_envoys_streams() {
+    let slow = Pod::start("slow", PodState::Ready).await;
+    let list = slow.addr.to_string();
+    let m = Mulligan::start(&["--endpoints", &list]).await;
+    let yaml = render::standalone(&[slow.addr], m.grpc.port(), &[]);
+    // A family id of our own, so parallel tests never share shared memory.
+    let base_id = 1000 + std::process::id() % 50_000;
+    let mut parent = Envoy::start_hot(&yaml, base_id, 0, 1, 2).await;
+    let old_front = parent.listener("mulligan").await;
+    const REQUESTS: u64 = 10;
+    for _ in 0..REQUESTS {
+        tokio::spawn(async move {
+            // Outlives the parent's shutdown: cut when the parent exits.
+            let _ = client::get(old_front, "/delay/20000").await;
+        });
+    }
+    m.wait_metric(
+        IN_FLIGHT,
+        REQUESTS as f64,
+        Duration::from_secs(10),
+        "streams open",
+    )
+    .await;
+    let child = Envoy::start_hot(&yaml, base_id, 1, 1, 2).await;
+    let restarted = Instant::now();
+    // The parent drains, then its successor shuts it down (2 s); every
+    // stream it had open with mulligan goes with it.
+    m.wait_metric(
+        IN_FLIGHT,
+        0.0,
+        Duration::from_secs(10),
+        "old streams released",
+    )
+    .await;
+    let released = restarted.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !parent.exited() {
+        assert!(Instant::now() < deadline, "the old Envoy never exited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The new Envoy serves through mulligan.
+    let front = child.listener("mulligan").await;
+    let r = client::get(front, "/")
+        .await
+        .expect("through the new Envoy");
+    assert_eq!(r.status, 200);
+    assert!(
+        m.metric(r#"mulligan_ext_proc_phases_total{phase="request_headers"}"#)
+            .await
+            > REQUESTS as f64
+    );
+    println!("hot restart: the old Envoy's {REQUESTS} streams released {released:?} after the new one was ready");
+}
+
 /// A draining pod (`a`, in Envoy's cluster) and one ready pod (`b`, the
 /// only endpoint mulligan knows) that misbehaves on the path it is asked.
 async fn replay_rig() -> (Arc<Pod>, Arc<Pod>, Mulligan, Envoy, std::net::SocketAddr) {

@@ -41,6 +41,38 @@ pub struct Envoy {
 impl Envoy {
     /// Starts Envoy on `yaml` and waits for its admin `/ready`.
     pub async fn start(yaml: &str) -> Envoy {
+        Self::start_args(yaml, &["--disable-hot-restart"]).await
+    }
+
+    /// Epoch `epoch` of a hot-restartable Envoy family `base_id`: epoch 0
+    /// starts it; epoch n+1 takes over from epoch n, which drains for
+    /// `drain_s` and is shut down by its successor after `shutdown_s`.
+    pub async fn start_hot(
+        yaml: &str,
+        base_id: u32,
+        epoch: u32,
+        drain_s: u32,
+        shutdown_s: u32,
+    ) -> Envoy {
+        let (base_id, epoch) = (base_id.to_string(), epoch.to_string());
+        let (drain_s, shutdown_s) = (drain_s.to_string(), shutdown_s.to_string());
+        Self::start_args(
+            yaml,
+            &[
+                "--base-id",
+                &base_id,
+                "--restart-epoch",
+                &epoch,
+                "--drain-time-s",
+                &drain_s,
+                "--parent-shutdown-time-s",
+                &shutdown_s,
+            ],
+        )
+        .await
+    }
+
+    async fn start_args(yaml: &str, restart_args: &[&str]) -> Envoy {
         let bin = envoy_bin();
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("envoy.yaml");
@@ -52,7 +84,8 @@ impl Envoy {
             .arg(&config)
             .arg("--admin-address-path")
             .arg(&admin_path)
-            .args(["--disable-hot-restart", "--concurrency", "1", "--log-level"])
+            .args(restart_args)
+            .args(["--concurrency", "1", "--log-level"])
             .arg(std::env::var("ENVOY_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
             .arg("--log-path")
             .arg(&log)
@@ -153,6 +186,11 @@ impl Envoy {
             .status()
             .expect("kill");
         assert!(status.success(), "kill -{signal} Envoy");
+    }
+
+    /// Whether the process has exited (e.g. a hot-restart parent).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// SIGKILL: Envoy vanishes with its connections; the kernel closes them.
