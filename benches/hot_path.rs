@@ -4,7 +4,9 @@
 //! - `exchange/503_decided`: the same for a refused connection, up to the
 //!   rescue decision and the rebuilt request (only failures pay this);
 //! - `decide/classify_decide_pick`: classification, policy and endpoint choice;
-//! - `budget/deposit`: the budget's per-request cost.
+//! - `budget/deposit`: the budget's per-request cost;
+//! - `idle_guard/*`: waiting for Envoy's next message with and without the
+//!   `limits.stream_idle_timeout` timer around it (every message pays it).
 //!
 //! `cargo bench --bench hot_path`
 
@@ -175,5 +177,37 @@ fn decide_path(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, exchange, decide_path);
+/// A message that arrives after the stream started waiting for it (the
+/// common case: Envoy's next phase comes later), awaited bare and inside
+/// the idle timeout, side by side in one run.
+fn idle_guard(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let idle = std::time::Duration::from_secs(300);
+    let mut g = c.benchmark_group("idle_guard");
+    g.bench_function("bare", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let (tx, rx) = tokio::sync::oneshot::channel::<u8>();
+                tokio::spawn(async move { tx.send(1) });
+                black_box(rx.await.ok())
+            })
+        })
+    });
+    g.bench_function("with_timeout", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let (tx, rx) = tokio::sync::oneshot::channel::<u8>();
+                tokio::spawn(async move { tx.send(1) });
+                black_box(tokio::time::timeout(idle, rx).await.ok())
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, exchange, decide_path, idle_guard);
 criterion_main!(benches);
