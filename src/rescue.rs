@@ -97,6 +97,17 @@ impl Rescuer {
         }
     }
 
+    /// Body bytes captured now, across every stream: back to zero once
+    /// every stream has ended, or the accounting leaks.
+    pub fn buffered(&self) -> usize {
+        self.buffered.load(Ordering::Acquire)
+    }
+
+    /// `limits.max_buffered_bytes`.
+    pub fn max_buffered(&self) -> usize {
+        self.max_buffered
+    }
+
     pub async fn run(&self, job: Job<'_>) -> Ending {
         let started = Instant::now();
         let outcome = self.attempts(&job).await;
