@@ -23,7 +23,9 @@
 //! - [`server`] wires the gRPC port (ext_proc, health, [`control`]) and the
 //!   [`admin`] HTTP port together and owns mulligan's own graceful [`drain`];
 //! - [`config`] is the TOML configuration, [`cli`] the command line,
-//!   [`telemetry`] logs and [`metrics`] the Prometheus counters.
+//!   [`telemetry`] logs and [`metrics`] the Prometheus counters;
+//! - [`fuzzing`] feeds untrusted bytes to the protocol, the classifier and
+//!   the config parser, and checks what must hold whatever they are.
 
 pub mod access;
 pub mod admin;
@@ -34,6 +36,7 @@ pub mod control;
 pub mod drain;
 pub mod endpoints;
 pub mod ext_proc;
+pub mod fuzzing;
 pub mod metrics;
 pub mod policy;
 pub mod replay;
