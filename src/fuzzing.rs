@@ -279,6 +279,8 @@ struct Built {
     observability: bool,
     window_update: bool,
     attributes: Option<Vec<(KeyIn, ValueIn)>>,
+    /// Start from the attributes of a refused connection to 127.0.0.1:1.
+    refused: bool,
     /// Filed under another filter's name: not mulligan's to read.
     elsewhere: bool,
 }
@@ -295,6 +297,10 @@ enum PhaseIn {
 
 #[derive(Arbitrary, Debug)]
 struct HeadersIn {
+    /// Start from what Envoy sends for a plain GET (request) or a 503
+    /// (response): a rescue needs several headers right at once, which
+    /// random bytes alone take long to find.
+    template: bool,
     headers: Option<Vec<HeaderIn>>,
     end_of_stream: bool,
 }
@@ -458,18 +464,34 @@ impl Built {
             end_of_stream_without_message: b.end_of_stream_without_message,
             ..Default::default()
         };
-        let headers = |h: &HeadersIn, left: &mut Allowance| HttpHeaders {
-            headers: header_map(&h.headers, left),
-            end_of_stream: h.end_of_stream,
-            ..Default::default()
+        let headers = |h: &HeadersIn, template: &[(&str, &str)], left: &mut Allowance| {
+            let mut map = header_map(&h.headers, left);
+            if h.template {
+                let fields = &mut map.get_or_insert_with(HeaderMap::default).headers;
+                fields.splice(
+                    0..0,
+                    template.iter().map(|(k, v)| HeaderValue {
+                        key: (*k).into(),
+                        value: String::new(),
+                        raw_value: v.as_bytes().to_vec(),
+                    }),
+                );
+            }
+            HttpHeaders {
+                headers: map,
+                end_of_stream: h.end_of_stream,
+                ..Default::default()
+            }
         };
+        let get = [(":method", "GET"), (":path", "/"), (":authority", "app")];
+        let failed = [(":status", "503")];
         let request = self.phase.as_ref().map(|p| match p {
-            PhaseIn::RequestHeaders(h) => Request::RequestHeaders(headers(h, left)),
+            PhaseIn::RequestHeaders(h) => Request::RequestHeaders(headers(h, &get, left)),
             PhaseIn::RequestBody(b) => Request::RequestBody(body(b, left)),
             PhaseIn::RequestTrailers(t) => Request::RequestTrailers(HttpTrailers {
                 trailers: header_map(t, left),
             }),
-            PhaseIn::ResponseHeaders(h) => Request::ResponseHeaders(headers(h, left)),
+            PhaseIn::ResponseHeaders(h) => Request::ResponseHeaders(headers(h, &failed, left)),
             PhaseIn::ResponseBody(b) => Request::ResponseBody(body(b, left)),
             PhaseIn::ResponseTrailers(t) => Request::ResponseTrailers(HttpTrailers {
                 trailers: header_map(t, left),
@@ -489,9 +511,23 @@ impl Built {
             client_window_update: self.window_update.then(ClientWindowUpdate::default),
             ..Default::default()
         };
-        if let Some(attributes) = &self.attributes {
+        if self.attributes.is_some() || self.refused {
             let mut s = Struct::default();
-            for (k, v) in attributes {
+            if self.refused {
+                for (k, v) in [
+                    ("response.code", Kind::NumberValue(503.0)),
+                    ("response.flags", Kind::NumberValue(32.0)),
+                    (
+                        "response.code_details",
+                        Kind::StringValue(STRINGS[2].into()),
+                    ),
+                    ("upstream.address", Kind::StringValue("127.0.0.1:1".into())),
+                    ("xds.cluster_name", Kind::StringValue("app".into())),
+                ] {
+                    s.fields.insert(k.into(), Value { kind: Some(v) });
+                }
+            }
+            for (k, v) in self.attributes.iter().flatten() {
                 let key = match k {
                     KeyIn::Known(i) => pick(ATTRIBUTE_KEYS, *i).to_string(),
                     KeyIn::Other(s) => s.clone(),
