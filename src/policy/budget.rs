@@ -21,6 +21,9 @@ struct Slot {
     retries: AtomicU64,
 }
 
+/// The longest window kept, in one-second slots.
+const MAX_WINDOW_SECS: u64 = 3600;
+
 #[derive(Debug)]
 pub struct Budget {
     ratio: f64,
@@ -31,7 +34,10 @@ pub struct Budget {
 
 impl Budget {
     pub fn new(ratio: f64, min_per_second: u32, window: Duration) -> Self {
-        let n = window.as_secs().max(1) as usize;
+        // One slot per second: a window from the config file must not turn
+        // into an allocation the size of the address space (found by the
+        // config fuzz target). Past an hour it is no longer a retry budget.
+        let n = window.as_secs().clamp(1, MAX_WINDOW_SECS) as usize;
         Self {
             ratio: ratio.max(0.0),
             min_per_second: f64::from(min_per_second),
@@ -100,6 +106,13 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_window_is_capped() {
+        let b = Budget::new(0.2, 1, Duration::from_secs(100_000_000_000));
+        assert_eq!(b.slots.len(), MAX_WINDOW_SECS as usize);
+        assert!(b.try_withdraw());
+    }
 
     #[test]
     fn ratio_plus_floor_caps_retries() {
