@@ -42,10 +42,10 @@ fn ext_proc_sequence() {
         eprintln!("{}", path.display());
         seen.extend(fuzzing::ext_proc_sequence(&seed));
     }
-    // The seeds are worth their place: between them they reach both body
-    // paths, a steered request and a failed response.
+    // The seeds are worth their place: between them they reach a rescue,
+    // both body paths and a steered request.
     for label in [
-        "response_headers",
+        "rescue",
         "body_echo",
         "request_body",
         "request_headers_steered",
