@@ -142,7 +142,7 @@ impl Rescuer {
             }
             let pause = self.backoff.delay(replay);
             if !pause.is_zero() {
-                tokio::time::sleep_until((Instant::now() + pause).min(job.deadline)).await;
+                tokio::time::sleep_until(later(Instant::now(), pause).min(job.deadline)).await;
             }
             let endpoint = match picker::pick(&cluster, &tried, self.registry.now_ms()) {
                 Some(e) => e,
@@ -236,7 +236,7 @@ impl Rescuer {
                 .registry
                 .next_penalty_expiry(cluster)
                 .map_or(deadline, |d| {
-                    (Instant::now() + d + Duration::from_millis(1)).min(deadline)
+                    later(Instant::now(), d + Duration::from_millis(1)).min(deadline)
                 });
             tokio::select! {
                 changed = changes.changed() => {
@@ -262,4 +262,13 @@ impl Drop for Held<'_> {
         self.0.held.fetch_sub(1, Ordering::AcqRel);
         self.0.metrics.held(-1.0);
     }
+}
+
+/// `start + d`, but never past a year from `start`: durations come from the
+/// config, which is input too, and an `Instant` that overflows panics (a
+/// `rescue.deadline` of a billion years would otherwise take the stream
+/// down on its first rescue).
+pub fn later(start: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    start.checked_add(d.min(FAR)).unwrap_or(start)
 }

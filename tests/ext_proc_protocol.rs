@@ -228,12 +228,17 @@ async fn streams_past_the_limit_are_refused_and_places_come_back() {
 
 /// A failed response as Envoy reports a refused connection.
 fn refused_response() -> ProcessingRequest {
+    response_with_code(503.0)
+}
+
+/// A refused connection's response headers, with `response.code` = `code`.
+fn response_with_code(code: f64) -> ProcessingRequest {
     use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
     let mut attrs = Struct::default();
     attrs.fields.insert(
         "response.code".into(),
         Value {
-            kind: Some(Kind::NumberValue(503.0)),
+            kind: Some(Kind::NumberValue(code)),
         },
     );
     attrs.fields.insert(
@@ -314,5 +319,53 @@ async fn bodies_past_the_total_buffer_limit_are_not_captured() {
     assert!(
         third.reply().await.override_message_timeout.is_some(),
         "third body was not captured"
+    );
+}
+
+#[tokio::test]
+async fn a_status_past_u16_is_not_mistaken_for_a_503() {
+    // Found by reading the fuzz target's invariant: 66039 wrapped to 503.
+    let m = Mulligan::start(&["--endpoints", "127.0.0.1:1"]).await;
+    let mut c = open(m.grpc).await;
+    c.send(request_headers(&[(":method", "GET"), (":path", "/")], true))
+        .await;
+    c.reply().await;
+    c.send(response_with_code(66039.0)).await;
+    let r = c.reply().await;
+    assert!(matches!(r.response, Some(Response::ResponseHeaders(_))));
+    assert!(
+        r.override_message_timeout.is_none(),
+        "no rescue for a status that is not one"
+    );
+}
+
+#[tokio::test]
+async fn an_absurd_deadline_in_the_config_does_not_take_a_rescue_down() {
+    // A config is input too: `Instant + 500 billion years` overflows and panics.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        "[rescue]\ndeadline = \"500000000000years\"\nbackoff_max = \"500000000000years\"\n",
+    )
+    .expect("write");
+    let m = Mulligan::start(&["--config", cfg.to_str().expect("path")]).await;
+    let mut c = open(m.grpc).await;
+    c.send(request_headers(&[(":method", "GET"), (":path", "/")], true))
+        .await;
+    c.reply().await;
+    c.send(refused_response()).await;
+    // The rescue runs (no endpoint is known, so it ends at once) and the
+    // stream answers instead of dying.
+    let extend = c.reply().await;
+    assert!(extend.override_message_timeout.is_some());
+    assert!(matches!(
+        c.reply().await.response,
+        Some(Response::ResponseHeaders(_))
+    ));
+    assert_eq!(
+        m.metric(r#"mulligan_rescues_total{outcome="attempts_exhausted"}"#)
+            .await,
+        1.0
     );
 }

@@ -372,7 +372,10 @@ impl Exchange {
                 header_value(fields, ":status")
                     .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
             })
-            .unwrap_or(0) as u16;
+            // A code past u16 is no HTTP status: unknown, left alone (a
+            // plain cast would wrap 66039 to 503).
+            .and_then(|s| u16::try_from(s).ok())
+            .unwrap_or(0);
         let registry = &self.ctx.registry;
         let upstream = || {
             attrs
@@ -485,7 +488,7 @@ impl Exchange {
             .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
             .map(Duration::from_millis);
         let budget = route_budget.map_or(cfg.deadline, |b| b.min(cfg.deadline));
-        let deadline = r.received + budget;
+        let deadline = crate::rescue::later(r.received, budget);
         if Instant::now() >= deadline {
             return Err(Outcome::NoTimeLeft);
         }
