@@ -1,8 +1,13 @@
 # The two commands a newcomer needs:
 #   make run    build, install Envoy if missing, start Envoy + mulligan + two pods
-#   make test   install Envoy if missing, fmt check, clippy -D warnings, all tests
+#   make test   install Envoy and cargo-deny if missing, fmt check, clippy -D warnings,
+#               cargo-deny (licenses, bans, sources), all tests
 # and for a first look:
 #   make demo   a 60-second rolling update, with and without mulligan, as a table
+# and for reliability (docs/reliability.md):
+#   make soak   30 minutes of rolling updates; RSS and open fds over time
+#   make fuzz   libFuzzer on the ext_proc, classifier and config targets
+#   make audit  RustSec advisories (needs the advisory database: GitHub)
 
 ENVOY_VERSION := 1.40.0
 TOOLS         := $(CURDIR)/.tools
@@ -52,6 +57,24 @@ audit: deny
 # Envoy with Envoy Gateway's retries, and Envoy + mulligan, side by side.
 demo: envoy
 	cargo bench --bench rollout -- demo
+
+# Coverage-guided fuzzing (libFuzzer through cargo-fuzz) of the three
+# targets in src/fuzzing.rs, FUZZ_SECONDS each. cargo-fuzz wants nightly
+# flags: RUSTC_BOOTSTRAP=1 lets the stable toolchain take them. The first
+# sanitizer build takes ~17 min on 2 cores; `make test` runs the same
+# targets for a fixed count without it (tests/fuzz.rs).
+FUZZ_SECONDS  ?= 60
+FUZZ_TARGETS  := ext_proc_sequence classify config
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	RUSTC_BOOTSTRAP=1 cargo fuzz build -O
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t; \
+		echo "== $$t: $(FUZZ_SECONDS) s"; \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -len_control=0 -max_len=2048 -print_final_stats=1 || exit 1; \
+	done
 
 # 30 minutes at a fixed rate, a rolling update every minute; RSS and open fds
 # of mulligan and Envoy over time (table + SVG in bench-results/soak).
