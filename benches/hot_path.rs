@@ -28,7 +28,6 @@ use mulligan::{
     ext_proc::{Context, Exchange},
     metrics::Metrics,
     policy::{decide, RequestFacts},
-    rescue::Rescuer,
 };
 
 fn header(k: &str, v: &str) -> HeaderValue {
@@ -110,14 +109,7 @@ fn context() -> Arc<Context> {
         .collect();
     let registry = Arc::new(Registry::from_config(&cfg.endpoints, &cfg.health));
     let metrics = Metrics::new();
-    Arc::new(Context {
-        rescuer: Rescuer::new(&cfg, Arc::clone(&registry), metrics.clone()),
-        steer: cfg.steer.clone(),
-        max_streams: cfg.limits.max_streams,
-        metrics,
-        drain: Drain::new(),
-        registry,
-    })
+    Arc::new(Context::new(&cfg, registry, metrics, Drain::new()))
 }
 
 fn exchange(c: &mut Criterion) {

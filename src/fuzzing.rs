@@ -39,7 +39,7 @@ use crate::{
     drain::Drain,
     endpoints::{Registry, State},
     ext_proc::{header_value, Attributes, Context, Exchange},
-    metrics::Metrics,
+    metrics::{Metrics, Phase},
     policy::{self, safety, Decision, RequestFacts},
     rescue::Rescuer,
 };
@@ -248,14 +248,7 @@ impl Knobs {
                 .expect("a configured endpoint");
         }
         let metrics = metrics();
-        Arc::new(Context {
-            rescuer: Rescuer::new(&cfg, Arc::clone(&registry), metrics.clone()),
-            steer: cfg.steer.clone(),
-            max_streams: cfg.limits.max_streams,
-            metrics,
-            drain: Drain::new(),
-            registry,
-        })
+        Arc::new(Context::new(&cfg, registry, metrics, Drain::new()))
     }
 }
 
@@ -546,46 +539,34 @@ impl Built {
 }
 
 /// The phase a message carries (and so the reply it must get).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PhaseKind {
-    RequestHeaders,
-    RequestBody,
-    RequestTrailers,
-    ResponseHeaders,
-    ResponseBody,
-    ResponseTrailers,
+fn phase_of_request(r: &Request) -> Phase {
+    match r {
+        Request::RequestHeaders(_) => Phase::RequestHeaders,
+        Request::RequestBody(_) => Phase::RequestBody,
+        Request::RequestTrailers(_) => Phase::RequestTrailers,
+        Request::ResponseHeaders(_) => Phase::ResponseHeaders,
+        Request::ResponseBody(_) => Phase::ResponseBody,
+        Request::ResponseTrailers(_) => Phase::ResponseTrailers,
+    }
 }
 
-impl PhaseKind {
-    fn of_request(r: &Request) -> Self {
-        match r {
-            Request::RequestHeaders(_) => PhaseKind::RequestHeaders,
-            Request::RequestBody(_) => PhaseKind::RequestBody,
-            Request::RequestTrailers(_) => PhaseKind::RequestTrailers,
-            Request::ResponseHeaders(_) => PhaseKind::ResponseHeaders,
-            Request::ResponseBody(_) => PhaseKind::ResponseBody,
-            Request::ResponseTrailers(_) => PhaseKind::ResponseTrailers,
-        }
-    }
-
-    /// The reply's phase; `None` for an immediate response.
-    fn of_response(r: &Response) -> Option<Self> {
-        Some(match r {
-            Response::RequestHeaders(_) => PhaseKind::RequestHeaders,
-            Response::RequestBody(_) => PhaseKind::RequestBody,
-            Response::RequestTrailers(_) => PhaseKind::RequestTrailers,
-            Response::ResponseHeaders(_) => PhaseKind::ResponseHeaders,
-            Response::ResponseBody(_) => PhaseKind::ResponseBody,
-            Response::ResponseTrailers(_) => PhaseKind::ResponseTrailers,
-            Response::ImmediateResponse(_) | Response::StreamedImmediateResponse(_) => return None,
-        })
-    }
+/// The reply's phase; `None` for an immediate response.
+fn phase_of_response(r: &Response) -> Option<Phase> {
+    Some(match r {
+        Response::RequestHeaders(_) => Phase::RequestHeaders,
+        Response::RequestBody(_) => Phase::RequestBody,
+        Response::RequestTrailers(_) => Phase::RequestTrailers,
+        Response::ResponseHeaders(_) => Phase::ResponseHeaders,
+        Response::ResponseBody(_) => Phase::ResponseBody,
+        Response::ResponseTrailers(_) => Phase::ResponseTrailers,
+        Response::ImmediateResponse(_) | Response::StreamedImmediateResponse(_) => return None,
+    })
 }
 
 /// What the harness notes of a message before handing it over.
 #[derive(Debug)]
 struct Sent {
-    phase: Option<PhaseKind>,
+    phase: Option<Phase>,
     observability: bool,
     protocol: Option<(i32, i32)>,
     /// Response headers: the status as Envoy reported it, unclipped.
@@ -619,7 +600,7 @@ impl Sent {
             _ => {}
         }
         Sent {
-            phase: m.request.as_ref().map(PhaseKind::of_request),
+            phase: m.request.as_ref().map(phase_of_request),
             observability: m.observability_mode,
             protocol: m
                 .protocol_config
@@ -660,7 +641,7 @@ impl Stream {
         let announced = *self
             .announced
             .get_or_insert(sent.protocol.unwrap_or((0, 0)));
-        if sent.phase == Some(PhaseKind::RequestHeaders) {
+        if sent.phase == Some(Phase::RequestHeaders) {
             self.captured = true;
         }
         let Some(phase) = sent.phase.filter(|_| !sent.observability) else {
@@ -672,7 +653,7 @@ impl Stream {
         };
         let reply = reply.unwrap_or_else(|| panic!("no reply to {sent:?}"));
         if let Some(mode) = &reply.mode_override {
-            assert_eq!(phase, PhaseKind::RequestHeaders, "mode override: {reply:?}");
+            assert_eq!(phase, Phase::RequestHeaders, "mode override: {reply:?}");
             self.check_mode(mode, announced);
         }
         let Some(response) = &reply.response else {
@@ -689,7 +670,7 @@ impl Stream {
         };
         assert!(resumed.is_none(), "resumed without a rescue: {resumed:?}");
         assert_eq!(
-            PhaseKind::of_response(response),
+            phase_of_response(response),
             Some(phase),
             "reply of another phase: {sent:?} -> {reply:?}"
         );
@@ -706,7 +687,7 @@ impl Stream {
             _ => None,
         };
         if let Some(sent_body) = &sent.body {
-            let mode = if phase == PhaseKind::RequestBody {
+            let mode = if phase == Phase::RequestBody {
                 announced.0
             } else {
                 announced.1
@@ -758,8 +739,8 @@ impl Stream {
 
     /// A reply without a phase extends Envoy's timeout for a rescue: only
     /// for a failed, non-overload response, once per captured request.
-    fn check_rescue(&mut self, sent: &Sent, phase: PhaseKind, reply: &ProcessingResponse) {
-        assert_eq!(phase, PhaseKind::ResponseHeaders, "a rescue in {phase:?}");
+    fn check_rescue(&mut self, sent: &Sent, phase: Phase, reply: &ProcessingResponse) {
+        assert_eq!(phase, Phase::ResponseHeaders, "a rescue in {phase:?}");
         assert!(self.rescue_enabled, "a rescue with rescue off");
         assert!(self.captured, "a rescue without a request to replay");
         self.captured = false;

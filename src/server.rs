@@ -17,7 +17,6 @@ use crate::{
     endpoints::{eds_file, kubernetes, probe, Registry},
     ext_proc::{self, Context, ExtProc},
     metrics::Metrics,
-    rescue::Rescuer,
 };
 
 /// Runs until SIGTERM or SIGINT, then drains and returns.
@@ -60,14 +59,12 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
         sources.extend(tasks);
     }
     sources.extend(probe::spawn(Arc::clone(&registry), &cfg.probe));
-    let ctx = Arc::new(Context {
-        rescuer: Rescuer::new(&cfg, Arc::clone(&registry), metrics.clone()),
-        steer: cfg.steer.clone(),
-        max_streams: cfg.limits.max_streams,
+    let ctx = Arc::new(Context::new(
+        &cfg,
+        Arc::clone(&registry),
         metrics,
-        drain: Arc::clone(&drain),
-        registry: Arc::clone(&registry),
-    });
+        Arc::clone(&drain),
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -150,6 +150,13 @@ async fn streams_and_holds(mulligan_toml: &str) -> (Stack, u64) {
     (stack, REQUESTS)
 }
 
+/// Waits until every stream and every hold is released, within `limit`.
+async fn all_released(m: &Mulligan, limit: Duration) {
+    m.wait_metric(IN_FLIGHT, 0.0, limit, "streams released")
+        .await;
+    m.wait_metric(HELD, 0.0, limit, "holds released").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_killed_with_streams_open_leaves_nothing_behind() {
     let (mut stack, _) = streams_and_holds("[rescue]\ndeadline = \"30s\"\n").await;
@@ -157,14 +164,7 @@ async fn envoy_killed_with_streams_open_leaves_nothing_behind() {
     stack.envoy.kill();
     let killed = Instant::now();
     // Long before any request's own timer (30 s) could have ended it.
-    stack
-        .mulligan
-        .wait_metric(IN_FLIGHT, 0.0, Duration::from_secs(3), "streams released")
-        .await;
-    stack
-        .mulligan
-        .wait_metric(HELD, 0.0, Duration::from_secs(3), "holds released")
-        .await;
+    all_released(&stack.mulligan, Duration::from_secs(3)).await;
     println!(
         "Envoy SIGKILL: {held} held requests and every stream released after {:?}",
         killed.elapsed()
@@ -180,17 +180,7 @@ async fn a_frozen_envoy_is_found_out_by_keepalive() {
     // SIGSTOP: Envoy's sockets stay open, but nothing answers.
     stack.envoy.signal("STOP");
     let frozen = Instant::now();
-    let released = async {
-        stack
-            .mulligan
-            .wait_metric(IN_FLIGHT, 0.0, Duration::from_secs(5), "streams released")
-            .await;
-        stack
-            .mulligan
-            .wait_metric(HELD, 0.0, Duration::from_secs(5), "holds released")
-            .await;
-    };
-    released.await;
+    all_released(&stack.mulligan, Duration::from_secs(5)).await;
     let took = frozen.elapsed();
     stack.envoy.signal("CONT");
     println!("frozen Envoy: streams released after {took:?} (PING every 300 ms, 300 ms to answer)");

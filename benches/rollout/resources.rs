@@ -20,12 +20,7 @@ pub struct Reading {
 impl Reading {
     /// Current RSS (VmRSS) and descriptor count of `pid`, from /proc.
     pub fn of(pid: u32, t_s: f64) -> Reading {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let rss_kb = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let rss_kb = status_kb(pid, "VmRSS:");
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
         Reading {
             t_s,
@@ -33,6 +28,17 @@ impl Reading {
             fds,
         }
     }
+}
+
+/// A `/proc/PID/status` field in kB (e.g. `VmRSS:`, `VmHWM:`); 0 when the
+/// process is gone.
+pub fn status_kb(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
 }
 
 /// A named process's readings over the run.

@@ -46,6 +46,26 @@ pub struct Context {
     pub max_streams: usize,
 }
 
+impl Context {
+    /// What every stream shares, from the config: the one place it is put
+    /// together (the server, the benches and the fuzz targets all use it).
+    pub fn new(
+        cfg: &crate::config::Config,
+        registry: Arc<Registry>,
+        metrics: Metrics,
+        drain: Arc<Drain>,
+    ) -> Self {
+        Self {
+            rescuer: Rescuer::new(cfg, Arc::clone(&registry), metrics.clone()),
+            steer: cfg.steer.clone(),
+            max_streams: cfg.limits.max_streams,
+            metrics,
+            drain,
+            registry,
+        }
+    }
+}
+
 /// The `ExternalProcessor` implementation.
 #[derive(Clone, Debug)]
 pub struct ExtProc {
