@@ -15,7 +15,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
+    rt::{TokioExecutor, TokioTimer},
 };
 
 use crate::config;
@@ -143,7 +143,12 @@ impl Replayer {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.per_try_timeout));
+        // The timer runs hyper's idle sweep. Without one, idle connections
+        // are evicted only when the same address is asked for again, and a
+        // pod that left (new pods come with new addresses) stays in the
+        // pool for good: a slow leak with every rollout.
         let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)
             .http2_only(cfg.replay_http2)

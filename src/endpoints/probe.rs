@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
+    rt::{TokioExecutor, TokioTimer},
 };
 use tokio::task::JoinHandle;
 
@@ -37,7 +37,10 @@ pub fn spawn(registry: Arc<Registry>, cfg: &config::Probe) -> Option<JoinHandle<
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(cfg.timeout));
+    // With a timer, idle connections to endpoints that left are swept (see
+    // `replay::Replayer::new`).
     let client: ProbeClient = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector);
     let cfg = cfg.clone();
