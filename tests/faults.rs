@@ -113,7 +113,7 @@ async fn sigkill_under_load_costs_no_request_and_a_restart_serves_within_a_secon
 /// `drain` rejects with the drain header. mulligan treats `slow` as draining
 /// (told over its lifecycle API), so a rejected request has nowhere to go
 /// and is held.
-async fn streams_and_holds(mulligan_toml: &str) -> (Stack, u64) {
+async fn streams_and_holds(mulligan_toml: &str) -> Stack {
     let stack = Stack::with_config(
         &[("slow", PodState::Ready), ("drain", PodState::Draining)],
         mulligan_toml,
@@ -147,7 +147,7 @@ async fn streams_and_holds(mulligan_toml: &str) -> (Stack, u64) {
         .mulligan
         .wait_metric_above(HELD, 0.0, Duration::from_secs(10))
         .await;
-    (stack, REQUESTS)
+    stack
 }
 
 /// Waits until every stream and every hold is released, within `limit`.
@@ -159,7 +159,7 @@ async fn all_released(m: &Mulligan, limit: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_killed_with_streams_open_leaves_nothing_behind() {
-    let (mut stack, _) = streams_and_holds("[rescue]\ndeadline = \"30s\"\n").await;
+    let mut stack = streams_and_holds("[rescue]\ndeadline = \"30s\"\n").await;
     let held = stack.mulligan.metric(HELD).await;
     stack.envoy.kill();
     let killed = Instant::now();
@@ -173,7 +173,7 @@ async fn envoy_killed_with_streams_open_leaves_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_envoy_is_found_out_by_keepalive() {
-    let (stack, _) = streams_and_holds(
+    let stack = streams_and_holds(
         "[rescue]\ndeadline = \"30s\"\n[limits]\nkeepalive_interval = \"300ms\"\nkeepalive_timeout = \"300ms\"\n",
     )
     .await;

@@ -188,7 +188,7 @@ async fn flood(m: &Mulligan, n: usize, connections: usize) -> (Vec<Conversation>
         let grpc = m.grpc;
         let share = n / connections + usize::from(i < n % connections);
         tasks.spawn(async move {
-            let mut client = connect(grpc).await;
+            let client = connect(grpc).await;
             let mut opened = Vec::new();
             let mut refused = 0;
             let mut pending = tokio::task::JoinSet::new();
@@ -226,8 +226,6 @@ async fn flood(m: &Mulligan, n: usize, connections: usize) -> (Vec<Conversation>
                     }
                 }
             }
-            client = connect(grpc).await;
-            drop(client);
             (opened, refused)
         });
     }
