@@ -21,6 +21,7 @@ pub struct Config {
     pub limits: Limits,
     pub endpoints: Endpoints,
     pub rescue: Rescue,
+    pub hold: Hold,
     pub budget: Budget,
     pub health: Health,
     pub probe: Probe,
@@ -160,6 +161,32 @@ impl Default for Rescue {
             max_held: 10_000,
             retry_after_seconds: 1,
             replay_http2: false,
+        }
+    }
+}
+
+/// Holding a failed attempt until an endpoint can serve (the decide wiring).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hold {
+    /// How often a held request's cluster is checked: every usable endpoint
+    /// gets a TCP connect at most this often, so an endpoint that comes back
+    /// is noticed within about this long with no probe path configured.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// After an endpoint is found, wait this long before asking Envoy to
+    /// retry, doubled each time the same request comes back to the hold
+    /// (Envoy's view of the endpoint may lag mulligan's: an ejected host
+    /// returns after its ejection time). Capped at 1 s.
+    #[serde(with = "humantime_serde")]
+    pub settle: Duration,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_millis(100),
+            settle: Duration::from_millis(50),
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod decide;
 pub mod drain;
 pub mod endpoints;
 pub mod ext_proc;

@@ -95,6 +95,54 @@ impl StreamError {
     }
 }
 
+/// How mulligan answered Envoy about a failed attempt or response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Answer {
+    /// Another attempt, at once.
+    Retry = 0,
+    /// Another attempt, after holding until an endpoint could serve.
+    RetryAfterHold,
+    /// The failed attempt stands (not retriable, unsafe, over budget).
+    Stand,
+    /// Held until the deadline: the 503 stands, with `Retry-After`.
+    HeldTooLong,
+    /// `rescue.max_held` requests were held already: the 503 stands.
+    HeldLimit,
+    /// A failed response seen on its way to the client.
+    Final,
+    /// A retry let through the gate.
+    Pass,
+    /// A retry stopped at the gate: an earlier attempt may have run it.
+    Stopped,
+}
+
+impl Answer {
+    pub const ALL: [Answer; 8] = [
+        Answer::Retry,
+        Answer::RetryAfterHold,
+        Answer::Stand,
+        Answer::HeldTooLong,
+        Answer::HeldLimit,
+        Answer::Final,
+        Answer::Pass,
+        Answer::Stopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Answer::Retry => "retry",
+            Answer::RetryAfterHold => "retry_after_hold",
+            Answer::Stand => "stand",
+            Answer::HeldTooLong => "held_too_long",
+            Answer::HeldLimit => "held_limit",
+            Answer::Final => "final",
+            Answer::Pass => "pass",
+            Answer::Stopped => "stopped",
+        }
+    }
+}
+
 /// How a rescue ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -188,7 +236,8 @@ pub struct Metrics {
     phases: [Counter; 6],
     errors: [Counter; 5],
     /// Indexed by [`Cause`], then [`Decision`].
-    decisions: Vec<[Counter; 5]>,
+    decisions: Vec<[Counter; 6]>,
+    answers: [Counter; 8],
     outcomes: [Counter; 9],
     attempts: [Counter; 4],
     held: Gauge,
@@ -215,6 +264,8 @@ impl Metrics {
                     })
                 })
                 .collect(),
+            answers: Answer::ALL
+                .map(|a| counter!("mulligan_answers_total", "answer" => a.as_str())),
             outcomes: Outcome::ALL
                 .map(|o| counter!("mulligan_rescues_total", "outcome" => o.as_str())),
             attempts: AttemptResult::ALL
@@ -236,6 +287,11 @@ impl Metrics {
     /// A failed response was classified and a decision taken on it.
     pub fn decision(&self, cause: Cause, decision: Decision) {
         self.decisions[cause as usize][decision as usize].increment(1);
+    }
+
+    /// How mulligan answered a stream of the decide wiring.
+    pub fn answer(&self, answer: Answer) {
+        self.answers[answer as usize].increment(1);
     }
 
     pub fn outcome(&self, outcome: Outcome, seconds: f64) {
@@ -306,6 +362,10 @@ fn describe() {
     describe_counter!(
         "mulligan_decisions_total",
         "failed responses (5xx, 429) by cause and what mulligan decided"
+    );
+    describe_counter!(
+        "mulligan_answers_total",
+        "answers on failed attempts and responses (the decide wiring), by kind"
     );
     describe_counter!("mulligan_rescues_total", "rescues started, by outcome");
     describe_counter!(

@@ -195,7 +195,7 @@ async fn an_envoy_hot_restart_releases_the_old_envoys_streams() {
     let slow = Pod::start("slow", PodState::Ready).await;
     let list = slow.addr.to_string();
     let m = Mulligan::start(&["--endpoints", &list]).await;
-    let yaml = render::standalone(&[slow.addr], m.grpc.port(), &[]);
+    let yaml = render::legacy_rescue(&[slow.addr], m.grpc.port(), &[]);
     // A family id of our own, so parallel tests never share shared memory.
     let base_id = 1000 + std::process::id() % 50_000;
     let mut parent = Envoy::start_hot(&yaml, base_id, 0, 1, 2).await;
@@ -266,7 +266,7 @@ async fn replay_rig() -> (Arc<Pod>, Arc<Pod>, Mulligan, Envoy, std::net::SocketA
         cfg.to_str().expect("path"),
     ])
     .await;
-    let envoy = Envoy::start(&render::standalone(&[a.addr], m.grpc.port(), &[])).await;
+    let envoy = Envoy::start(&render::legacy_rescue(&[a.addr], m.grpc.port(), &[])).await;
     let front = envoy.listener("mulligan").await;
     (a, b, m, envoy, front)
 }

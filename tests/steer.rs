@@ -42,7 +42,7 @@ fn yaml(text: &str) -> Value {
 #[test]
 fn steer_yaml_differs_from_the_reference_only_where_documented() {
     let addr = ["127.0.0.1:1".parse().expect("addr")];
-    let mut reference = yaml(&render::standalone(&addr, 1, &[]));
+    let mut reference = yaml(&render::legacy_rescue(&addr, 1, &[]));
     let mut steer = yaml(&render::steer(&addr, 1, &[]));
     let route = "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0/routes/0/route";
     let ext_proc = "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters/0/typed_config";

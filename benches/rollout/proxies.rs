@@ -117,7 +117,7 @@ pub fn bootstrap(variant: Variant, eds: &Path, mulligan_grpc_port: u16) -> Strin
     let yaml = if variant == Variant::D {
         render::steer(&[], mulligan_grpc_port, &[])
     } else {
-        render::standalone(&[], mulligan_grpc_port, &[])
+        render::legacy_rescue(&[], mulligan_grpc_port, &[])
     };
     let mut v: Value = serde_yaml_ng::from_str(&yaml).expect("reference bootstrap is YAML");
     // Filesystem xDS needs a node identity.

@@ -28,9 +28,12 @@ use envoy_types::pb::envoy::{
 };
 use tokio::time::Instant;
 
-use super::{attributes, attributes::Attributes, header_value, headers::find, reply, Context};
+use super::{
+    attributes, attributes::Attributes, decide, header_value, headers::find, reply, Context,
+};
 use crate::{
     classify::{self, Cause, Observed},
+    decide::Role,
     metrics::{Outcome, Phase, StreamError},
     policy::{self, safety, Decision, RequestFacts},
     replay::Prepared,
@@ -87,6 +90,10 @@ pub struct Exchange {
     steered: Vec<SocketAddr>,
     /// Captured body bytes counted against `limits.max_buffered_bytes`.
     reserved: usize,
+    /// Which decide filter opened the stream; `None`: the legacy wiring.
+    role: Option<Role>,
+    /// A hold decided on, to run when the stream next asks for a reply.
+    hold: Option<decide::HoldJob>,
 }
 
 impl Drop for Exchange {
@@ -107,7 +114,15 @@ impl Exchange {
             pending: None,
             steered: Vec::new(),
             reserved: 0,
+            role: None,
+            hold: None,
         }
+    }
+
+    /// A stream opened by a decide filter (`role`), or the legacy wiring.
+    pub fn with_role(mut self, role: Option<Role>) -> Self {
+        self.role = role;
+        self
     }
 
     pub fn ctx(&self) -> &Context {
@@ -135,7 +150,11 @@ impl Exchange {
             Some(Request::RequestHeaders(headers)) => {
                 metrics.phase(Phase::RequestHeaders);
                 let attrs = message.attributes.remove(attributes::FILTER_KEY);
-                self.on_request_headers(headers, Attributes::from_struct(attrs.as_ref()))
+                let attrs = Attributes::from_struct(attrs.as_ref());
+                match self.role {
+                    Some(Role::Gate) => decide::on_retry(&self.ctx.decider, attrs),
+                    _ => self.on_request_headers(headers, attrs),
+                }
             }
             Some(Request::RequestBody(chunk)) => {
                 metrics.phase(Phase::RequestBody);
@@ -152,7 +171,16 @@ impl Exchange {
             Some(Request::ResponseHeaders(headers)) => {
                 metrics.phase(Phase::ResponseHeaders);
                 let attrs = message.attributes.remove(attributes::FILTER_KEY);
-                self.on_response_headers(&headers, Attributes::from_struct(attrs.as_ref()))
+                let attrs = Attributes::from_struct(attrs.as_ref());
+                match self.role {
+                    Some(role) => {
+                        let r =
+                            decide::on_response_headers(&self.ctx.decider, role, &headers, attrs);
+                        self.hold = r.hold;
+                        r.now
+                    }
+                    None => self.on_response_headers(&headers, attrs),
+                }
             }
             Some(Request::ResponseBody(chunk)) => {
                 metrics.phase(Phase::ResponseBody);
@@ -178,6 +206,9 @@ impl Exchange {
     /// Runs a rescue decided on in the response headers phase, and returns
     /// the reply that ends it. `None` when no rescue is pending.
     pub async fn resume(&mut self) -> Option<ProcessingResponse> {
+        if let Some(job) = self.hold.take() {
+            return Some(decide::run_hold(&self.ctx.decider, job).await);
+        }
         let p = self.pending.take()?;
         let ending = self
             .ctx

@@ -7,6 +7,7 @@
 //! everything it holds is dropped at once.
 
 mod attributes;
+mod decide;
 mod exchange;
 mod headers;
 mod reply;
@@ -25,6 +26,7 @@ pub use exchange::Exchange;
 pub use headers::header_value;
 
 use crate::{
+    decide::{Decider, Role},
     drain::{Drain, StreamGuard},
     endpoints::Registry,
     metrics::{Metrics, StreamError},
@@ -41,6 +43,8 @@ pub struct Context {
     pub drain: Arc<Drain>,
     pub registry: Arc<Registry>,
     pub rescuer: Rescuer,
+    /// The decide wiring: verdicts on failed attempts.
+    pub decider: Decider,
     pub steer: crate::config::Steer,
     /// `limits.max_streams`.
     pub max_streams: usize,
@@ -57,6 +61,7 @@ impl Context {
     ) -> Self {
         Self {
             rescuer: Rescuer::new(cfg, Arc::clone(&registry), metrics.clone()),
+            decider: Decider::new(cfg, Arc::clone(&registry), metrics.clone()),
             steer: cfg.steer.clone(),
             max_streams: cfg.limits.max_streams,
             metrics,
@@ -119,9 +124,14 @@ impl ExternalProcessor for ExtProc {
                 "mulligan is at its stream limit",
             ));
         }
+        // The decide wiring names its filter; the legacy wiring says nothing.
+        let role = request
+            .metadata()
+            .get(Role::METADATA_KEY)
+            .and_then(|v| Role::parse(v.as_bytes()));
         let stream = StreamState {
             inbound: request.into_inner(),
-            exchange: Exchange::new(Arc::clone(&self.ctx)),
+            exchange: Exchange::new(Arc::clone(&self.ctx)).with_role(role),
             _scope: StreamScope::new(Arc::clone(&self.ctx), guard),
             idle_timeout: self.idle_timeout,
             done: false,

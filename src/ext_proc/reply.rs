@@ -89,11 +89,17 @@ pub fn continue_response_headers() -> ProcessingResponse {
 /// The original response goes through, with `Retry-After` set: the
 /// request was held for a ready endpoint until its deadline.
 pub fn continue_with_retry_after(seconds: u32) -> ProcessingResponse {
+    continue_setting("retry-after", seconds.to_string())
+}
+
+/// The response goes through with header `key` set to `value` (replacing
+/// any value it had).
+pub fn continue_setting(key: &str, value: String) -> ProcessingResponse {
     let set = HeaderValueOption {
         header: Some(HeaderValue {
-            key: "retry-after".into(),
+            key: key.into(),
             value: String::new(),
-            raw_value: seconds.to_string().into_bytes(),
+            raw_value: value.into_bytes(),
         }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         ..Default::default()
@@ -159,6 +165,20 @@ pub fn immediate(r: Replayed) -> Option<ProcessingResponse> {
         grpc_status: None,
         details: "mulligan_rescued".into(),
     })))
+}
+
+/// A local 503 instead of sending the request on (the gate stopping a retry
+/// that could run a request twice).
+pub fn refuse(body: &str, details: &str) -> ProcessingResponse {
+    wrap(Response::ImmediateResponse(ImmediateResponse {
+        status: Some(HttpStatus {
+            code: StatusCode::ServiceUnavailable as i32,
+        }),
+        headers: None,
+        body: body.as_bytes().to_vec(),
+        grpc_status: None,
+        details: details.into(),
+    }))
 }
 
 /// Body chunk in a mode where Envoy keeps the body (STREAMED, BUFFERED,

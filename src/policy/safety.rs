@@ -29,15 +29,18 @@ pub enum Decision {
     BodyNotCaptured,
     /// Rescue is switched off.
     Disabled,
+    /// The retry budget is spent: a retry that may add load waits for it.
+    BudgetSpent,
 }
 
 impl Decision {
-    pub const ALL: [Decision; 5] = [
+    pub const ALL: [Decision; 6] = [
         Decision::Rescue,
         Decision::NotRetriable,
         Decision::Unsafe,
         Decision::BodyNotCaptured,
         Decision::Disabled,
+        Decision::BudgetSpent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +50,7 @@ impl Decision {
             Decision::Unsafe => "unsafe",
             Decision::BodyNotCaptured => "body_not_captured",
             Decision::Disabled => "disabled",
+            Decision::BudgetSpent => "budget_spent",
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod kube_api;
 pub mod mulligan;
 pub mod pods;
 pub mod render;
+pub mod tls;
 
 /// Deterministic, position-dependent bytes: a shifted or truncated copy never
 /// compares equal.
@@ -55,8 +56,18 @@ pub struct Stack {
 
 impl Stack {
     /// Starts `pods`, mulligan (with `--endpoints` set to the pods, plus
-    /// `mulligan_args`), and Envoy with the bootstrap `overrides`.
+    /// `mulligan_args`), and Envoy with the legacy rescue bootstrap and
+    /// `overrides` (the tests of replay-based rescue).
     pub async fn start(
+        pods: &[(&str, pods::PodState)],
+        mulligan_args: &[&str],
+        overrides: &[(&'static str, String)],
+    ) -> Stack {
+        Stack::start_with(render::legacy_rescue, pods, mulligan_args, overrides).await
+    }
+
+    /// Like [`Stack::start`], with the reference bootstrap (the decide wiring).
+    pub async fn decide(
         pods: &[(&str, pods::PodState)],
         mulligan_args: &[&str],
         overrides: &[(&'static str, String)],

@@ -14,6 +14,8 @@
 //! - `/overload`: 503 with `x-envoy-overloaded` (a pod shedding load);
 //! - anything else: `hello from NAME`.
 //!
+//! `/v2/ROUTE` is the same as `/ROUTE` (where a route's prefix rewrite sends it).
+//!
 //! `?ms=N` on any route adds N milliseconds of service time. Requests that
 //! carry `x-harness-variant: A` (B, C, D) are counted per variant, so the
 //! rollout harness can tell which proxy sent them.
@@ -55,6 +57,9 @@ pub enum PodState {
     DrainingServing = 3,
     /// Port closed: connections are refused, open ones are cut.
     Gone = 4,
+    /// Broken: processes each request (it counts as served), then answers
+    /// a plain 503, with no drain signal.
+    Failing = 5,
 }
 
 impl PodState {
@@ -64,6 +69,7 @@ impl PodState {
             1 => PodState::Ready,
             2 => PodState::Draining,
             3 => PodState::DrainingServing,
+            5 => PodState::Failing,
             _ => PodState::Gone,
         }
     }
@@ -79,11 +85,40 @@ struct Shared {
     /// A draining pod marks its 503 with `x-mulligan-drain` (it rejected the
     /// request without processing it), as mulligan's docs ask apps to.
     drain_header: std::sync::atomic::AtomicBool,
-    /// Arrivals per `x-harness-variant` (A..D), rejected ones included.
-    by_variant: [AtomicU64; 4],
+    /// Arrivals per `x-harness-variant` (A..E), rejected ones included.
+    by_variant: [AtomicU64; 8],
+    /// The first requests that reached the application, as they arrived.
+    seen: Mutex<Vec<Seen>>,
+    /// Executions per `x-harness-id`: more than one is a request run twice.
+    executions: Mutex<std::collections::HashMap<String, u32>>,
     /// Arrivals over HTTP/2 (Envoy speaks HTTP/1.1 to pods in the rig).
     http2: AtomicU64,
 }
+
+/// A request as it reached a pod's application: what a test compares
+/// between a first attempt and a retry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    /// Every header, in arrival order, names lower-case.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Seen {
+    /// The value of header `name`, if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Requests a pod keeps in [`Pod::seen`]; later ones are only counted.
+const SEEN_KEPT: usize = 1000;
 
 pub struct Pod {
     pub addr: SocketAddr,
@@ -91,11 +126,30 @@ pub struct Pod {
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Tells the accept loop to stop gracefully (see [`Pod::exit`]).
     stop: Mutex<Option<tokio::sync::oneshot::Sender<Duration>>>,
+    /// Set for a pod that speaks TLS ([`Pod::start_tls`]).
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Pod {
     /// A pod on a fresh loopback port, in `state`.
     pub async fn start(name: &str, state: PodState) -> Arc<Pod> {
+        Self::start_with(name, state, None).await
+    }
+
+    /// A pod that speaks TLS with `tls` (see [`super::tls`]).
+    pub async fn start_tls(
+        name: &str,
+        state: PodState,
+        tls: tokio_rustls::TlsAcceptor,
+    ) -> Arc<Pod> {
+        Self::start_with(name, state, Some(tls)).await
+    }
+
+    async fn start_with(
+        name: &str,
+        state: PodState,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Arc<Pod> {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind pod");
         let addr = listener.local_addr().expect("pod addr");
         let shared = Arc::new(Shared {
@@ -106,12 +160,15 @@ impl Pod {
             drain_header: std::sync::atomic::AtomicBool::new(true),
             by_variant: Default::default(),
             http2: AtomicU64::new(0),
+            seen: Mutex::new(Vec::new()),
+            executions: Mutex::new(Default::default()),
         });
         let pod = Arc::new(Pod {
             addr,
             shared,
             server: Mutex::new(None),
             stop: Mutex::new(None),
+            tls,
         });
         if state == PodState::Gone {
             drop(listener);
@@ -180,6 +237,16 @@ impl Pod {
         self.shared.served.load(Ordering::Acquire)
     }
 
+    /// The first requests that reached the application.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.shared.seen.lock().unwrap().clone()
+    }
+
+    /// `x-harness-id`s this pod's application ran, with how often.
+    pub fn executions(&self) -> std::collections::HashMap<String, u32> {
+        self.shared.executions.lock().unwrap().clone()
+    }
+
     /// Requests answered 503 without processing.
     pub fn rejected(&self) -> u64 {
         self.shared.rejected.load(Ordering::Acquire)
@@ -187,6 +254,7 @@ impl Pod {
 
     fn serve(&self, listener: TcpListener) {
         let shared = Arc::clone(&self.shared);
+        let tls = self.tls.clone();
         let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<Duration>();
         *self.stop.lock().unwrap() = Some(stop_tx);
         let task = tokio::spawn(async move {
@@ -207,13 +275,21 @@ impl Pod {
                         let Ok((stream, _)) = accepted else { continue };
                         let _ = stream.set_nodelay(true);
                         let shared = Arc::clone(&shared);
+                        let tls = tls.clone();
                         conns.spawn(async move {
                             let svc = hyper::service::service_fn(move |req| {
                                 handle(Arc::clone(&shared), req)
                             });
-                            let _ = auto::Builder::new(TokioExecutor::new())
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
+                            let http = auto::Builder::new(TokioExecutor::new());
+                            match tls {
+                                None => {
+                                    let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                                }
+                                Some(tls) => {
+                                    let Ok(stream) = tls.accept(stream).await else { return };
+                                    let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                                }
+                            }
                         });
                     }
                     Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -294,7 +370,16 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
         _ => {}
     }
+    let (_parts, body) = match record(&shared, req).await {
+        Ok(r) => r,
+        Err(_) => return Ok(reply(StatusCode::BAD_REQUEST).body(full("")).unwrap()),
+    };
     shared.served.fetch_add(1, Ordering::AcqRel);
+    if state == PodState::Failing {
+        return Ok(reply(StatusCode::SERVICE_UNAVAILABLE)
+            .body(full("failed after processing\n"))
+            .unwrap());
+    }
     if service_ms > 0 {
         tokio::time::sleep(Duration::from_millis(service_ms)).await;
     }
@@ -303,14 +388,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         builder = builder.header("connection", "close");
     }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let body = match segments.as_slice() {
-        ["echo"] => {
-            let bytes = match req.into_body().collect().await {
-                Ok(c) => c.to_bytes(),
-                Err(_) => return Ok(reply(StatusCode::BAD_REQUEST).body(full("")).unwrap()),
-            };
-            full(bytes)
-        }
+    // `/v2/...` serves the same routes (a route's prefix rewrite lands there).
+    let segments = match segments.as_slice() {
+        ["v2", rest @ ..] if !rest.is_empty() => rest,
+        all => all,
+    };
+    let body = match segments {
+        ["echo"] => full(body),
         ["bytes", n] => full(super::payload(n.parse().unwrap_or(0))),
         ["stream", chunks, size] => {
             let chunks: usize = chunks.parse().unwrap_or(1);
@@ -369,4 +453,40 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         _ => full(format!("hello from {}\n", shared.name)),
     };
     Ok(builder.body(body).unwrap())
+}
+
+/// Reads the whole request and records it (method, URI, headers, body, and
+/// its `x-harness-id`) as the application received it.
+async fn record(
+    shared: &Shared,
+    req: Request<Incoming>,
+) -> Result<(http::request::Parts, Bytes), hyper::Error> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    if let Some(id) = parts
+        .headers
+        .get("x-harness-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        *shared
+            .executions
+            .lock()
+            .unwrap()
+            .entry(id.to_string())
+            .or_default() += 1;
+    }
+    let mut seen = shared.seen.lock().unwrap();
+    if seen.len() < SEEN_KEPT {
+        seen.push(Seen {
+            method: parts.method.to_string(),
+            uri: parts.uri.to_string(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                .collect(),
+            body: body.clone(),
+        });
+    }
+    Ok((parts, body))
 }

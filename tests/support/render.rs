@@ -69,6 +69,16 @@ pub fn standalone(
     bootstrap("envoy.yaml", app, mulligan_grpc_port, overrides)
 }
 
+/// The legacy rescue bootstrap (`legacy-rescue.yaml`: an ext_proc stream per
+/// request, mulligan replays), likewise.
+pub fn legacy_rescue(
+    app: &[SocketAddr],
+    mulligan_grpc_port: u16,
+    overrides: &[(&'static str, String)],
+) -> String {
+    bootstrap("legacy-rescue.yaml", app, mulligan_grpc_port, overrides)
+}
+
 /// The steer-mode bootstrap (`steer.yaml`), likewise.
 pub fn steer(
     app: &[SocketAddr],

@@ -1,0 +1,287 @@
+//! Decide: Envoy makes every attempt; mulligan is asked only about an
+//! attempt that failed, and answers whether another one may follow.
+//!
+//! The reference wiring (`envoy-config/standalone/envoy.yaml`) asks from two
+//! places, and only for 5xx responses, so healthy requests never open a
+//! stream:
+//! - **attempt**: an upstream filter of the app cluster, once per failed
+//!   attempt. When another attempt is safe, affordable and can help,
+//!   mulligan adds `x-mulligan-retry: 1` and Envoy's route retry policy
+//!   makes it: through the route (rewrites, header policies, upstream TLS),
+//!   with the body Envoy buffered, logged and counted as Envoy's own. When
+//!   no endpoint can serve yet, the answer waits ([`hold`]) until one can.
+//! - **final**: a downstream filter, once per failed response on its way to
+//!   the client. mulligan learns from it and adds `Retry-After` to a 503.
+//!
+//! Nothing here sends a request anywhere: an ext_proc peer can at most ask
+//! for a retry Envoy would make through its own route.
+
+pub mod hold;
+pub mod memory;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+
+use crate::{
+    classify::{self, Cause, Observed, Reached},
+    config,
+    endpoints::Registry,
+    metrics::{Answer, Metrics},
+    policy::{self, Budget, Decision, RequestFacts},
+};
+use hold::{Holds, Unheld};
+use memory::Memory;
+
+/// The response header that asks Envoy for another attempt. The route's
+/// retry policy retries on it (`retriable-headers`), and the wiring strips
+/// it from every upstream response first, so only mulligan can set it.
+pub const RETRY_HEADER: &str = "x-mulligan-retry";
+
+/// Which filter opened the stream: the gRPC initial metadata
+/// `x-mulligan-phase` the wiring sets on each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A retry about to leave, from the app cluster's upstream filter.
+    Gate,
+    /// One failed attempt, from the app cluster's upstream filter.
+    Attempt,
+    /// The failed response the client is about to get.
+    Final,
+}
+
+impl Role {
+    pub const METADATA_KEY: &'static str = "x-mulligan-phase";
+
+    pub fn parse(value: &[u8]) -> Option<Role> {
+        match value {
+            b"gate" => Some(Role::Gate),
+            b"attempt" => Some(Role::Attempt),
+            b"final" => Some(Role::Final),
+            _ => None,
+        }
+    }
+}
+
+/// Who answered the failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    /// An app endpoint.
+    Endpoint(SocketAddr),
+    /// The hold endpoint: Envoy had no healthy app endpoint.
+    Hold,
+    /// Not said, or not an address mulligan understands.
+    Unknown,
+}
+
+impl Upstream {
+    /// From Envoy's `upstream.address` attribute. Envoy internal listeners
+    /// (the hold) show as `envoy://NAME/...`; an app cannot fake that.
+    pub fn parse(address: Option<&str>) -> Self {
+        match address {
+            Some(a) if a.starts_with("envoy://") => Upstream::Hold,
+            Some(a) => a.parse().map_or(Upstream::Unknown, Upstream::Endpoint),
+            None => Upstream::Unknown,
+        }
+    }
+
+    fn endpoint(self) -> Option<SocketAddr> {
+        match self {
+            Upstream::Endpoint(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// One failed attempt, as Envoy describes it.
+#[derive(Clone, Copy, Debug)]
+pub struct Failed<'a> {
+    pub status: u16,
+    pub upstream: Upstream,
+    pub cluster: Option<&'a str>,
+    /// Envoy's request id: the same on every attempt of one request.
+    pub request_id: Option<&'a str>,
+    pub facts: RequestFacts,
+    pub drain_header: bool,
+    pub connection_close: bool,
+    pub overloaded: bool,
+}
+
+/// mulligan's answer on one failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Another attempt, now.
+    Retry,
+    /// Another attempt once an endpoint can serve: hold until then.
+    Hold,
+    /// This response stands; the reason is the metric label.
+    Stand(Decision),
+}
+
+/// Shared by every stream.
+#[derive(Debug)]
+pub struct Decider {
+    pub cfg: config::Rescue,
+    hold_cfg: config::Hold,
+    registry: Arc<Registry>,
+    metrics: Metrics,
+    budget: Budget,
+    memory: Memory,
+    pub holds: Holds,
+}
+
+impl Decider {
+    pub fn new(cfg: &config::Config, registry: Arc<Registry>, metrics: Metrics) -> Self {
+        Self {
+            budget: Budget::new(
+                cfg.budget.ratio,
+                cfg.budget.min_per_second,
+                cfg.budget.window,
+            ),
+            memory: Memory::new(cfg.rescue.deadline.max(Duration::from_secs(1))),
+            holds: Holds::new(
+                Arc::clone(&registry),
+                metrics.clone(),
+                cfg.rescue.max_held,
+                cfg.hold.interval,
+            ),
+            cfg: cfg.rescue.clone(),
+            hold_cfg: cfg.hold.clone(),
+            registry,
+            metrics,
+        }
+    }
+
+    /// The verdict on one failed attempt; learns from it on the way.
+    pub fn judge(&self, f: &Failed<'_>) -> (Cause, Verdict) {
+        let cause = match f.upstream {
+            Upstream::Hold => Cause::NoHealthyUpstream,
+            _ => classify::classify(&Observed {
+                status: f.status,
+                details: "via_upstream",
+                connection_close: f.connection_close,
+                drain_header: f.drain_header,
+                overloaded: f.overloaded,
+                endpoint: f
+                    .upstream
+                    .endpoint()
+                    .and_then(|a| self.registry.state_of(a)),
+                ..Default::default()
+            }),
+        };
+        self.learn(f.upstream, cause);
+        let verdict = self.verdict(f, cause);
+        let decision = match verdict {
+            Verdict::Stand(d) => d,
+            _ => Decision::Rescue,
+        };
+        self.metrics.decision(cause, decision);
+        (cause, verdict)
+    }
+
+    fn verdict(&self, f: &Failed<'_>, cause: Cause) -> Verdict {
+        if !self.cfg.enabled {
+            return Verdict::Stand(Decision::Disabled);
+        }
+        self.budget.deposit();
+        let reached = cause.reached_app();
+        if self.memory.get(f.request_id).tainted {
+            return Verdict::Stand(Decision::Unsafe);
+        }
+        if !policy::safety::is_safe(reached, f.facts) {
+            // Whatever happens next (the route's own retry policy may still
+            // try again), mulligan never blesses another attempt of it.
+            self.memory.update(f.request_id, |n| n.tainted = true);
+            return Verdict::Stand(Decision::Unsafe);
+        }
+        let decision = policy::decide(cause, f.facts, self.cfg.retry_plain_503);
+        if decision != Decision::Rescue {
+            return Verdict::Stand(decision);
+        }
+        if adds_load(cause, reached) && !self.budget.try_withdraw() {
+            return Verdict::Stand(Decision::BudgetSpent);
+        }
+        let cluster = self.registry.cluster(f.cluster);
+        let others = cluster
+            .as_deref()
+            .is_some_and(|c| self.holds.has_other(c, f.upstream.endpoint()));
+        if f.upstream == Upstream::Hold || (cluster.is_some() && !others) {
+            Verdict::Hold
+        } else {
+            Verdict::Retry
+        }
+    }
+
+    /// Passive health: an endpoint that failed in a way that is its own
+    /// fault is avoided for a while.
+    fn learn(&self, upstream: Upstream, cause: Cause) {
+        if let Upstream::Endpoint(addr) = upstream {
+            if matches!(
+                cause,
+                Cause::ConnectFailure
+                    | Cause::UpstreamRejected
+                    | Cause::UpstreamDraining
+                    | Cause::UpstreamNotReady
+            ) {
+                self.registry.observe_failure(addr);
+            }
+        }
+    }
+
+    /// Holds a request judged [`Verdict::Hold`] until an endpoint of its
+    /// cluster can serve; the answer that ends the hold.
+    pub async fn hold(&self, cluster: Option<&str>, request_id: Option<&str>) -> Answer {
+        let Some(cluster) = self.registry.cluster(cluster) else {
+            // Nothing is known that could come back: do not keep the
+            // client waiting for nothing.
+            return Answer::HeldTooLong;
+        };
+        let note = self.memory.get(request_id);
+        // A request back at the hold right after a release found Envoy
+        // still without the endpoint: give Envoy's view longer to catch up.
+        let settle = self
+            .hold_cfg
+            .settle
+            .saturating_mul(2u32.saturating_pow(note.releases.into()))
+            .min(Duration::from_secs(1));
+        let deadline = crate::rescue::later(Instant::now(), self.cfg.deadline);
+        match self.holds.wait(&cluster, settle, deadline).await {
+            Ok(()) => {
+                self.memory
+                    .update(request_id, |n| n.releases = n.releases.saturating_add(1));
+                Answer::RetryAfterHold
+            }
+            Err(Unheld::Limit) => Answer::HeldLimit,
+            Err(Unheld::TooLong) => Answer::HeldTooLong,
+        }
+    }
+
+    /// Whether a retry of request `id` may leave for a pod: not when an
+    /// earlier attempt may have run it and it is not safe to run twice,
+    /// whoever asked for the retry.
+    pub fn may_retry(&self, id: Option<&str>) -> bool {
+        let ok = !self.memory.get(id).tainted;
+        self.metrics
+            .answer(if ok { Answer::Pass } else { Answer::Stopped });
+        ok
+    }
+
+    /// The failed response the client is about to get: learn from it.
+    pub fn last(&self, upstream: Upstream, cause: Cause) {
+        self.learn(upstream, cause);
+        self.metrics.answer(Answer::Final);
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+/// Whether retrying this failure may add load on the apps: only a failure
+/// the app may have processed does. Retries away from a departing endpoint
+/// (a drain signal, a refused connection, an endpoint known draining or not
+/// ready, no endpoint at all) are free: the budget never stops them, so a
+/// rollout cannot exhaust it.
+fn adds_load(cause: Cause, reached: Reached) -> bool {
+    reached == Reached::Maybe && !matches!(cause, Cause::UpstreamDraining | Cause::UpstreamNotReady)
+}

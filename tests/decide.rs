@@ -1,0 +1,344 @@
+//! The decide wiring (`envoy-config/standalone/envoy.yaml`) through real
+//! Envoy: Envoy makes every attempt, mulligan only judges the failed ones.
+//! Healthy requests open no stream; a retried request reaches the pod as a
+//! first attempt does; no request runs twice; nothing Envoy alone serves is
+//! cut, refused or changed; and with nothing to serve, requests wait and
+//! then arrive whole.
+mod support;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use http::Method;
+use serde_yaml_ng::Value;
+use support::{
+    client::{self, HttpClient, Proto, Reply},
+    envoy::Envoy,
+    mulligan::Mulligan,
+    payload,
+    pods::{Pod, PodState},
+    render, Stack,
+};
+
+/// Pods, mulligan and Envoy on the reference bootstrap, edited by `edit`.
+struct Rig {
+    pods: Vec<Arc<Pod>>,
+    mulligan: Mulligan,
+    envoy: Envoy,
+    front: SocketAddr,
+    baseline: SocketAddr,
+}
+
+impl Rig {
+    async fn start(pods: Vec<Arc<Pod>>, edit: impl FnOnce(&mut Value)) -> Rig {
+        let addrs: Vec<SocketAddr> = pods.iter().map(|p| p.addr).collect();
+        let list = addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mulligan = Mulligan::start(&["--endpoints", &list]).await;
+        let yaml = render::standalone(&addrs, mulligan.grpc.port(), &[]);
+        let mut v: Value = serde_yaml_ng::from_str(&yaml).expect("bootstrap is YAML");
+        edit(&mut v);
+        let envoy = Envoy::start(&serde_yaml_ng::to_string(&v).expect("YAML")).await;
+        let front = envoy.listener("mulligan").await;
+        let baseline = envoy.listener("baseline").await;
+        Rig {
+            pods,
+            mulligan,
+            envoy,
+            front,
+            baseline,
+        }
+    }
+
+    async fn answers(&self, answer: &str) -> f64 {
+        self.mulligan
+            .metric(&format!("mulligan_answers_total{{answer=\"{answer}\"}}"))
+            .await
+    }
+}
+
+/// The mulligan route of a rendered bootstrap.
+fn route(v: &mut Value) -> &mut Value {
+    &mut v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0]["routes"][0]
+}
+
+/// The cluster named `name`.
+fn cluster<'a>(v: &'a mut Value, name: &str) -> &'a mut Value {
+    v["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .expect("clusters")
+        .iter_mut()
+        .find(|c| c["name"] == name)
+        .expect("cluster")
+}
+
+fn yaml(text: &str) -> Value {
+    serde_yaml_ng::from_str(text).expect("YAML literal")
+}
+
+async fn send(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Reply {
+    HttpClient::new(Proto::Http1)
+        .send(method, addr, path, headers, client::full(body))
+        .await
+        .expect("request through Envoy")
+}
+
+#[tokio::test]
+async fn healthy_requests_open_no_stream_and_match_the_baseline() {
+    let stack = Stack::decide(&[("a", PodState::Ready), ("b", PodState::Ready)], &[], &[]).await;
+    let body = payload(4096);
+    for i in 0..50 {
+        let (method, path) = if i % 2 == 0 {
+            (Method::GET, "/")
+        } else {
+            (Method::POST, "/echo")
+        };
+        let with = send(stack.front, method.clone(), path, &[], body.clone()).await;
+        let without = send(stack.baseline, method, path, &[], body.clone()).await;
+        assert_eq!(with.status, 200);
+        assert_eq!(with.status, without.status);
+        // Round robin may pick the other pod: the greeting names it.
+        assert_eq!(with.body.len(), without.body.len());
+    }
+    assert_eq!(
+        stack
+            .mulligan
+            .metric("mulligan_ext_proc_streams_total")
+            .await,
+        0.0,
+        "a healthy request opened an ext_proc stream"
+    );
+}
+
+#[tokio::test]
+async fn a_draining_pod_is_retried_away_from_for_every_method() {
+    let stack = Stack::decide(
+        &[("a", PodState::Draining), ("b", PodState::Ready)],
+        &[],
+        &[],
+    )
+    .await;
+    let body = payload(20_000);
+    for i in 0..20 {
+        let id = format!("drain-{i}");
+        let headers = [("x-harness-id", id.as_str())];
+        let get = send(stack.front, Method::GET, "/", &headers, Vec::new()).await;
+        assert_eq!(get.status, 200, "{:?}", get.body);
+        let post = send(stack.front, Method::POST, "/echo", &headers, body.clone()).await;
+        assert_eq!(post.status, 200);
+        assert_eq!(post.body, body, "the POST body arrived whole");
+    }
+    assert!(stack.pod("a").rejected() > 0, "the draining pod was tried");
+    assert_eq!(stack.pod("a").served(), 0);
+    assert_eq!(stack.pod("b").served(), 40);
+    assert!(
+        stack
+            .mulligan
+            .metric("mulligan_answers_total{answer=\"retry\"}")
+            .await
+            > 0.0
+    );
+}
+
+/// The route's own retry policy (a 503 retried, previous_hosts: what Envoy
+/// Gateway's BackendTrafficPolicy emits) over a pod that runs a POST and
+/// answers 503, and a pod that is gone: each POST runs exactly once. Without
+/// the gate, the connection failure's retry would carry it back to the pod
+/// that already ran it.
+#[tokio::test]
+async fn the_routes_own_retries_never_run_a_post_twice() {
+    let pods = vec![
+        Pod::start("a", PodState::Failing).await,
+        Pod::start("b", PodState::Gone).await,
+    ];
+    let rig = Rig::start(pods, |v| {
+        let policy = &mut route(v)["route"]["retry_policy"];
+        let on = policy["retry_on"].as_str().expect("retry_on").to_string();
+        policy["retry_on"] = Value::from(format!("{on},retriable-status-codes"));
+        policy["retriable_status_codes"] = yaml("[503]");
+    })
+    .await;
+    for i in 0..10 {
+        let id = format!("post-{i}");
+        let r = send(
+            rig.front,
+            Method::POST,
+            "/echo",
+            &[("x-harness-id", id.as_str())],
+            payload(100),
+        )
+        .await;
+        assert_eq!(r.status, 503);
+    }
+    let ran = rig.pods[0].executions();
+    assert_eq!(ran.len(), 10, "every POST reached the failing pod: {ran:?}");
+    assert!(ran.values().all(|n| *n == 1), "a POST ran twice: {ran:?}");
+    assert!(
+        rig.answers("stopped").await > 0.0,
+        "the gate stopped a retry"
+    );
+}
+
+/// Nothing can serve: the only pod is gone. Held GETs and POSTs wait, and
+/// arrive whole once it starts.
+#[tokio::test]
+async fn held_requests_arrive_whole_once_a_pod_starts() {
+    let stack = Stack::decide(&[("a", PodState::Gone)], &[], &[]).await;
+    let body = payload(30_000);
+    let front = stack.front;
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let (method, path, b) = if i % 2 == 0 {
+                (Method::GET, "/", Vec::new())
+            } else {
+                (Method::POST, "/echo", body)
+            };
+            send(front, method, path, &[], b).await
+        }));
+    }
+    stack
+        .mulligan
+        .wait_metric(
+            "mulligan_rescue_held",
+            4.0,
+            Duration::from_secs(5),
+            "four requests held",
+        )
+        .await;
+    stack.pod("a").set_state(PodState::Ready).await;
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.expect("request");
+        assert_eq!(r.status, 200, "{i}: {:?}", r.body);
+        if i % 2 == 1 {
+            assert_eq!(r.body, body, "the held POST's body arrived whole");
+        }
+    }
+    let seen = stack.pod("a").seen();
+    assert_eq!(seen.len(), 4);
+    for s in seen.iter().filter(|s| s.method == "POST") {
+        assert_eq!(s.body.as_ref(), body.as_slice());
+        assert_eq!(s.header("content-length"), Some("30000"));
+    }
+}
+
+/// A route with a prefix rewrite, a header it overwrites, and TLS to the
+/// pods: a request Envoy retried reaches the pod byte for byte as a first
+/// attempt does.
+#[tokio::test]
+async fn a_retried_request_reaches_the_pod_as_a_first_attempt() {
+    let certs = support::tls::Certs::new();
+    let pods = vec![
+        Pod::start_tls("a", PodState::Draining, certs.acceptor()).await,
+        Pod::start_tls("b", PodState::Ready, certs.acceptor()).await,
+    ];
+    let ca = certs.ca_pem.clone();
+    let rig = Rig::start(pods, |v| {
+        let r = route(v);
+        r["match"] = yaml("{prefix: /api/}");
+        r["route"]["prefix_rewrite"] = Value::from("/v2/");
+        r["request_headers_to_add"] = yaml(
+            "[{header: {key: x-user, value: gateway}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}]",
+        );
+        let mut tls = yaml(
+            "{name: envoy.transport_sockets.tls, typed_config: {'@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, sni: localhost, common_tls_context: {validation_context: {trusted_ca: {inline_string: ''}}}}}",
+        );
+        tls["typed_config"]["common_tls_context"]["validation_context"]["trusted_ca"]
+            ["inline_string"] = Value::from(ca);
+        cluster(v, "app")["transport_socket"] = tls;
+    })
+    .await;
+    let body = payload(2048);
+    for i in 0..12 {
+        let id = format!("fidelity-{i}");
+        let r = send(
+            rig.front,
+            Method::POST,
+            "/api/echo?x=1",
+            &[("x-user", "client"), ("x-harness-id", id.as_str())],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}\n{}", r.body, rig.envoy.log());
+        assert_eq!(r.body, body);
+    }
+    assert!(rig.pods[0].rejected() > 0, "some requests were retried");
+    assert!(rig.answers("retry").await > 0.0);
+    let seen = rig.pods[1].seen();
+    assert_eq!(seen.len(), 12);
+    // Per-request values aside, every request the pod saw is the same.
+    // (Envoy sets x-envoy-expected-rq-timeout-ms on each attempt to the time
+    // the route has left, with or without mulligan.)
+    let strip = |s: &support::pods::Seen| {
+        let mut s = s.clone();
+        s.headers.retain(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "x-request-id" | "x-harness-id" | "x-envoy-expected-rq-timeout-ms"
+            )
+        });
+        s
+    };
+    let first = strip(&seen[0]);
+    assert_eq!(first.uri, "/v2/echo?x=1");
+    assert_eq!(first.header("x-user"), Some("gateway"));
+    assert_eq!(first.body.as_ref(), body.as_slice());
+    for s in &seen[1..] {
+        assert_eq!(strip(s), first);
+    }
+}
+
+/// Under Envoy Gateway's buffer limit, POSTs of 33-63 KiB with a
+/// content-length get exactly what they get without mulligan.
+#[tokio::test]
+async fn bodies_over_the_buffer_limit_behave_as_without_mulligan() {
+    let pods = vec![
+        Pod::start("a", PodState::Ready).await,
+        Pod::start("b", PodState::Ready).await,
+    ];
+    let rig = Rig::start(pods, |v| {
+        for l in v["static_resources"]["listeners"]
+            .as_sequence_mut()
+            .expect("listeners")
+        {
+            if l.get("address").is_some() {
+                l["per_connection_buffer_limit_bytes"] = Value::from(32768);
+            }
+        }
+    })
+    .await;
+    for kib in 33..64 {
+        let body = payload(kib * 1024);
+        let with = send(rig.front, Method::POST, "/echo", &[], body.clone()).await;
+        let without = send(rig.baseline, Method::POST, "/echo", &[], body.clone()).await;
+        assert_eq!(with.status, without.status, "{kib} KiB");
+        assert_eq!(with.status, 200, "{kib} KiB");
+        assert_eq!(with.body, without.body, "{kib} KiB");
+    }
+    assert_eq!(
+        rig.mulligan.metric("mulligan_ext_proc_streams_total").await,
+        0.0
+    );
+}
+
+/// No per-try timeout: a 7 s request is served, not cut and retried.
+#[tokio::test]
+async fn a_slow_request_is_not_cut() {
+    let stack = Stack::decide(&[("a", PodState::Ready), ("b", PodState::Ready)], &[], &[]).await;
+    let r = client::get(stack.front, "/delay/7000")
+        .await
+        .expect("slow GET");
+    assert_eq!(r.status, 200);
+    assert!(r.body.starts_with(b"hello from "));
+    assert_eq!(stack.served(), 1, "served once, never retried");
+}
