@@ -1,9 +1,11 @@
 //! Healthy-traffic overhead: the same requests to the same three pods,
-//! through Envoy alone, Envoy + mulligan rescue (`envoy.yaml`: request and
-//! response headers go to mulligan) and Envoy + mulligan steer (`steer.yaml`:
-//! request headers only, the response phase skipped for most requests),
-//! interleaved so all three see the same machine noise. Prints figures;
-//! asserts nothing about speed.
+//! through Envoy alone (the reference bootstrap's baseline listener), Envoy
+//! + mulligan on the reference bootstrap (`envoy.yaml`, the decide wiring:
+//! mulligan is asked only about failed attempts) and Envoy + mulligan on the
+//! legacy rescue bootstrap (`legacy-rescue.yaml`: a stream per request), all
+//! interleaved so they see the same machine noise. Prints figures, and the
+//! ext_proc streams opened per 1,000 healthy requests; asserts nothing about
+//! speed.
 //!
 //! `cargo bench --bench passthrough [-- --requests N --concurrency C --seconds S --rounds R]`
 #[path = "../tests/support/mod.rs"]
@@ -19,7 +21,7 @@ use support::{
     bench::{arg, cpu_seconds, header, histogram, row},
     client::{HttpClient, Proto},
     pods::PodState,
-    render, Stack,
+    Stack,
 };
 
 /// Open loop: `rate` requests per second for `seconds`, latency measured
@@ -82,22 +84,14 @@ async fn main() {
         ("b", PodState::Ready),
         ("c", PodState::Ready),
     ];
-    let rescue = Stack::start(&pods, &[], &[]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("steer.toml");
-    std::fs::write(&cfg, "[steer]\nenabled = true\n").expect("config");
-    let steer = Stack::start_with(
-        render::steer,
-        &pods,
-        &["--config", cfg.to_str().expect("path")],
-        &[],
-    )
-    .await;
+    let decide = Stack::decide(&pods, &[], &[]).await;
+    let legacy = Stack::start(&pods, &[], &[]).await;
     let targets = [
-        ("Envoy alone", rescue.baseline),
-        ("Envoy + mulligan rescue", rescue.front),
-        ("Envoy + mulligan steer", steer.front),
+        ("Envoy alone", decide.baseline),
+        ("Envoy + mulligan (envoy.yaml)", decide.front),
+        ("Envoy + mulligan (legacy rescue)", legacy.front),
     ];
+    let mut sent = [0u64; 3];
     let http = HttpClient::new(Proto::Http1);
     for (_, addr) in targets {
         for _ in 0..300 {
@@ -112,6 +106,7 @@ async fn main() {
         let t = Instant::now();
         let r = http.get(targets[k].1, "/").await.expect("request");
         assert_eq!(r.status, 200);
+        sent[k] += 1;
         seq[k]
             .record(t.elapsed().as_micros() as u64)
             .expect("record");
@@ -119,9 +114,9 @@ async fn main() {
 
     // The Envoy (and mulligan) serving each target, for CPU per request.
     let procs = [
-        (rescue.envoy.pid(), None),
-        (rescue.envoy.pid(), Some(rescue.mulligan.pid())),
-        (steer.envoy.pid(), Some(steer.mulligan.pid())),
+        (decide.envoy.pid(), None),
+        (decide.envoy.pid(), Some(decide.mulligan.pid())),
+        (legacy.envoy.pid(), Some(legacy.mulligan.pid())),
     ];
     let cpu = |k: usize| {
         let (envoy, mulligan) = procs[k];
@@ -137,6 +132,7 @@ async fn main() {
             fixed[k]
                 .add(open_loop(*addr, rate, seconds).await)
                 .expect("merge");
+            sent[k] += rate * seconds;
             let after = cpu(k);
             let n = (rate * seconds * rounds) as f64;
             cpu_us[k].0 += (after.0 - before.0) * 1e6 / n;
@@ -151,6 +147,7 @@ async fn main() {
     for _ in 0..rounds {
         for (k, (_, addr)) in targets.iter().enumerate() {
             let (h, r) = closed_loop(*addr, concurrency, seconds).await;
+            sent[k] += h.len();
             conc[k].add(h).expect("merge");
             rps[k] += r / rounds as f64;
         }
@@ -170,33 +167,38 @@ async fn main() {
             Some(rps[k]),
         );
     }
-    println!("\nCPU per request at {rate}/s (µs): Envoy alone {:.0}; with rescue: Envoy {:.0} + mulligan {:.0}; with steer: Envoy {:.0} + mulligan {:.0}",
-        cpu_us[0].0, cpu_us[1].0, cpu_us[1].1, cpu_us[2].0, cpu_us[2].1);
+    println!(
+        "\nCPU per request at {rate}/s (µs): Envoy alone {:.0}; envoy.yaml: Envoy {:.0} + mulligan {:.0}; legacy rescue: Envoy {:.0} + mulligan {:.0}",
+        cpu_us[0].0, cpu_us[1].0, cpu_us[1].1, cpu_us[2].0, cpu_us[2].1
+    );
     let p = |h: &Histogram<u64>, q| h.value_at_quantile(q) as i64;
     println!(
-        "\nthroughput vs Envoy alone: rescue {:.2}, steer {:.2}",
+        "throughput vs Envoy alone at saturation: envoy.yaml {:.2}, legacy rescue {:.2}",
         rps[1] / rps[0],
         rps[2] / rps[0]
     );
     println!(
-        "added latency, sequential p50/p99: rescue +{}/+{} µs, steer +{}/+{} µs",
+        "added latency, sequential p50/p99: envoy.yaml {:+}/{:+} µs, legacy rescue {:+}/{:+} µs",
         p(&seq[1], 0.5) - p(&seq[0], 0.5),
         p(&seq[1], 0.99) - p(&seq[0], 0.99),
         p(&seq[2], 0.5) - p(&seq[0], 0.5),
         p(&seq[2], 0.99) - p(&seq[0], 0.99),
     );
-    let observed = steer
-        .mulligan
-        .metric(r#"mulligan_steered_total{endpoints="listed",response_phase="observed"}"#)
-        .await;
-    let skipped = steer
-        .mulligan
-        .metric(r#"mulligan_steered_total{endpoints="listed",response_phase="skipped"}"#)
-        .await;
+    let streams = |m: f64, n: u64| 1000.0 * m / n.max(1) as f64;
+    let (d, l) = (
+        decide
+            .mulligan
+            .metric("mulligan_ext_proc_streams_total")
+            .await,
+        legacy
+            .mulligan
+            .metric("mulligan_ext_proc_streams_total")
+            .await,
+    );
     println!(
-        "steer kept the response phase for {:.1}% of requests; Envoy ext_proc fallbacks (must be 0): rescue {}, steer {}",
-        100.0 * observed / (observed + skipped).max(1.0),
-        rescue.ext_proc_stat("failure_mode_allowed").await,
-        steer.ext_proc_stat("failure_mode_allowed").await,
+        "ext_proc streams per 1,000 healthy requests: envoy.yaml {:.1} ({d} in {}), legacy rescue {:.1}",
+        streams(d, sent[1]),
+        sent[1],
+        streams(l, sent[2]),
     );
 }

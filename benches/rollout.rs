@@ -5,7 +5,7 @@
 //!
 //! `cargo bench --bench rollout -- [SCENARIO|all|list] [--duration S]
 //!  [--rate R] [--post F] [--fresh] [--eds-lag MS] [--replicas N]
-//!  [--roll-every S] [--sample-every S] [--variants ABCD] [--out DIR]`
+//!  [--roll-every S] [--sample-every S] [--variants ABCDE] [--out DIR]`
 //!
 //! Prints a Markdown table per scenario; writes `SCENARIO.json`,
 //! `SCENARIO.svg` (errors per second over the run) and
@@ -74,7 +74,7 @@ async fn main() {
         None => Variant::available(),
     };
     if variants.is_empty() {
-        eprintln!("--variants takes letters from ABCD");
+        eprintln!("--variants takes letters from ABCDE");
         std::process::exit(2);
     }
     let opts = Options {

@@ -117,9 +117,11 @@ impl Cluster {
             .iter()
             .map(|m| (m.pod.addr, "HEALTHY"))
             .collect();
+        let name = &cluster.spec.cluster_name;
+        write_atomic(&cluster.eds.envoy_path, &eds_json(name, "0", &eps, false));
         write_atomic(
-            &cluster.eds.envoy_path,
-            &eds_json(&cluster.spec.cluster_name, "0", &eps),
+            &super::proxies::hold_eds(&cluster.eds.envoy_path),
+            &eds_json(name, "0", &eps, true),
         );
         cluster
     }
@@ -194,8 +196,11 @@ impl Cluster {
                 (m.pod.addr, health)
             })
             .collect();
-        self.eds
-            .publish(&eds_json(&self.spec.cluster_name, &eds_version(), &eps));
+        let (name, version) = (&self.spec.cluster_name, eds_version());
+        self.eds.publish(
+            eds_json(name, &version, &eps, false),
+            eds_json(name, &version, &eps, true),
+        );
     }
 
     /// Creates one pod of the current generation and runs its boot.
@@ -404,8 +409,9 @@ fn eds_version() -> String {
     (V.fetch_add(1, Ordering::Relaxed) + 1).to_string()
 }
 
-/// A `DiscoveryResponse` with one `ClusterLoadAssignment` for `cluster`.
-pub fn eds_json(cluster: &str, version: &str, eps: &[(SocketAddr, &str)]) -> String {
+/// A `DiscoveryResponse` with one `ClusterLoadAssignment` for `cluster`;
+/// with `hold`, plus the reference bootstrap's priority-1 hold endpoint.
+pub fn eds_json(cluster: &str, version: &str, eps: &[(SocketAddr, &str)], hold: bool) -> String {
     let lb: Vec<serde_json::Value> = eps
         .iter()
         .map(|(a, health)| {
@@ -415,15 +421,19 @@ pub fn eds_json(cluster: &str, version: &str, eps: &[(SocketAddr, &str)]) -> Str
             })
         })
         .collect();
-    serde_json::json!({
-        "version_info": version,
-        "resources": [{
-            "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
-            "cluster_name": cluster,
-            "endpoints": [{"lb_endpoints": lb}],
-        }],
-    })
-    .to_string()
+    let mut cla = serde_json::json!({
+        "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+        "cluster_name": cluster,
+        "endpoints": [{"lb_endpoints": lb}],
+    });
+    if hold {
+        cla["endpoints"].as_array_mut().expect("localities").push(serde_json::json!({
+            "priority": 1,
+            "lb_endpoints": [{"endpoint": {"address": {"envoy_internal_address": {"server_listener_name": "mulligan_hold"}}}}],
+        }));
+        cla["policy"] = serde_json::json!({"overprovisioning_factor": 100000});
+    }
+    serde_json::json!({"version_info": version, "resources": [cla]}).to_string()
 }
 
 /// Writes EDS files atomically: mulligan's at once, Envoy's after the lag
@@ -431,7 +441,8 @@ pub fn eds_json(cluster: &str, version: &str, eps: &[(SocketAddr, &str)]) -> Str
 struct Eds {
     envoy_path: PathBuf,
     mulligan_path: PathBuf,
-    lagged: mpsc::UnboundedSender<(Instant, String)>,
+    /// Envoy's files (without and with the hold endpoint), each due after the lag.
+    lagged: mpsc::UnboundedSender<(Instant, [String; 2])>,
     lag: Duration,
     publishing: Mutex<()>,
 }
@@ -443,12 +454,15 @@ impl Eds {
         std::fs::create_dir_all(&envoy_dir).expect("eds dir");
         std::fs::create_dir_all(&mulligan_dir).expect("eds dir");
         let envoy_path = envoy_dir.join("eds.json");
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, String)>();
+        let hold_path = super::proxies::hold_eds(&envoy_path);
+        std::fs::create_dir_all(hold_path.parent().expect("eds dir")).expect("eds dir");
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, [String; 2])>();
         let path = envoy_path.clone();
         tokio::spawn(async move {
-            while let Some((due, text)) = rx.recv().await {
+            while let Some((due, [plain, with_hold])) = rx.recv().await {
                 tokio::time::sleep_until(due).await;
-                write_atomic(&path, &text);
+                write_atomic(&path, &plain);
+                write_atomic(&hold_path, &with_hold);
             }
         });
         Eds {
@@ -460,11 +474,11 @@ impl Eds {
         }
     }
 
-    fn publish(&self, text: &str) {
-        write_atomic(&self.mulligan_path, text);
+    fn publish(&self, plain: String, with_hold: String) {
+        write_atomic(&self.mulligan_path, &plain);
         let _ = self
             .lagged
-            .send((Instant::now() + self.lag, text.to_string()));
+            .send((Instant::now() + self.lag, [plain, with_hold]));
     }
 }
 

@@ -147,12 +147,14 @@ pub async fn run(
             } else {
                 (Method::GET, format!("/?ms={ms}"), client::empty())
             };
+            // A unique id per request: the pods count how often each ran.
+            let id = format!("{letter}-{i}");
             let r = http
                 .send(
                     method,
                     target,
                     &path,
-                    &[("x-harness-variant", letter)],
+                    &[("x-harness-variant", letter), ("x-harness-id", &id)],
                     req_body,
                 )
                 .await;

@@ -24,6 +24,9 @@ pub enum Variant {
     C,
     /// Steer + rescue.
     D,
+    /// The decide wiring (`envoy.yaml`): Envoy makes every attempt, mulligan
+    /// judges the failed ones and holds when nothing can serve.
+    E,
 }
 
 impl Variant {
@@ -32,7 +35,7 @@ impl Variant {
     }
 
     pub fn letter(self) -> &'static str {
-        ["A", "B", "C", "D"][self.index()]
+        ["A", "B", "C", "D", "E"][self.index()]
     }
 
     pub fn label(self) -> &'static str {
@@ -41,12 +44,13 @@ impl Variant {
             Variant::B => "B: Envoy + Envoy Gateway retries",
             Variant::C => "C: B + mulligan rescue",
             Variant::D => "D: steer + rescue",
+            Variant::E => "E: mulligan decide (envoy.yaml)",
         }
     }
 
     /// Every variant.
     pub fn available() -> Vec<Variant> {
-        vec![Variant::A, Variant::B, Variant::C, Variant::D]
+        vec![Variant::A, Variant::B, Variant::C, Variant::D, Variant::E]
     }
 }
 
@@ -110,10 +114,42 @@ fn eds_config(eds: &Path) -> Value {
     })
 }
 
+/// E's bootstrap: the reference file as shipped, its app cluster on EDS
+/// (`eds` holds the hold endpoint at priority 1, as the static file does)
+/// with Envoy Gateway's load balancing and buffer limit; its own retry
+/// policy, not Envoy Gateway's.
+fn decide_bootstrap(eds: &Path, mulligan_grpc_port: u16) -> String {
+    let yaml = render::standalone(&[], mulligan_grpc_port, &[]);
+    let mut v: Value = serde_yaml_ng::from_str(&yaml).expect("reference bootstrap is YAML");
+    v["node"] = json!({"id": "rollout-E", "cluster": "rollout"});
+    let listeners = v["static_resources"]["listeners"]
+        .as_array_mut()
+        .expect("listeners");
+    listeners.retain(|l| l["name"] != "baseline");
+    let clusters = v["static_resources"]["clusters"]
+        .as_array_mut()
+        .expect("clusters");
+    clusters.retain(|c| c["name"] != "app_baseline");
+    let app = clusters
+        .iter_mut()
+        .find(|c| c["name"] == "app")
+        .and_then(|c| c.as_object_mut())
+        .expect("envoy.yaml has the app cluster");
+    app.remove("load_assignment");
+    app.insert("type".into(), json!("EDS"));
+    app.insert("eds_cluster_config".into(), eds_config(eds));
+    app.insert("lb_policy".into(), json!("LEAST_REQUEST"));
+    app.insert("per_connection_buffer_limit_bytes".into(), json!(32768));
+    v.to_string()
+}
+
 /// The bootstrap for `variant`: the reference file (`steer.yaml` for D) with
 /// the listener the variant needs, Envoy Gateway's retries (B, C, D) and
 /// cluster (A, B, C; D keeps steer's `override_host` cluster), all on EDS.
 pub fn bootstrap(variant: Variant, eds: &Path, mulligan_grpc_port: u16) -> String {
+    if variant == Variant::E {
+        return decide_bootstrap(&hold_eds(eds), mulligan_grpc_port);
+    }
     let yaml = if variant == Variant::D {
         render::steer(&[], mulligan_grpc_port, &[])
     } else {
@@ -167,6 +203,15 @@ pub fn bootstrap(variant: Variant, eds: &Path, mulligan_grpc_port: u16) -> Strin
     v.to_string()
 }
 
+/// Where the cluster writes Envoy's EDS with the hold endpoint added.
+pub fn hold_eds(eds: &Path) -> std::path::PathBuf {
+    eds.parent()
+        .and_then(Path::parent)
+        .expect("eds dir")
+        .join("envoy-eds-hold")
+        .join("eds.json")
+}
+
 impl Proxy {
     /// Starts the proxy for `variant`; mulligan (C, D) follows `mulligan_eds`.
     pub async fn start(
@@ -175,7 +220,7 @@ impl Proxy {
         mulligan_eds: &Path,
         mulligan_toml: &str,
     ) -> Proxy {
-        let mulligan = if variant == Variant::C || variant == Variant::D {
+        let mulligan = if matches!(variant, Variant::C | Variant::D | Variant::E) {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("mulligan.toml");
             let steer = if variant == Variant::D {

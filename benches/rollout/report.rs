@@ -50,6 +50,8 @@ pub struct VariantResult {
     pub errors_by_cause: BTreeMap<&'static str, u64>,
     /// Requests that reached a pod (rejected ones included) per client request.
     pub amplification: f64,
+    /// Requests an app ran more than once (the pods count each request id).
+    pub ran_twice: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
@@ -98,6 +100,7 @@ impl VariantResult {
             rollout_errors,
             errors_by_cause: by_cause,
             amplification: arrivals as f64 / requests.max(1) as f64,
+            ran_twice: 0,
             p50_ms: ms(h.value_at_quantile(0.5)),
             p99_ms: ms(h.value_at_quantile(0.99)),
             p999_ms: ms(h.value_at_quantile(0.999)),
@@ -139,9 +142,9 @@ impl ScenarioResult {
         let causes: Vec<&str> = ErrorCause::ALL.iter().map(|c| c.as_str()).collect();
         out.push_str("| variant | requests | 5xx | ");
         out.push_str(&causes.join(" | "));
-        out.push_str(" | amplification | p50 ms | p99 ms | p99.9 ms | max ms | mulligan CPU s | mulligan peak RSS MiB |\n|---|---:|---:|");
+        out.push_str(" | amplification | ran twice | p50 ms | p99 ms | p99.9 ms | max ms | mulligan CPU s | mulligan peak RSS MiB |\n|---|---:|---:|");
         out.push_str(&"---:|".repeat(causes.len()));
-        out.push_str("---:|---:|---:|---:|---:|---:|---:|\n");
+        out.push_str("---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for v in &self.variants {
             out.push_str(&format!("| {} | {} | {} | ", v.label, v.requests, v.errors));
             for c in &causes {
@@ -157,14 +160,19 @@ impl ScenarioResult {
                 )
             });
             out.push_str(&format!(
-                "{:.3} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} |\n",
-                v.amplification, v.p50_ms, v.p99_ms, v.p999_ms, v.max_ms, cpu, rss
+                "{:.3} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} |\n",
+                v.amplification, v.ran_twice, v.p50_ms, v.p99_ms, v.p999_ms, v.max_ms, cpu, rss
             ));
         }
         for v in &self.variants {
             if let (Some(r), Some(b)) = (v.rescued, v.budget_exhausted) {
+                let what = if v.variant == "E" {
+                    "failed attempts retried (by Envoy, at mulligan's word)"
+                } else {
+                    "responses rescued"
+                };
                 out.push_str(&format!(
-                    "\n{}: {r:.0} responses rescued, {b:.0} left alone because the retry budget was spent.",
+                    "\n{}: {r:.0} {what}, {b:.0} left alone because the retry budget was spent.",
                     v.variant
                 ));
             }

@@ -7,6 +7,8 @@ use std::{
 
 use tokio::time::Instant;
 
+use crate::support::mulligan::parse_metric;
+
 use super::{
     cluster::{Cluster, DrainMode, Spec as ClusterSpec},
     load::{self, Spec as LoadSpec},
@@ -16,7 +18,7 @@ use super::{
 };
 
 /// Scenarios: (name, what it shows).
-pub const SCENARIOS: [(&str, &str); 8] = [
+pub const SCENARIOS: [(&str, &str); 9] = [
     (
         "rolling",
         "rolling updates, maxSurge 25%, maxUnavailable 0, pods reject while draining",
@@ -32,6 +34,10 @@ pub const SCENARIOS: [(&str, &str); 8] = [
     (
         "eds-lag",
         "rolling updates with a 2 s EDS propagation lag (a slow control plane)",
+    ),
+    (
+        "mass-drain",
+        "8 replicas, 6 drained at once while Envoy still lists them (EDS lag 1.5 s), then replaced",
     ),
     (
         "outage",
@@ -127,6 +133,10 @@ pub fn spec(name: &str) -> Option<(ClusterSpec, LoadSpec)> {
             c.warmup_ms = 1300;
         }
         "eds-lag" => c.eds_lag_ms = 2000,
+        "mass-drain" => {
+            c.replicas = 8;
+            c.eds_lag_ms = 1500;
+        }
         "outage" => l.duration_s = 25.0,
         "soak" => l.duration_s = 1800.0,
         "serving-drain" => c.drain = DrainMode::KeepServing,
@@ -162,6 +172,14 @@ pub async fn script(name: &str, cluster: Arc<Cluster>, until: Instant, roll_ever
         "outage" => {
             cluster.outage(Duration::from_secs(10)).await;
         }
+        "mass-drain" => {
+            // Six of eight drain at once (maxUnavailable 75%, no surge),
+            // while Envoy's endpoint list still shows them for the lag.
+            while Instant::now() + Duration::from_secs(6) < until {
+                cluster.rolling_update(0, n * 3 / 4).await;
+                tokio::time::sleep(settle).await;
+            }
+        }
         _ => {
             let (surge, unavailable) = if name == "aggressive" {
                 (0, n / 2)
@@ -174,6 +192,28 @@ pub async fn script(name: &str, cluster: Arc<Cluster>, until: Instant, roll_ever
             }
         }
     }
+}
+
+/// Requests of variant `letter` that some app ran more than once.
+fn ran_twice(cluster: &Cluster, letter: &str) -> u64 {
+    let prefix = format!("{letter}-");
+    let mut runs: std::collections::HashMap<String, u32> = Default::default();
+    for pod in cluster.all_pods() {
+        for (id, n) in pod.executions() {
+            if id.starts_with(&prefix) {
+                *runs.entry(id).or_default() += n;
+            }
+        }
+    }
+    runs.values().filter(|n| **n > 1).count() as u64
+}
+
+/// The sum of every sample in `text` whose labels contain `labels`.
+fn sum_matching(text: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.contains(labels))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 /// Runs scenario `name` against every variant in `opts`.
@@ -228,7 +268,7 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let arrivals_before: Vec<u64> = (0..4)
+    let arrivals_before: Vec<u64> = (0..5)
         .map(|i| cluster.all_pods().iter().map(|p| p.arrivals(i)).sum())
         .collect();
 
@@ -336,16 +376,27 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
             arrivals,
             lspec.duration_s,
         );
+        v.ran_twice = ran_twice(&cluster, p.variant.letter());
         if let Some(m) = &p.mulligan {
             v.mulligan = Some(ProcStats::of(m.pid()));
-            v.rescued = Some(
-                m.metric(r#"mulligan_rescues_total{outcome="rescued"}"#)
-                    .await,
-            );
-            v.budget_exhausted = Some(
-                m.metric(r#"mulligan_rescues_total{outcome="budget_exhausted"}"#)
-                    .await,
-            );
+            let (rescued, budget) = if p.variant == Variant::E {
+                let text = m.metrics().await;
+                let retried = parse_metric(&text, r#"mulligan_answers_total{answer="retry"}"#)
+                    + parse_metric(
+                        &text,
+                        r#"mulligan_answers_total{answer="retry_after_hold"}"#,
+                    );
+                (retried, sum_matching(&text, r#"decision="budget_spent""#))
+            } else {
+                (
+                    m.metric(r#"mulligan_rescues_total{outcome="rescued"}"#)
+                        .await,
+                    m.metric(r#"mulligan_rescues_total{outcome="budget_exhausted"}"#)
+                        .await,
+                )
+            };
+            v.rescued = Some(rescued);
+            v.budget_exhausted = Some(budget);
         }
         variants.push(v);
     }

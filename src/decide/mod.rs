@@ -258,7 +258,8 @@ impl Decider {
 
     /// Whether a retry of request `id` may leave for a pod: not when an
     /// earlier attempt may have run it and it is not safe to run twice,
-    /// whoever asked for the retry.
+    /// whoever asked for the retry (mulligan, a connection failure, or a
+    /// retry policy of the route's own).
     pub fn may_retry(&self, id: Option<&str>) -> bool {
         let ok = !self.memory.get(id).tainted;
         self.metrics

@@ -113,7 +113,9 @@ pub fn on_response_headers(
 }
 
 /// A retry about to leave for a pod: stopped here when an earlier attempt
-/// may have run a request that is not safe to run twice.
+/// may have run a request that is not safe to run twice. (A reply from an
+/// upstream filter goes straight to the client, Envoy retries it no more:
+/// the client gets this 503.)
 pub fn on_retry(decider: &Decider, attrs: Attributes<'_>) -> ProcessingResponse {
     let id = attrs.str("request.id").filter(|id| !id.is_empty());
     if decider.may_retry(id) {

@@ -167,8 +167,8 @@ pub fn immediate(r: Replayed) -> Option<ProcessingResponse> {
     })))
 }
 
-/// A local 503 instead of sending the request on (the gate stopping a retry
-/// that could run a request twice).
+/// A local 503 instead of sending the request on (the gate stopping a
+/// retry that could run a request twice).
 pub fn refuse(body: &str, details: &str) -> ProcessingResponse {
     wrap(Response::ImmediateResponse(ImmediateResponse {
         status: Some(HttpStatus {
