@@ -33,7 +33,7 @@ async fn main() {
         "\nmulligan sandbox is up: Envoy + mulligan + pods {} ({}) and {} ({})\n\n  \
          curl http://{front}/                      # through Envoy with mulligan\n  \
          curl http://{}/                      # the same route without mulligan\n  \
-         curl http://{}/metrics | grep mulligan_   # streams counted\n  \
+         curl http://{}/metrics | grep mulligan_answers   # failed attempts judged (healthy ones never reach mulligan)\n  \
          curl http://{}/v1/endpoints               # the endpoint registry\n  \
          curl -X POST http://{}/v1/endpoints/{}/drain   # preStop for pod-b\n  \
          Envoy admin: http://{}/\n\nCtrl-C stops everything.",

@@ -342,4 +342,3 @@ async fn a_slow_request_is_not_cut() {
     assert!(r.body.starts_with(b"hello from "));
     assert_eq!(stack.served(), 1, "served once, never retried");
 }
-

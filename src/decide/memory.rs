@@ -23,6 +23,8 @@ pub struct Note {
     /// Times a hold released this request; a request that comes back to the
     /// hold waits longer before the next release.
     pub releases: u8,
+    /// Failed attempts mulligan has judged.
+    pub failures: u8,
 }
 
 /// Shards keep failures on different requests off each other's lock.
@@ -77,9 +79,14 @@ impl Memory {
             .unwrap_or_default()
     }
 
-    /// Changes the note on `id` (nothing to remember without an id).
-    pub fn update(&self, id: Option<&str>, change: impl FnOnce(&mut Note)) {
-        let Some(id) = id else { return };
+    /// Changes the note on `id` and returns it (nothing is remembered
+    /// without an id: the change applies to a fresh note).
+    pub fn update(&self, id: Option<&str>, change: impl FnOnce(&mut Note)) -> Note {
+        let Some(id) = id else {
+            let mut note = Note::default();
+            change(&mut note);
+            return note;
+        };
         let mut shard = self.shard(id);
         let mut note = shard
             .current
@@ -92,6 +99,7 @@ impl Memory {
             shard.rotate();
         }
         shard.current.insert(id.into(), note);
+        note
     }
 
     fn shard(&self, id: &str) -> std::sync::MutexGuard<'_, Shard> {

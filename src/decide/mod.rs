@@ -118,6 +118,10 @@ pub enum Verdict {
     Stand(Decision),
 }
 
+/// From this many failed attempts of one request on, each retry waits in
+/// the hold first (with a settle time that doubles per release).
+const REPEATED_FAILURES: u8 = 3;
+
 /// Shared by every stream.
 #[derive(Debug)]
 pub struct Decider {
@@ -185,7 +189,10 @@ impl Decider {
         }
         self.budget.deposit();
         let reached = cause.reached_app();
-        if self.memory.get(f.request_id).tainted {
+        let note = self
+            .memory
+            .update(f.request_id, |n| n.failures = n.failures.saturating_add(1));
+        if note.tainted {
             return Verdict::Stand(Decision::Unsafe);
         }
         if !policy::safety::is_safe(reached, f.facts) {
@@ -205,7 +212,12 @@ impl Decider {
         let others = cluster
             .as_deref()
             .is_some_and(|c| self.holds.has_other(c, f.upstream.endpoint()));
-        if f.upstream == Upstream::Hold || (cluster.is_some() && !others) {
+        // Two failures in a row while mulligan knows an endpoint that can
+        // serve: Envoy's view lags (its endpoint list still shows pods that
+        // are leaving). Holding gives it time to catch up before the next
+        // attempt, instead of spending every retry on the same leavers.
+        let lagging = note.failures >= REPEATED_FAILURES;
+        if f.upstream == Upstream::Hold || (cluster.is_some() && (!others || lagging)) {
             Verdict::Hold
         } else {
             Verdict::Retry
