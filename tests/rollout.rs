@@ -1,7 +1,7 @@
 //! A short run of the rollout harness (`benches/rollout`): the correctness
 //! claims behind the benchmark figures, asserted. The harness must see the
-//! 503s a rollout leaks through Envoy alone (A), and mulligan (C) must leave
-//! none of them.
+//! 503s a rollout leaks through Envoy alone (A), and mulligan (C, D and the
+//! default decide wiring E) must leave none of them, and run no request twice.
 mod support;
 
 #[path = "../benches/rollout/mod.rs"]
@@ -27,7 +27,7 @@ async fn a_rolling_update_with_eds_lag_leaks_nothing_through_mulligan() {
             .find(|v| v.variant == letter)
             .unwrap_or_else(|| panic!("variant {letter} ran"))
     };
-    let (a, c, d) = (by("A"), by("C"), by("D"));
+    let (a, c, d, e) = (by("A"), by("C"), by("D"), by("E"));
     assert!(
         a.requests >= 790 && c.requests >= 790,
         "the load ran: {a:?}"
@@ -55,6 +55,11 @@ async fn a_rolling_update_with_eds_lag_leaks_nothing_through_mulligan() {
         d.amplification,
         c.amplification
     );
+    // The decide wiring (the default): nothing leaks, nothing runs twice.
+    assert_eq!(e.errors, 0, "decide: {:?}", e.errors_by_cause);
+    for v in [c, d, e] {
+        assert_eq!(v.ran_twice, 0, "{} ran a request twice", v.variant);
+    }
     // The rollout really happened while the load ran.
     assert!(result
         .events
