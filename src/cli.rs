@@ -37,10 +37,13 @@ struct ServeArgs {
     /// Admin HTTP address [default: 127.0.0.1:9902].
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
-    /// Static upstream endpoints, HOST:PORT comma-separated, for every cluster
-    /// without a list of its own.
+    /// Static upstream endpoints, HOST:PORT comma-separated, of the cluster
+    /// named by --static-cluster.
     #[arg(long, value_delimiter = ',')]
     endpoints: Vec<SocketAddr>,
+    /// The Envoy cluster the static endpoints belong to [default: app].
+    #[arg(long)]
+    static_cluster: Option<String>,
     /// Log format [default: text]; the level comes from RUST_LOG.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -81,6 +84,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if !args.endpoints.is_empty() {
         cfg.endpoints.default = args.endpoints;
+    }
+    if let Some(name) = args.static_cluster {
+        cfg.endpoints.static_cluster = name;
     }
     if let Some(format) = args.log_format {
         cfg.log.format = format;

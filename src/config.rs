@@ -374,6 +374,7 @@ impl Default for Endpoints {
     fn default() -> Self {
         Self {
             default: Vec::new(),
+            static_cluster: "app".into(),
             clusters: BTreeMap::new(),
             eds_file: String::new(),
             eds_file_poll: Duration::from_millis(100),
@@ -385,9 +386,14 @@ impl Default for Endpoints {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Endpoints {
-    /// Endpoints of every cluster that has no list of its own in `clusters`.
+    /// Endpoints of the cluster named `static_cluster` (the `--endpoints`
+    /// flag). They serve that cluster only: an unknown cluster is never
+    /// served by another cluster's endpoints.
     #[serde(rename = "static")]
     pub default: Vec<SocketAddr>,
+    /// The Envoy cluster `static` belongs to; the reference standalone
+    /// configs name their app cluster `app`.
+    pub static_cluster: String,
     /// Endpoints per Envoy cluster name (`xds.cluster_name`).
     pub clusters: BTreeMap<String, Vec<SocketAddr>>,
     /// An Envoy EDS file (JSON `DiscoveryResponse`) to follow; empty: none.

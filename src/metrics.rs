@@ -118,10 +118,14 @@ pub enum Outcome {
     Unreplayable,
     /// The deadline had passed before the rescue could start.
     NoTimeLeft,
+    /// mulligan knows no endpoints for the request's Envoy cluster: nothing
+    /// to replay to (another cluster's endpoints never serve it), so the
+    /// original response passed through.
+    UnknownCluster,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Rescued,
         Outcome::BudgetExhausted,
         Outcome::HeldTooLong,
@@ -131,6 +135,7 @@ impl Outcome {
         Outcome::StoppedUnsafe,
         Outcome::Unreplayable,
         Outcome::NoTimeLeft,
+        Outcome::UnknownCluster,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -144,6 +149,7 @@ impl Outcome {
             Outcome::StoppedUnsafe => "stopped_unsafe",
             Outcome::Unreplayable => "unreplayable",
             Outcome::NoTimeLeft => "no_time_left",
+            Outcome::UnknownCluster => "unknown_cluster",
         }
     }
 }
@@ -189,7 +195,7 @@ pub struct Metrics {
     errors: [Counter; 5],
     /// Indexed by [`Cause`], then [`Decision`].
     decisions: Vec<[Counter; 5]>,
-    outcomes: [Counter; 9],
+    outcomes: [Counter; 10],
     attempts: [Counter; 4],
     held: Gauge,
     rescue_seconds: Histogram,
@@ -287,6 +293,10 @@ impl Default for Metrics {
 }
 
 fn describe() {
+    describe_counter!(
+        crate::endpoints::registry::UNKNOWN_CLUSTER_METRIC,
+        "Lookups of an Envoy cluster mulligan knows no endpoints for: no target, the request passes through"
+    );
     describe_counter!(
         "mulligan_ext_proc_streams_total",
         "ext_proc streams opened by Envoy (one per HTTP request)"

@@ -132,8 +132,9 @@ impl Rescuer {
 
     async fn attempts(&self, job: &Job<'_>) -> Result<Replayed, Outcome> {
         let Some(cluster) = self.registry.cluster(job.cluster) else {
-            // No endpoint is known for this cluster: wait for none.
-            return Err(Outcome::AttemptsExhausted);
+            // No endpoint is known for this cluster: no target, and never
+            // another cluster's endpoints.
+            return Err(Outcome::UnknownCluster);
         };
         let mut tried: Vec<SocketAddr> = job.failed.to_vec();
         for replay in 1..=self.cfg.max_attempts {

@@ -172,9 +172,8 @@ pub struct Cluster {
     pub endpoints: Vec<Arc<Endpoint>>,
 }
 
-/// The name under which `endpoints.static` is kept: it serves every cluster
-/// that has no list of its own.
-pub const DEFAULT_CLUSTER: &str = "*";
+/// Counts lookups of a cluster the registry does not know (Prometheus).
+pub const UNKNOWN_CLUSTER_METRIC: &str = "mulligan_unknown_cluster_total";
 
 #[derive(Debug, Default)]
 struct Snapshot {
@@ -248,7 +247,7 @@ impl Registry {
             clusters.insert(name, Arc::new(Cluster { endpoints }));
         };
         if !cfg.default.is_empty() {
-            add(DEFAULT_CLUSTER, &cfg.default);
+            add(&cfg.static_cluster, &cfg.default);
         }
         for (name, addrs) in &cfg.clusters {
             add(name, addrs);
@@ -272,13 +271,23 @@ impl Registry {
         self.start.elapsed().as_millis() as u64
     }
 
-    /// The endpoints for an Envoy cluster: its own list, else the static
-    /// default list.
+    /// The endpoints of an Envoy cluster, and only its own: an unknown
+    /// cluster gets none (counted in [`UNKNOWN_CLUSTER_METRIC`]), never
+    /// another cluster's, so a new route's requests cannot be sent to a
+    /// different service. `None` (Envoy did not name the cluster) finds the
+    /// only cluster when there is exactly one, since then no other service
+    /// can be meant; otherwise none.
     pub fn cluster(&self, name: Option<&str>) -> Option<Arc<Cluster>> {
         let snap = self.snapshot.load();
-        name.and_then(|n| snap.clusters.get(n))
-            .or_else(|| snap.clusters.get(DEFAULT_CLUSTER))
-            .cloned()
+        let found = match name {
+            Some(n) => snap.clusters.get(n),
+            None if snap.clusters.len() == 1 => snap.clusters.values().next(),
+            None => None,
+        };
+        if found.is_none() {
+            metrics::counter!(UNKNOWN_CLUSTER_METRIC).increment(1);
+        }
+        found.cloned()
     }
 
     /// Every distinct endpoint address (for probing).
@@ -629,6 +638,7 @@ mod tests {
                 "127.0.0.1:1".parse().unwrap(),
                 "127.0.0.1:2".parse().unwrap(),
             ],
+            static_cluster: "static".into(),
             clusters: [("app".to_string(), vec!["127.0.0.1:2".parse().unwrap()])].into(),
             ..Default::default()
         };
@@ -641,12 +651,22 @@ mod tests {
         assert_eq!(r.list(None).len(), 3);
         assert_eq!(r.list(Some("app")).len(), 1);
         assert!(r.list(Some("other")).is_empty());
-        // Unknown clusters fall back to the static default list.
         assert_eq!(
-            r.cluster(Some("other")).expect("default").endpoints.len(),
+            r.cluster(Some("static")).expect("static").endpoints.len(),
             2
         );
         assert_eq!(r.cluster(Some("app")).expect("app").endpoints.len(), 1);
+    }
+
+    #[test]
+    fn an_unknown_cluster_is_never_served_by_another_clusters_endpoints() {
+        let r = registry();
+        assert!(r.cluster(Some("httproute/default/new/rule/0")).is_none());
+        // Envoy named no cluster and two are known: no guess either.
+        assert!(r.cluster(None).is_none());
+        let one = loopback(2);
+        assert!(one.cluster(Some("other")).is_none());
+        assert_eq!(one.cluster(None).expect("the only one").endpoints.len(), 2);
     }
 
     #[test]
@@ -689,7 +709,7 @@ mod tests {
     fn passive_penalty_grows_and_success_clears_it() {
         let r = registry();
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let c = r.cluster(None).expect("default");
+        let c = r.cluster(Some("static")).expect("static");
         let e = &c.endpoints[0];
         assert!(e.usable(r.now_ms()));
         r.observe_failure(a);
@@ -733,7 +753,7 @@ mod tests {
         assert_eq!(r.list(Some("app")).len(), 1);
         assert_eq!(r.state_of(b), Some(State::Ready));
         // The default cluster was untouched.
-        assert_eq!(r.list(Some("*")).len(), 2);
+        assert_eq!(r.list(Some("static")).len(), 2);
     }
 
     #[test]
@@ -798,7 +818,7 @@ mod tests {
         // b leaves "app" but is still in the default cluster, penalised.
         r.replace_cluster("app", &[], "file");
         assert_eq!(r.penalized.load(Ordering::Acquire), 1);
-        r.replace_cluster("*", &[], "file");
+        r.replace_cluster("static", &[], "file");
         assert_eq!(r.penalized.load(Ordering::Acquire), 0, "left with b");
         assert!(!r.has_penalties());
     }
