@@ -91,12 +91,28 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Some(format) = args.log_format {
         cfg.log.format = format;
     }
+    // The flags may have broken a rule the file kept: the same checks as
+    // check-config, located in the file when the key is there.
+    let file = args
+        .config
+        .as_ref()
+        .map_or_else(|| "(command line)".to_string(), |p| p.display().to_string());
+    let text = args
+        .config
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    if let Err(e) = cfg.validate(&file, text.as_deref()) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
     crate::telemetry::init(cfg.log.format);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // 0 leaves tokio's default: one per core, or TOKIO_WORKER_THREADS.
+    if cfg.runtime.worker_threads > 0 {
+        builder.worker_threads(cfg.runtime.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

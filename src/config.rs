@@ -9,6 +9,9 @@ use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, time::Duratio
 
 use serde::Deserialize;
 
+mod validate;
+pub use validate::Problem;
+
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -246,8 +249,10 @@ pub struct Limits {
     /// Envoy); past this a new stream is refused (`RESOURCE_EXHAUSTED`) and
     /// Envoy's `failure_mode_allow` passes that request through untouched.
     pub max_streams: usize,
-    /// Request body bytes held for replay across all requests at once; past
-    /// it a body is not captured (that request is not replayed).
+    /// Body bytes held across all requests at once: request bodies captured
+    /// for replay (past it a body is not captured and that request is not
+    /// replayed) and replayed response bodies (past it the replayed response
+    /// is not used and the original passes through).
     pub max_buffered_bytes: usize,
     /// A stream on which no message arrives for this long is ended with
     /// `DEADLINE_EXCEEDED` and everything it holds is freed, so a peer that
@@ -437,8 +442,15 @@ impl Config {
         Self::parse(&file, &text)
     }
 
-    /// Parses TOML text; `file` only names the source in errors.
+    /// Parses TOML text and checks it (see `validate`); `file` only names
+    /// the source in errors.
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let cfg = Self::parse_only(file, text)?;
+        cfg.validate(file, Some(text))?;
+        Ok(cfg)
+    }
+
+    fn parse_only(file: &str, text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| {
             let (line, column) = e
                 .span()

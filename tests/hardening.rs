@@ -79,3 +79,142 @@ async fn an_unknown_cluster_is_not_served_by_another_clusters_endpoints() {
         1.0
     );
 }
+
+/// Item 11: configs that would panic, fail later or silently do nothing are
+/// refused by `check-config` with FILE:LINE:COL, and `serve` refuses them
+/// the same way instead of starting.
+#[test]
+fn check_config_and_serve_refuse_what_would_fail_at_run_time() {
+    let cases: &[(&str, &str)] = &[
+        // tokio's interval panics on a zero period.
+        (
+            "[probe]\npath = \"/ready\"\ninterval = \"0s\"\n",
+            ":3:12: probe.interval",
+        ),
+        ("[probe]\npath = \"ready\"\n", ":2:8: probe.path"),
+        (
+            "[rescue]\ndrain_header = \"connection\"\n",
+            ":2:16: rescue.drain_header",
+        ),
+        (
+            "[rescue]\nper_try_timeout = \"0s\"\n",
+            ":2:19: rescue.per_try_timeout",
+        ),
+        (
+            "[rescue]\nmax_response_body_bytes = 70000000\n",
+            ":2:27: rescue.max_response_body_bytes",
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&file, text).expect("write");
+        let check = std::process::Command::new(env!("CARGO_BIN_EXE_mulligan"))
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .expect("check-config");
+        let err = String::from_utf8_lossy(&check.stderr);
+        assert!(!check.status.success(), "{text:?} accepted");
+        let at = format!("{}{want}", file.display());
+        assert!(err.starts_with(&at), "{text:?}: want {at:?}, got {err:?}");
+        let serve = std::process::Command::new(env!("CARGO_BIN_EXE_mulligan"))
+            .args([
+                "serve",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--config")
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .output()
+            .expect("serve");
+        assert_eq!(
+            serve.status.code(),
+            Some(2),
+            "{text:?}: serve must refuse it"
+        );
+        assert!(String::from_utf8_lossy(&serve.stderr).starts_with(&at));
+    }
+}
+
+/// tokio's worker threads of a process (`tokio-rt-worker`; older tokio
+/// named them `tokio-runtime-worker`, which the kernel cuts to 15 bytes).
+fn tokio_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/PID/task")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| matches!(comm.trim_end(), "tokio-rt-worker" | "tokio-runtime-w"))
+        .count()
+}
+
+/// Item 12: `runtime.worker_threads` sizes the runtime. The machine has
+/// fewer cores than 5 and more than 1, so neither count is tokio's default.
+#[tokio::test]
+async fn runtime_worker_threads_is_applied() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for threads in [1usize, 5] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("m.toml");
+        std::fs::write(&cfg, format!("[runtime]\nworker_threads = {threads}\n")).expect("write");
+        let m = Mulligan::start(&["--config", cfg.to_str().expect("path")]).await;
+        assert_eq!(
+            tokio_workers(m.pid()),
+            threads,
+            "worker_threads = {threads} on {cores} cores"
+        );
+    }
+}
+
+/// Item 13: a replayed response body is held in memory too, so it counts
+/// toward `limits.max_buffered_bytes`: one that does not fit is not used,
+/// and the original response passes through.
+#[tokio::test]
+async fn replayed_response_bodies_count_toward_the_buffer_limit() {
+    let pod = Pod::start("a", PodState::Ready).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[limits]\nmax_buffered_bytes = 1000\n[endpoints]\nstatic = [\"{}\"]\n",
+            pod.addr
+        ),
+    )
+    .expect("write");
+    let m = Mulligan::start(&["--config", cfg.to_str().expect("path")]).await;
+    let mut c = open(m.grpc).await;
+    c.send(request_headers(
+        &[(":method", "GET"), (":path", "/bytes/5000")],
+        true,
+    ))
+    .await;
+    c.reply().await;
+    c.send(with_attributes(
+        msg(Request::ResponseHeaders(HttpHeaders::default())),
+        &[
+            ("response.code", Kind::NumberValue(503.0)),
+            ("response.flags", Kind::NumberValue(32.0)),
+        ],
+    ))
+    .await;
+    let mut reply = c.reply().await;
+    while reply.response.is_none() && reply.override_message_timeout.is_some() {
+        reply = c.reply().await;
+    }
+    assert_eq!(pod.served(), 1, "the replay reached the pod");
+    assert!(
+        matches!(reply.response, Some(Response::ResponseHeaders(_))),
+        "a 5000-byte body was held past a 1000-byte limit: {:?}",
+        reply
+            .response
+            .map(|r| format!("{r:?}").chars().take(200).collect::<String>())
+    );
+    assert_eq!(
+        m.metric(r#"mulligan_rescues_total{outcome="response_too_large"}"#)
+            .await,
+        1.0
+    );
+}
