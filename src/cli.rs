@@ -31,9 +31,12 @@ struct ServeArgs {
     /// TOML config file (every key optional; see docs/config.md).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// gRPC address for ext_proc, health and the control API [default: 127.0.0.1:50051].
+    /// gRPC address for ext_proc and health [default: 127.0.0.1:50051].
     #[arg(long)]
     grpc_listen: Option<SocketAddr>,
+    /// gRPC address for the mulligan.v1.Lifecycle API [default: not served].
+    #[arg(long)]
+    control_listen: Option<SocketAddr>,
     /// Admin HTTP address [default: 127.0.0.1:9902].
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
@@ -81,6 +84,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if let Some(addr) = args.admin_listen {
         cfg.listen.admin = addr;
+    }
+    if let Some(addr) = args.control_listen {
+        cfg.listen.control = Some(addr);
     }
     if !args.endpoints.is_empty() {
         cfg.endpoints.default = args.endpoints;

@@ -325,10 +325,14 @@ impl Default for Admin {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listen {
-    /// ext_proc, gRPC health and the `mulligan.v1` control API (HTTP/2).
+    /// ext_proc and gRPC health (HTTP/2): the port Envoy reaches.
     pub grpc: SocketAddr,
     /// Health, readiness, metrics and the lifecycle API (HTTP/1.1).
     pub admin: SocketAddr,
+    /// The `mulligan.v1.Lifecycle` gRPC API, on a port of its own so that
+    /// reaching ext_proc never lets a peer change endpoint states; unset:
+    /// not served (the admin port has the same lifecycle API over HTTP).
+    pub control: Option<SocketAddr>,
 }
 
 impl Default for Listen {
@@ -336,6 +340,7 @@ impl Default for Listen {
         Self {
             grpc: SocketAddr::from(([127, 0, 0, 1], 50051)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9902)),
+            control: None,
         }
     }
 }

@@ -218,3 +218,43 @@ async fn replayed_response_bodies_count_toward_the_buffer_limit() {
         1.0
     );
 }
+
+/// Item 1: the `mulligan.v1.Lifecycle` API is not on the ext_proc port
+/// (which Envoy, and so anything that can pass for Envoy, reaches): it has
+/// its own listener, and only when configured.
+#[tokio::test]
+async fn the_lifecycle_api_is_not_served_on_the_ext_proc_port() {
+    use mulligan::proto::{lifecycle_client::LifecycleClient, EndpointRef};
+    let m = Mulligan::start(&[
+        "--endpoints",
+        "127.0.0.1:7001",
+        "--control-listen",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let drain = || EndpointRef {
+        address: "127.0.0.1:7001".into(),
+        cluster: String::new(),
+    };
+    let connect = |addr: std::net::SocketAddr| async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        LifecycleClient::new(channel)
+    };
+    let refused = connect(m.grpc)
+        .await
+        .mark_draining(drain())
+        .await
+        .expect_err("lifecycle on the ext_proc port");
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused}");
+    let control = m.control.expect("control port announced");
+    assert_ne!(control, m.grpc);
+    connect(control)
+        .await
+        .mark_draining(drain())
+        .await
+        .expect("lifecycle on the control port (loopback is trusted)");
+}

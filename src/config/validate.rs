@@ -189,8 +189,17 @@ impl Config {
     }
 
     fn check_wiring(&self, p: &mut Problems) {
-        if self.listen.grpc == self.listen.admin && self.listen.grpc.port() != 0 {
+        let l = &self.listen;
+        if l.grpc == l.admin && l.grpc.port() != 0 {
             p.add("listen.admin", "is the same address as listen.grpc");
+        }
+        if let Some(c) = l.control.filter(|c| c.port() != 0) {
+            if c == l.grpc || c == l.admin {
+                p.add(
+                    "listen.control",
+                    "must be an address of its own, not listen.grpc's or listen.admin's",
+                );
+            }
         }
         let e = &self.endpoints;
         if !e.default.is_empty() {
