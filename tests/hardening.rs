@@ -258,3 +258,77 @@ async fn the_lifecycle_api_is_not_served_on_the_ext_proc_port() {
         .await
         .expect("lifecycle on the control port (loopback is trusted)");
 }
+
+/// Item 1: the shipped NetworkPolicy (listed in the kustomization) admits
+/// only Envoy Gateway's proxy pods to ext_proc, and only the admin port to
+/// the application's namespace (the lifecycle hooks). It is read as the
+/// Kubernetes API type, so a misspelt field fails here, not at apply time.
+#[test]
+fn the_network_policy_admits_only_envoy_gateway_to_ext_proc() {
+    use k8s_openapi::{
+        api::{apps::v1::Deployment, networking::v1::NetworkPolicy},
+        apimachinery::pkg::util::intstr::IntOrString,
+    };
+    let dir = support::repo_root().join("envoy-config/gateway/kubernetes");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect(f);
+    let kz: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read("kustomization.yaml")).unwrap();
+    assert!(
+        kz["resources"]
+            .as_sequence()
+            .expect("resources")
+            .iter()
+            .any(|r| r.as_str() == Some("networkpolicy.yaml")),
+        "the kustomization must apply networkpolicy.yaml"
+    );
+    let np: NetworkPolicy =
+        serde_yaml_ng::from_str(&read("networkpolicy.yaml")).expect("a NetworkPolicy");
+    let deploy: Deployment = serde_yaml_ng::from_str(&read("deployment.yaml")).expect("Deployment");
+    let spec = np.spec.expect("spec");
+    // It selects mulligan's pods.
+    let pod_labels = deploy
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.labels)
+        .expect("pod labels");
+    let selector = spec.pod_selector.clone().and_then(|s| s.match_labels);
+    for (k, v) in selector.expect("matchLabels") {
+        assert_eq!(pod_labels.get(&k), Some(&v), "podSelector {k}");
+    }
+    assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+    let rules = spec.ingress.expect("ingress rules");
+    let port = |name: &str| IntOrString::String(name.to_string());
+    for rule in &rules {
+        let ports: Vec<_> = rule
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.port.clone().expect("port"))
+            .collect();
+        assert!(!ports.is_empty(), "a rule without ports opens every port");
+        let peers = rule
+            .from
+            .as_ref()
+            .expect("a rule without peers admits anyone");
+        if ports.contains(&port("grpc")) {
+            assert_eq!(ports, vec![port("grpc")], "ext_proc shares no rule");
+            for peer in peers {
+                let ns = peer.namespace_selector.as_ref().expect("namespace");
+                let pods = peer.pod_selector.as_ref().expect("proxy pods only");
+                let ns = ns.match_labels.as_ref().expect("labels");
+                assert_eq!(ns["kubernetes.io/metadata.name"], "envoy-gateway-system");
+                let pods = pods.match_labels.as_ref().expect("labels");
+                assert_eq!(pods["app.kubernetes.io/component"], "proxy");
+                assert_eq!(pods["app.kubernetes.io/managed-by"], "envoy-gateway");
+                assert!(peer.ip_block.is_none());
+            }
+        } else {
+            assert_eq!(ports, vec![port("admin")], "only admin besides ext_proc");
+            assert!(peers.iter().all(|p| p.ip_block.is_none()));
+        }
+    }
+    assert!(rules.iter().any(|r| r
+        .ports
+        .iter()
+        .flatten()
+        .any(|p| p.port == Some(port("grpc")))));
+}
