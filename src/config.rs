@@ -29,6 +29,29 @@ pub struct Config {
     pub probe: Probe,
     pub steer: Steer,
     pub kubernetes: Kubernetes,
+    pub grpc_tls: GrpcTls,
+}
+
+/// Mutual TLS on the ext_proc port: mulligan presents `cert_file` and
+/// accepts only clients (Envoy) whose certificate `client_ca_file` signed,
+/// so reaching the port is not enough to pass for Envoy. All three set, or
+/// none (plaintext h2c).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcTls {
+    /// PEM certificate chain mulligan presents.
+    pub cert_file: String,
+    /// PEM private key of `cert_file`.
+    pub key_file: String,
+    /// PEM CA certificate(s) a client certificate must chain to; a client
+    /// without one is refused.
+    pub client_ca_file: String,
+}
+
+impl GrpcTls {
+    pub fn enabled(&self) -> bool {
+        !(self.cert_file.is_empty() && self.key_file.is_empty() && self.client_ca_file.is_empty())
+    }
 }
 
 /// Kubernetes discovery: EndpointSlices (and Pods) of chosen Services.

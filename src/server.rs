@@ -84,7 +84,7 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
     // Small gRPC frames both ways on every request: Nagle would hold them.
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let keepalive = |d: std::time::Duration| (!d.is_zero()).then_some(d);
-    let grpc = tonic::transport::Server::builder()
+    let grpc = tls(tonic::transport::Server::builder(), &cfg.grpc_tls)?
         .http2_keepalive_interval(keepalive(cfg.limits.keepalive_interval))
         .http2_keepalive_timeout(keepalive(cfg.limits.keepalive_timeout))
         .add_service(health_service)
@@ -162,6 +162,32 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
         let _ = c.task.await;
     }
     Ok(())
+}
+
+/// With `[grpc_tls]`: TLS on the ext_proc port, client certificate required.
+fn tls(
+    builder: tonic::transport::Server,
+    cfg: &crate::config::GrpcTls,
+) -> anyhow::Result<tonic::transport::Server> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    if !cfg.enabled() {
+        return Ok(builder);
+    }
+    let read = |key: &str, path: &str| {
+        std::fs::read(path).with_context(|| format!("grpc_tls.{key} {path}"))
+    };
+    let identity = Identity::from_pem(
+        read("cert_file", &cfg.cert_file)?,
+        read("key_file", &cfg.key_file)?,
+    );
+    let ca = Certificate::from_pem(read("client_ca_file", &cfg.client_ca_file)?);
+    let tls = ServerTlsConfig::new()
+        .identity(identity)
+        .client_ca_root(ca)
+        .client_auth_optional(false);
+    builder
+        .tls_config(tls)
+        .context("grpc_tls: certificate, key or client CA")
 }
 
 /// The `mulligan.v1.Lifecycle` server on its own port.

@@ -332,3 +332,198 @@ fn the_network_policy_admits_only_envoy_gateway_to_ext_proc() {
         .flatten()
         .any(|p| p.port == Some(port("grpc")))));
 }
+
+/// A test PKI made on the spot: a CA, mulligan's server certificate
+/// (`mulligan.test`, 127.0.0.1) and Envoy's client certificate, as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write =
+            |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).expect(name);
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "mulligan test CA");
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("CA");
+        write("ca.pem", ca.pem());
+        let leaf = |sans: Vec<String>, usage: ExtendedKeyUsagePurpose, name: &str| {
+            let key = KeyPair::generate().expect("key");
+            let mut p = CertificateParams::new(sans).expect("params");
+            p.extended_key_usages = vec![usage];
+            p.distinguished_name.push(DnType::CommonName, name);
+            let cert = p.signed_by(&key, &ca).expect("sign");
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        };
+        leaf(
+            vec!["mulligan.test".into(), "127.0.0.1".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            "mulligan",
+        );
+        leaf(
+            vec!["envoy.test".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            "envoy",
+        );
+        // A client certificate from a CA mulligan does not trust.
+        let rogue = rcgen::generate_simple_self_signed(vec!["rogue.test".into()]).expect("rogue");
+        write("rogue.pem", rogue.cert.pem());
+        write("rogue.key", rogue.signing_key.serialize_pem());
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// mulligan's `[grpc_tls]`.
+    fn mulligan_toml(&self) -> String {
+        format!(
+            "[grpc_tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n[budget]\nratio = 1.0\n",
+            self.path("mulligan.pem"),
+            self.path("mulligan.key"),
+            self.path("ca.pem")
+        )
+    }
+}
+
+/// The reference bootstrap with the `mulligan` cluster speaking TLS: Envoy
+/// presents its client certificate and checks mulligan's against the CA.
+fn bootstrap_with_tls(pki: &Pki, app: &[std::net::SocketAddr], grpc_port: u16) -> String {
+    let yaml = support::render::standalone(app, grpc_port, &[]);
+    let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).expect("bootstrap");
+    let tls: serde_yaml_ng::Value = serde_yaml_ng::from_str(&format!(
+        r#"
+name: envoy.transport_sockets.tls
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+  sni: mulligan.test
+  common_tls_context:
+    alpn_protocols: ["h2"]
+    tls_certificates:
+    - certificate_chain: {{ filename: "{}" }}
+      private_key: {{ filename: "{}" }}
+    validation_context:
+      trusted_ca: {{ filename: "{}" }}
+      match_typed_subject_alt_names:
+      - san_type: DNS
+        matcher: {{ exact: mulligan.test }}
+"#,
+        pki.path("envoy.pem"),
+        pki.path("envoy.key"),
+        pki.path("ca.pem")
+    ))
+    .expect("tls yaml");
+    let clusters = doc["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .expect("clusters");
+    let mulligan = clusters
+        .iter_mut()
+        .find(|c| c["name"].as_str() == Some("mulligan"))
+        .expect("mulligan cluster");
+    mulligan["transport_socket"] = tls;
+    serde_yaml_ng::to_string(&doc).expect("yaml")
+}
+
+/// Item 1: with `[grpc_tls]`, real Envoy reaches mulligan over mutual TLS
+/// and rescues work through it; a client without a certificate, or with
+/// one the CA did not sign, or in plaintext, gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_reaches_mulligan_over_mutual_tls_and_others_are_refused() {
+    use support::{client, envoy::Envoy};
+    let pki = Pki::new();
+    let ready = Pod::start("ready", PodState::Ready).await;
+    let draining = Pod::start("draining", PodState::Draining).await;
+    let pods = [ready.addr, draining.addr];
+    let cfg = pki.dir.path().join("m.toml");
+    std::fs::write(&cfg, pki.mulligan_toml()).expect("write");
+    let list = format!("{},{}", ready.addr, draining.addr);
+    let m = Mulligan::start(&[
+        "--config",
+        cfg.to_str().expect("path"),
+        "--endpoints",
+        &list,
+    ])
+    .await;
+    let envoy = Envoy::start(&bootstrap_with_tls(&pki, &pods, m.grpc.port())).await;
+    let front = envoy.listener("mulligan").await;
+
+    for _ in 0..10 {
+        let r = client::get(front, "/").await.expect("request");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, "hello from ready\n");
+    }
+    assert_eq!(draining.served(), 0);
+    assert!(envoy.stat("cluster.mulligan.ssl.handshake").await >= 1);
+    assert_eq!(
+        envoy
+            .stat("http.mulligan.ext_proc.failure_mode_allowed")
+            .await,
+        0
+    );
+    assert!(m.metric("mulligan_ext_proc_streams_total").await >= 10.0);
+    assert!(
+        m.metric(r#"mulligan_rescues_total{outcome="rescued"}"#)
+            .await
+            >= 1.0,
+        "a request the draining pod refused was rescued over TLS"
+    );
+
+    // Anyone else: a TLS client without a certificate, one with a
+    // certificate from another CA, and plaintext h2c.
+    let health = |tls: Option<tonic::transport::ClientTlsConfig>| {
+        let addr = m.grpc;
+        async move {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let mut ep = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
+                .expect("endpoint")
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .timeout(std::time::Duration::from_secs(5));
+            if let Some(tls) = tls {
+                ep = ep.tls_config(tls).expect("tls config");
+            }
+            let channel = ep.connect().await.map_err(|e| e.to_string())?;
+            tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    let ca = tonic::transport::Certificate::from_pem(std::fs::read(pki.path("ca.pem")).unwrap());
+    let base = || {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(ca.clone())
+            .domain_name("mulligan.test")
+    };
+    let identity = |name: &str| {
+        tonic::transport::Identity::from_pem(
+            std::fs::read(pki.path(&format!("{name}.pem"))).unwrap(),
+            std::fs::read(pki.path(&format!("{name}.key"))).unwrap(),
+        )
+    };
+    // The same client with Envoy's certificate gets through: the refusals
+    // below are about the certificate, not the test client.
+    health(Some(base().identity(identity("envoy"))))
+        .await
+        .expect("a client with a certificate the CA signed");
+    for (what, tls) in [
+        ("no client certificate", Some(base())),
+        (
+            "a certificate from another CA",
+            Some(base().identity(identity("rogue"))),
+        ),
+        ("plaintext", None),
+    ] {
+        let r = health(tls).await;
+        assert!(r.is_err(), "{what}: mulligan answered");
+    }
+}

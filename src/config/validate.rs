@@ -218,6 +218,21 @@ impl Config {
                 );
             }
         }
+        let t = &self.grpc_tls;
+        if t.enabled() {
+            for (key, file) in [
+                ("grpc_tls.cert_file", &t.cert_file),
+                ("grpc_tls.key_file", &t.key_file),
+                ("grpc_tls.client_ca_file", &t.client_ca_file),
+            ] {
+                if file.is_empty() {
+                    p.add(
+                        key,
+                        "must be set: mTLS needs a certificate, its key and the client CA",
+                    );
+                }
+            }
+        }
         let k = &self.kubernetes;
         if k.enabled && k.services.is_empty() {
             p.add(
@@ -323,6 +338,7 @@ mod tests {
             ("[listen]\ngrpc = \"127.0.0.1:7\"\nadmin = \"127.0.0.1:7\"\n", (3, 9), "listen.admin"),
             ("[kubernetes]\nenabled = true\n", (1, 1), "kubernetes.services"),
             ("[[kubernetes.services]]\nname = \"\"\n", (2, 8), "kubernetes.services.0.name"),
+            ("[grpc_tls]\ncert_file = \"c.pem\"\n", (1, 1), "grpc_tls.key_file"),
             (
                 "[endpoints]\nstatic = [\"127.0.0.1:1\"]\n[endpoints.clusters]\napp = [\"127.0.0.1:2\"]\n",
                 (2, 10),
