@@ -104,6 +104,12 @@ fn check_config_and_serve_refuse_what_would_fail_at_run_time() {
             "[rescue]\nmax_response_body_bytes = 70000000\n",
             ":2:27: rescue.max_response_body_bytes",
         ),
+        // In milliseconds it does not fit the registry's u64 clock: the
+        // first failure would get a truncated, meaningless penalty.
+        (
+            "[health]\npenalty_base = \"500000000000years\"\n",
+            ":2:16: health.penalty_base",
+        ),
     ];
     let dir = tempfile::tempdir().expect("tempdir");
     for (i, (text, want)) in cases.iter().enumerate() {

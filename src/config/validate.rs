@@ -61,6 +61,7 @@ impl Config {
     pub fn problems(&self) -> Vec<Problem> {
         let mut p = Problems::default();
         self.check_durations(&mut p);
+        self.check_ceilings(&mut p);
         self.check_headers(&mut p);
         self.check_sizes(&mut p);
         self.check_wiring(&mut p);
@@ -128,6 +129,24 @@ impl Config {
         ] {
             if n == 0 {
                 p.add(key, "must be at least 1");
+            }
+        }
+    }
+
+    /// Durations that are added to an instant or turned into milliseconds
+    /// inside mulligan or hyper: past a day they mean nothing sensible, and
+    /// far past it they overflow (a penalty of 500 billion years does not
+    /// fit the registry's u64 millisecond clock).
+    fn check_ceilings(&self, p: &mut Problems) {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        for (key, d) in [
+            ("health.penalty_base", self.health.penalty_base),
+            ("health.penalty_max", self.health.penalty_max),
+            ("limits.keepalive_interval", self.limits.keepalive_interval),
+            ("limits.keepalive_timeout", self.limits.keepalive_timeout),
+        ] {
+            if d > DAY {
+                p.add(key, "must be at most 1 day");
             }
         }
     }
@@ -339,6 +358,7 @@ mod tests {
             ("[kubernetes]\nenabled = true\n", (1, 1), "kubernetes.services"),
             ("[[kubernetes.services]]\nname = \"\"\n", (2, 8), "kubernetes.services.0.name"),
             ("[grpc_tls]\ncert_file = \"c.pem\"\n", (1, 1), "grpc_tls.key_file"),
+            ("[health]\npenalty_base = \"500000000000years\"\n", (2, 16), "health.penalty_base"),
             (
                 "[endpoints]\nstatic = [\"127.0.0.1:1\"]\n[endpoints.clusters]\napp = [\"127.0.0.1:2\"]\n",
                 (2, 10),
