@@ -4,7 +4,7 @@
 //! token; reads are open unless configured otherwise. Health endpoints are
 //! always open: the kubelet probes them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::config;
 
@@ -49,7 +49,7 @@ impl Access {
 
     /// May this caller change endpoint states?
     pub fn may_write(&self, caller: Caller<'_>) -> bool {
-        (self.trust_loopback && caller.peer.is_some_and(|p| p.ip().is_loopback()))
+        (self.trust_loopback && caller.peer.is_some_and(|p| is_loopback(p.ip())))
             || self.token_matches(caller.authorization)
     }
 
@@ -67,6 +67,12 @@ impl Access {
         };
         constant_time_eq(given, token.as_bytes())
     }
+}
+
+/// Loopback, including an IPv4 loopback address seen through a dual-stack
+/// socket as `::ffff:127.x.y.z` (std's `is_loopback` says no to those).
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 /// Compares without stopping at the first difference, so the time taken
@@ -112,5 +118,15 @@ mod tests {
         assert!(strict.may_read(caller("127.0.0.1:5", Some("Bearer s3cret"))));
         // No token configured: nothing remote may write.
         assert!(!access(None, true, true).may_write(caller("10.0.0.9:5", Some("Bearer "))));
+    }
+
+    #[test]
+    fn ipv4_mapped_loopback_is_loopback() {
+        let a = access(None, true, true);
+        // A dual-stack listener ([::]:PORT) reports IPv4 peers this way.
+        assert!(a.may_write(caller("[::ffff:127.0.0.1]:5", None)));
+        assert!(a.may_write(caller("[::ffff:127.9.8.7]:5", None)));
+        assert!(!a.may_write(caller("[::ffff:10.0.0.9]:5", None)));
+        assert!(!access(None, false, true).may_write(caller("[::ffff:127.0.0.1]:5", None)));
     }
 }

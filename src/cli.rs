@@ -31,16 +31,22 @@ struct ServeArgs {
     /// TOML config file (every key optional; see docs/config.md).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// gRPC address for ext_proc, health and the control API [default: 127.0.0.1:50051].
+    /// gRPC address for ext_proc and health [default: 127.0.0.1:50051].
     #[arg(long)]
     grpc_listen: Option<SocketAddr>,
+    /// gRPC address for the mulligan.v1.Lifecycle API [default: not served].
+    #[arg(long)]
+    control_listen: Option<SocketAddr>,
     /// Admin HTTP address [default: 127.0.0.1:9902].
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
-    /// Static upstream endpoints, HOST:PORT comma-separated, for every cluster
-    /// without a list of its own.
+    /// Static upstream endpoints, HOST:PORT comma-separated, of the cluster
+    /// named by --static-cluster.
     #[arg(long, value_delimiter = ',')]
     endpoints: Vec<SocketAddr>,
+    /// The Envoy cluster the static endpoints belong to [default: app].
+    #[arg(long)]
+    static_cluster: Option<String>,
     /// Log format [default: text]; the level comes from RUST_LOG.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -79,18 +85,40 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Some(addr) = args.admin_listen {
         cfg.listen.admin = addr;
     }
+    if let Some(addr) = args.control_listen {
+        cfg.listen.control = Some(addr);
+    }
     if !args.endpoints.is_empty() {
         cfg.endpoints.default = args.endpoints;
+    }
+    if let Some(name) = args.static_cluster {
+        cfg.endpoints.static_cluster = name;
     }
     if let Some(format) = args.log_format {
         cfg.log.format = format;
     }
+    // The flags may have broken a rule the file kept: the same checks as
+    // check-config, located in the file when the key is there.
+    let file = args
+        .config
+        .as_ref()
+        .map_or_else(|| "(command line)".to_string(), |p| p.display().to_string());
+    let text = args
+        .config
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    if let Err(e) = cfg.validate(&file, text.as_deref()) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
     crate::telemetry::init(cfg.log.format);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // 0 leaves tokio's default: one per core, or TOKIO_WORKER_THREADS.
+    if cfg.runtime.worker_threads > 0 {
+        builder.worker_threads(cfg.runtime.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

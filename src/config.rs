@@ -9,6 +9,9 @@ use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, time::Duratio
 
 use serde::Deserialize;
 
+mod validate;
+pub use validate::Problem;
+
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -27,6 +30,29 @@ pub struct Config {
     pub probe: Probe,
     pub steer: Steer,
     pub kubernetes: Kubernetes,
+    pub grpc_tls: GrpcTls,
+}
+
+/// Mutual TLS on the ext_proc port: mulligan presents `cert_file` and
+/// accepts only clients (Envoy) whose certificate `client_ca_file` signed,
+/// so reaching the port is not enough to pass for Envoy. All three set, or
+/// none (plaintext h2c).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcTls {
+    /// PEM certificate chain mulligan presents.
+    pub cert_file: String,
+    /// PEM private key of `cert_file`.
+    pub key_file: String,
+    /// PEM CA certificate(s) a client certificate must chain to; a client
+    /// without one is refused.
+    pub client_ca_file: String,
+}
+
+impl GrpcTls {
+    pub fn enabled(&self) -> bool {
+        !(self.cert_file.is_empty() && self.key_file.is_empty() && self.client_ca_file.is_empty())
+    }
 }
 
 /// Kubernetes discovery: EndpointSlices (and Pods) of chosen Services.
@@ -273,8 +299,10 @@ pub struct Limits {
     /// Envoy); past this a new stream is refused (`RESOURCE_EXHAUSTED`) and
     /// Envoy's `failure_mode_allow` passes that request through untouched.
     pub max_streams: usize,
-    /// Request body bytes held for replay across all requests at once; past
-    /// it a body is not captured (that request is not replayed).
+    /// Body bytes held across all requests at once: request bodies captured
+    /// for replay (past it a body is not captured and that request is not
+    /// replayed) and replayed response bodies (past it the replayed response
+    /// is not used and the original passes through).
     pub max_buffered_bytes: usize,
     /// A stream on which no message arrives for this long is ended with
     /// `DEADLINE_EXCEEDED` and everything it holds is freed, so a peer that
@@ -347,10 +375,14 @@ impl Default for Admin {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Listen {
-    /// ext_proc, gRPC health and the `mulligan.v1` control API (HTTP/2).
+    /// ext_proc and gRPC health (HTTP/2): the port Envoy reaches.
     pub grpc: SocketAddr,
     /// Health, readiness, metrics and the lifecycle API (HTTP/1.1).
     pub admin: SocketAddr,
+    /// The `mulligan.v1.Lifecycle` gRPC API, on a port of its own so that
+    /// reaching ext_proc never lets a peer change endpoint states; unset:
+    /// not served (the admin port has the same lifecycle API over HTTP).
+    pub control: Option<SocketAddr>,
 }
 
 impl Default for Listen {
@@ -358,6 +390,7 @@ impl Default for Listen {
         Self {
             grpc: SocketAddr::from(([127, 0, 0, 1], 50051)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9902)),
+            control: None,
         }
     }
 }
@@ -401,6 +434,7 @@ impl Default for Endpoints {
     fn default() -> Self {
         Self {
             default: Vec::new(),
+            static_cluster: "app".into(),
             clusters: BTreeMap::new(),
             eds_file: String::new(),
             eds_file_poll: Duration::from_millis(100),
@@ -412,9 +446,14 @@ impl Default for Endpoints {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Endpoints {
-    /// Endpoints of every cluster that has no list of its own in `clusters`.
+    /// Endpoints of the cluster named `static_cluster` (the `--endpoints`
+    /// flag). They serve that cluster only: an unknown cluster is never
+    /// served by another cluster's endpoints.
     #[serde(rename = "static")]
     pub default: Vec<SocketAddr>,
+    /// The Envoy cluster `static` belongs to; the reference standalone
+    /// configs name their app cluster `app`.
+    pub static_cluster: String,
     /// Endpoints per Envoy cluster name (`xds.cluster_name`).
     pub clusters: BTreeMap<String, Vec<SocketAddr>>,
     /// An Envoy EDS file (JSON `DiscoveryResponse`) to follow; empty: none.
@@ -458,8 +497,15 @@ impl Config {
         Self::parse(&file, &text)
     }
 
-    /// Parses TOML text; `file` only names the source in errors.
+    /// Parses TOML text and checks it (see `validate`); `file` only names
+    /// the source in errors.
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let cfg = Self::parse_only(file, text)?;
+        cfg.validate(file, Some(text))?;
+        Ok(cfg)
+    }
+
+    fn parse_only(file: &str, text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| {
             let (line, column) = e
                 .span()

@@ -166,10 +166,14 @@ pub enum Outcome {
     Unreplayable,
     /// The deadline had passed before the rescue could start.
     NoTimeLeft,
+    /// mulligan knows no endpoints for the request's Envoy cluster: nothing
+    /// to replay to (another cluster's endpoints never serve it), so the
+    /// original response passed through.
+    UnknownCluster,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Rescued,
         Outcome::BudgetExhausted,
         Outcome::HeldTooLong,
@@ -179,6 +183,7 @@ impl Outcome {
         Outcome::StoppedUnsafe,
         Outcome::Unreplayable,
         Outcome::NoTimeLeft,
+        Outcome::UnknownCluster,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -192,6 +197,7 @@ impl Outcome {
             Outcome::StoppedUnsafe => "stopped_unsafe",
             Outcome::Unreplayable => "unreplayable",
             Outcome::NoTimeLeft => "no_time_left",
+            Outcome::UnknownCluster => "unknown_cluster",
         }
     }
 }
@@ -238,7 +244,7 @@ pub struct Metrics {
     /// Indexed by [`Cause`], then [`Decision`].
     decisions: Vec<[Counter; 6]>,
     answers: [Counter; 8],
-    outcomes: [Counter; 9],
+    outcomes: [Counter; 10],
     attempts: [Counter; 4],
     held: Gauge,
     rescue_seconds: Histogram,
@@ -343,6 +349,10 @@ impl Default for Metrics {
 }
 
 fn describe() {
+    describe_counter!(
+        crate::endpoints::registry::UNKNOWN_CLUSTER_METRIC,
+        "Lookups of an Envoy cluster mulligan knows no endpoints for: no target, the request passes through"
+    );
     describe_counter!(
         "mulligan_ext_proc_streams_total",
         "ext_proc streams opened by Envoy (one per HTTP request)"

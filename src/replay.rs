@@ -7,12 +7,19 @@
 //! so upstream logs can tell a replay. The address comes only from the
 //! registry, never from anything in the request.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::HeaderValue as EnvoyHeader;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioTimer},
@@ -116,6 +123,73 @@ pub struct Replayed {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The body's share of `limits.max_buffered_bytes`, held until the
+    /// response is dropped (once it has been handed to Envoy).
+    _reserved: Reservation,
+}
+
+/// Body bytes held in memory across every stream, captured requests and
+/// replayed responses alike, under `limits.max_buffered_bytes`.
+#[derive(Debug)]
+pub struct BufferBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl BufferBudget {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Takes `n` bytes; false (nothing taken) past the limit.
+    pub fn reserve(&self, n: usize) -> bool {
+        let before = self.used.fetch_add(n, Ordering::AcqRel);
+        if before.saturating_add(n) > self.max {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    pub fn release(&self, n: usize) {
+        if n > 0 {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+/// Bytes taken from a [`BufferBudget`], given back on drop.
+#[derive(Debug)]
+struct Reservation {
+    budget: Arc<BufferBudget>,
+    bytes: usize,
+}
+
+impl Reservation {
+    fn take(&mut self, n: usize) -> bool {
+        let ok = self.budget.reserve(n);
+        if ok {
+            self.bytes += n;
+        }
+        ok
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
 }
 
 /// What one replay attempt got.
@@ -125,7 +199,8 @@ pub enum Attempt {
     Response(Replayed),
     /// No connection: the request never left mulligan.
     ConnectFailed,
-    /// The response was larger than the cap.
+    /// The response was larger than `rescue.max_response_body_bytes`, or
+    /// than what `limits.max_buffered_bytes` had left.
     TooLarge,
     /// Timed out or broke after the request was sent: the app may have it.
     Failed(String),
@@ -136,10 +211,11 @@ pub enum Attempt {
 pub struct Replayer {
     client: Client<HttpConnector, Full<Bytes>>,
     max_response: usize,
+    buffers: Arc<BufferBudget>,
 }
 
 impl Replayer {
-    pub fn new(cfg: &config::Rescue) -> Self {
+    pub fn new(cfg: &config::Rescue, buffers: Arc<BufferBudget>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.per_try_timeout));
@@ -156,6 +232,7 @@ impl Replayer {
         Self {
             client,
             max_response: cfg.max_response_body_bytes,
+            buffers,
         }
     }
 
@@ -185,20 +262,46 @@ impl Replayer {
                 Err(e) => return Attempt::Failed(format!("{e}")),
             };
             let (parts, body) = resp.into_parts();
-            match Limited::new(body, self.max_response).collect().await {
-                Ok(b) => Attempt::Response(Replayed {
+            match self.read_body(body).await {
+                Ok((body, reserved)) => Attempt::Response(Replayed {
                     status: parts.status.as_u16(),
                     headers: parts.headers,
-                    body: b.to_bytes(),
+                    body,
+                    _reserved: reserved,
                 }),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => Attempt::TooLarge,
-                Err(e) => Attempt::Failed(format!("reading body: {e}")),
+                Err(a) => a,
             }
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(a) => a,
             Err(_) => Attempt::Failed("per-try timeout".into()),
         }
+    }
+}
+
+impl Replayer {
+    /// Reads a response body whole, each chunk counted against the size cap
+    /// and the shared buffer budget before it is kept.
+    async fn read_body(
+        &self,
+        mut body: hyper::body::Incoming,
+    ) -> Result<(Bytes, Reservation), Attempt> {
+        let mut reserved = Reservation {
+            budget: std::sync::Arc::clone(&self.buffers),
+            bytes: 0,
+        };
+        let mut out = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Attempt::Failed(format!("reading body: {e}")))?;
+            let Ok(chunk) = frame.into_data() else {
+                continue; // trailers: not replayed
+            };
+            if out.len() + chunk.len() > self.max_response || !reserved.take(chunk.len()) {
+                return Err(Attempt::TooLarge);
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok((out.freeze(), reserved))
     }
 }
 

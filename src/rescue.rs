@@ -19,7 +19,7 @@ use crate::{
     endpoints::{picker, Cluster, Endpoint, Registry},
     metrics::{AttemptResult, Metrics, Outcome},
     policy::{self, safety, Backoff, Budget, Decision, RequestFacts},
-    replay::{Attempt, Prepared, Replayed, Replayer},
+    replay::{Attempt, BufferBudget, Prepared, Replayed, Replayer},
 };
 
 /// Shared by every stream: the budget, the client and the limits.
@@ -32,9 +32,9 @@ pub struct Rescuer {
     registry: Arc<Registry>,
     metrics: Metrics,
     held: AtomicUsize,
-    /// Request body bytes captured for replay, across every stream.
-    buffered: AtomicUsize,
-    max_buffered: usize,
+    /// Body bytes held across every stream: requests captured for replay
+    /// and replayed responses.
+    buffers: Arc<BufferBudget>,
 }
 
 /// One rescue's inputs.
@@ -60,6 +60,7 @@ pub enum Ending {
 
 impl Rescuer {
     pub fn new(cfg: &config::Config, registry: Arc<Registry>, metrics: Metrics) -> Self {
+        let buffers = BufferBudget::new(cfg.limits.max_buffered_bytes);
         Self {
             budget: Budget::new(
                 cfg.budget.ratio,
@@ -70,42 +71,35 @@ impl Rescuer {
                 base: cfg.rescue.backoff_base,
                 max: cfg.rescue.backoff_max,
             },
-            replayer: Replayer::new(&cfg.rescue),
+            replayer: Replayer::new(&cfg.rescue, Arc::clone(&buffers)),
             cfg: cfg.rescue.clone(),
             registry,
             metrics,
             held: AtomicUsize::new(0),
-            buffered: AtomicUsize::new(0),
-            max_buffered: cfg.limits.max_buffered_bytes,
+            buffers,
         }
     }
 
     /// Reserves `n` bytes of body capture; false past
     /// `limits.max_buffered_bytes`.
     pub fn reserve(&self, n: usize) -> bool {
-        let before = self.buffered.fetch_add(n, Ordering::AcqRel);
-        if before + n > self.max_buffered {
-            self.buffered.fetch_sub(n, Ordering::AcqRel);
-            return false;
-        }
-        true
+        self.buffers.reserve(n)
     }
 
     pub fn release(&self, n: usize) {
-        if n > 0 {
-            self.buffered.fetch_sub(n, Ordering::AcqRel);
-        }
+        self.buffers.release(n);
     }
 
-    /// Body bytes captured now, across every stream: back to zero once
-    /// every stream has ended, or the accounting leaks.
+    /// Body bytes held now, across every stream (replayed responses
+    /// included): back to zero once every stream has ended, or the
+    /// accounting leaks.
     pub fn buffered(&self) -> usize {
-        self.buffered.load(Ordering::Acquire)
+        self.buffers.used()
     }
 
     /// `limits.max_buffered_bytes`.
     pub fn max_buffered(&self) -> usize {
-        self.max_buffered
+        self.buffers.max()
     }
 
     pub async fn run(&self, job: Job<'_>) -> Ending {
@@ -132,8 +126,9 @@ impl Rescuer {
 
     async fn attempts(&self, job: &Job<'_>) -> Result<Replayed, Outcome> {
         let Some(cluster) = self.registry.cluster(job.cluster) else {
-            // No endpoint is known for this cluster: wait for none.
-            return Err(Outcome::AttemptsExhausted);
+            // No endpoint is known for this cluster: no target, and never
+            // another cluster's endpoints.
+            return Err(Outcome::UnknownCluster);
         };
         let mut tried: Vec<SocketAddr> = job.failed.to_vec();
         for replay in 1..=self.cfg.max_attempts {

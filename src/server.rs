@@ -1,5 +1,7 @@
-//! Wires mulligan together: binds the gRPC and admin ports, serves until a
-//! shutdown signal, then drains (see [`crate::drain`]).
+//! Wires mulligan together: binds the gRPC (ext_proc), admin and, when
+//! configured, control ports, serves until a shutdown signal, then drains
+//! (see [`crate::drain`]). The lifecycle gRPC API never shares the ext_proc
+//! port: whoever may reach ext_proc must not thereby reach endpoint states.
 
 use std::{future::Future, io::Write, net::SocketAddr, sync::Arc};
 
@@ -34,6 +36,14 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
         .with_context(|| format!("binding the admin port {}", cfg.listen.admin))?;
     let grpc_addr = grpc_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let control_listener = match cfg.listen.control {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the control port {addr}"))?,
+        ),
+        None => None,
+    };
 
     let access = Access::load(&cfg.admin)?;
     let drain = Drain::new();
@@ -74,7 +84,7 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
     // Small gRPC frames both ways on every request: Nagle would hold them.
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let keepalive = |d: std::time::Duration| (!d.is_zero()).then_some(d);
-    let grpc = tonic::transport::Server::builder()
+    let grpc = tls(tonic::transport::Server::builder(), &cfg.grpc_tls)?
         .http2_keepalive_interval(keepalive(cfg.limits.keepalive_interval))
         .http2_keepalive_timeout(keepalive(cfg.limits.keepalive_timeout))
         .add_service(health_service)
@@ -83,12 +93,19 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
                 .idle_timeout(cfg.limits.stream_idle_timeout)
                 .into_server(cfg.limits.max_message_bytes),
         )
-        .add_service(Control::new(Arc::clone(&registry), access.clone()).into_server())
         .serve_with_incoming_shutdown(incoming, {
             let drain = Arc::clone(&drain);
             async move { drain.signaled().await }
         });
     let grpc = tokio::spawn(grpc);
+
+    let control = match control_listener {
+        Some(l) => Some(spawn_control(
+            l,
+            Control::new(Arc::clone(&registry), access.clone()),
+        )?),
+        None => None,
+    };
 
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin = axum::serve(
@@ -105,7 +122,7 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
     });
     let admin = tokio::spawn(async move { admin.await });
 
-    announce(grpc_addr, admin_addr);
+    announce(grpc_addr, admin_addr, control.as_ref().map(|c| c.addr));
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, version = env!("CARGO_PKG_VERSION"), "mulligan serving");
 
     shutdown.await;
@@ -140,14 +157,70 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
     }
     let _ = admin_stop.send(());
     let _ = admin.await;
+    if let Some(c) = control {
+        let _ = c.stop.send(());
+        let _ = c.task.await;
+    }
     Ok(())
 }
 
+/// With `[grpc_tls]`: TLS on the ext_proc port, client certificate required.
+fn tls(
+    builder: tonic::transport::Server,
+    cfg: &crate::config::GrpcTls,
+) -> anyhow::Result<tonic::transport::Server> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    if !cfg.enabled() {
+        return Ok(builder);
+    }
+    let read = |key: &str, path: &str| {
+        std::fs::read(path).with_context(|| format!("grpc_tls.{key} {path}"))
+    };
+    let identity = Identity::from_pem(
+        read("cert_file", &cfg.cert_file)?,
+        read("key_file", &cfg.key_file)?,
+    );
+    let ca = Certificate::from_pem(read("client_ca_file", &cfg.client_ca_file)?);
+    let tls = ServerTlsConfig::new()
+        .identity(identity)
+        .client_ca_root(ca)
+        .client_auth_optional(false);
+    builder
+        .tls_config(tls)
+        .context("grpc_tls: certificate, key or client CA")
+}
+
+/// The `mulligan.v1.Lifecycle` server on its own port.
+struct ControlServer {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+fn spawn_control(listener: TcpListener, control: Control) -> anyhow::Result<ControlServer> {
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(control.into_server())
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+            let _ = stopped.await;
+        });
+    Ok(ControlServer {
+        addr,
+        stop,
+        task: tokio::spawn(server),
+    })
+}
+
 /// The one line on stdout, for scripts and tests that start mulligan on
-/// port 0: `listening grpc=ADDR admin=ADDR`.
-fn announce(grpc: SocketAddr, admin: SocketAddr) {
+/// port 0: `listening grpc=ADDR admin=ADDR` (and ` control=ADDR` when the
+/// control port is configured).
+fn announce(grpc: SocketAddr, admin: SocketAddr, control: Option<SocketAddr>) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "listening grpc={grpc} admin={admin}");
+    let _ = match control {
+        Some(c) => writeln!(out, "listening grpc={grpc} admin={admin} control={c}"),
+        None => writeln!(out, "listening grpc={grpc} admin={admin}"),
+    };
     let _ = out.flush();
 }
 

@@ -77,7 +77,13 @@ async fn admin_endpoints_answer() {
 
 #[tokio::test]
 async fn grpc_health_and_lifecycle() {
-    let m = Mulligan::start(&["--endpoints", "127.0.0.1:7001"]).await;
+    let m = Mulligan::start(&[
+        "--endpoints",
+        "127.0.0.1:7001",
+        "--control-listen",
+        "127.0.0.1:0",
+    ])
+    .await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", m.grpc))
         .expect("endpoint")
         .connect()
@@ -95,6 +101,13 @@ async fn grpc_health_and_lifecycle() {
         assert_eq!(r.status(), ServingStatus::Serving, "service {service:?}");
     }
 
+    // The lifecycle API has a port of its own (never the ext_proc port).
+    let control = m.control.expect("control port");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{control}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect control");
     let mut lifecycle = LifecycleClient::new(channel);
     let e = lifecycle
         .mark_draining(endpoint_ref("127.0.0.1:7001"))
@@ -247,6 +260,8 @@ async fn lifecycle_calls_need_loopback_or_the_token() {
         cfg.to_str().expect("path"),
         "--endpoints",
         "127.0.0.1:7001",
+        "--control-listen",
+        "127.0.0.1:0",
     ])
     .await;
     let http = client::HttpClient::new(client::Proto::Http1);
@@ -282,7 +297,8 @@ async fn lifecycle_calls_need_loopback_or_the_token() {
     );
 
     // The same rule on the gRPC lifecycle API.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", m.grpc))
+    let control = m.control.expect("control port");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{control}"))
         .expect("endpoint")
         .connect()
         .await

@@ -98,14 +98,13 @@ pub fn parse(text: &str) -> Result<Vec<ClusterView>, serde_json::Error> {
     Ok(out)
 }
 
-/// Loads `path` into the registry once; errors are reported, not fatal.
+/// Loads `path` into the registry; errors are reported, not fatal. The file
+/// is the whole truth: a cluster it no longer lists leaves the registry.
 pub fn load(registry: &Registry, path: &Path) -> Result<usize, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let clusters = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let n = clusters.len();
-    for (name, eps) in clusters {
-        registry.replace_cluster(&name, &eps, "eds file");
-    }
+    registry.replace_source("eds file", &clusters);
     Ok(n)
 }
 
@@ -167,5 +166,34 @@ mod tests {
         // Hostnames are not accepted: mulligan only sends to IP endpoints.
         assert!(parse(r#"{"cluster_name":"x","endpoints":[{"lb_endpoints":[{"endpoint":{"address":{"socket_address":{"address":"evil.example","port_value":1}}}}]}]}"#).is_err());
         assert!(parse("{not json").is_err());
+    }
+
+    fn doc(clusters: &[(&str, &str)]) -> String {
+        let assignments: Vec<String> = clusters
+            .iter()
+            .map(|(name, addr)| {
+                let (ip, port) = addr.split_once(':').unwrap();
+                format!(r#"{{"cluster_name":"{name}","endpoints":[{{"lb_endpoints":[{{"endpoint":{{"address":{{"socket_address":{{"address":"{ip}","port_value":{port}}}}}}}}}]}}]}}"#)
+            })
+            .collect();
+        format!(r#"{{"resources":[{}]}}"#, assignments.join(","))
+    }
+
+    #[test]
+    fn a_cluster_removed_from_the_file_leaves_the_registry() {
+        let registry = Registry::from_config(
+            &crate::config::Endpoints::default(),
+            &crate::config::Health::default(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("eds.json");
+        std::fs::write(&path, doc(&[("a", "127.0.0.1:1"), ("b", "127.0.0.1:2")])).unwrap();
+        assert_eq!(load(&registry, &path), Ok(2));
+        assert!(registry.cluster(Some("b")).is_some());
+        std::fs::write(&path, doc(&[("a", "127.0.0.1:1")])).unwrap();
+        assert_eq!(load(&registry, &path), Ok(1));
+        assert!(registry.list(Some("b")).is_empty(), "b left the file");
+        assert_eq!(registry.list(Some("a")).len(), 1);
+        assert_eq!(registry.state_of("127.0.0.1:2".parse().unwrap()), None);
     }
 }

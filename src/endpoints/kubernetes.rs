@@ -238,3 +238,42 @@ async fn watch_pods(client: Client, namespace: String, service: String, registry
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(ready: bool, serving: bool, terminating: bool) -> BTreeMap<String, EndpointSlice> {
+        let s: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "backend-abc"},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": ["10.0.0.7"], "conditions": {
+                "ready": ready, "serving": serving, "terminating": terminating}}],
+        }))
+        .expect("slice");
+        [("backend-abc".to_string(), s)].into()
+    }
+
+    #[test]
+    fn a_pod_that_drains_then_flaps_ready_stays_draining() {
+        let registry =
+            Registry::from_config(&config::Endpoints::default(), &config::Health::default());
+        let svc = config::KubeService {
+            name: "backend".into(),
+            cluster: None,
+            port: None,
+        };
+        let addr: SocketAddr = "10.0.0.7:8080".parse().unwrap();
+        publish(&registry, "c", &svc, &slice(true, true, false));
+        assert_eq!(registry.state_of(addr), Some(State::Ready));
+        // Terminating but serving: draining.
+        publish(&registry, "c", &svc, &slice(false, true, true));
+        assert_eq!(registry.state_of(addr), Some(State::Draining));
+        // The slice then says not ready, then ready (a slice rewritten by
+        // the controller, or an endpoint reused): still draining.
+        publish(&registry, "c", &svc, &slice(false, false, false));
+        publish(&registry, "c", &svc, &slice(true, true, false));
+        assert_eq!(registry.state_of(addr), Some(State::Draining));
+    }
+}

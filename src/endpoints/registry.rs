@@ -8,10 +8,10 @@
 //! usable bumps a watch channel, which wakes the requests held for one.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -55,6 +55,10 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub cluster: Arc<str>,
     state: AtomicU8,
+    /// Set when the endpoint starts draining, cleared only by a lifecycle
+    /// `ready` call: while set, no discovery source or probe may bring it
+    /// back, whatever path it takes (draining, then not ready, then ready).
+    drain_pinned: AtomicBool,
     /// Why the endpoint is in its state; written only when the state changes.
     reason: Mutex<String>,
     /// Replays under way to this endpoint (the picker prefers fewer).
@@ -72,6 +76,7 @@ impl Endpoint {
             addr,
             cluster,
             state: AtomicU8::new(state as u8),
+            drain_pinned: AtomicBool::new(state == State::Draining),
             reason: Mutex::new(reason.to_string()),
             in_flight: AtomicU32::new(0),
             penalty_until_ms: AtomicU64::new(0),
@@ -85,9 +90,23 @@ impl Endpoint {
 
     fn set_state(&self, state: State, reason: &str) {
         let mut guard = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if state == State::Draining {
+            self.drain_pinned.store(true, Ordering::Release);
+        }
         self.state.store(state as u8, Ordering::Release);
         guard.clear();
         guard.push_str(reason);
+    }
+
+    /// The state a discovery source or a probe may set: once draining, an
+    /// endpoint is at most draining (or gone) until a lifecycle `ready`.
+    fn observed_state(&self, wanted: State) -> State {
+        let pinned = self.drain_pinned.load(Ordering::Acquire);
+        if pinned && matches!(wanted, State::Ready | State::NotReady) {
+            State::Draining
+        } else {
+            wanted
+        }
     }
 
     /// Ready and not penalised: a request may be sent here now.
@@ -153,9 +172,8 @@ pub struct Cluster {
     pub endpoints: Vec<Arc<Endpoint>>,
 }
 
-/// The name under which `endpoints.static` is kept: it serves every cluster
-/// that has no list of its own.
-pub const DEFAULT_CLUSTER: &str = "*";
+/// Counts lookups of a cluster the registry does not know (Prometheus).
+pub const UNKNOWN_CLUSTER_METRIC: &str = "mulligan_unknown_cluster_total";
 
 #[derive(Debug, Default)]
 struct Snapshot {
@@ -186,7 +204,16 @@ pub struct Registry {
     /// Bumped whenever the set of endpoints changes (probes follow it).
     membership: watch::Sender<u64>,
     /// Endpoints under a passive penalty: while zero, successes cost nothing.
+    /// Counts every endpoint whose `penalty_until_ms` is set; expired
+    /// penalties are swept (see `sweep_expired`) and endpoints that leave
+    /// take theirs with them, so it returns to zero.
     penalized: AtomicUsize,
+    /// The earliest end of a penalty still counted (`u64::MAX`: none).
+    next_expiry_ms: AtomicU64,
+    /// One sweep of expired penalties at a time.
+    sweeping: Mutex<()>,
+    /// The clusters each discovery source published last (`replace_source`).
+    sources: Mutex<HashMap<String, BTreeSet<Arc<str>>>>,
     penalty_base: Duration,
     penalty_max: Duration,
 }
@@ -220,7 +247,7 @@ impl Registry {
             clusters.insert(name, Arc::new(Cluster { endpoints }));
         };
         if !cfg.default.is_empty() {
-            add(DEFAULT_CLUSTER, &cfg.default);
+            add(&cfg.static_cluster, &cfg.default);
         }
         for (name, addrs) in &cfg.clusters {
             add(name, addrs);
@@ -231,6 +258,9 @@ impl Registry {
             changed: watch::channel(0).0,
             membership: watch::channel(0).0,
             penalized: AtomicUsize::new(0),
+            next_expiry_ms: AtomicU64::new(u64::MAX),
+            sweeping: Mutex::new(()),
+            sources: Mutex::new(HashMap::new()),
             penalty_base: health.penalty_base,
             penalty_max: health.penalty_max.max(health.penalty_base),
         }
@@ -241,13 +271,23 @@ impl Registry {
         self.start.elapsed().as_millis() as u64
     }
 
-    /// The endpoints for an Envoy cluster: its own list, else the static
-    /// default list.
+    /// The endpoints of an Envoy cluster, and only its own: an unknown
+    /// cluster gets none (counted in [`UNKNOWN_CLUSTER_METRIC`]), never
+    /// another cluster's, so a new route's requests cannot be sent to a
+    /// different service. `None` (Envoy did not name the cluster) finds the
+    /// only cluster when there is exactly one, since then no other service
+    /// can be meant; otherwise none.
     pub fn cluster(&self, name: Option<&str>) -> Option<Arc<Cluster>> {
         let snap = self.snapshot.load();
-        name.and_then(|n| snap.clusters.get(n))
-            .or_else(|| snap.clusters.get(DEFAULT_CLUSTER))
-            .cloned()
+        let found = match name {
+            Some(n) => snap.clusters.get(n),
+            None if snap.clusters.len() == 1 => snap.clusters.values().next(),
+            None => None,
+        };
+        if found.is_none() {
+            metrics::counter!(UNKNOWN_CLUSTER_METRIC).increment(1);
+        }
+        found.cloned()
     }
 
     /// Every distinct endpoint address (for probing).
@@ -279,7 +319,7 @@ impl Registry {
     pub fn replace_cluster(&self, cluster: &str, entries: &[(SocketAddr, State)], source: &str) {
         let name: Arc<str> = Arc::from(cluster);
         let mut woke = false;
-        self.snapshot.rcu(|snap| {
+        let old = self.snapshot.rcu(|snap| {
             let old = snap.clusters.get(&name);
             let mut endpoints = Vec::with_capacity(entries.len());
             for (addr, state) in entries {
@@ -289,9 +329,9 @@ impl Registry {
                 let existing = old.and_then(|c| c.endpoints.iter().find(|e| e.addr == *addr));
                 let e = match existing {
                     Some(e) => {
-                        let now = e.state();
-                        if now != *state && !(now == State::Draining && *state == State::Ready) {
-                            e.set_state(*state, source);
+                        let to = e.observed_state(*state);
+                        if e.state() != to {
+                            e.set_state(to, source);
                         }
                         Arc::clone(e)
                     }
@@ -304,9 +344,59 @@ impl Registry {
             clusters.insert(name.clone(), Arc::new(Cluster { endpoints }));
             Snapshot::index(clusters)
         });
+        self.forget_departed(&old, &name);
         self.membership.send_modify(|v| *v = v.wrapping_add(1));
         if woke {
             self.notify();
+        }
+    }
+
+    /// Publishes a discovery source's full view: every cluster in `clusters`
+    /// is replaced, and every cluster this source published before but no
+    /// longer lists leaves the registry (a cluster removed from the EDS file
+    /// must not keep being served from memory).
+    pub fn replace_source(&self, source: &str, clusters: &[(String, Vec<(SocketAddr, State)>)]) {
+        let mut published = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let now: BTreeSet<Arc<str>> = clusters
+            .iter()
+            .map(|(n, _)| Arc::from(n.as_str()))
+            .collect();
+        for (name, entries) in clusters {
+            self.replace_cluster(name, entries, source);
+        }
+        if let Some(before) = published.get(source) {
+            for gone in before.difference(&now) {
+                self.remove_cluster(gone);
+                tracing::info!(cluster = %gone, source, "cluster left the registry");
+            }
+        }
+        published.insert(source.to_string(), now);
+    }
+
+    /// Removes `cluster` and its endpoints.
+    pub fn remove_cluster(&self, cluster: &str) {
+        let old = self.snapshot.rcu(|snap| {
+            let mut clusters = snap.clusters.clone();
+            clusters.remove(cluster);
+            Snapshot::index(clusters)
+        });
+        self.forget_departed(&old, cluster);
+        self.membership.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Endpoints of `cluster` in `old` that the current snapshot no longer
+    /// has take their penalties with them.
+    fn forget_departed(&self, old: &Snapshot, cluster: &str) {
+        let Some(before) = old.clusters.get(cluster) else {
+            return;
+        };
+        let snap = self.snapshot.load();
+        let after = snap.clusters.get(cluster);
+        for e in &before.endpoints {
+            let stays = after.is_some_and(|c| c.endpoints.iter().any(|n| Arc::ptr_eq(n, e)));
+            if !stays {
+                self.clear_penalty(e);
+            }
         }
     }
 
@@ -345,6 +435,8 @@ impl Registry {
             .map(|e| {
                 e.set_state(state, reason);
                 if state == State::Ready {
+                    // Only this call ends a drain.
+                    e.drain_pinned.store(false, Ordering::Release);
                     self.clear_penalty(e);
                 }
                 e.view(now)
@@ -385,12 +477,12 @@ impl Registry {
         let snap = self.snapshot.load();
         let mut woke = false;
         for e in snap.by_addr.get(&addr).into_iter().flatten() {
-            let now = e.state();
-            if now == State::Draining || now == state {
+            let (now, to) = (e.state(), e.observed_state(state));
+            if now == State::Draining || now == to {
                 continue;
             }
-            e.set_state(state, reason);
-            if state == State::Ready {
+            e.set_state(to, reason);
+            if to == State::Ready {
                 self.clear_penalty(e);
                 woke = true;
             }
@@ -416,18 +508,77 @@ impl Registry {
             if e.penalty_until_ms.swap(until, Ordering::AcqRel) == 0 {
                 self.penalized.fetch_add(1, Ordering::AcqRel);
             }
+            self.next_expiry_ms.fetch_min(until, Ordering::AcqRel);
         }
     }
 
-    /// True when some endpoint is under a passive penalty.
+    /// True when some endpoint is under a passive penalty. Two atomic loads
+    /// unless a penalty has just expired.
     pub fn has_penalties(&self) -> bool {
+        self.sweep_expired();
         self.penalized.load(Ordering::Acquire) != 0
+    }
+
+    /// Endpoints under a passive penalty now.
+    pub fn penalized(&self) -> usize {
+        self.sweep_expired();
+        self.penalized.load(Ordering::Acquire)
+    }
+
+    /// Clears penalties that have run out, once the earliest one has. The
+    /// failure streak stays: an endpoint that fails again right after its
+    /// penalty is avoided for longer.
+    fn sweep_expired(&self) {
+        if self.penalized.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let now = self.now_ms();
+        if now < self.next_expiry_ms.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(_one) = self.sweeping.try_lock() else {
+            return;
+        };
+        // Reset first: a failure recorded during the scan lowers it again.
+        self.next_expiry_ms.store(u64::MAX, Ordering::Release);
+        let snap = self.snapshot.load();
+        let mut seen = 0;
+        for e in snap.clusters.values().flat_map(|c| c.endpoints.iter()) {
+            let until = e.penalty_until_ms.load(Ordering::Acquire);
+            if until != 0 && until <= now {
+                let cleared = e.penalty_until_ms.compare_exchange(
+                    until,
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                if cleared.is_ok() {
+                    self.uncount_penalty();
+                }
+            }
+            let until = e.penalty_until_ms.load(Ordering::Acquire);
+            if until != 0 {
+                seen += 1;
+                self.next_expiry_ms.fetch_min(until, Ordering::AcqRel);
+            }
+        }
+        if seen == 0 {
+            // Penalties counted on endpoints that left through an older
+            // snapshot: nothing can clear them any more.
+            self.penalized.store(0, Ordering::Release);
+        }
+    }
+
+    fn uncount_penalty(&self) {
+        let _ = self
+            .penalized
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// Passive health: `addr` served a request. Costs one atomic load when no
     /// endpoint is penalised (the common case, on every request).
     pub fn observe_success(&self, addr: SocketAddr) {
-        if self.penalized.load(Ordering::Acquire) == 0 {
+        if !self.has_penalties() {
             return;
         }
         let snap = self.snapshot.load();
@@ -443,7 +594,7 @@ impl Registry {
     fn clear_penalty(&self, e: &Endpoint) -> bool {
         e.failures.store(0, Ordering::Release);
         if e.penalty_until_ms.swap(0, Ordering::AcqRel) != 0 {
-            self.penalized.fetch_sub(1, Ordering::AcqRel);
+            self.uncount_penalty();
             true
         } else {
             false
@@ -487,6 +638,7 @@ mod tests {
                 "127.0.0.1:1".parse().unwrap(),
                 "127.0.0.1:2".parse().unwrap(),
             ],
+            static_cluster: "static".into(),
             clusters: [("app".to_string(), vec!["127.0.0.1:2".parse().unwrap()])].into(),
             ..Default::default()
         };
@@ -499,12 +651,22 @@ mod tests {
         assert_eq!(r.list(None).len(), 3);
         assert_eq!(r.list(Some("app")).len(), 1);
         assert!(r.list(Some("other")).is_empty());
-        // Unknown clusters fall back to the static default list.
         assert_eq!(
-            r.cluster(Some("other")).expect("default").endpoints.len(),
+            r.cluster(Some("static")).expect("static").endpoints.len(),
             2
         );
         assert_eq!(r.cluster(Some("app")).expect("app").endpoints.len(), 1);
+    }
+
+    #[test]
+    fn an_unknown_cluster_is_never_served_by_another_clusters_endpoints() {
+        let r = registry();
+        assert!(r.cluster(Some("httproute/default/new/rule/0")).is_none());
+        // Envoy named no cluster and two are known: no guess either.
+        assert!(r.cluster(None).is_none());
+        let one = loopback(2);
+        assert!(one.cluster(Some("other")).is_none());
+        assert_eq!(one.cluster(None).expect("the only one").endpoints.len(), 2);
     }
 
     #[test]
@@ -547,7 +709,7 @@ mod tests {
     fn passive_penalty_grows_and_success_clears_it() {
         let r = registry();
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let c = r.cluster(None).expect("default");
+        let c = r.cluster(Some("static")).expect("static");
         let e = &c.endpoints[0];
         assert!(e.usable(r.now_ms()));
         r.observe_failure(a);
@@ -591,7 +753,7 @@ mod tests {
         assert_eq!(r.list(Some("app")).len(), 1);
         assert_eq!(r.state_of(b), Some(State::Ready));
         // The default cluster was untouched.
-        assert_eq!(r.list(Some("*")).len(), 2);
+        assert_eq!(r.list(Some("static")).len(), 2);
     }
 
     #[test]
@@ -606,5 +768,58 @@ mod tests {
             .expect("known");
         r.probed(a, State::Gone, "probe refused");
         assert_eq!(r.state_of(a), Some(State::Gone));
+    }
+
+    #[test]
+    fn only_a_lifecycle_ready_ends_a_drain() {
+        let r = registry();
+        let a: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        r.set_state(a, Some("app"), State::Draining, "lifecycle: drain")
+            .unwrap();
+        // A source sees the pod go not ready, then ready again.
+        r.replace_cluster("app", &[(a, State::NotReady)], "kubernetes");
+        r.replace_cluster("app", &[(a, State::Ready)], "kubernetes");
+        assert_eq!(r.list(Some("app"))[0].state, State::Draining);
+        // A drain a source reported is kept the same way, and probes and a
+        // stop at Gone do not end it either.
+        r.replace_cluster("app", &[(a, State::Draining)], "eds file");
+        r.replace_cluster("app", &[(a, State::Gone)], "eds file");
+        r.probed(a, State::Ready, "probe: ok");
+        r.replace_cluster("app", &[(a, State::Ready)], "eds file");
+        assert_eq!(r.list(Some("app"))[0].state, State::Draining);
+        r.set_state(a, Some("app"), State::Ready, "lifecycle: ready")
+            .unwrap();
+        r.replace_cluster("app", &[(a, State::NotReady)], "kubernetes");
+        r.replace_cluster("app", &[(a, State::Ready)], "kubernetes");
+        assert_eq!(r.list(Some("app"))[0].state, State::Ready);
+    }
+
+    #[test]
+    fn the_penalty_count_falls_when_penalties_expire_or_endpoints_leave() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        // A zero penalty has expired the moment it is given.
+        let instant = config::Health {
+            penalty_base: Duration::ZERO,
+            penalty_max: Duration::ZERO,
+        };
+        let cfg = config::Endpoints {
+            clusters: [("app".to_string(), vec![a])].into(),
+            ..Default::default()
+        };
+        let r = Registry::from_config(&cfg, &instant);
+        r.observe_failure(a);
+        assert!(!r.has_penalties(), "an expired penalty still counted");
+        assert_eq!(r.penalized.load(Ordering::Acquire), 0);
+
+        let r = registry();
+        r.observe_failure(b);
+        assert!(r.has_penalties());
+        // b leaves "app" but is still in the default cluster, penalised.
+        r.replace_cluster("app", &[], "file");
+        assert_eq!(r.penalized.load(Ordering::Acquire), 1);
+        r.replace_cluster("static", &[], "file");
+        assert_eq!(r.penalized.load(Ordering::Acquire), 0, "left with b");
+        assert!(!r.has_penalties());
     }
 }

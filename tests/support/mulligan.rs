@@ -13,6 +13,8 @@ pub struct Mulligan {
     child: Child,
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// The `mulligan.v1.Lifecycle` port, when started with `--control-listen`.
+    pub control: Option<SocketAddr>,
 }
 
 impl Mulligan {
@@ -59,9 +61,18 @@ impl Mulligan {
                 .expect("address")
         };
         let (grpc, admin) = (field("grpc="), field("admin="));
+        let control = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("control="))
+            .map(|a| a.parse().expect("control address"));
         // Keep draining stdout so mulligan never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Mulligan { child, grpc, admin }
+        Mulligan {
+            child,
+            grpc,
+            admin,
+            control,
+        }
     }
 
     pub fn pid(&self) -> u32 {
