@@ -50,6 +50,10 @@ struct ServeArgs {
     /// Log format [default: text]; the level comes from RUST_LOG.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Turn on the legacy wiring's replay (`rescue.replay`): only for
+    /// legacy-rescue.yaml and steer.yaml.
+    #[arg(long)]
+    replay: bool,
 }
 
 pub fn main() -> ExitCode {
@@ -82,6 +86,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     if let Some(addr) = args.grpc_listen {
         cfg.listen.grpc = addr;
     }
+    cfg.rescue.replay |= args.replay;
     if let Some(addr) = args.admin_listen {
         cfg.listen.admin = addr;
     }

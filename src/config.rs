@@ -132,6 +132,13 @@ impl Default for Steer {
 pub struct Rescue {
     /// Off: mulligan only observes (classification and metrics still run).
     pub enabled: bool,
+    /// The legacy wiring's replay (`legacy-rescue.yaml`, `steer.yaml`):
+    /// mulligan captures request bodies and sends a failed request again
+    /// itself. Off by default: a replay does not follow the route (rewrites,
+    /// header policies, upstream TLS), and with it on, anything that can open
+    /// an ext_proc stream can make mulligan fetch from an app and read the
+    /// answer. The decide wiring (`envoy.yaml`) never needs it.
+    pub replay: bool,
     /// Replays per request, after the original attempt.
     pub max_attempts: u32,
     /// One replay may take this long, connect to last body byte.
@@ -175,6 +182,7 @@ impl Default for Rescue {
     fn default() -> Self {
         Self {
             enabled: true,
+            replay: false,
             max_attempts: 3,
             per_try_timeout: Duration::from_secs(5),
             deadline: Duration::from_secs(10),

@@ -226,6 +226,7 @@ impl Knobs {
             .clusters
             .insert("app".into(), REFUSING.to_vec());
         cfg.rescue.enabled = !self.rescue_off;
+        cfg.rescue.replay = true;
         cfg.rescue.retry_plain_503 = self.retry_plain_503;
         cfg.rescue.replay_http2 = self.replay_http2;
         cfg.rescue.max_attempts = u32::from(self.max_attempts % 5);

@@ -80,11 +80,13 @@ impl Holds {
             .any(|e| Some(e.addr) != except && e.usable(now))
     }
 
-    /// Waits until an endpoint of `cluster` can serve, then `settle` more
-    /// (time for Envoy's own view to catch up), or until `deadline`.
+    /// Waits until an endpoint of cluster `name` can serve, then `settle`
+    /// more (time for Envoy's own view to catch up), or until `deadline`.
+    /// The cluster is read afresh on every wake: an endpoint discovered
+    /// after the hold began serves it too.
     pub async fn wait(
         &self,
-        cluster: &Cluster,
+        name: Option<&str>,
         settle: Duration,
         deadline: Instant,
     ) -> Result<(), Unheld> {
@@ -95,9 +97,11 @@ impl Holds {
         let _held = Held(self);
         self.metrics.held(1.0);
         let mut changes = self.registry.subscribe();
+        let mut members = self.registry.membership();
         loop {
             changes.borrow_and_update();
-            if self.reachable(cluster).await {
+            members.borrow_and_update();
+            if self.reachable_in(name).await {
                 let ready = Instant::now() + settle;
                 tokio::time::sleep_until(ready.min(deadline)).await;
                 return if ready <= deadline {
@@ -109,11 +113,19 @@ impl Holds {
             let tick = (Instant::now() + self.interval).min(deadline);
             tokio::select! {
                 _ = changes.changed() => {}
+                _ = members.changed() => {}
                 _ = tokio::time::sleep_until(tick) => {}
             }
             if Instant::now() >= deadline {
                 return Err(Unheld::TooLong);
             }
+        }
+    }
+
+    async fn reachable_in(&self, name: Option<&str>) -> bool {
+        match self.registry.cluster(name) {
+            Some(cluster) => self.reachable(&cluster).await,
+            None => false,
         }
     }
 

@@ -243,11 +243,11 @@ impl Decider {
     /// Holds a request judged [`Verdict::Hold`] until an endpoint of its
     /// cluster can serve; the answer that ends the hold.
     pub async fn hold(&self, cluster: Option<&str>, request_id: Option<&str>) -> Answer {
-        let Some(cluster) = self.registry.cluster(cluster) else {
+        if self.registry.cluster(cluster).is_none() {
             // Nothing is known that could come back: do not keep the
             // client waiting for nothing.
             return Answer::HeldTooLong;
-        };
+        }
         let note = self.memory.get(request_id);
         // A request back at the hold right after a release found Envoy
         // still without the endpoint: give Envoy's view longer to catch up.
@@ -257,7 +257,7 @@ impl Decider {
             .saturating_mul(2u32.saturating_pow(note.releases.into()))
             .min(Duration::from_secs(1));
         let deadline = crate::rescue::later(Instant::now(), self.cfg.deadline);
-        match self.holds.wait(&cluster, settle, deadline).await {
+        match self.holds.wait(cluster, settle, deadline).await {
             Ok(()) => {
                 self.memory
                     .update(request_id, |n| n.releases = n.releases.saturating_add(1));

@@ -248,7 +248,8 @@ impl Exchange {
         };
         let rescuer = &self.ctx.rescuer;
         let mut body_override = None;
-        let body = if !rescuer.cfg.enabled || observe == Some(false) {
+        let replays = rescuer.cfg.enabled && rescuer.cfg.replay;
+        let body = if !replays || observe == Some(false) {
             Body::Unavailable
         } else if headers.end_of_stream {
             Body::Empty
@@ -492,7 +493,7 @@ impl Exchange {
         if cause == Cause::Success {
             return Decision::NotRetriable;
         }
-        if !cfg.enabled || self.observability {
+        if !cfg.enabled || !cfg.replay || self.observability {
             return Decision::Disabled;
         }
         let Some(r) = &self.request else {
@@ -549,7 +550,9 @@ impl Exchange {
 fn facts(headers: &[EnvoyHeader], body_replayable: bool) -> RequestFacts {
     RequestFacts {
         idempotent_method: find(headers, ":method").is_some_and(safety::idempotent_method),
-        idempotency_key: find(headers, "idempotency-key").is_some(),
+        // An empty key is no key: it names nothing to deduplicate on.
+        idempotency_key: find(headers, "idempotency-key")
+            .is_some_and(|k| !k.trim_ascii().is_empty()),
         body_replayable,
     }
 }

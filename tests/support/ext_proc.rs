@@ -44,6 +44,23 @@ pub async fn open_on(client: &mut Client) -> Result<Conversation, tonic::Status>
     Ok(Conversation { tx, rx })
 }
 
+/// A stream that names its role in the gRPC metadata `x-mulligan-phase`,
+/// as the decide wiring's filters do (`attempt`, `gate`, `final`).
+pub async fn open_as(grpc: SocketAddr, role: &str) -> Conversation {
+    let (tx, rx) = mpsc::channel(16);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("x-mulligan-phase", role.parse().expect("metadata value"));
+    let rx = connect(grpc)
+        .await
+        .process(request)
+        .await
+        .expect("open stream")
+        .into_inner();
+    Conversation { tx, rx }
+}
+
 impl Conversation {
     pub async fn send(&self, request: ProcessingRequest) {
         self.tx.send(request).await.expect("send");
