@@ -342,3 +342,76 @@ async fn a_slow_request_is_not_cut() {
     assert!(r.body.starts_with(b"hello from "));
     assert_eq!(stack.served(), 1, "served once, never retried");
 }
+
+/// The route's own response headers (HSTS here) are on every response the
+/// client gets, retried ones included. A client's own endpoint choice never
+/// reaches Envoy's router or the pod.
+#[tokio::test]
+async fn responses_keep_the_routes_headers_and_clients_cannot_pick_endpoints() {
+    let pods = vec![
+        Pod::start("a", PodState::Draining).await,
+        Pod::start("b", PodState::Ready).await,
+    ];
+    let draining = pods[0].addr.to_string();
+    let rig = Rig::start(pods, |v| {
+        route(v)["response_headers_to_add"] =
+            yaml("[{header: {key: strict-transport-security, value: max-age=31536000}}]");
+    })
+    .await;
+    for _ in 0..6 {
+        let r = send(
+            rig.front,
+            Method::GET,
+            "/",
+            &[("x-gateway-destination-endpoint", draining.as_str())],
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.headers
+                .get("strict-transport-security")
+                .map(|v| v.as_bytes()),
+            Some(&b"max-age=31536000"[..])
+        );
+    }
+    assert!(
+        rig.answers("retry").await > 0.0,
+        "some responses were retried"
+    );
+    let seen = rig.pods[1].seen();
+    assert!(seen
+        .iter()
+        .all(|s| s.header("x-gateway-destination-endpoint").is_none()));
+}
+
+/// Nothing comes back: a held request ends at `rescue.deadline` with the 503
+/// and `Retry-After`, never later.
+#[tokio::test]
+async fn a_hold_that_finds_nothing_ends_with_retry_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(&cfg, "[rescue]\ndeadline = \"1s\"\n").expect("config");
+    let stack = Stack::decide(
+        &[("a", PodState::Gone)],
+        &["--config", cfg.to_str().expect("path")],
+        &[],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let r = client::get(stack.front, "/").await.expect("GET");
+    let took = started.elapsed();
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.headers.get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    assert!(took < Duration::from_secs(5), "held for {took:?}");
+    assert!(
+        stack
+            .mulligan
+            .metric("mulligan_answers_total{answer=\"held_too_long\"}")
+            .await
+            >= 1.0
+    );
+}
