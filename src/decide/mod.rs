@@ -42,9 +42,11 @@ pub const RETRY_HEADER: &str = "x-mulligan-retry";
 /// `x-mulligan-phase` the wiring sets on each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// A retry about to leave, from the app cluster's upstream filter.
-    Gate,
-    /// One failed attempt, from the app cluster's upstream filter.
+    /// A retry (attempt 2 and later), from the app cluster's upstream
+    /// filter: its request headers before it leaves (the gate), then its
+    /// answer.
+    Retry,
+    /// A failed first attempt, from the app cluster's upstream filter.
     Attempt,
     /// The failed response the client is about to get.
     Final,
@@ -55,7 +57,7 @@ impl Role {
 
     pub fn parse(value: &[u8]) -> Option<Role> {
         match value {
-            b"gate" => Some(Role::Gate),
+            b"retry" => Some(Role::Retry),
             b"attempt" => Some(Role::Attempt),
             b"final" => Some(Role::Final),
             _ => None,

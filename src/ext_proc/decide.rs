@@ -67,16 +67,15 @@ pub fn on_response_headers(
     attrs: Attributes<'_>,
 ) -> Reply {
     let f = failed(decider, headers, attrs);
-    match role {
-        Role::Final => return final_response(decider, &f),
-        // The gate asks for request headers only; anything else passes.
-        Role::Gate => {
-            return Reply {
-                now: reply::continue_response_headers(),
-                hold: None,
-            }
-        }
-        Role::Attempt => {}
+    if role == Role::Final {
+        return final_response(decider, &f);
+    }
+    if f.status < 500 {
+        // A retry's answer that did not fail: nothing to judge.
+        return Reply {
+            now: reply::continue_response_headers(),
+            hold: None,
+        };
     }
     let (cause, verdict) = decider.judge(&f);
     tracing::debug!(

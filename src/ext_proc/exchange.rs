@@ -152,7 +152,7 @@ impl Exchange {
                 let attrs = message.attributes.remove(attributes::FILTER_KEY);
                 let attrs = Attributes::from_struct(attrs.as_ref());
                 match self.role {
-                    Some(Role::Gate) => decide::on_retry(&self.ctx.decider, attrs),
+                    Some(Role::Retry) => decide::on_retry(&self.ctx.decider, attrs),
                     _ => self.on_request_headers(headers, attrs),
                 }
             }
