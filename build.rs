@@ -19,7 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// `envoygateway.extension.EnvoyGatewayExtension`: six unary hooks, each
-/// `<Hook>Request` -> `<Hook>Response` in `crate::extension::api`.
+/// `<Hook>Request` -> `<Hook>Response` in `crate::extension::api::raw`
+/// (resources kept as bytes, so what the server leaves alone goes back
+/// byte for byte).
 fn envoy_gateway_extension() -> tonic_build::manual::Service {
     let hooks = [
         ("post_route_modify", "PostRouteModify"),
@@ -37,8 +39,8 @@ fn envoy_gateway_extension() -> tonic_build::manual::Service {
             tonic_build::manual::Method::builder()
                 .name(name)
                 .route_name(route)
-                .input_type(format!("crate::extension::api::{route}Request"))
-                .output_type(format!("crate::extension::api::{route}Response"))
+                .input_type(format!("crate::extension::api::raw::{route}Request"))
+                .output_type(format!("crate::extension::api::raw::{route}Response"))
                 .codec_path("tonic_prost::ProstCodec")
                 .build(),
         );

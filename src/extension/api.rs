@@ -163,3 +163,97 @@ pub struct PostTranslateModifyResponse {
     #[prost(message, repeated, tag = "4")]
     pub routes: Vec<RouteConfiguration>,
 }
+
+/// The same messages with every Envoy resource kept as its encoded bytes
+/// (a message field and a bytes field share one wire format). The server
+/// speaks these: a resource it leaves alone goes back byte for byte, with
+/// any field newer than envoy-types knows, and is never decoded at all if
+/// nothing needs to read it (secrets).
+pub mod raw {
+    use super::{
+        PostClusterExtensionContext, PostEndpointsExtensionContext,
+        PostHTTPListenerExtensionContext, PostRouteExtensionContext, PostTranslateExtensionContext,
+        PostVirtualHostExtensionContext,
+    };
+
+    /// A request or response with one optional resource and its context.
+    macro_rules! single {
+        ($req:ident, $resp:ident, $field:ident, $ctx_field:ident, $ctx:ty) => {
+            #[derive(Clone, PartialEq, prost::Message)]
+            pub struct $req {
+                #[prost(bytes = "vec", optional, tag = "1")]
+                pub $field: Option<Vec<u8>>,
+                #[prost(message, optional, tag = "2")]
+                pub $ctx_field: Option<$ctx>,
+            }
+
+            #[derive(Clone, PartialEq, prost::Message)]
+            pub struct $resp {
+                #[prost(bytes = "vec", optional, tag = "1")]
+                pub $field: Option<Vec<u8>>,
+            }
+        };
+    }
+
+    single!(
+        PostRouteModifyRequest,
+        PostRouteModifyResponse,
+        route,
+        post_route_context,
+        PostRouteExtensionContext
+    );
+    single!(
+        PostClusterModifyRequest,
+        PostClusterModifyResponse,
+        cluster,
+        post_cluster_context,
+        PostClusterExtensionContext
+    );
+    single!(
+        PostEndpointsModifyRequest,
+        PostEndpointsModifyResponse,
+        load_assignment,
+        post_endpoints_context,
+        PostEndpointsExtensionContext
+    );
+    single!(
+        PostVirtualHostModifyRequest,
+        PostVirtualHostModifyResponse,
+        virtual_host,
+        post_virtual_host_context,
+        PostVirtualHostExtensionContext
+    );
+    single!(
+        PostHTTPListenerModifyRequest,
+        PostHTTPListenerModifyResponse,
+        listener,
+        post_listener_context,
+        PostHTTPListenerExtensionContext
+    );
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PostTranslateModifyRequest {
+        #[prost(message, optional, tag = "1")]
+        pub post_translate_context: Option<PostTranslateExtensionContext>,
+        #[prost(bytes = "vec", repeated, tag = "2")]
+        pub clusters: Vec<Vec<u8>>,
+        #[prost(bytes = "vec", repeated, tag = "3")]
+        pub secrets: Vec<Vec<u8>>,
+        #[prost(bytes = "vec", repeated, tag = "4")]
+        pub listeners: Vec<Vec<u8>>,
+        #[prost(bytes = "vec", repeated, tag = "5")]
+        pub routes: Vec<Vec<u8>>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PostTranslateModifyResponse {
+        #[prost(bytes = "vec", repeated, tag = "1")]
+        pub clusters: Vec<Vec<u8>>,
+        #[prost(bytes = "vec", repeated, tag = "2")]
+        pub secrets: Vec<Vec<u8>>,
+        #[prost(bytes = "vec", repeated, tag = "3")]
+        pub listeners: Vec<Vec<u8>>,
+        #[prost(bytes = "vec", repeated, tag = "4")]
+        pub routes: Vec<Vec<u8>>,
+    }
+}

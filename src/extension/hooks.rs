@@ -6,6 +6,10 @@
 //! (Envoy Gateway gives them to that hook alone). PostEndpointsModify adds
 //! the hold endpoint to EDS clusters, whose endpoints PostTranslateModify
 //! never sees. The other hooks return their input.
+//!
+//! Resources arrive as bytes ([`api::raw`]); one that is not changed goes
+//! back as the very bytes that came, and one that does not decode is
+//! passed through untouched.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -14,15 +18,14 @@ use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::{
     cluster::v3::{cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster},
     endpoint::v3::ClusterLoadAssignment,
+    listener::v3::Listener,
     route::v3::{Route, RouteConfiguration},
 };
+use prost::Message;
 
 use super::{
-    api::{
-        PostRouteModifyRequest, PostRouteModifyResponse, PostTranslateModifyRequest,
-        PostTranslateModifyResponse,
-    },
-    policy::Settings,
+    api::raw,
+    policy::{Mode, Settings},
     select::{self, Choice, Policies},
     wiring::{self, MulliganAddress},
     ExtensionMetrics,
@@ -59,10 +62,7 @@ impl Hooks {
 
     /// Carries an HTTPRoute policy's decision on the route (a marker in its
     /// metadata) and installs the route's retry policy.
-    pub fn post_route(&self, req: PostRouteModifyRequest) -> PostRouteModifyResponse {
-        let Some(mut route) = req.route else {
-            return PostRouteModifyResponse { route: None };
-        };
+    pub fn post_route(&self, req: raw::PostRouteModifyRequest) -> raw::PostRouteModifyResponse {
         let resources = req.post_route_context.iter().flat_map(|c| {
             c.extension_policies
                 .iter()
@@ -70,58 +70,93 @@ impl Hooks {
                 .map(|r| r.unstructured_bytes.as_slice())
         });
         let policies = self.policies(resources);
-        if let Some(Ok(policy)) = policies.for_route() {
-            select::write_marker(route.metadata.get_or_insert_with(Default::default), policy);
-            if policy.mode == super::policy::Mode::Decide {
-                wiring::install_route(&mut route, &policy.settings);
-            }
-        }
-        PostRouteModifyResponse { route: Some(route) }
+        let route = match (req.route, policies.for_route()) {
+            (Some(bytes), Some(Ok(policy))) => match Route::decode(bytes.as_slice()) {
+                Ok(mut route) => {
+                    select::write_marker(
+                        route.metadata.get_or_insert_with(Default::default),
+                        policy,
+                    );
+                    if policy.mode == Mode::Decide {
+                        wiring::install_route(&mut route, &policy.settings);
+                    }
+                    Some(route.encode_to_vec())
+                }
+                Err(_) => Some(bytes),
+            },
+            (route, _) => route,
+        };
+        raw::PostRouteModifyResponse { route }
     }
 
     /// Adds the hold endpoint to an EDS cluster the last translation wired.
-    pub fn post_endpoints(
-        &self,
-        assignment: Option<ClusterLoadAssignment>,
-    ) -> Option<ClusterLoadAssignment> {
-        let mut assignment = assignment?;
-        if self.eds_wired.load().contains(&assignment.cluster_name) {
-            wiring::install_hold_endpoint(&mut assignment);
+    pub fn post_endpoints(&self, assignment: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        let bytes = assignment?;
+        let wired = self.eds_wired.load();
+        if wired.is_empty() {
+            return Some(bytes);
         }
-        Some(assignment)
+        match ClusterLoadAssignment::decode(bytes.as_slice()) {
+            Ok(mut cla) if wired.contains(&cla.cluster_name) => {
+                wiring::install_hold_endpoint(&mut cla);
+                Some(cla.encode_to_vec())
+            }
+            _ => Some(bytes),
+        }
     }
 
     /// Installs the wiring for every route a policy selects.
-    pub fn post_translate(&self, req: PostTranslateModifyRequest) -> PostTranslateModifyResponse {
-        let context = req.post_translate_context.as_ref();
-        let policies = self.policies(context.into_iter().flat_map(|c| {
+    pub fn post_translate(
+        &self,
+        req: raw::PostTranslateModifyRequest,
+    ) -> raw::PostTranslateModifyResponse {
+        let policies = self.policies(req.post_translate_context.iter().flat_map(|c| {
             c.extension_resources
                 .iter()
                 .map(|r| r.unstructured_bytes.as_slice())
         }));
-        let PostTranslateModifyRequest {
+        let raw::PostTranslateModifyRequest {
             mut clusters,
             secrets,
             mut listeners,
             mut routes,
             ..
         } = req;
-        let plan = plan(&policies, &routes);
+        let mut configs: Vec<Option<RouteConfiguration>> = routes
+            .iter()
+            .map(|b| RouteConfiguration::decode(b.as_slice()).ok())
+            .collect();
+        let plan = plan(&policies, &configs);
+        if plan.routes.is_empty() {
+            self.eds_wired.store(Arc::new(BTreeSet::new()));
+            self.metrics.routes_wired(0);
+            return raw::PostTranslateModifyResponse {
+                clusters,
+                secrets,
+                listeners,
+                routes,
+            };
+        }
         let failed = self.install_clusters(&mut clusters, &plan.clusters);
-        let (wired_configs, wired_routes) = install_routes(&mut routes, &plan, &failed);
-        if !wired_configs.is_empty() {
-            for listener in &mut listeners {
-                wiring::install_listener(listener, &|name| wired_configs.contains(name));
+        let (wired_configs, wired_routes) = install_routes(&mut configs, &plan, &failed);
+        for (bytes, config) in routes.iter_mut().zip(&configs) {
+            if let Some(c) = config.as_ref().filter(|c| wired_configs.contains(&c.name)) {
+                *bytes = c.encode_to_vec();
             }
+        }
+        if !wired_configs.is_empty() {
+            install_listeners(&mut listeners, &wired_configs);
             upsert(
                 &mut clusters,
                 wiring::mulligan_cluster(&self.mulligan),
-                |c| &c.name,
+                |b| Cluster::decode(b).ok().map(|c| c.name),
             );
-            upsert(&mut listeners, wiring::hold_listener(), |l| &l.name);
+            upsert(&mut listeners, wiring::hold_listener(), |b| {
+                Listener::decode(b).ok().map(|l| l.name)
+            });
         }
         self.metrics.routes_wired(wired_routes);
-        PostTranslateModifyResponse {
+        raw::PostTranslateModifyResponse {
             clusters,
             secrets,
             listeners,
@@ -132,36 +167,36 @@ impl Hooks {
     /// Wires the planned clusters; returns those that could not be wired.
     fn install_clusters(
         &self,
-        clusters: &mut [Cluster],
+        clusters: &mut [Vec<u8>],
         plan: &BTreeMap<String, Settings>,
     ) -> BTreeSet<String> {
+        let mut missing: BTreeSet<String> = plan.keys().cloned().collect();
         let mut failed = BTreeSet::new();
         let mut eds = BTreeSet::new();
-        for cluster in clusters.iter_mut() {
+        for bytes in clusters.iter_mut() {
+            let Ok(mut cluster) = Cluster::decode(bytes.as_slice()) else {
+                continue;
+            };
             let Some(settings) = plan.get(&cluster.name) else {
                 continue;
             };
-            let mut wired = cluster.clone();
-            match wiring::install_cluster(&mut wired, settings) {
+            missing.remove(&cluster.name);
+            match wiring::install_cluster(&mut cluster, settings) {
                 Ok(()) => {
-                    if is_eds(&wired) {
-                        eds.insert(wired.name.clone());
+                    if is_eds(&cluster) {
+                        eds.insert(cluster.name.clone());
                     }
-                    *cluster = wired;
+                    *bytes = cluster.encode_to_vec();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster left as Envoy Gateway made it");
                     self.metrics.wiring_error();
-                    failed.insert(cluster.name.clone());
+                    failed.insert(cluster.name);
                 }
             }
         }
-        // Clusters routes name but the translation lacks cannot be wired.
-        failed.extend(
-            plan.keys()
-                .filter(|n| !clusters.iter().any(|c| &c.name == *n))
-                .cloned(),
-        );
+        // A cluster a route names but the translation lacks cannot be wired.
+        failed.extend(missing);
         self.eds_wired.store(Arc::new(eds));
         failed
     }
@@ -169,6 +204,16 @@ impl Hooks {
 
 fn is_eds(cluster: &Cluster) -> bool {
     cluster.cluster_discovery_type == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
+}
+
+fn install_listeners(listeners: &mut [Vec<u8>], wired_configs: &BTreeSet<String>) {
+    for bytes in listeners.iter_mut() {
+        if let Ok(mut listener) = Listener::decode(bytes.as_slice()) {
+            if wiring::install_listener(&mut listener, &|name| wired_configs.contains(name)) {
+                *bytes = listener.encode_to_vec();
+            }
+        }
+    }
 }
 
 /// A route chosen for wiring: where it is and what it forwards to.
@@ -187,20 +232,21 @@ struct Plan {
     clusters: BTreeMap<String, Settings>,
 }
 
-fn plan(policies: &Policies, configs: &[RouteConfiguration]) -> Plan {
+fn plan(policies: &Policies, configs: &[Option<RouteConfiguration>]) -> Plan {
     let mut plan = Plan {
         routes: Vec::new(),
         clusters: BTreeMap::new(),
     };
     for (c, config) in configs.iter().enumerate() {
+        let Some(config) = config else { continue };
         for (v, vhost) in config.virtual_hosts.iter().enumerate() {
             for (r, route) in vhost.routes.iter().enumerate() {
-                let Choice::Wire(settings) =
-                    select::choose(policies, route.metadata.as_ref(), vhost.metadata.as_ref())
-                else {
+                let choice =
+                    select::choose(policies, route.metadata.as_ref(), vhost.metadata.as_ref());
+                let Choice::Wire(settings) = choice else {
                     continue;
                 };
-                let clusters = forwarded_clusters(route);
+                let clusters = wiring::forwarded_clusters(route);
                 if clusters.is_empty() {
                     continue;
                 }
@@ -220,17 +266,11 @@ fn plan(policies: &Policies, configs: &[RouteConfiguration]) -> Plan {
     plan
 }
 
-fn forwarded_clusters(route: &Route) -> Vec<String> {
-    // install_route on a copy reads the clusters the same way it wires them.
-    let mut probe = route.clone();
-    wiring::install_route(&mut probe, &Settings::default())
-}
-
 /// Installs the retry policy on planned routes whose clusters were all
 /// wired; returns the names of the route configurations touched, and how
 /// many routes were wired.
 fn install_routes(
-    configs: &mut [RouteConfiguration],
+    configs: &mut [Option<RouteConfiguration>],
     plan: &Plan,
     failed: &BTreeSet<String>,
 ) -> (BTreeSet<String>, usize) {
@@ -240,7 +280,9 @@ fn install_routes(
         if p.clusters.iter().any(|c| failed.contains(c)) {
             continue;
         }
-        let config = &mut configs[p.config];
+        let Some(config) = configs[p.config].as_mut() else {
+            continue;
+        };
         wiring::install_route(
             &mut config.virtual_hosts[p.vhost].routes[p.route],
             &p.settings,
@@ -251,10 +293,19 @@ fn install_routes(
     (touched, wired)
 }
 
-/// Replaces the item with the same name, or appends it.
-fn upsert<T>(items: &mut Vec<T>, item: T, name: impl Fn(&T) -> &String) {
-    match items.iter().position(|i| name(i) == name(&item)) {
-        Some(at) => items[at] = item,
-        None => items.push(item),
+/// Replaces the resource with the same name, or appends it.
+fn upsert<M: Message>(
+    items: &mut Vec<Vec<u8>>,
+    item: M,
+    name_of: impl Fn(&[u8]) -> Option<String>,
+) {
+    let bytes = item.encode_to_vec();
+    let name = name_of(&bytes);
+    match items
+        .iter()
+        .position(|i| name.is_some() && name_of(i) == name)
+    {
+        Some(at) => items[at] = bytes,
+        None => items.push(bytes),
     }
 }

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tonic::{transport::server::TcpIncoming, Request, Response, Status};
 
 use super::{
-    api::{self, envoy_gateway_extension_server as generated},
+    api::{envoy_gateway_extension_server as generated, raw as api},
     hooks::Hooks,
     wiring::MulliganAddress,
     ExtensionMetrics,

@@ -208,6 +208,14 @@ pub fn install_route(route: &mut Route, settings: &Settings) -> Vec<String> {
     route_clusters(action)
 }
 
+/// The clusters a forwarding route sends to (none for other routes).
+pub fn forwarded_clusters(route: &Route) -> Vec<String> {
+    match route.action.as_ref() {
+        Some(route::Action::Route(action)) => route_clusters(action),
+        _ => Vec::new(),
+    }
+}
+
 fn route_clusters(action: &envoy_types::pb::envoy::config::route::v3::RouteAction) -> Vec<String> {
     match &action.cluster_specifier {
         Some(route_action::ClusterSpecifier::Cluster(name)) => vec![name.clone()],
