@@ -115,7 +115,20 @@ pub fn pool() -> &'static DescriptorPool {
         let protos = envoy_types_protos();
         let api = protos.join("data-plane-api");
         let mut names = fixture_type_names();
-        names.insert("envoy.config.bootstrap.v3.Bootstrap".into());
+        // Envoy's bootstrap, and what the wiring packs into Anys (to print
+        // a wired translation as a bootstrap Envoy reads).
+        for name in [
+            "envoy.config.bootstrap.v3.Bootstrap",
+            "envoy.extensions.bootstrap.internal_listener.v3.InternalListener",
+            "envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+            "envoy.extensions.filters.http.composite.v3.Composite",
+            "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec",
+            "envoy.type.matcher.v3.HttpResponseHeaderMatchInput",
+        ] {
+            names.insert(name.into());
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("fds.bin");
         let protoc = protoc_bin_vendored::protoc_bin_path().expect("protoc");
@@ -167,6 +180,36 @@ fn drop_empty_anys(json: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(drop_empty_anys),
         _ => {}
     }
+}
+
+/// Puts back the empty `config` [`drop_empty_anys`] took out, now that the
+/// message is decoded (a present, empty `Any`, as Envoy Gateway sends it).
+fn restore_empty_anys(config: &mut envoy_types::pb::envoy::config::route::v3::RouteConfiguration) {
+    use envoy_types::pb::{envoy::config::route::v3::FilterConfig, google::protobuf::Any};
+    let fix = |map: &mut std::collections::HashMap<String, Any>| {
+        for any in map.values_mut() {
+            if any.type_url.ends_with("envoy.config.route.v3.FilterConfig") {
+                let mut f = FilterConfig::decode(any.value.as_slice()).expect("FilterConfig");
+                if f.config.is_none() && !f.disabled && !f.is_optional {
+                    f.config = Some(Any::default());
+                    any.value = f.encode_to_vec();
+                }
+            }
+        }
+    };
+    fix(&mut config.typed_per_filter_config);
+    for vhost in &mut config.virtual_hosts {
+        fix(&mut vhost.typed_per_filter_config);
+        for route in &mut vhost.routes {
+            fix(&mut route.typed_per_filter_config);
+        }
+    }
+}
+
+fn route_config(json: Value) -> envoy_types::pb::envoy::config::route::v3::RouteConfiguration {
+    let mut config = from_json(ROUTES, json);
+    restore_empty_anys(&mut config);
+    config
 }
 
 /// One resource in proto JSON (camelCase, `@type` optional) as `M`.
@@ -276,7 +319,7 @@ fn egctl(path: &Path) -> Vec<Translation> {
         .collect();
         request.routes = pick("RoutesConfigDump", &["dynamicRouteConfigs", "routeConfig"])
             .into_iter()
-            .map(|j| from_json(ROUTES, j))
+            .map(route_config)
             .collect();
         let endpoints = pick(
             "EndpointsConfigDump",
@@ -316,10 +359,7 @@ fn xds_set(dir: &Path, name: &str) -> Translation {
         .into_iter()
         .map(|j| from_json(LISTENER, j))
         .collect();
-    request.routes = list("routes")
-        .into_iter()
-        .map(|j| from_json(ROUTES, j))
-        .collect();
+    request.routes = list("routes").into_iter().map(route_config).collect();
     let endpoints = list("endpoints")
         .into_iter()
         .map(|j| from_json(ENDPOINTS, j))
