@@ -389,7 +389,7 @@ async fn an_invalid_policy_is_reported_and_its_routes_are_left_alone() {
             json!([gateway_ref("eg", Some("http"))]),
             rest.clone(),
         );
-        let req = t.with_policies(&[bad.clone()]);
+        let req = t.with_policies(std::slice::from_ref(&bad));
         let (sent, back) = translate_raw(&mut client, &req).await;
         assert_same_bytes(&format!("invalid policy {rest}"), &sent, &back);
         // Beside a valid policy for the other listener: only that one is wired.

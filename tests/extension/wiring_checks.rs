@@ -675,7 +675,8 @@ pub fn wire_format_matches_vendored_proto() {
         M::decode(bytes).expect("decode").encode_to_vec()
     }
     let pool = super::xds::pool();
-    let checks: Vec<(&str, fn(&[u8]) -> Vec<u8>)> = vec![
+    type Check = (&'static str, fn(&[u8]) -> Vec<u8>);
+    let checks: Vec<Check> = vec![
         ("ExtensionResource", roundtrip::<a::ExtensionResource>),
         (
             "PostRouteExtensionContext",
@@ -751,7 +752,7 @@ pub fn wire_format_matches_vendored_proto() {
         ),
     ];
     // The server's byte-keeping twins, too.
-    let raw_checks: Vec<(&str, fn(&[u8]) -> Vec<u8>)> = vec![
+    let raw_checks: Vec<Check> = vec![
         (
             "PostRouteModifyRequest",
             roundtrip::<a::raw::PostRouteModifyRequest>,

@@ -305,22 +305,24 @@ fn egctl(path: &Path) -> Vec<Translation> {
                 .cloned()
                 .collect()
         };
-        let mut request = PostTranslateModifyRequest::default();
-        request.clusters = pick("ClustersConfigDump", &["dynamicActiveClusters", "cluster"])
+        let request = PostTranslateModifyRequest {
+            clusters: pick("ClustersConfigDump", &["dynamicActiveClusters", "cluster"])
+                .into_iter()
+                .map(|j| from_json(CLUSTER, j))
+                .collect(),
+            listeners: pick(
+                "ListenersConfigDump",
+                &["dynamicListeners", "activeState", "listener"],
+            )
             .into_iter()
-            .map(|j| from_json(CLUSTER, j))
-            .collect();
-        request.listeners = pick(
-            "ListenersConfigDump",
-            &["dynamicListeners", "activeState", "listener"],
-        )
-        .into_iter()
-        .map(|j| from_json(LISTENER, j))
-        .collect();
-        request.routes = pick("RoutesConfigDump", &["dynamicRouteConfigs", "routeConfig"])
-            .into_iter()
-            .map(route_config)
-            .collect();
+            .map(|j| from_json(LISTENER, j))
+            .collect(),
+            routes: pick("RoutesConfigDump", &["dynamicRouteConfigs", "routeConfig"])
+                .into_iter()
+                .map(route_config)
+                .collect(),
+            ..Default::default()
+        };
         let endpoints = pick(
             "EndpointsConfigDump",
             &["dynamicEndpointConfigs", "endpointConfig"],
@@ -350,16 +352,18 @@ fn xds_set(dir: &Path, name: &str) -> Translation {
             .cloned()
             .unwrap_or_default()
     };
-    let mut request = PostTranslateModifyRequest::default();
-    request.clusters = list("clusters")
-        .into_iter()
-        .map(|j| from_json(CLUSTER, j))
-        .collect();
-    request.listeners = list("listeners")
-        .into_iter()
-        .map(|j| from_json(LISTENER, j))
-        .collect();
-    request.routes = list("routes").into_iter().map(route_config).collect();
+    let request = PostTranslateModifyRequest {
+        clusters: list("clusters")
+            .into_iter()
+            .map(|j| from_json(CLUSTER, j))
+            .collect(),
+        listeners: list("listeners")
+            .into_iter()
+            .map(|j| from_json(LISTENER, j))
+            .collect(),
+        routes: list("routes").into_iter().map(route_config).collect(),
+        ..Default::default()
+    };
     let endpoints = list("endpoints")
         .into_iter()
         .map(|j| from_json(ENDPOINTS, j))
