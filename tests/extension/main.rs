@@ -6,6 +6,7 @@ mod support;
 
 mod hostile;
 mod live;
+mod manifests;
 mod server;
 mod wiring_checks;
 mod xds;
