@@ -484,3 +484,100 @@ async fn with_no_app_endpoint_left_the_attempt_reaches_the_hold_and_mulligan_is_
             >= 1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_behind_the_wired_gateway_shows_the_client_no_503() {
+    let (decider, decider_addr) = start_decider().await;
+    let server = ExtensionServer::start(&decider_addr.to_string(), &[]).await;
+    let old = [
+        Pod::start("old-1", PodState::Ready).await,
+        Pod::start("old-2", PodState::Ready).await,
+    ];
+    let new = [
+        Pod::start("new-1", PodState::Booting).await,
+        Pod::start("new-2", PodState::Booting).await,
+    ];
+    let addrs: Vec<SocketAddr> = old.iter().chain(&new).map(|p| p.addr).collect();
+    let t = super::the_fixture("from-gateway-api-to-xds");
+    let (resp, endpoints) = wired(&server, &t).await;
+    let b = bootstrap(&resp, &endpoints, &addrs);
+    let envoy =
+        Envoy::start(&xds::to_json("envoy.config.bootstrap.v3.Bootstrap", &b).to_string()).await;
+    let front = envoy.listener("default/eg/http").await;
+
+    // A second client keeps requests in flight while the first one steps
+    // the rollout along at fixed points of its own sequence.
+    let background = tokio::spawn(async move {
+        let http = HttpClient::new(Proto::Http1);
+        let mut statuses = Vec::new();
+        for i in 0..300 {
+            let body = if i % 3 == 0 {
+                format!("bg {i}")
+            } else {
+                String::new()
+            };
+            let method = if body.is_empty() {
+                Method::GET
+            } else {
+                Method::POST
+            };
+            let r = http
+                .send(
+                    method,
+                    front,
+                    "/echo",
+                    &[("host", "www.example.com")],
+                    full(body),
+                )
+                .await;
+            statuses.push(r.map(|r| r.status.as_u16()).unwrap_or(0));
+        }
+        statuses
+    });
+    let http = HttpClient::new(Proto::Http1);
+    let grace = std::time::Duration::from_secs(2);
+    for i in 0..400 {
+        match i {
+            50 => new[0].set_state(PodState::Ready).await,
+            100 => old[0].set_state(PodState::Draining).await,
+            150 => old[0].exit(grace),
+            200 => new[1].set_state(PodState::Ready).await,
+            250 => old[1].set_state(PodState::Draining).await,
+            300 => old[1].exit(grace),
+            _ => {}
+        }
+        let r = http
+            .send(
+                Method::GET,
+                front,
+                "/",
+                &[("host", "www.example.com")],
+                full(String::new()),
+            )
+            .await
+            .expect("request");
+        assert_eq!(
+            r.status, 200,
+            "request {i} during the rollout: {:?}",
+            r.headers
+        );
+    }
+    let statuses = background.await.expect("background client");
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "background client saw {:?}",
+        statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
+    let rejected: u64 = old.iter().chain(&new).map(|p| p.rejected()).sum();
+    assert!(rejected > 0, "the rollout produced failed attempts");
+    assert_eq!(
+        decider.attempts.load(Ordering::SeqCst),
+        rejected,
+        "mulligan asked once per failed attempt, never for a healthy one"
+    );
+    assert_eq!(decider.finals.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        new.iter().map(|p| p.served()).sum::<u64>() + old.iter().map(|p| p.served()).sum::<u64>(),
+        700
+    );
+}
