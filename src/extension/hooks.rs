@@ -127,6 +127,11 @@ impl Hooks {
             .map(|b| RouteConfiguration::decode(b.as_slice()).ok())
             .collect();
         let plan = plan(&policies, &configs);
+        if !policies.is_empty() && routes.is_empty() {
+            tracing::warn!(
+                "MulliganPolicies arrived but no routes: set extensionManager.hooks.xdsTranslator.translation.route.includeAll (and listener.includeAll) in Envoy Gateway"
+            );
+        }
         if plan.routes.is_empty() {
             self.eds_wired.store(Arc::new(BTreeSet::new()));
             self.metrics.routes_wired(0);

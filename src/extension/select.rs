@@ -228,3 +228,30 @@ pub fn read_marker(meta: &Metadata) -> Option<(Mode, Settings)> {
     };
     Some((mode, settings))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extension::policy::{Mode, Policy, Settings};
+
+    #[test]
+    fn the_route_marker_reads_back_what_was_written() {
+        let policy = Policy {
+            namespace: "default".into(),
+            name: "p".into(),
+            target_refs: Vec::new(),
+            mode: Mode::Decide,
+            settings: Settings {
+                num_retries: 3,
+                max_hold: std::time::Duration::from_millis(2500),
+            },
+        };
+        let mut meta = Metadata::default();
+        write_marker(&mut meta, &policy);
+        assert_eq!(read_marker(&meta), Some((Mode::Decide, policy.settings)));
+        assert_eq!(
+            choose(&Policies::default(), Some(&meta), None),
+            Choice::Wire(policy.settings)
+        );
+    }
+}

@@ -263,3 +263,18 @@ pub fn main(args: Args) -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mulligan_address_takes_names_ips_and_bracketed_ipv6() {
+        let a = parse_address("mulligan.ns.svc:50051").expect("name");
+        assert_eq!((a.host.as_str(), a.port), ("mulligan.ns.svc", 50051));
+        assert_eq!(parse_address("[::1]:9").expect("v6").host, "::1");
+        for bad in ["mulligan", ":50051", "host:port", "host:70000"] {
+            assert!(parse_address(bad).is_err(), "{bad}");
+        }
+    }
+}

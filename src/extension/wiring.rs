@@ -80,15 +80,22 @@ pub const FAILED_STATUS_PREFIX: &str = "5";
 /// Route retry triggers; Envoy's own 5xx triggers are dropped on purpose:
 /// they would resend POSTs that reached an app.
 pub const RETRY_ON: &str = "connect-failure,refused-stream,reset-before-request,retriable-headers";
+/// How often Envoy may re-pick a host that `previous_hosts` rejects.
 pub const HOST_SELECTION_RETRY_MAX_ATTEMPTS: i64 = 5;
+/// Envoy's pause between attempts: short, since mulligan (not the clock)
+/// decides when an endpoint is worth another try.
 pub const RETRY_BACK_OFF_BASE: Duration = Duration::from_millis(10);
 pub const RETRY_BACK_OFF_MAX: Duration = Duration::from_millis(100);
 /// How long Envoy waits for mulligan's first answer before going on.
 pub const MESSAGE_TIMEOUT: Duration = Duration::from_millis(200);
+/// The cluster's retry circuit breaker: high, so mulligan's budget (not
+/// Envoy's default of 3 concurrent retries) is what limits retries.
 pub const MAX_RETRIES_CIRCUIT: u32 = 1024;
 /// P0 takes all traffic while any of its hosts is healthy.
 pub const OVERPROVISIONING_FACTOR: u32 = 100_000;
 pub const MULLIGAN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// What mulligan needs to judge a failed attempt (request headers and body
+/// are not sent: only these attributes).
 pub const ATTEMPT_ATTRIBUTES: [&str; 7] = [
     "response.code",
     "upstream.address",
@@ -98,6 +105,7 @@ pub const ATTEMPT_ATTRIBUTES: [&str; 7] = [
     "request.id",
     "request.headers['idempotency-key']",
 ];
+/// For the final response, also why Envoy answered as it did.
 pub const FINAL_ATTRIBUTES: [&str; 9] = [
     "response.code",
     "response.flags",
