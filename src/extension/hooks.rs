@@ -7,6 +7,12 @@
 //! the hold endpoint to EDS clusters, whose endpoints PostTranslateModify
 //! never sees. The other hooks return their input.
 //!
+//! Within one translation Envoy Gateway calls, per route, PostRouteModify
+//! and then PostEndpointsModify for the route's clusters, and
+//! PostTranslateModify once at the end. So the Endpoints hook knows the
+//! clusters of HTTPRoute policies from the same translation, and those of
+//! Gateway policies from the previous one.
+//!
 //! Resources arrive as bytes ([`api::raw`]); one that is not changed goes
 //! back as the very bytes that came, and one that does not decode is
 //! passed through untouched.
@@ -35,7 +41,10 @@ use super::{
 /// last translation wired (for PostEndpointsModify, which has no context).
 pub struct Hooks {
     mulligan: MulliganAddress,
+    /// EDS clusters the last PostTranslateModify wired.
     eds_wired: ArcSwap<BTreeSet<String>>,
+    /// Clusters of routes PostRouteModify wired since then.
+    routes_wired: std::sync::Mutex<BTreeSet<String>>,
     metrics: ExtensionMetrics,
 }
 
@@ -44,6 +53,7 @@ impl Hooks {
         Self {
             mulligan,
             eds_wired: ArcSwap::from_pointee(BTreeSet::new()),
+            routes_wired: Default::default(),
             metrics: ExtensionMetrics::new(),
         }
     }
@@ -78,7 +88,8 @@ impl Hooks {
                         policy,
                     );
                     if policy.mode == Mode::Decide {
-                        wiring::install_route(&mut route, &policy.settings);
+                        let clusters = wiring::install_route(&mut route, &policy.settings);
+                        self.pending().extend(clusters);
                     }
                     Some(route.encode_to_vec())
                 }
@@ -89,15 +100,25 @@ impl Hooks {
         raw::PostRouteModifyResponse { route }
     }
 
-    /// Adds the hold endpoint to an EDS cluster the last translation wired.
+    /// The clusters PostRouteModify wired in this translation (a poisoned
+    /// lock only means another hook panicked: the set is still usable).
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.routes_wired.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds the hold endpoint to an EDS cluster that is wired (see the
+    /// module's note on ordering).
     pub fn post_endpoints(&self, assignment: Option<Vec<u8>>) -> Option<Vec<u8>> {
         let bytes = assignment?;
         let wired = self.eds_wired.load();
-        if wired.is_empty() {
+        if wired.is_empty() && self.pending().is_empty() {
             return Some(bytes);
         }
         match ClusterLoadAssignment::decode(bytes.as_slice()) {
-            Ok(mut cla) if wired.contains(&cla.cluster_name) => {
+            Ok(mut cla)
+                if wired.contains(&cla.cluster_name)
+                    || self.pending().contains(&cla.cluster_name) =>
+            {
                 wiring::install_hold_endpoint(&mut cla);
                 Some(cla.encode_to_vec())
             }
@@ -127,6 +148,7 @@ impl Hooks {
             .map(|b| RouteConfiguration::decode(b.as_slice()).ok())
             .collect();
         let plan = plan(&policies, &configs);
+        self.pending().clear();
         if !policies.is_empty() && routes.is_empty() {
             tracing::warn!(
                 "MulliganPolicies arrived but no routes: set extensionManager.hooks.xdsTranslator.translation.route.includeAll (and listener.includeAll) in Envoy Gateway"

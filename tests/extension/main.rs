@@ -485,6 +485,31 @@ async fn post_endpoints_adds_the_hold_to_the_wired_eds_clusters_only() {
             );
         }
     }
+    // Within one translation, an HTTPRoute policy's clusters get the hold
+    // before PostTranslateModify runs (Envoy Gateway's order: route, then
+    // its endpoints).
+    translate(&mut client, t.with_policies(&[])).await;
+    let cla = t
+        .endpoints
+        .iter()
+        .find(|c| c.cluster_name == "httproute/default/backend/rule/0")
+        .expect("cla");
+    assert_eq!(
+        endpoints_hook(&mut client, &cla.encode_to_vec()).await,
+        cla.encode_to_vec(),
+        "not wired yet"
+    );
+    let route = t.request.routes[0].virtual_hosts[0].routes[0].clone();
+    route_hook(
+        &mut client,
+        &route,
+        &[policy("r", httproute_ref("backend"), json!({}))],
+    )
+    .await;
+    wiring_checks::assert_hold(
+        cla,
+        &decode(&endpoints_hook(&mut client, &cla.encode_to_vec()).await),
+    );
     // A translation without the policy withdraws it.
     translate(&mut client, t.with_policies(&[])).await;
     let cla = t
