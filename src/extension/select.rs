@@ -4,7 +4,8 @@
 //!
 //! Precedence, most specific first: a route marker left by PostRouteModify
 //! (an HTTPRoute policy), an HTTPRoute policy in the PostTranslate context,
-//! then a Gateway policy. Among several policies at one level the first by
+//! a Gateway policy on the route's listener (`sectionName`), then one on
+//! the whole Gateway. Among several policies at one level the first by
 //! `namespace/name` wins, so the choice does not depend on delivery order.
 //! An invalid policy at the deciding level leaves the route untouched.
 
@@ -84,13 +85,15 @@ impl Policies {
         self.valid.first().map(Ok)
     }
 
-    /// The choice at one level: policies whose targets select `resources`.
-    fn choose(&self, kind: &str, resources: &[EgResource]) -> Option<Choice> {
+    /// The choice at one level: policies whose targets select `resources`,
+    /// with a `sectionName` (`sectioned`) or without.
+    fn choose(&self, kind: &str, sectioned: bool, resources: &[EgResource]) -> Option<Choice> {
         let hit = |ns: &str, t: &policy::TargetRef| {
-            resources.iter().any(|r| {
-                r.kind == kind
-                    && policy::selects(ns, t, kind, &r.namespace, &r.name, r.section.as_deref())
-            })
+            t.section_name.is_some() == sectioned
+                && resources.iter().any(|r| {
+                    r.kind == kind
+                        && policy::selects(ns, t, kind, &r.namespace, &r.name, r.section.as_deref())
+                })
         };
         let invalid = self.invalid.iter().any(|(id, targets)| {
             let ns = id.split('/').next().unwrap_or_default();
@@ -127,13 +130,17 @@ pub fn choose(
         return Choice::Untouched;
     }
     let route = eg_resources(route_meta);
-    if let Some(choice) = policies.choose("HTTPRoute", &route) {
-        return choice;
-    }
     let vhost = eg_resources(vhost_meta);
-    policies
-        .choose("Gateway", &vhost)
-        .unwrap_or(Choice::Untouched)
+    let levels = [
+        ("HTTPRoute", true, &route),
+        ("HTTPRoute", false, &route),
+        ("Gateway", true, &vhost),
+        ("Gateway", false, &vhost),
+    ];
+    let choice = levels
+        .into_iter()
+        .find_map(|(kind, sectioned, resources)| policies.choose(kind, sectioned, resources));
+    choice.unwrap_or(Choice::Untouched)
 }
 
 fn string_field(s: &Struct, key: &str) -> Option<String> {

@@ -311,6 +311,34 @@ async fn a_gateway_listener_policy_adds_exactly_the_documented_wiring() {
         },
     );
     assert_eq!(server.metric("mulligan_extension_routes_wired").await, 2.0);
+
+    // A policy on one listener wins over one on the whole Gateway, whatever
+    // their names: the http listener gets "z-listener"'s mode off.
+    let req = t.with_policies(&[
+        policy(
+            "a-gateway",
+            json!([gateway_ref("eg", None)]),
+            json!({"budget": {"numRetries": 3}}),
+        ),
+        policy(
+            "z-listener",
+            json!([gateway_ref("eg", Some("http"))]),
+            json!({"mode": "off"}),
+        ),
+    ]);
+    let resp = translate(&mut client, req.clone()).await;
+    assert_wired(
+        &req,
+        &resp,
+        &Expect {
+            routes: &["grpcroute/default/backend/rule/0/match/0/www_grpc-example_com"],
+            clusters: &["grpcroute/default/backend/rule/0"],
+            listeners: &["default/eg/grpc"],
+            num_retries: 3,
+            max_hold_s: 14,
+            mulligan: ("mulligan.mulligan-system.svc", 50051, true),
+        },
+    );
 }
 
 #[tokio::test]
