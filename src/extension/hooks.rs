@@ -136,59 +136,59 @@ impl Hooks {
                 .iter()
                 .map(|r| r.unstructured_bytes.as_slice())
         }));
-        let raw::PostTranslateModifyRequest {
-            mut clusters,
-            secrets,
-            mut listeners,
-            mut routes,
-            ..
-        } = req;
-        let mut configs: Vec<Option<RouteConfiguration>> = routes
+        if !policies.is_empty() && req.routes.is_empty() {
+            tracing::warn!(
+                "MulliganPolicies arrived but no routes: set extensionManager.hooks.xdsTranslator.translation.route.includeAll (and listener.includeAll) in Envoy Gateway"
+            );
+        }
+        let mut resp = raw::PostTranslateModifyResponse {
+            clusters: req.clusters,
+            secrets: req.secrets,
+            listeners: req.listeners,
+            routes: req.routes,
+        };
+        let configs: Vec<Option<RouteConfiguration>> = resp
+            .routes
             .iter()
             .map(|b| RouteConfiguration::decode(b.as_slice()).ok())
             .collect();
         let plan = plan(&policies, &configs);
         self.pending().clear();
-        if !policies.is_empty() && routes.is_empty() {
-            tracing::warn!(
-                "MulliganPolicies arrived but no routes: set extensionManager.hooks.xdsTranslator.translation.route.includeAll (and listener.includeAll) in Envoy Gateway"
-            );
-        }
-        if plan.routes.is_empty() {
+        let wired = if plan.routes.is_empty() {
             self.eds_wired.store(Arc::new(BTreeSet::new()));
-            self.metrics.routes_wired(0);
-            return raw::PostTranslateModifyResponse {
-                clusters,
-                secrets,
-                listeners,
-                routes,
-            };
-        }
-        let failed = self.install_clusters(&mut clusters, &plan.clusters);
-        let (wired_configs, wired_routes) = install_routes(&mut configs, &plan, &failed);
-        for (bytes, config) in routes.iter_mut().zip(&configs) {
+            0
+        } else {
+            self.install(&plan, configs, &mut resp)
+        };
+        self.metrics.routes_wired(wired);
+        resp
+    }
+
+    /// Carries out a plan on the translation; returns the routes wired.
+    fn install(
+        &self,
+        plan: &Plan,
+        mut configs: Vec<Option<RouteConfiguration>>,
+        resp: &mut raw::PostTranslateModifyResponse,
+    ) -> usize {
+        let failed = self.install_clusters(&mut resp.clusters, &plan.clusters);
+        let (wired_configs, wired_routes) = install_routes(&mut configs, plan, &failed);
+        for (bytes, config) in resp.routes.iter_mut().zip(&configs) {
             if let Some(c) = config.as_ref().filter(|c| wired_configs.contains(&c.name)) {
                 *bytes = c.encode_to_vec();
             }
         }
         if !wired_configs.is_empty() {
-            install_listeners(&mut listeners, &wired_configs);
-            upsert(
-                &mut clusters,
-                wiring::mulligan_cluster(&self.mulligan),
-                |b| Cluster::decode(b).ok().map(|c| c.name),
-            );
-            upsert(&mut listeners, wiring::hold_listener(), |b| {
+            install_listeners(&mut resp.listeners, &wired_configs);
+            let mulligan = wiring::mulligan_cluster(&self.mulligan);
+            upsert(&mut resp.clusters, mulligan, |b| {
+                Cluster::decode(b).ok().map(|c| c.name)
+            });
+            upsert(&mut resp.listeners, wiring::hold_listener(), |b| {
                 Listener::decode(b).ok().map(|l| l.name)
             });
         }
-        self.metrics.routes_wired(wired_routes);
-        raw::PostTranslateModifyResponse {
-            clusters,
-            secrets,
-            listeners,
-            routes,
-        }
+        wired_routes
     }
 
     /// Wires the planned clusters; returns those that could not be wired.
