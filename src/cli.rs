@@ -24,6 +24,9 @@ enum Command {
     Serve(ServeArgs),
     /// Validate a config file: exit 0 when valid, else print FILE:LINE:COL: why.
     CheckConfig { file: PathBuf },
+    /// Serve Envoy Gateway's Extension Server API: install mulligan's wiring
+    /// into the routes a MulliganPolicy selects (docs/envoy-gateway.md).
+    ExtensionServer(crate::extension::server::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -69,6 +72,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => serve(args),
+        Command::ExtensionServer(args) => crate::extension::server::main(args),
     }
 }
 

@@ -24,6 +24,9 @@
 //!   [`admin`] HTTP port together and owns mulligan's own graceful [`drain`];
 //! - [`config`] is the TOML configuration, [`cli`] the command line,
 //!   [`telemetry`] logs and [`metrics`] the Prometheus counters;
+//! - [`extension`] is the Envoy Gateway Extension Server (`mulligan
+//!   extension-server`), which installs mulligan's wiring into Envoy
+//!   Gateway's xDS;
 //! - [`fuzzing`] feeds untrusted bytes to the protocol, the classifier and
 //!   the config parser, and checks what must hold whatever they are.
 
@@ -37,6 +40,7 @@ pub mod decide;
 pub mod drain;
 pub mod endpoints;
 pub mod ext_proc;
+pub mod extension;
 pub mod fuzzing;
 pub mod metrics;
 pub mod policy;

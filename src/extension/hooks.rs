@@ -1,0 +1,338 @@
+//! What each hook does to Envoy Gateway's resources, without gRPC.
+//!
+//! PostTranslateModify does the work: it sees every route, cluster and
+//! listener at once, so it can wire a route together with its cluster and
+//! its listener. PostRouteModify only carries HTTPRoute policies forward
+//! (Envoy Gateway gives them to that hook alone). PostEndpointsModify adds
+//! the hold endpoint to EDS clusters, whose endpoints PostTranslateModify
+//! never sees. The other hooks return their input.
+//!
+//! Within one translation Envoy Gateway calls, per route, PostRouteModify
+//! and then PostEndpointsModify for the route's clusters, and
+//! PostTranslateModify once at the end. So the Endpoints hook knows the
+//! clusters of HTTPRoute policies from the same translation, and those of
+//! Gateway policies from the previous one.
+//!
+//! Resources arrive as bytes ([`api::raw`]); one that is not changed goes
+//! back as the very bytes that came, and one that does not decode is
+//! passed through untouched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::config::{
+    cluster::v3::{cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster},
+    endpoint::v3::ClusterLoadAssignment,
+    listener::v3::Listener,
+    route::v3::{Route, RouteConfiguration},
+};
+use prost::Message;
+
+use super::{
+    api::raw,
+    policy::{Mode, Settings},
+    select::{self, Choice, Policies},
+    wiring::{self, MulliganAddress},
+    ExtensionMetrics,
+};
+
+/// The hooks' shared state: where mulligan is, and which EDS clusters the
+/// last translation wired (for PostEndpointsModify, which has no context).
+pub struct Hooks {
+    mulligan: MulliganAddress,
+    /// EDS clusters the last PostTranslateModify wired.
+    eds_wired: ArcSwap<BTreeSet<String>>,
+    /// Clusters of routes PostRouteModify wired since then.
+    routes_wired: std::sync::Mutex<BTreeSet<String>>,
+    metrics: ExtensionMetrics,
+}
+
+impl Hooks {
+    pub fn new(mulligan: MulliganAddress) -> Self {
+        Self {
+            mulligan,
+            eds_wired: ArcSwap::from_pointee(BTreeSet::new()),
+            routes_wired: Default::default(),
+            metrics: ExtensionMetrics::new(),
+        }
+    }
+
+    fn policies<'a>(&self, resources: impl IntoIterator<Item = &'a [u8]>) -> Policies {
+        let metrics = &self.metrics;
+        Policies::read(resources, &mut |id, reason| {
+            tracing::warn!(
+                policy = id,
+                reason,
+                "invalid MulliganPolicy: its routes are left as Envoy Gateway made them"
+            );
+            metrics.invalid_policy();
+        })
+    }
+
+    /// Carries an HTTPRoute policy's decision on the route (a marker in its
+    /// metadata) and installs the route's retry policy.
+    pub fn post_route(&self, req: raw::PostRouteModifyRequest) -> raw::PostRouteModifyResponse {
+        let resources = req.post_route_context.iter().flat_map(|c| {
+            c.extension_policies
+                .iter()
+                .chain(&c.extension_resources)
+                .map(|r| r.unstructured_bytes.as_slice())
+        });
+        let policies = self.policies(resources);
+        let route = match (req.route, policies.for_route()) {
+            (Some(bytes), Some(Ok(policy))) => match Route::decode(bytes.as_slice()) {
+                Ok(mut route) => {
+                    select::write_marker(
+                        route.metadata.get_or_insert_with(Default::default),
+                        policy,
+                    );
+                    if policy.mode == Mode::Decide {
+                        let clusters = wiring::install_route(&mut route, &policy.settings);
+                        self.pending().extend(clusters);
+                    }
+                    Some(route.encode_to_vec())
+                }
+                Err(_) => Some(bytes),
+            },
+            (route, _) => route,
+        };
+        raw::PostRouteModifyResponse { route }
+    }
+
+    /// The clusters PostRouteModify wired in this translation (a poisoned
+    /// lock only means another hook panicked: the set is still usable).
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.routes_wired.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds the hold endpoint to an EDS cluster that is wired (see the
+    /// module's note on ordering).
+    pub fn post_endpoints(&self, assignment: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        let bytes = assignment?;
+        let wired = self.eds_wired.load();
+        if wired.is_empty() && self.pending().is_empty() {
+            return Some(bytes);
+        }
+        match ClusterLoadAssignment::decode(bytes.as_slice()) {
+            Ok(mut cla)
+                if wired.contains(&cla.cluster_name)
+                    || self.pending().contains(&cla.cluster_name) =>
+            {
+                wiring::install_hold_endpoint(&mut cla);
+                Some(cla.encode_to_vec())
+            }
+            _ => Some(bytes),
+        }
+    }
+
+    /// Installs the wiring for every route a policy selects.
+    pub fn post_translate(
+        &self,
+        req: raw::PostTranslateModifyRequest,
+    ) -> raw::PostTranslateModifyResponse {
+        let policies = self.policies(req.post_translate_context.iter().flat_map(|c| {
+            c.extension_resources
+                .iter()
+                .map(|r| r.unstructured_bytes.as_slice())
+        }));
+        if !policies.is_empty() && req.routes.is_empty() {
+            tracing::warn!(
+                "MulliganPolicies arrived but no routes: set extensionManager.hooks.xdsTranslator.translation.route.includeAll (and listener.includeAll) in Envoy Gateway"
+            );
+        }
+        let mut resp = raw::PostTranslateModifyResponse {
+            clusters: req.clusters,
+            secrets: req.secrets,
+            listeners: req.listeners,
+            routes: req.routes,
+        };
+        let configs: Vec<Option<RouteConfiguration>> = resp
+            .routes
+            .iter()
+            .map(|b| RouteConfiguration::decode(b.as_slice()).ok())
+            .collect();
+        let plan = plan(&policies, &configs);
+        self.pending().clear();
+        let wired = if plan.routes.is_empty() {
+            self.eds_wired.store(Arc::new(BTreeSet::new()));
+            0
+        } else {
+            self.install(&plan, configs, &mut resp)
+        };
+        self.metrics.routes_wired(wired);
+        resp
+    }
+
+    /// Carries out a plan on the translation; returns the routes wired.
+    fn install(
+        &self,
+        plan: &Plan,
+        mut configs: Vec<Option<RouteConfiguration>>,
+        resp: &mut raw::PostTranslateModifyResponse,
+    ) -> usize {
+        let failed = self.install_clusters(&mut resp.clusters, &plan.clusters);
+        let (wired_configs, wired_routes) = install_routes(&mut configs, plan, &failed);
+        for (bytes, config) in resp.routes.iter_mut().zip(&configs) {
+            if let Some(c) = config.as_ref().filter(|c| wired_configs.contains(&c.name)) {
+                *bytes = c.encode_to_vec();
+            }
+        }
+        if !wired_configs.is_empty() {
+            install_listeners(&mut resp.listeners, &wired_configs);
+            let mulligan = wiring::mulligan_cluster(&self.mulligan);
+            upsert(&mut resp.clusters, mulligan, |b| {
+                Cluster::decode(b).ok().map(|c| c.name)
+            });
+            upsert(&mut resp.listeners, wiring::hold_listener(), |b| {
+                Listener::decode(b).ok().map(|l| l.name)
+            });
+        }
+        wired_routes
+    }
+
+    /// Wires the planned clusters; returns those that could not be wired.
+    fn install_clusters(
+        &self,
+        clusters: &mut [Vec<u8>],
+        plan: &BTreeMap<String, Settings>,
+    ) -> BTreeSet<String> {
+        let mut missing: BTreeSet<String> = plan.keys().cloned().collect();
+        let mut failed = BTreeSet::new();
+        let mut eds = BTreeSet::new();
+        for bytes in clusters.iter_mut() {
+            let Ok(mut cluster) = Cluster::decode(bytes.as_slice()) else {
+                continue;
+            };
+            let Some(settings) = plan.get(&cluster.name) else {
+                continue;
+            };
+            missing.remove(&cluster.name);
+            match wiring::install_cluster(&mut cluster, settings) {
+                Ok(()) => {
+                    if is_eds(&cluster) {
+                        eds.insert(cluster.name.clone());
+                    }
+                    *bytes = cluster.encode_to_vec();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster left as Envoy Gateway made it");
+                    self.metrics.wiring_error();
+                    failed.insert(cluster.name);
+                }
+            }
+        }
+        // A cluster a route names but the translation lacks cannot be wired.
+        failed.extend(missing);
+        self.eds_wired.store(Arc::new(eds));
+        failed
+    }
+}
+
+fn is_eds(cluster: &Cluster) -> bool {
+    cluster.cluster_discovery_type == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
+}
+
+fn install_listeners(listeners: &mut [Vec<u8>], wired_configs: &BTreeSet<String>) {
+    for bytes in listeners.iter_mut() {
+        if let Ok(mut listener) = Listener::decode(bytes.as_slice()) {
+            if wiring::install_listener(&mut listener, &|name| wired_configs.contains(name)) {
+                *bytes = listener.encode_to_vec();
+            }
+        }
+    }
+}
+
+/// A route chosen for wiring: where it is and what it forwards to.
+struct PlannedRoute {
+    config: usize,
+    vhost: usize,
+    route: usize,
+    settings: Settings,
+    clusters: Vec<String>,
+}
+
+struct Plan {
+    routes: Vec<PlannedRoute>,
+    /// Per cluster, the settings of the first route (in translation order)
+    /// that forwards to it.
+    clusters: BTreeMap<String, Settings>,
+}
+
+fn plan(policies: &Policies, configs: &[Option<RouteConfiguration>]) -> Plan {
+    let mut plan = Plan {
+        routes: Vec::new(),
+        clusters: BTreeMap::new(),
+    };
+    for (c, config) in configs.iter().enumerate() {
+        let Some(config) = config else { continue };
+        for (v, vhost) in config.virtual_hosts.iter().enumerate() {
+            for (r, route) in vhost.routes.iter().enumerate() {
+                let choice =
+                    select::choose(policies, route.metadata.as_ref(), vhost.metadata.as_ref());
+                let Choice::Wire(settings) = choice else {
+                    continue;
+                };
+                let clusters = wiring::forwarded_clusters(route);
+                if clusters.is_empty() {
+                    continue;
+                }
+                for name in &clusters {
+                    plan.clusters.entry(name.clone()).or_insert(settings);
+                }
+                plan.routes.push(PlannedRoute {
+                    config: c,
+                    vhost: v,
+                    route: r,
+                    settings,
+                    clusters,
+                });
+            }
+        }
+    }
+    plan
+}
+
+/// Installs the retry policy on planned routes whose clusters were all
+/// wired; returns the names of the route configurations touched, and how
+/// many routes were wired.
+fn install_routes(
+    configs: &mut [Option<RouteConfiguration>],
+    plan: &Plan,
+    failed: &BTreeSet<String>,
+) -> (BTreeSet<String>, usize) {
+    let mut touched = BTreeSet::new();
+    let mut wired = 0;
+    for p in &plan.routes {
+        if p.clusters.iter().any(|c| failed.contains(c)) {
+            continue;
+        }
+        let Some(config) = configs[p.config].as_mut() else {
+            continue;
+        };
+        wiring::install_route(
+            &mut config.virtual_hosts[p.vhost].routes[p.route],
+            &p.settings,
+        );
+        touched.insert(config.name.clone());
+        wired += 1;
+    }
+    (touched, wired)
+}
+
+/// Replaces the resource with the same name, or appends it.
+fn upsert<M: Message>(
+    items: &mut Vec<Vec<u8>>,
+    item: M,
+    name_of: impl Fn(&[u8]) -> Option<String>,
+) {
+    let bytes = item.encode_to_vec();
+    let name = name_of(&bytes);
+    match items
+        .iter()
+        .position(|i| name.is_some() && name_of(i) == name)
+    {
+        Some(at) => items[at] = bytes,
+        None => items.push(bytes),
+    }
+}

@@ -1,0 +1,218 @@
+//! `MulliganPolicy` (mulligan.dev/v1alpha1): which routes get the wiring,
+//! and with which settings. Envoy Gateway hands it to the hooks as the JSON
+//! of an `unstructured.Unstructured` (`extensionManager.policyResources`).
+//!
+//! Parsing never fails the hook: an object of another kind is not ours and
+//! is ignored; one of ours that does not validate is reported (log and
+//! metric) and the routes it targets are left as Envoy Gateway made them.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const API_VERSION: &str = "mulligan.dev/v1alpha1";
+pub const KIND: &str = "MulliganPolicy";
+const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+pub const DEFAULT_NUM_RETRIES: u32 = 6;
+pub const MAX_NUM_RETRIES: u32 = 20;
+pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(14);
+pub const MAX_MAX_HOLD: Duration = Duration::from_secs(60);
+
+/// What the wiring of one route is tuned by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Route `num_retries`: attempts Envoy may add, each one asked for by
+    /// mulligan (or a connect failure).
+    pub num_retries: u32,
+    /// ext_proc `max_message_timeout`: how long mulligan may hold a failed
+    /// attempt's reply while no endpoint is ready.
+    pub max_hold: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            num_retries: DEFAULT_NUM_RETRIES,
+            max_hold: DEFAULT_MAX_HOLD,
+        }
+    }
+}
+
+/// `decide`: Envoy makes every attempt and mulligan decides on failed ones.
+/// `off`: no wiring, also where a broader policy (a Gateway's) would apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Decide,
+    Off,
+}
+
+/// What a policy attaches to; only Gateway API Gateways and HTTPRoutes.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub section_name: Option<String>,
+}
+
+/// A valid MulliganPolicy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    pub target_refs: Vec<TargetRef>,
+    pub mode: Mode,
+    pub settings: Settings,
+}
+
+impl Policy {
+    /// `namespace/name`, as logs and route markers show it.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One extension resource, read.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Another kind (another extension's, or garbage we cannot tell apart).
+    NotOurs,
+    /// Ours, but unusable: `targets` are the refs we could still read.
+    Invalid {
+        id: String,
+        targets: Vec<TargetRef>,
+        reason: String,
+    },
+    Valid(Policy),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Object {
+    api_version: Option<String>,
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Metadata,
+    #[serde(default)]
+    spec: serde_json::Value,
+}
+
+#[derive(Default, Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Spec {
+    target_refs: Vec<TargetRef>,
+    #[serde(default = "decide")]
+    mode: Mode,
+    #[serde(default)]
+    budget: Budget,
+}
+
+fn decide() -> Mode {
+    Mode::Decide
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Budget {
+    num_retries: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    max_hold: Option<Duration>,
+}
+
+/// Reads one `ExtensionResource`'s bytes.
+pub fn parse(bytes: &[u8]) -> Parsed {
+    let Ok(object) = serde_json::from_slice::<Object>(bytes) else {
+        return Parsed::NotOurs;
+    };
+    if object.api_version.as_deref() != Some(API_VERSION) || object.kind.as_deref() != Some(KIND) {
+        return Parsed::NotOurs;
+    }
+    let id = format!("{}/{}", object.metadata.namespace, object.metadata.name);
+    let invalid = |reason: String| Parsed::Invalid {
+        id: id.clone(),
+        targets: lenient_targets(&object.spec),
+        reason,
+    };
+    let spec: Spec = match serde_json::from_value(object.spec.clone()) {
+        Ok(spec) => spec,
+        Err(e) => return invalid(format!("spec: {e}")),
+    };
+    if let Err(reason) = validate(&spec) {
+        return invalid(reason);
+    }
+    Parsed::Valid(Policy {
+        namespace: object.metadata.namespace,
+        name: object.metadata.name,
+        target_refs: spec.target_refs,
+        mode: spec.mode,
+        settings: Settings {
+            num_retries: spec.budget.num_retries.unwrap_or(DEFAULT_NUM_RETRIES),
+            max_hold: spec.budget.max_hold.unwrap_or(DEFAULT_MAX_HOLD),
+        },
+    })
+}
+
+fn lenient_targets(spec: &serde_json::Value) -> Vec<TargetRef> {
+    spec.get("targetRefs")
+        .and_then(|t| serde_json::from_value(t.clone()).ok())
+        .unwrap_or_default()
+}
+
+fn validate(spec: &Spec) -> Result<(), String> {
+    if spec.target_refs.is_empty() {
+        return Err("spec.targetRefs is empty".into());
+    }
+    for t in &spec.target_refs {
+        if t.group != GATEWAY_API_GROUP || !matches!(t.kind.as_str(), "Gateway" | "HTTPRoute") {
+            return Err(format!(
+                "spec.targetRefs: {}/{} {} is not a Gateway or HTTPRoute of {GATEWAY_API_GROUP}",
+                t.group, t.kind, t.name
+            ));
+        }
+    }
+    if let Some(n) = spec.budget.num_retries {
+        if !(1..=MAX_NUM_RETRIES).contains(&n) {
+            return Err(format!(
+                "spec.budget.numRetries {n} is outside 1..={MAX_NUM_RETRIES}"
+            ));
+        }
+    }
+    if let Some(d) = spec.budget.max_hold {
+        if d.is_zero() || d > MAX_MAX_HOLD {
+            return Err(format!("spec.budget.maxHold {d:?} is outside (0s, 60s]"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `target` selects what Envoy Gateway's metadata names as `kind`
+/// `namespace/name` (section `section`). Direct targetRefs resolve in the
+/// policy's own namespace.
+pub fn selects(
+    policy_ns: &str,
+    target: &TargetRef,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    section: Option<&str>,
+) -> bool {
+    target.kind == kind
+        && target.name == name
+        && policy_ns == ns
+        && match target.section_name.as_deref() {
+            None => true,
+            Some(wanted) => section == Some(wanted),
+        }
+}

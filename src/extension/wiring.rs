@@ -1,0 +1,633 @@
+//! The [1/4] wiring as pure xDS transforms: every name and number mulligan
+//! installs into Envoy Gateway's output lives in this file.
+//!
+//! Each `install_*` function is idempotent: it finds what it installed
+//! before by name and replaces it, so output fed back in comes out equal.
+
+use std::time::Duration;
+
+use envoy_types::pb::{
+    envoy::{
+        config::{
+            cluster::v3::{
+                circuit_breakers::Thresholds, cluster::CommonLbConfig, Cluster, OutlierDetection,
+            },
+            core::v3::{
+                address, envoy_internal_address::AddressNameSpecifier, grpc_service,
+                socket_address, Address, EnvoyInternalAddress, GrpcService, HeaderValue,
+                Http1ProtocolOptions, Http2ProtocolOptions, SocketAddress, TypedExtensionConfig,
+            },
+            endpoint::v3::{
+                cluster_load_assignment::Policy, lb_endpoint, ClusterLoadAssignment, Endpoint,
+                LbEndpoint, LocalityLbEndpoints,
+            },
+            listener::v3::{filter, listener, Filter, FilterChain, Listener},
+            route::v3::{
+                header_matcher::HeaderMatchSpecifier, retry_policy, route, route_action,
+                DirectResponseAction, HeaderMatcher, RetryPolicy, Route, RouteConfiguration,
+                RouteMatch, VirtualHost,
+            },
+        },
+        extensions::{
+            common::matching::v3::ExtensionWithMatcher,
+            filters::{
+                http::{
+                    composite::v3::{Composite, ExecuteFilterAction},
+                    ext_proc::v3::{ExternalProcessor, ProcessingMode},
+                    header_mutation::v3::{HeaderMutation, Mutations},
+                    router::v3::Router,
+                    upstream_codec::v3::UpstreamCodec,
+                },
+                network::http_connection_manager::v3::{
+                    http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager,
+                    HttpFilter,
+                },
+            },
+            retry::host::previous_hosts::v3::PreviousHostsPredicate,
+            upstreams::http::v3::{http_protocol_options, HttpProtocolOptions},
+        },
+        r#type::{
+            matcher::v3::{
+                string_matcher::MatchPattern, HttpResponseHeaderMatchInput, StringMatcher,
+            },
+            v3::Percent,
+        },
+    },
+    google::protobuf::{Any, UInt32Value},
+};
+use prost::{Message, Name};
+
+use crate::extension::policy::Settings;
+
+/// Upstream filter on each attempt: ext_proc, only for 5xx responses.
+pub const ATTEMPT_FILTER: &str = "mulligan.attempt";
+/// Upstream filter removing the retry header from app responses, so only
+/// mulligan can ask Envoy for a retry.
+pub const STRIP_FILTER: &str = "mulligan.strip";
+/// Downstream filter on the final response: ext_proc, only for 5xx.
+pub const FINAL_FILTER: &str = "mulligan.final";
+/// mulligan's own gRPC cluster, which both ext_proc filters call.
+pub const MULLIGAN_CLUSTER: &str = "mulligan";
+/// The internal listener answering "no healthy upstream" as the
+/// priority-1 endpoint of every wired cluster.
+pub const HOLD_LISTENER: &str = "mulligan_hold";
+/// The response header by which mulligan asks Envoy to retry an attempt.
+pub const RETRY_HEADER: &str = "x-mulligan-retry";
+/// gRPC metadata telling mulligan which filter is calling.
+pub const PHASE_HEADER: &str = "x-mulligan-phase";
+/// Status prefix on which the composite filters call ext_proc.
+pub const FAILED_STATUS_PREFIX: &str = "5";
+/// Route retry triggers; Envoy's own 5xx triggers are dropped on purpose:
+/// they would resend POSTs that reached an app.
+pub const RETRY_ON: &str = "connect-failure,refused-stream,reset-before-request,retriable-headers";
+/// How often Envoy may re-pick a host that `previous_hosts` rejects.
+pub const HOST_SELECTION_RETRY_MAX_ATTEMPTS: i64 = 5;
+/// Envoy's pause between attempts: short, since mulligan (not the clock)
+/// decides when an endpoint is worth another try.
+pub const RETRY_BACK_OFF_BASE: Duration = Duration::from_millis(10);
+pub const RETRY_BACK_OFF_MAX: Duration = Duration::from_millis(100);
+/// How long Envoy waits for mulligan's first answer before going on.
+pub const MESSAGE_TIMEOUT: Duration = Duration::from_millis(200);
+/// The cluster's retry circuit breaker: high, so mulligan's budget (not
+/// Envoy's default of 3 concurrent retries) is what limits retries.
+pub const MAX_RETRIES_CIRCUIT: u32 = 1024;
+/// P0 takes all traffic while any of its hosts is healthy.
+pub const OVERPROVISIONING_FACTOR: u32 = 100_000;
+pub const MULLIGAN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// What mulligan needs to judge a failed attempt (request headers and body
+/// are not sent: only these attributes).
+pub const ATTEMPT_ATTRIBUTES: [&str; 7] = [
+    "response.code",
+    "upstream.address",
+    "xds.cluster_name",
+    "upstream.request_attempt_count",
+    "request.method",
+    "request.id",
+    "request.headers['idempotency-key']",
+];
+/// For the final response, also why Envoy answered as it did.
+pub const FINAL_ATTRIBUTES: [&str; 9] = [
+    "response.code",
+    "response.flags",
+    "response.code_details",
+    "upstream.address",
+    "xds.cluster_name",
+    "upstream.request_attempt_count",
+    "request.method",
+    "request.id",
+    "request.headers['idempotency-key']",
+];
+
+const UPSTREAM_CODEC: &str = "envoy.filters.http.upstream_codec";
+const ROUTER: &str = "envoy.filters.http.router";
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
+
+/// Where Envoy reaches mulligan's gRPC port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MulliganAddress {
+    pub host: String,
+    pub port: u16,
+}
+
+/// Why a resource could not be wired; it is then left as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum WiringError {
+    #[error("cluster {cluster}: its HttpProtocolOptions do not decode: {source}")]
+    ProtocolOptions {
+        cluster: String,
+        source: prost::DecodeError,
+    },
+}
+
+fn pack<M: Message + Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+fn duration(d: Duration) -> envoy_types::pb::google::protobuf::Duration {
+    envoy_types::pb::google::protobuf::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn u32v(value: u32) -> Option<UInt32Value> {
+    Some(UInt32Value { value })
+}
+
+fn typed(name: &str, config: Any) -> TypedExtensionConfig {
+    TypedExtensionConfig {
+        name: name.to_string(),
+        typed_config: Some(config),
+    }
+}
+
+fn http_filter(name: &str, config: Any) -> HttpFilter {
+    HttpFilter {
+        name: name.to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(config)),
+        ..Default::default()
+    }
+}
+
+/// The route retry policy: Envoy retries connect failures and whatever
+/// mulligan marks with the retry header. A per-try timeout set by Envoy
+/// Gateway (BackendTrafficPolicy) is kept: it is the user's choice.
+pub fn retry_policy(settings: &Settings, previous: Option<&RetryPolicy>) -> RetryPolicy {
+    let predicate = retry_policy::RetryHostPredicate {
+        name: PREVIOUS_HOSTS.to_string(),
+        config_type: Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+            pack(&PreviousHostsPredicate {}),
+        )),
+    };
+    RetryPolicy {
+        retry_on: RETRY_ON.to_string(),
+        num_retries: u32v(settings.num_retries),
+        per_try_timeout: previous.and_then(|p| p.per_try_timeout),
+        retriable_headers: vec![HeaderMatcher {
+            name: RETRY_HEADER.to_string(),
+            header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+                match_pattern: Some(MatchPattern::Exact("1".to_string())),
+                ignore_case: false,
+            })),
+            ..Default::default()
+        }],
+        retry_host_predicate: vec![predicate],
+        host_selection_retry_max_attempts: HOST_SELECTION_RETRY_MAX_ATTEMPTS,
+        retry_back_off: Some(retry_policy::RetryBackOff {
+            base_interval: Some(duration(RETRY_BACK_OFF_BASE)),
+            max_interval: Some(duration(RETRY_BACK_OFF_MAX)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Installs the retry policy on a forwarding route; returns the clusters it
+/// forwards to (empty for redirects and direct responses, left untouched).
+pub fn install_route(route: &mut Route, settings: &Settings) -> Vec<String> {
+    let Some(route::Action::Route(action)) = route.action.as_mut() else {
+        return Vec::new();
+    };
+    action.retry_policy = Some(retry_policy(settings, action.retry_policy.as_ref()));
+    route_clusters(action)
+}
+
+/// The clusters a forwarding route sends to (none for other routes).
+pub fn forwarded_clusters(route: &Route) -> Vec<String> {
+    match route.action.as_ref() {
+        Some(route::Action::Route(action)) => route_clusters(action),
+        _ => Vec::new(),
+    }
+}
+
+fn route_clusters(action: &envoy_types::pb::envoy::config::route::v3::RouteAction) -> Vec<String> {
+    match &action.cluster_specifier {
+        Some(route_action::ClusterSpecifier::Cluster(name)) => vec![name.clone()],
+        Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
+            w.clusters.iter().map(|c| c.name.clone()).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// A composite filter that runs ext_proc (tagged with `phase`) only when the
+/// response status starts with [`FAILED_STATUS_PREFIX`].
+fn gated_ext_proc(phase: &str, attributes: &[&str], max_hold: Option<Duration>) -> Any {
+    let ext_proc = ExternalProcessor {
+        grpc_service: Some(GrpcService {
+            initial_metadata: vec![HeaderValue {
+                key: PHASE_HEADER.to_string(),
+                value: phase.to_string(),
+                ..Default::default()
+            }],
+            target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                grpc_service::EnvoyGrpc {
+                    cluster_name: MULLIGAN_CLUSTER.to_string(),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        failure_mode_allow: true,
+        message_timeout: Some(duration(MESSAGE_TIMEOUT)),
+        max_message_timeout: max_hold.map(duration),
+        processing_mode: Some(ProcessingMode {
+            request_header_mode: 2,  // SKIP
+            response_header_mode: 1, // SEND
+            ..Default::default()
+        }),
+        response_attributes: attributes.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    };
+    let action = ExecuteFilterAction {
+        typed_config: Some(typed("envoy.filters.http.ext_proc", pack(&ext_proc))),
+        ..Default::default()
+    };
+    pack(&ExtensionWithMatcher {
+        xds_matcher: Some(status_matcher(xds_typed("ext_proc", pack(&action)))),
+        extension_config: Some(typed(
+            "envoy.filters.http.composite",
+            pack(&Composite::default()),
+        )),
+        ..Default::default()
+    })
+}
+
+fn xds_typed(name: &str, config: Any) -> envoy_types::pb::xds::core::v3::TypedExtensionConfig {
+    envoy_types::pb::xds::core::v3::TypedExtensionConfig {
+        name: name.to_string(),
+        typed_config: Some(config),
+    }
+}
+
+fn status_matcher(
+    action: envoy_types::pb::xds::core::v3::TypedExtensionConfig,
+) -> envoy_types::pb::xds::r#type::matcher::v3::Matcher {
+    use envoy_types::pb::xds::r#type::matcher::v3::matcher::{
+        matcher_tree::{MatchMap, TreeType},
+        on_match, MatcherTree, MatcherType, OnMatch,
+    };
+    let on_match = OnMatch {
+        on_match: Some(on_match::OnMatch::Action(action)),
+        keep_matching: false,
+    };
+    let input = HttpResponseHeaderMatchInput {
+        header_name: ":status".to_string(),
+    };
+    envoy_types::pb::xds::r#type::matcher::v3::Matcher {
+        matcher_type: Some(MatcherType::MatcherTree(MatcherTree {
+            input: Some(xds_typed("status", pack(&input))),
+            tree_type: Some(TreeType::PrefixMatchMap(MatchMap {
+                map: [(FAILED_STATUS_PREFIX.to_string(), on_match)]
+                    .into_iter()
+                    .collect(),
+            })),
+        })),
+        on_no_match: None,
+    }
+}
+
+fn strip_filter() -> Any {
+    use envoy_types::pb::envoy::config::common::mutation_rules::v3::{
+        header_mutation::Action, HeaderMutation as Mutation,
+    };
+    pack(&HeaderMutation {
+        mutations: Some(Mutations {
+            response_mutations: vec![Mutation {
+                action: Some(Action::Remove(RETRY_HEADER.to_string())),
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// The upstream filter chain: mulligan's two filters right before the
+/// codec, after any filter Envoy Gateway put there.
+fn install_upstream_filters(filters: &mut Vec<HttpFilter>, settings: &Settings) {
+    filters.retain(|f| f.name != ATTEMPT_FILTER && f.name != STRIP_FILTER);
+    let codec = match filters.iter().position(|f| f.name == UPSTREAM_CODEC) {
+        Some(at) => at,
+        None => {
+            filters.push(http_filter(UPSTREAM_CODEC, pack(&UpstreamCodec {})));
+            filters.len() - 1
+        }
+    };
+    let attempt = gated_ext_proc("attempt", &ATTEMPT_ATTRIBUTES, Some(settings.max_hold));
+    filters.insert(codec, http_filter(STRIP_FILTER, strip_filter()));
+    filters.insert(codec, http_filter(ATTEMPT_FILTER, attempt));
+}
+
+/// Wires an app cluster: upstream filters (merged into any existing
+/// HttpProtocolOptions), outlier detection on local-origin failures only,
+/// panic threshold 0, the retry circuit breaker, and, for clusters with an
+/// inline load assignment, the hold endpoint.
+pub fn install_cluster(cluster: &mut Cluster, settings: &Settings) -> Result<(), WiringError> {
+    let mut options = match cluster
+        .typed_extension_protocol_options
+        .get(HTTP_PROTOCOL_OPTIONS)
+    {
+        Some(any) => HttpProtocolOptions::decode(any.value.as_slice()).map_err(|source| {
+            WiringError::ProtocolOptions {
+                cluster: cluster.name.clone(),
+                source,
+            }
+        })?,
+        None => HttpProtocolOptions::default(),
+    };
+    if options.upstream_protocol_options.is_none() {
+        options.upstream_protocol_options = Some(explicit_http1());
+    }
+    install_upstream_filters(&mut options.http_filters, settings);
+    cluster
+        .typed_extension_protocol_options
+        .insert(HTTP_PROTOCOL_OPTIONS.to_string(), pack(&options));
+    cluster.outlier_detection = Some(outlier_detection());
+    let lb = cluster
+        .common_lb_config
+        .get_or_insert_with(CommonLbConfig::default);
+    lb.healthy_panic_threshold = Some(Percent { value: 0.0 });
+    install_max_retries(cluster);
+    if let Some(assignment) = cluster.load_assignment.as_mut() {
+        install_hold_endpoint(assignment);
+    }
+    Ok(())
+}
+
+fn explicit_http1() -> http_protocol_options::UpstreamProtocolOptions {
+    use http_protocol_options::{explicit_http_config::ProtocolConfig, ExplicitHttpConfig};
+    http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+        protocol_config: Some(ProtocolConfig::HttpProtocolOptions(
+            Http1ProtocolOptions::default(),
+        )),
+    })
+}
+
+fn outlier_detection() -> OutlierDetection {
+    OutlierDetection {
+        split_external_local_origin_errors: true,
+        consecutive_local_origin_failure: u32v(1),
+        enforcing_consecutive_local_origin_failure: u32v(100),
+        enforcing_consecutive_5xx: u32v(0),
+        enforcing_consecutive_gateway_failure: u32v(0),
+        enforcing_success_rate: u32v(0),
+        enforcing_local_origin_success_rate: u32v(0),
+        enforcing_failure_percentage: u32v(0),
+        enforcing_failure_percentage_local_origin: u32v(0),
+        interval: Some(duration(Duration::from_millis(100))),
+        base_ejection_time: Some(duration(Duration::from_millis(100))),
+        max_ejection_time: Some(duration(Duration::from_secs(1))),
+        max_ejection_percent: u32v(100),
+        ..Default::default()
+    }
+}
+
+fn install_max_retries(cluster: &mut Cluster) {
+    let breakers = cluster
+        .circuit_breakers
+        .get_or_insert_with(Default::default);
+    // Priority 0 (DEFAULT) is the one app traffic uses.
+    match breakers.thresholds.iter_mut().find(|t| t.priority == 0) {
+        Some(t) => t.max_retries = u32v(MAX_RETRIES_CIRCUIT),
+        None => breakers.thresholds.push(Thresholds {
+            max_retries: u32v(MAX_RETRIES_CIRCUIT),
+            ..Default::default()
+        }),
+    }
+}
+
+fn is_hold(locality: &LocalityLbEndpoints) -> bool {
+    locality
+        .lb_endpoints
+        .iter()
+        .any(|e| match &e.host_identifier {
+            Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => matches!(
+                ep.address.as_ref().and_then(|a| a.address.as_ref()),
+                Some(address::Address::EnvoyInternalAddress(EnvoyInternalAddress {
+                    address_name_specifier: Some(AddressNameSpecifier::ServerListenerName(n)),
+                    ..
+                })) if n == HOLD_LISTENER
+            ),
+            _ => false,
+        })
+}
+
+/// Adds the hold endpoint one priority below the app's endpoints, and the
+/// overprovisioning factor that keeps every request on the app while any
+/// app host is healthy.
+pub fn install_hold_endpoint(assignment: &mut ClusterLoadAssignment) {
+    assignment.endpoints.retain(|l| !is_hold(l));
+    let priority = assignment
+        .endpoints
+        .iter()
+        .map(|l| l.priority)
+        .max()
+        .map_or(1, |p| p + 1);
+    let hold = Endpoint {
+        address: Some(Address {
+            address: Some(address::Address::EnvoyInternalAddress(
+                EnvoyInternalAddress {
+                    address_name_specifier: Some(AddressNameSpecifier::ServerListenerName(
+                        HOLD_LISTENER.to_string(),
+                    )),
+                    ..Default::default()
+                },
+            )),
+        }),
+        ..Default::default()
+    };
+    assignment.endpoints.push(LocalityLbEndpoints {
+        priority,
+        lb_endpoints: vec![LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(hold)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let policy = assignment.policy.get_or_insert_with(Policy::default);
+    policy.overprovisioning_factor = u32v(OVERPROVISIONING_FACTOR);
+}
+
+/// Puts [`FINAL_FILTER`] right before the router of every HTTP connection
+/// manager of `listener` whose routes are in `route_configs`. Returns
+/// whether anything changed. An HCM that does not decode is left alone.
+pub fn install_listener(listener: &mut Listener, wired: &dyn Fn(&str) -> bool) -> bool {
+    let mut changed = false;
+    let chains = listener
+        .filter_chains
+        .iter_mut()
+        .chain(listener.default_filter_chain.as_mut());
+    for chain in chains {
+        for f in chain.filters.iter_mut().filter(|f| f.name == HCM) {
+            changed |= install_final_filter(f, wired);
+        }
+    }
+    changed
+}
+
+fn install_final_filter(hcm_filter: &mut Filter, wired: &dyn Fn(&str) -> bool) -> bool {
+    let Some(filter::ConfigType::TypedConfig(any)) = hcm_filter.config_type.as_mut() else {
+        return false;
+    };
+    let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
+        return false;
+    };
+    let name = match &hcm.route_specifier {
+        Some(RouteSpecifier::Rds(rds)) => rds.route_config_name.as_str(),
+        Some(RouteSpecifier::RouteConfig(rc)) => rc.name.as_str(),
+        _ => return false,
+    };
+    if !wired(name) {
+        return false;
+    }
+    hcm.http_filters.retain(|f| f.name != FINAL_FILTER);
+    let Some(at) = hcm.http_filters.iter().position(|f| f.name == ROUTER) else {
+        return false;
+    };
+    hcm.http_filters.insert(
+        at,
+        http_filter(
+            FINAL_FILTER,
+            gated_ext_proc("final", &FINAL_ATTRIBUTES, None),
+        ),
+    );
+    *any = pack(&hcm);
+    true
+}
+
+/// mulligan's gRPC cluster (HTTP/2). A hostname resolves by DNS (a
+/// Kubernetes Service), an IP address is static.
+pub fn mulligan_cluster(addr: &MulliganAddress) -> Cluster {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    use http_protocol_options::{
+        explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions,
+    };
+    let kind = if addr.host.parse::<std::net::IpAddr>().is_ok() {
+        DiscoveryType::Static
+    } else {
+        DiscoveryType::StrictDns
+    };
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            },
+        )),
+        ..Default::default()
+    };
+    let socket = SocketAddress {
+        address: addr.host.clone(),
+        port_specifier: Some(socket_address::PortSpecifier::PortValue(addr.port.into())),
+        ..Default::default()
+    };
+    Cluster {
+        name: MULLIGAN_CLUSTER.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(kind as i32)),
+        connect_timeout: Some(duration(MULLIGAN_CONNECT_TIMEOUT)),
+        typed_extension_protocol_options: [(HTTP_PROTOCOL_OPTIONS.to_string(), pack(&options))]
+            .into_iter()
+            .collect(),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: MULLIGAN_CLUSTER.to_string(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(Address {
+                            address: Some(address::Address::SocketAddress(socket)),
+                        }),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The internal listener behind the hold endpoint: a direct 503 "no healthy
+/// upstream", which mulligan.attempt hands to mulligan to hold.
+pub fn hold_listener() -> Listener {
+    let route_config = RouteConfiguration {
+        name: HOLD_LISTENER.to_string(),
+        virtual_hosts: vec![VirtualHost {
+            name: HOLD_LISTENER.to_string(),
+            domains: vec!["*".to_string()],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(
+                        envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier::Prefix(
+                            "/".to_string(),
+                        ),
+                    ),
+                    ..Default::default()
+                }),
+                action: Some(route::Action::DirectResponse(DirectResponseAction {
+                    status: 503,
+                    body: Some(envoy_types::pb::envoy::config::core::v3::DataSource {
+                        specifier: Some(
+                            envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineString(
+                                "no healthy upstream".to_string(),
+                            ),
+                        ),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let hcm = HttpConnectionManager {
+        stat_prefix: HOLD_LISTENER.to_string(),
+        route_specifier: Some(RouteSpecifier::RouteConfig(route_config)),
+        http_filters: vec![http_filter(ROUTER, pack(&Router::default()))],
+        ..Default::default()
+    };
+    Listener {
+        name: HOLD_LISTENER.to_string(),
+        listener_specifier: Some(listener::ListenerSpecifier::InternalListener(
+            listener::InternalListenerConfig {},
+        )),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: HCM.to_string(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack(&hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}

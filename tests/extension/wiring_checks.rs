@@ -1,0 +1,852 @@
+//! Field-by-field checks of what the server returns against what it was
+//! given: the documented wiring (docs/envoy-gateway.md, [1/4]) and nothing
+//! else. The numbers here are the documented ones, written out, not read
+//! from mulligan's constants.
+
+use envoy_types::pb::{
+    envoy::{
+        config::{
+            cluster::v3::Cluster,
+            core::v3::{
+                address, envoy_internal_address::AddressNameSpecifier,
+                grpc_service::TargetSpecifier, socket_address,
+            },
+            endpoint::v3::{lb_endpoint::HostIdentifier, ClusterLoadAssignment},
+            listener::v3::{filter, listener::ListenerSpecifier, Listener},
+            route::v3::{header_matcher::HeaderMatchSpecifier, route, Route},
+        },
+        extensions::{
+            common::matching::v3::ExtensionWithMatcher,
+            filters::{
+                http::{
+                    composite::v3::ExecuteFilterAction, ext_proc::v3::ExternalProcessor,
+                    header_mutation::v3::HeaderMutation,
+                },
+                network::http_connection_manager::v3::{
+                    http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager,
+                    HttpFilter,
+                },
+            },
+            upstreams::http::v3::{
+                http_protocol_options::{
+                    explicit_http_config::ProtocolConfig, UpstreamProtocolOptions,
+                },
+                HttpProtocolOptions,
+            },
+        },
+        r#type::matcher::v3::{string_matcher::MatchPattern, HttpResponseHeaderMatchInput},
+    },
+    google::protobuf::Duration,
+    xds::r#type::matcher::v3::matcher::{matcher_tree::TreeType, on_match, MatcherType},
+};
+use mulligan::extension::api::{PostTranslateModifyRequest, PostTranslateModifyResponse};
+use prost::Message;
+
+const HPO: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+pub struct Expect<'a> {
+    pub routes: &'a [&'a str],
+    pub clusters: &'a [&'a str],
+    pub listeners: &'a [&'a str],
+    pub num_retries: u32,
+    pub max_hold_s: i64,
+    /// host, port, whether a hostname (STRICT_DNS).
+    pub mulligan: (&'a str, u32, bool),
+}
+
+pub fn assert_unchanged(
+    what: &str,
+    req: &PostTranslateModifyRequest,
+    resp: &PostTranslateModifyResponse,
+) {
+    assert_eq!(resp.clusters, req.clusters, "{what}: clusters changed");
+    assert_eq!(resp.secrets, req.secrets, "{what}: secrets changed");
+    assert_eq!(resp.listeners, req.listeners, "{what}: listeners changed");
+    assert_eq!(resp.routes, req.routes, "{what}: routes changed");
+}
+
+pub fn assert_wired(
+    req: &PostTranslateModifyRequest,
+    resp: &PostTranslateModifyResponse,
+    e: &Expect,
+) {
+    assert_eq!(resp.secrets, req.secrets);
+    check_routes(req, resp, e);
+    check_clusters(req, resp, e);
+    check_listeners(req, resp, e);
+}
+
+/// As [`assert_wired`], where PostRouteModify already ran: the routes also
+/// carry its marker, and `before` is the request before that hook.
+pub fn assert_wired_after_route_hook(
+    before: &PostTranslateModifyRequest,
+    resp: &PostTranslateModifyResponse,
+    e: &Expect,
+) {
+    assert_wired(before, resp, e);
+}
+
+fn strip_marker(route: &mut Route, before: &Route) {
+    if let Some(m) = route.metadata.as_mut() {
+        let marker = m.filter_metadata.remove("mulligan.dev");
+        if marker.is_some()
+            && m.filter_metadata.is_empty()
+            && m.typed_filter_metadata.is_empty()
+            && before.metadata.is_none()
+        {
+            route.metadata = None;
+        }
+    }
+}
+
+fn check_routes(req: &PostTranslateModifyRequest, resp: &PostTranslateModifyResponse, e: &Expect) {
+    assert_eq!(resp.routes.len(), req.routes.len());
+    let mut seen = 0;
+    for (a, b) in resp.routes.iter().zip(&req.routes) {
+        assert_eq!(a.virtual_hosts.len(), b.virtual_hosts.len());
+        let (mut a_cfg, mut b_cfg) = (a.clone(), b.clone());
+        for (va, vb) in a_cfg.virtual_hosts.iter_mut().zip(&mut b_cfg.virtual_hosts) {
+            for (ra, rb) in va.routes.iter_mut().zip(&mut vb.routes) {
+                strip_marker(ra, rb);
+                if !e.routes.contains(&rb.name.as_str()) {
+                    continue;
+                }
+                seen += 1;
+                let (Some(route::Action::Route(aa)), Some(route::Action::Route(ab))) =
+                    (ra.action.as_mut(), rb.action.as_mut())
+                else {
+                    panic!("{}: not a forwarding route", rb.name);
+                };
+                let p = aa
+                    .retry_policy
+                    .take()
+                    .unwrap_or_else(|| panic!("{}: no retry policy", rb.name));
+                assert_eq!(
+                    p.retry_on,
+                    "connect-failure,refused-stream,reset-before-request,retriable-headers"
+                );
+                assert_eq!(p.num_retries.map(|n| n.value), Some(e.num_retries));
+                assert_eq!(p.retriable_headers.len(), 1);
+                let h = &p.retriable_headers[0];
+                assert_eq!(h.name, "x-mulligan-retry");
+                let Some(HeaderMatchSpecifier::StringMatch(m)) = &h.header_match_specifier else {
+                    panic!("header match")
+                };
+                assert_eq!(m.match_pattern, Some(MatchPattern::Exact("1".into())));
+                assert_eq!(p.retry_host_predicate.len(), 1);
+                assert_eq!(
+                    p.retry_host_predicate[0].name,
+                    "envoy.retry_host_predicates.previous_hosts"
+                );
+                assert_eq!(p.host_selection_retry_max_attempts, 5);
+                let back_off = p.retry_back_off.as_ref().expect("back-off");
+                assert_eq!(
+                    back_off.base_interval,
+                    Some(Duration {
+                        seconds: 0,
+                        nanos: 10_000_000
+                    })
+                );
+                assert_eq!(
+                    back_off.max_interval,
+                    Some(Duration {
+                        seconds: 0,
+                        nanos: 100_000_000
+                    })
+                );
+                assert!(p.retriable_status_codes.is_empty() && p.retry_priority.is_none());
+                let before = ab.retry_policy.take();
+                assert_eq!(
+                    p.per_try_timeout,
+                    before.as_ref().and_then(|b| b.per_try_timeout),
+                    "per-try timeout kept"
+                );
+            }
+        }
+        assert_eq!(
+            a_cfg, b_cfg,
+            "route config {}: more than the retry policy changed",
+            b.name
+        );
+    }
+    assert_eq!(seen, e.routes.len(), "wired routes found");
+}
+
+fn hpo(c: &Cluster) -> Option<HttpProtocolOptions> {
+    c.typed_extension_protocol_options
+        .get(HPO)
+        .map(|a| HttpProtocolOptions::decode(a.value.as_slice()).expect("HPO"))
+}
+
+fn typed_any(f: &HttpFilter) -> &envoy_types::pb::google::protobuf::Any {
+    match &f.config_type {
+        Some(http_filter::ConfigType::TypedConfig(a)) => a,
+        _ => panic!("{}: no typed config", f.name),
+    }
+}
+
+/// The ext_proc behind a composite filter, and the status prefix it runs on.
+fn gated_ext_proc(f: &HttpFilter) -> (String, ExternalProcessor) {
+    let any = typed_any(f);
+    assert!(any
+        .type_url
+        .ends_with("envoy.extensions.common.matching.v3.ExtensionWithMatcher"));
+    let ewm = ExtensionWithMatcher::decode(any.value.as_slice()).expect("matcher");
+    assert_eq!(
+        ewm.extension_config.as_ref().map(|c| c.name.as_str()),
+        Some("envoy.filters.http.composite")
+    );
+    let Some(MatcherType::MatcherTree(tree)) = ewm.xds_matcher.and_then(|m| m.matcher_type) else {
+        panic!("tree")
+    };
+    let input = tree.input.and_then(|i| i.typed_config).expect("input");
+    assert_eq!(
+        HttpResponseHeaderMatchInput::decode(input.value.as_slice())
+            .expect("input")
+            .header_name,
+        ":status"
+    );
+    let Some(TreeType::PrefixMatchMap(map)) = tree.tree_type else {
+        panic!("prefix map")
+    };
+    assert_eq!(map.map.len(), 1);
+    let (prefix, on) = map.map.into_iter().next().expect("entry");
+    let Some(on_match::OnMatch::Action(action)) = on.on_match else {
+        panic!("action")
+    };
+    let action = ExecuteFilterAction::decode(action.typed_config.expect("action").value.as_slice())
+        .expect("execute");
+    let proc = action
+        .typed_config
+        .and_then(|t| t.typed_config)
+        .expect("ext_proc");
+    (
+        prefix,
+        ExternalProcessor::decode(proc.value.as_slice()).expect("ext_proc"),
+    )
+}
+
+fn check_ext_proc(p: &ExternalProcessor, phase: &str, max_hold_s: Option<i64>) {
+    let grpc = p.grpc_service.as_ref().expect("grpc");
+    let Some(TargetSpecifier::EnvoyGrpc(g)) = &grpc.target_specifier else {
+        panic!("envoy_grpc")
+    };
+    assert_eq!(g.cluster_name, "mulligan");
+    assert_eq!(grpc.initial_metadata.len(), 1);
+    assert_eq!(
+        (
+            grpc.initial_metadata[0].key.as_str(),
+            grpc.initial_metadata[0].value.as_str()
+        ),
+        ("x-mulligan-phase", phase)
+    );
+    assert!(p.failure_mode_allow);
+    assert_eq!(
+        p.message_timeout,
+        Some(Duration {
+            seconds: 0,
+            nanos: 200_000_000
+        })
+    );
+    assert_eq!(
+        p.max_message_timeout,
+        max_hold_s.map(|s| Duration {
+            seconds: s,
+            nanos: 0
+        })
+    );
+    let mode = p.processing_mode.as_ref().expect("mode");
+    assert_eq!(
+        (mode.request_header_mode, mode.response_header_mode),
+        (2, 1),
+        "request SKIP, response SEND"
+    );
+    assert_eq!(
+        (mode.request_body_mode, mode.response_body_mode),
+        (0, 0),
+        "no bodies"
+    );
+    let mut want = vec![
+        "response.code",
+        "upstream.address",
+        "xds.cluster_name",
+        "upstream.request_attempt_count",
+        "request.method",
+        "request.id",
+        "request.headers['idempotency-key']",
+    ];
+    if phase == "final" {
+        want.splice(1..1, ["response.flags", "response.code_details"]);
+    }
+    assert_eq!(p.response_attributes, want);
+    assert!(p.request_attributes.is_empty());
+}
+
+fn check_clusters(
+    req: &PostTranslateModifyRequest,
+    resp: &PostTranslateModifyResponse,
+    e: &Expect,
+) {
+    assert_eq!(
+        resp.clusters.len(),
+        req.clusters.len() + 1,
+        "one cluster added: mulligan's"
+    );
+    for (a, b) in resp.clusters.iter().zip(&req.clusters) {
+        if e.clusters.contains(&b.name.as_str()) {
+            check_cluster(b, a, e);
+        } else {
+            assert_eq!(a, b, "cluster {} must be untouched", b.name);
+        }
+    }
+    let m = resp.clusters.last().expect("mulligan cluster");
+    assert_eq!(m.name, "mulligan");
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    let kind = if e.mulligan.2 {
+        DiscoveryType::StrictDns
+    } else {
+        DiscoveryType::Static
+    };
+    assert_eq!(
+        m.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(kind as i32))
+    );
+    let Some(UpstreamProtocolOptions::ExplicitHttpConfig(x)) =
+        hpo(m).and_then(|h| h.upstream_protocol_options)
+    else {
+        panic!("mulligan HPO")
+    };
+    assert!(
+        matches!(
+            x.protocol_config,
+            Some(ProtocolConfig::Http2ProtocolOptions(_))
+        ),
+        "mulligan speaks HTTP/2"
+    );
+    let ep = &m
+        .load_assignment
+        .as_ref()
+        .expect("load assignment")
+        .endpoints[0]
+        .lb_endpoints[0];
+    let Some(HostIdentifier::Endpoint(ep)) = &ep.host_identifier else {
+        panic!("endpoint")
+    };
+    let Some(address::Address::SocketAddress(sa)) =
+        ep.address.as_ref().and_then(|a| a.address.clone())
+    else {
+        panic!("socket")
+    };
+    assert_eq!(
+        (sa.address.as_str(), sa.port_specifier),
+        (
+            e.mulligan.0,
+            Some(socket_address::PortSpecifier::PortValue(e.mulligan.1))
+        )
+    );
+}
+
+fn check_cluster(before: &Cluster, after: &Cluster, e: &Expect) {
+    let mut after = after.clone();
+    let mut options = hpo(&after).expect("HttpProtocolOptions installed");
+    let names: Vec<&str> = options
+        .http_filters
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    let before_options = hpo(before);
+    let mut want: Vec<String> = before_options
+        .iter()
+        .flat_map(|o| o.http_filters.iter().map(|f| f.name.clone()))
+        .filter(|n| n != "envoy.filters.http.upstream_codec")
+        .collect();
+    want.extend(
+        [
+            "mulligan.attempt",
+            "mulligan.strip",
+            "envoy.filters.http.upstream_codec",
+        ]
+        .map(String::from),
+    );
+    assert_eq!(names, want, "{}: upstream filters", before.name);
+    let at = names
+        .iter()
+        .position(|n| *n == "mulligan.attempt")
+        .expect("attempt");
+    let (prefix, p) = gated_ext_proc(&options.http_filters[at]);
+    assert_eq!(prefix, "5");
+    check_ext_proc(&p, "attempt", Some(e.max_hold_s));
+    let strip = HeaderMutation::decode(typed_any(&options.http_filters[at + 1]).value.as_slice())
+        .expect("strip");
+    let m = strip.mutations.expect("mutations");
+    assert_eq!(m.response_mutations.len(), 1);
+    assert!(m.request_mutations.is_empty());
+    assert_eq!(
+        format!("{:?}", m.response_mutations[0].action),
+        r#"Some(Remove("x-mulligan-retry"))"#
+    );
+    // Beyond the filters, the options are Envoy Gateway's (HTTP/1.1 when it had none).
+    options.http_filters.retain(|f| {
+        !f.name.starts_with("mulligan.")
+            && (f.name != "envoy.filters.http.upstream_codec"
+                || before_options
+                    .as_ref()
+                    .is_some_and(|o| !o.http_filters.is_empty()))
+    });
+    match before_options {
+        Some(b) => assert_eq!(options, b, "{}: HttpProtocolOptions merged", before.name),
+        None => {
+            let Some(UpstreamProtocolOptions::ExplicitHttpConfig(x)) =
+                &options.upstream_protocol_options
+            else {
+                panic!("explicit")
+            };
+            assert!(matches!(
+                x.protocol_config,
+                Some(ProtocolConfig::HttpProtocolOptions(_))
+            ));
+            options.upstream_protocol_options = None;
+            assert_eq!(options, HttpProtocolOptions::default());
+        }
+    }
+    let od = after.outlier_detection.take().expect("outlier detection");
+    let v = |x: Option<envoy_types::pb::google::protobuf::UInt32Value>| x.map(|x| x.value);
+    assert!(od.split_external_local_origin_errors);
+    assert_eq!(v(od.consecutive_local_origin_failure), Some(1));
+    assert_eq!(v(od.enforcing_consecutive_local_origin_failure), Some(100));
+    for (name, x) in [
+        ("5xx", od.enforcing_consecutive_5xx),
+        ("gateway", od.enforcing_consecutive_gateway_failure),
+        ("success rate", od.enforcing_success_rate),
+        ("local success rate", od.enforcing_local_origin_success_rate),
+        ("failure %", od.enforcing_failure_percentage),
+        (
+            "local failure %",
+            od.enforcing_failure_percentage_local_origin,
+        ),
+    ] {
+        assert_eq!(v(x), Some(0), "enforcing {name}");
+    }
+    assert_eq!(
+        od.interval,
+        Some(Duration {
+            seconds: 0,
+            nanos: 100_000_000
+        })
+    );
+    assert_eq!(
+        od.base_ejection_time,
+        Some(Duration {
+            seconds: 0,
+            nanos: 100_000_000
+        })
+    );
+    assert_eq!(
+        od.max_ejection_time,
+        Some(Duration {
+            seconds: 1,
+            nanos: 0
+        })
+    );
+    assert_eq!(v(od.max_ejection_percent), Some(100));
+    let lb = after.common_lb_config.as_mut().expect("lb config");
+    assert_eq!(
+        lb.healthy_panic_threshold.take().map(|p| p.value),
+        Some(0.0)
+    );
+    if before.common_lb_config.is_none() && *lb == Default::default() {
+        after.common_lb_config = None;
+    }
+    let cb = after.circuit_breakers.as_mut().expect("breakers");
+    let t = cb
+        .thresholds
+        .iter_mut()
+        .find(|t| t.priority == 0)
+        .expect("default priority");
+    assert_eq!(t.max_retries.take().map(|m| m.value), Some(1024));
+    t.max_retries = before
+        .circuit_breakers
+        .as_ref()
+        .and_then(|c| c.thresholds.iter().find(|t| t.priority == 0))
+        .and_then(|t| t.max_retries);
+    if let (Some(a), Some(b)) = (
+        after.load_assignment.as_ref(),
+        before.load_assignment.as_ref(),
+    ) {
+        assert_hold(b, a);
+        after.load_assignment = before.load_assignment.clone();
+    }
+    after.typed_extension_protocol_options = before.typed_extension_protocol_options.clone();
+    after.outlier_detection = before.outlier_detection.clone();
+    assert_eq!(
+        &after, before,
+        "{}: more than the documented wiring changed",
+        before.name
+    );
+}
+
+/// The hold endpoint one priority below the app's, and the
+/// overprovisioning factor; nothing else.
+pub fn assert_hold(before: &ClusterLoadAssignment, after: &ClusterLoadAssignment) {
+    assert_eq!(after.endpoints.len(), before.endpoints.len() + 1);
+    let hold = after.endpoints.last().expect("hold");
+    let top = before
+        .endpoints
+        .iter()
+        .map(|l| l.priority)
+        .max()
+        .unwrap_or(0);
+    assert_eq!(hold.priority, top + 1);
+    assert_eq!(hold.lb_endpoints.len(), 1);
+    let Some(HostIdentifier::Endpoint(ep)) = &hold.lb_endpoints[0].host_identifier else {
+        panic!("endpoint")
+    };
+    let Some(address::Address::EnvoyInternalAddress(internal)) =
+        ep.address.as_ref().and_then(|a| a.address.clone())
+    else {
+        panic!("internal address")
+    };
+    assert_eq!(
+        internal.address_name_specifier,
+        Some(AddressNameSpecifier::ServerListenerName(
+            "mulligan_hold".into()
+        ))
+    );
+    assert_eq!(
+        after
+            .policy
+            .as_ref()
+            .and_then(|p| p.overprovisioning_factor)
+            .map(|f| f.value),
+        Some(100_000)
+    );
+    let mut rest = after.clone();
+    rest.endpoints.pop();
+    if let Some(p) = rest.policy.as_mut() {
+        p.overprovisioning_factor = before
+            .policy
+            .as_ref()
+            .and_then(|p| p.overprovisioning_factor);
+        if before.policy.is_none() && *p == Default::default() {
+            rest.policy = None;
+        }
+    }
+    assert_eq!(
+        &rest, before,
+        "{}: more than the hold changed",
+        before.cluster_name
+    );
+}
+
+/// Each HTTP connection manager in the listener, decoded, with where it is.
+fn hcms(l: &Listener) -> Vec<HttpConnectionManager> {
+    l.filter_chains
+        .iter()
+        .chain(l.default_filter_chain.as_ref())
+        .flat_map(|c| &c.filters)
+        .filter(|f| f.name == "envoy.filters.network.http_connection_manager")
+        .filter_map(|f| match &f.config_type {
+            Some(filter::ConfigType::TypedConfig(a)) => {
+                Some(HttpConnectionManager::decode(a.value.as_slice()).expect("hcm"))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn without_final(l: &Listener) -> Listener {
+    let mut l = l.clone();
+    for chain in l
+        .filter_chains
+        .iter_mut()
+        .chain(l.default_filter_chain.as_mut())
+    {
+        for f in &mut chain.filters {
+            if let Some(filter::ConfigType::TypedConfig(a)) = &mut f.config_type {
+                if f.name == "envoy.filters.network.http_connection_manager" {
+                    let mut h = HttpConnectionManager::decode(a.value.as_slice()).expect("hcm");
+                    if h.http_filters.iter().any(|x| x.name == "mulligan.final") {
+                        h.http_filters.retain(|x| x.name != "mulligan.final");
+                        a.value = h.encode_to_vec();
+                    }
+                }
+            }
+        }
+    }
+    l
+}
+
+fn check_listeners(
+    req: &PostTranslateModifyRequest,
+    resp: &PostTranslateModifyResponse,
+    e: &Expect,
+) {
+    assert_eq!(
+        resp.listeners.len(),
+        req.listeners.len() + 1,
+        "one listener added: the hold"
+    );
+    for (a, b) in resp.listeners.iter().zip(&req.listeners) {
+        if !e.listeners.contains(&b.name.as_str()) {
+            assert_eq!(a, b, "listener {} must be untouched", b.name);
+            continue;
+        }
+        let wired: Vec<_> = hcms(a)
+            .into_iter()
+            .filter(|h| h.http_filters.iter().any(|f| f.name == "mulligan.final"))
+            .collect();
+        assert_eq!(wired.len(), 1, "{}: one HCM wired", b.name);
+        let names: Vec<&str> = wired[0]
+            .http_filters
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
+        let at = names
+            .iter()
+            .position(|n| *n == "mulligan.final")
+            .expect("final");
+        assert_eq!(
+            names[at + 1],
+            "envoy.filters.http.router",
+            "{}: final right before the router",
+            b.name
+        );
+        assert_eq!(names.iter().filter(|n| **n == "mulligan.final").count(), 1);
+        let (prefix, p) = gated_ext_proc(&wired[0].http_filters[at]);
+        assert_eq!(prefix, "5");
+        check_ext_proc(&p, "final", None);
+        let routes = match &wired[0].route_specifier {
+            Some(RouteSpecifier::Rds(r)) => r.route_config_name.clone(),
+            _ => panic!("rds"),
+        };
+        assert!(req.routes.iter().any(|c| c.name == routes));
+        // Decoding and re-encoding an untouched HCM is lossless, so compare whole.
+        let (a_plain, b_plain) = (without_final(a), b.clone());
+        assert_eq!(
+            hcms(&a_plain),
+            hcms(&b_plain),
+            "{}: HCMs beyond the final filter",
+            b.name
+        );
+        let strip = |l: &Listener| {
+            let mut l = l.clone();
+            for c in l
+                .filter_chains
+                .iter_mut()
+                .chain(l.default_filter_chain.as_mut())
+            {
+                c.filters
+                    .retain(|f| f.name != "envoy.filters.network.http_connection_manager");
+            }
+            l
+        };
+        assert_eq!(strip(a), strip(b), "{}: beyond its HCMs", b.name);
+    }
+    let hold = resp.listeners.last().expect("hold listener");
+    assert_eq!(hold.name, "mulligan_hold");
+    assert!(matches!(
+        hold.listener_specifier,
+        Some(ListenerSpecifier::InternalListener(_))
+    ));
+    assert!(hold.address.is_none());
+    let h = &hcms(hold)[0];
+    let Some(RouteSpecifier::RouteConfig(rc)) = &h.route_specifier else {
+        panic!("inline routes")
+    };
+    let Some(route::Action::DirectResponse(d)) = &rc.virtual_hosts[0].routes[0].action else {
+        panic!("direct response")
+    };
+    assert_eq!(d.status, 503);
+    assert_eq!(
+        format!("{:?}", d.body.as_ref().and_then(|b| b.specifier.clone())),
+        r#"Some(InlineString("no healthy upstream"))"#
+    );
+}
+
+/// Every message of the vendored `envoygateway.extension` package, with all
+/// its fields set, decodes into the hand-declared Rust type and encodes back
+/// to the same message: same field numbers, same types, nothing dropped.
+pub fn wire_format_matches_vendored_proto() {
+    use mulligan::extension::api as a;
+    use prost_reflect::{DynamicMessage, Kind, ReflectMessage, Value};
+    fn roundtrip<M: Message + Default>(bytes: &[u8]) -> Vec<u8> {
+        M::decode(bytes).expect("decode").encode_to_vec()
+    }
+    let pool = super::xds::pool();
+    type Check = (&'static str, fn(&[u8]) -> Vec<u8>);
+    let checks: Vec<Check> = vec![
+        ("ExtensionResource", roundtrip::<a::ExtensionResource>),
+        (
+            "PostRouteExtensionContext",
+            roundtrip::<a::PostRouteExtensionContext>,
+        ),
+        (
+            "PostVirtualHostExtensionContext",
+            roundtrip::<a::PostVirtualHostExtensionContext>,
+        ),
+        (
+            "PostClusterExtensionContext",
+            roundtrip::<a::PostClusterExtensionContext>,
+        ),
+        (
+            "PostEndpointsExtensionContext",
+            roundtrip::<a::PostEndpointsExtensionContext>,
+        ),
+        (
+            "PostHTTPListenerExtensionContext",
+            roundtrip::<a::PostHTTPListenerExtensionContext>,
+        ),
+        (
+            "PostTranslateExtensionContext",
+            roundtrip::<a::PostTranslateExtensionContext>,
+        ),
+        (
+            "PostRouteModifyRequest",
+            roundtrip::<a::PostRouteModifyRequest>,
+        ),
+        (
+            "PostRouteModifyResponse",
+            roundtrip::<a::PostRouteModifyResponse>,
+        ),
+        (
+            "PostClusterModifyRequest",
+            roundtrip::<a::PostClusterModifyRequest>,
+        ),
+        (
+            "PostClusterModifyResponse",
+            roundtrip::<a::PostClusterModifyResponse>,
+        ),
+        (
+            "PostEndpointsModifyRequest",
+            roundtrip::<a::PostEndpointsModifyRequest>,
+        ),
+        (
+            "PostEndpointsModifyResponse",
+            roundtrip::<a::PostEndpointsModifyResponse>,
+        ),
+        (
+            "PostVirtualHostModifyRequest",
+            roundtrip::<a::PostVirtualHostModifyRequest>,
+        ),
+        (
+            "PostVirtualHostModifyResponse",
+            roundtrip::<a::PostVirtualHostModifyResponse>,
+        ),
+        (
+            "PostHTTPListenerModifyRequest",
+            roundtrip::<a::PostHTTPListenerModifyRequest>,
+        ),
+        (
+            "PostHTTPListenerModifyResponse",
+            roundtrip::<a::PostHTTPListenerModifyResponse>,
+        ),
+        (
+            "PostTranslateModifyRequest",
+            roundtrip::<a::PostTranslateModifyRequest>,
+        ),
+        (
+            "PostTranslateModifyResponse",
+            roundtrip::<a::PostTranslateModifyResponse>,
+        ),
+    ];
+    // The server's byte-keeping twins, too.
+    let raw_checks: Vec<Check> = vec![
+        (
+            "PostRouteModifyRequest",
+            roundtrip::<a::raw::PostRouteModifyRequest>,
+        ),
+        (
+            "PostRouteModifyResponse",
+            roundtrip::<a::raw::PostRouteModifyResponse>,
+        ),
+        (
+            "PostClusterModifyRequest",
+            roundtrip::<a::raw::PostClusterModifyRequest>,
+        ),
+        (
+            "PostClusterModifyResponse",
+            roundtrip::<a::raw::PostClusterModifyResponse>,
+        ),
+        (
+            "PostEndpointsModifyRequest",
+            roundtrip::<a::raw::PostEndpointsModifyRequest>,
+        ),
+        (
+            "PostEndpointsModifyResponse",
+            roundtrip::<a::raw::PostEndpointsModifyResponse>,
+        ),
+        (
+            "PostVirtualHostModifyRequest",
+            roundtrip::<a::raw::PostVirtualHostModifyRequest>,
+        ),
+        (
+            "PostVirtualHostModifyResponse",
+            roundtrip::<a::raw::PostVirtualHostModifyResponse>,
+        ),
+        (
+            "PostHTTPListenerModifyRequest",
+            roundtrip::<a::raw::PostHTTPListenerModifyRequest>,
+        ),
+        (
+            "PostHTTPListenerModifyResponse",
+            roundtrip::<a::raw::PostHTTPListenerModifyResponse>,
+        ),
+        (
+            "PostTranslateModifyRequest",
+            roundtrip::<a::raw::PostTranslateModifyRequest>,
+        ),
+        (
+            "PostTranslateModifyResponse",
+            roundtrip::<a::raw::PostTranslateModifyResponse>,
+        ),
+    ];
+    let in_package = pool
+        .all_messages()
+        .filter(|m| m.package_name() == "envoygateway.extension")
+        .count();
+    assert_eq!(
+        in_package,
+        checks.len(),
+        "every vendored message has a Rust twin"
+    );
+    let service = pool
+        .get_service_by_name("envoygateway.extension.EnvoyGatewayExtension")
+        .expect("service");
+    assert_eq!(service.methods().count(), 6);
+    for (name, check) in checks.into_iter().chain(raw_checks) {
+        let desc = pool
+            .get_message_by_name(&format!("envoygateway.extension.{name}"))
+            .expect("message");
+        let mut msg = DynamicMessage::new(desc.clone());
+        for field in desc.fields() {
+            let one = match field.kind() {
+                Kind::Message(m) => {
+                    // A nested message with a named field set, so it is not empty.
+                    let mut inner = DynamicMessage::new(m.clone());
+                    if let Some(f) = m
+                        .fields()
+                        .find(|f| f.kind() == Kind::String && !f.is_list())
+                    {
+                        inner.set_field(&f, Value::String(format!("{name}.{}", field.name())));
+                    }
+                    Value::Message(inner)
+                }
+                Kind::String => Value::String(field.name().to_string()),
+                Kind::Bytes => Value::Bytes(field.name().as_bytes().to_vec().into()),
+                other => panic!("{name}.{}: unexpected kind {other:?}", field.name()),
+            };
+            let value = if field.is_list() {
+                Value::List(vec![one.clone(), one])
+            } else {
+                one
+            };
+            msg.set_field(&field, value);
+        }
+        let bytes = msg.encode_to_vec();
+        let back = DynamicMessage::decode(desc, check(&bytes).as_slice()).expect("decode back");
+        assert_eq!(back, msg, "{name}: the Rust type lost or changed a field");
+        let _ = msg.descriptor();
+    }
+}
