@@ -3,7 +3,7 @@
 #   make test   install Envoy and cargo-deny if missing, fmt check, clippy -D warnings,
 #               cargo-deny (licenses, bans, sources), all tests
 # and for a first look:
-#   make demo   a 60-second rolling update, with and without mulligan, as a table
+#   make demo   60 s of mass drains, with and without mulligan, as a table
 # and for reliability (docs/reliability.md):
 #   make soak   30 minutes of rolling updates; RSS and open fds over time
 #   make fuzz   libFuzzer on the ext_proc, classifier and config targets
@@ -53,8 +53,9 @@ $(CARGO_DENY):
 audit: deny
 	$(CARGO_DENY) check advisories
 
-# The first thing to run: a 60-second rolling update seen through Envoy alone,
-# Envoy with Envoy Gateway's retries, and Envoy + mulligan, side by side.
+# The first thing to run: 60 seconds of mass drains (most pods leaving while
+# Envoy still lists them) seen through Envoy alone, Envoy with Envoy Gateway's
+# retries, and Envoy + mulligan, side by side.
 demo: envoy
 	cargo bench --bench rollout -- demo
 

@@ -52,6 +52,10 @@ pub struct VariantResult {
     pub amplification: f64,
     /// Requests an app ran more than once (the pods count each request id).
     pub ran_twice: u64,
+    /// Runs by an app (not rejections) per client request: the load the
+    /// apps carried, where `amplification` also counts attempts a leaving
+    /// pod turned away unprocessed.
+    pub processed: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
@@ -101,6 +105,7 @@ impl VariantResult {
             errors_by_cause: by_cause,
             amplification: arrivals as f64 / requests.max(1) as f64,
             ran_twice: 0,
+            processed: 0.0,
             p50_ms: ms(h.value_at_quantile(0.5)),
             p99_ms: ms(h.value_at_quantile(0.99)),
             p999_ms: ms(h.value_at_quantile(0.999)),
@@ -142,9 +147,9 @@ impl ScenarioResult {
         let causes: Vec<&str> = ErrorCause::ALL.iter().map(|c| c.as_str()).collect();
         out.push_str("| variant | requests | 5xx | ");
         out.push_str(&causes.join(" | "));
-        out.push_str(" | amplification | ran twice | p50 ms | p99 ms | p99.9 ms | max ms | mulligan CPU s | mulligan peak RSS MiB |\n|---|---:|---:|");
+        out.push_str(" | amplification | app runs per request | ran twice | p50 ms | p99 ms | p99.9 ms | max ms | mulligan CPU s | mulligan peak RSS MiB |\n|---|---:|---:|");
         out.push_str(&"---:|".repeat(causes.len()));
-        out.push_str("---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        out.push_str("---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for v in &self.variants {
             out.push_str(&format!("| {} | {} | {} | ", v.label, v.requests, v.errors));
             for c in &causes {
@@ -160,9 +165,20 @@ impl ScenarioResult {
                 )
             });
             out.push_str(&format!(
-                "{:.3} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} |\n",
-                v.amplification, v.ran_twice, v.p50_ms, v.p99_ms, v.p999_ms, v.max_ms, cpu, rss
+                "{:.3} | {:.3} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} |\n",
+                v.amplification,
+                v.processed,
+                v.ran_twice,
+                v.p50_ms,
+                v.p99_ms,
+                v.p999_ms,
+                v.max_ms,
+                cpu,
+                rss
             ));
+        }
+        if let Some(line) = self.verdict() {
+            out.push_str(&format!("\n{line}\n"));
         }
         for v in &self.variants {
             if let (Some(r), Some(b)) = (v.rescued, v.budget_exhausted) {
@@ -180,6 +196,17 @@ impl ScenarioResult {
         out.push('\n');
         out.push_str(&self.resources_markdown());
         out
+    }
+
+    /// One line on what mulligan changed: Envoy Gateway's retries (B)
+    /// against the default wiring (E), when both ran.
+    pub fn verdict(&self) -> Option<String> {
+        let by = |l: &str| self.variants.iter().find(|v| v.variant == l);
+        let (b, e) = (by("B")?, by("E")?);
+        Some(format!(
+            "**With Envoy Gateway's retries (B), {} of {} requests failed and {} ran twice; with mulligan (E), {} failed and {} ran twice.**",
+            b.errors, b.requests, b.ran_twice, e.errors, e.ran_twice
+        ))
     }
 
     /// The settling time excluded from drift: pools and caches fill first.

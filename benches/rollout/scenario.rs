@@ -53,7 +53,7 @@ pub const SCENARIOS: [(&str, &str); 9] = [
     ),
     (
         "demo",
-        "the 60-second default: rolling updates as in `rolling`",
+        "the 60-second default: repeated mass drains as in `mass-drain`, where Envoy Gateway's retries leak",
     ),
 ];
 
@@ -125,7 +125,11 @@ pub fn spec(name: &str) -> Option<(ClusterSpec, LoadSpec)> {
     let (mut c, mut l) = base();
     match name {
         "rolling" | "aggressive" => {}
-        "demo" => l.duration_s = 60.0,
+        "demo" => {
+            l.duration_s = 60.0;
+            c.replicas = 8;
+            c.eds_lag_ms = 1500;
+        }
         "scale-from-one" => {
             c.replicas = 1;
             c.boot_ms = (3000, 5000);
@@ -172,7 +176,7 @@ pub async fn script(name: &str, cluster: Arc<Cluster>, until: Instant, roll_ever
         "outage" => {
             cluster.outage(Duration::from_secs(10)).await;
         }
-        "mass-drain" => {
+        "mass-drain" | "demo" => {
             // Six of eight drain at once (maxUnavailable 75%, no surge),
             // while Envoy's endpoint list still shows them for the lag.
             while Instant::now() + Duration::from_secs(6) < until {
@@ -194,8 +198,9 @@ pub async fn script(name: &str, cluster: Arc<Cluster>, until: Instant, roll_ever
     }
 }
 
-/// Requests of variant `letter` that some app ran more than once.
-fn ran_twice(cluster: &Cluster, letter: &str) -> u64 {
+/// Of variant `letter`'s requests: how many some app ran more than once,
+/// and how many runs the apps made in all.
+fn executions(cluster: &Cluster, letter: &str) -> (u64, u64) {
     let prefix = format!("{letter}-");
     let mut runs: std::collections::HashMap<String, u32> = Default::default();
     for pod in cluster.all_pods() {
@@ -205,7 +210,8 @@ fn ran_twice(cluster: &Cluster, letter: &str) -> u64 {
             }
         }
     }
-    runs.values().filter(|n| **n > 1).count() as u64
+    let twice = runs.values().filter(|n| **n > 1).count() as u64;
+    (twice, runs.values().map(|n| u64::from(*n)).sum())
 }
 
 /// The sum of every sample in `text` whose labels contain `labels`.
@@ -376,7 +382,9 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
             arrivals,
             lspec.duration_s,
         );
-        v.ran_twice = ran_twice(&cluster, p.variant.letter());
+        let (twice, runs) = executions(&cluster, p.variant.letter());
+        v.ran_twice = twice;
+        v.processed = runs as f64 / v.requests.max(1) as f64;
         if let Some(m) = &p.mulligan {
             v.mulligan = Some(ProcStats::of(m.pid()));
             let (rescued, budget) = if p.variant == Variant::E {
