@@ -84,8 +84,13 @@ impl Config {
     }
 
     fn check_durations(&self, p: &mut Problems) {
-        let nonzero: [(&str, Duration, &str); 6] = [
+        let nonzero: [(&str, Duration, &str); 7] = [
             ("probe.interval", self.probe.interval, "would panic"),
+            (
+                "hold.interval",
+                self.hold.interval,
+                "held requests would check their cluster without pause",
+            ),
             (
                 "probe.timeout",
                 self.probe.timeout,
@@ -347,6 +352,7 @@ mod tests {
     fn run_time_failures_are_refused_with_their_location() {
         let cases: &[(&str, (usize, usize), &str)] = &[
             ("[probe]\npath = \"/ready\"\ninterval = \"0s\"\n", (3, 12), "probe.interval"),
+            ("[hold]\ninterval = \"0s\"\n", (2, 12), "hold.interval"),
             ("[probe]\npath = \"ready\"\n", (2, 8), "probe.path"),
             ("[rescue]\ndrain_header = \"connection\"\n", (2, 16), "rescue.drain_header"),
             ("[rescue]\ndrain_header = \"retry-after\"\n", (2, 16), "rescue.drain_header"),
