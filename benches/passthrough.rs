@@ -1,11 +1,11 @@
 //! Healthy-traffic overhead: the same requests to the same three pods,
 //! through Envoy alone (the reference bootstrap's baseline listener), Envoy
-//! + mulligan on the reference bootstrap (`envoy.yaml`, the decide wiring:
-//! mulligan is asked only about failed attempts) and Envoy + mulligan on the
-//! legacy rescue bootstrap (`legacy-rescue.yaml`: a stream per request), all
-//! interleaved so they see the same machine noise. Prints figures, and the
-//! ext_proc streams opened per 1,000 healthy requests; asserts nothing about
-//! speed.
+//! with mulligan on the reference bootstrap (`envoy.yaml`, the decide
+//! wiring: mulligan is asked only about failed attempts) and Envoy with
+//! mulligan on the legacy rescue bootstrap (`legacy-rescue.yaml`: a stream
+//! per request), all interleaved so they see the same machine noise. Prints
+//! figures, and the ext_proc streams opened per 1,000 healthy requests;
+//! asserts nothing about speed.
 //!
 //! `cargo bench --bench passthrough [-- --requests N --concurrency C --seconds S --rounds R]`
 #[path = "../tests/support/mod.rs"]

@@ -9,7 +9,7 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, Hash, Hasher},
+    hash::BuildHasher,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -103,9 +103,7 @@ impl Memory {
     }
 
     fn shard(&self, id: &str) -> std::sync::MutexGuard<'_, Shard> {
-        let mut h = self.hasher.build_hasher();
-        id.hash(&mut h);
-        let mut shard = self.shards[h.finish() as usize % SHARDS]
+        let mut shard = self.shards[self.hasher.hash_one(id) as usize % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if shard.rotated.elapsed() >= self.ttl {
