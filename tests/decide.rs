@@ -415,3 +415,47 @@ async fn a_hold_that_finds_nothing_ends_with_retry_after() {
             >= 1.0
     );
 }
+
+/// A POST the app may have seen (a 503 with `connection: close`, no drain
+/// header) is sent again only with a non-empty Idempotency-Key: an empty
+/// one names nothing to deduplicate on.
+#[tokio::test]
+async fn only_a_non_empty_idempotency_key_lets_a_post_be_retried() {
+    let stack = Stack::decide(
+        &[("a", PodState::Draining), ("b", PodState::Ready)],
+        &[],
+        &[],
+    )
+    .await;
+    stack.pod("a").set_drain_header(false);
+    let mut refused = 0;
+    for i in 0..10 {
+        let empty = send(
+            stack.front,
+            Method::POST,
+            "/echo",
+            &[("idempotency-key", "")],
+            payload(64),
+        )
+        .await;
+        refused += usize::from(empty.status == 503);
+        let key = format!("k-{i}");
+        let keyed = send(
+            stack.front,
+            Method::POST,
+            "/echo",
+            &[("idempotency-key", key.as_str())],
+            payload(64),
+        )
+        .await;
+        assert_eq!(keyed.status, 200, "a keyed POST is retried");
+    }
+    assert!(refused > 0, "a POST with an empty key was retried");
+    assert!(
+        stack
+            .mulligan
+            .metric(r#"mulligan_decisions_total{cause="upstream_draining",decision="unsafe"}"#)
+            .await
+            >= refused as f64
+    );
+}
