@@ -214,6 +214,10 @@ pub struct Hold {
     /// returns after its ejection time). Capped at 1 s.
     #[serde(with = "humantime_serde")]
     pub settle: Duration,
+    /// Held requests go back to Envoy at most this many per second per
+    /// usable endpoint of their cluster, so a pod that just came back is not
+    /// handed every held request at once.
+    pub release_per_endpoint: u32,
 }
 
 impl Default for Hold {
@@ -221,6 +225,7 @@ impl Default for Hold {
         Self {
             interval: Duration::from_millis(100),
             settle: Duration::from_millis(50),
+            release_per_endpoint: 200,
         }
     }
 }

@@ -109,6 +109,9 @@ pub enum Answer {
     HeldTooLong,
     /// `rescue.max_held` requests were held already: the 503 stands.
     HeldLimit,
+    /// No endpoint could come back (all draining or gone, or none known):
+    /// the 503 stands at once, with `Retry-After`.
+    NothingComing,
     /// A failed response seen on its way to the client.
     Final,
     /// A retry let through the gate.
@@ -118,12 +121,13 @@ pub enum Answer {
 }
 
 impl Answer {
-    pub const ALL: [Answer; 8] = [
+    pub const ALL: [Answer; 9] = [
         Answer::Retry,
         Answer::RetryAfterHold,
         Answer::Stand,
         Answer::HeldTooLong,
         Answer::HeldLimit,
+        Answer::NothingComing,
         Answer::Final,
         Answer::Pass,
         Answer::Stopped,
@@ -136,6 +140,7 @@ impl Answer {
             Answer::Stand => "stand",
             Answer::HeldTooLong => "held_too_long",
             Answer::HeldLimit => "held_limit",
+            Answer::NothingComing => "nothing_coming",
             Answer::Final => "final",
             Answer::Pass => "pass",
             Answer::Stopped => "stopped",
@@ -243,7 +248,7 @@ pub struct Metrics {
     errors: [Counter; 5],
     /// Indexed by [`Cause`], then [`Decision`].
     decisions: Vec<[Counter; 6]>,
-    answers: [Counter; 8],
+    answers: [Counter; 9],
     outcomes: [Counter; 10],
     attempts: [Counter; 4],
     held: Gauge,

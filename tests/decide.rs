@@ -459,3 +459,29 @@ async fn only_a_non_empty_idempotency_key_lets_a_post_be_retried() {
             >= refused as f64
     );
 }
+
+/// A total outage does not make clients wait for nothing: with every
+/// endpoint draining, no hold begins; the 503 comes at once, with
+/// `Retry-After` (before, it came at `rescue.deadline`, 10 s later).
+#[tokio::test]
+async fn with_nothing_coming_back_the_503_is_not_held() {
+    let stack = Stack::decide(&[("a", PodState::Draining)], &[], &[]).await;
+    let addr = stack.pod("a").addr;
+    let r = client::post(stack.mulligan.admin, &format!("/v1/endpoints/{addr}/drain"))
+        .await
+        .expect("lifecycle drain");
+    assert!(r.status.is_success());
+    let started = std::time::Instant::now();
+    let r = client::get(stack.front, "/").await.expect("GET");
+    let took = started.elapsed();
+    assert_eq!(r.status, 503);
+    assert!(r.headers.contains_key("retry-after"));
+    assert!(took < Duration::from_secs(2), "held for {took:?}");
+    assert!(
+        stack
+            .mulligan
+            .metric("mulligan_answers_total{answer=\"nothing_coming\"}")
+            .await
+            >= 1.0
+    );
+}

@@ -60,6 +60,9 @@ pub struct VariantResult {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    /// p99 latency of the requests that failed: how long a client waited
+    /// for its error.
+    pub p99_failed_ms: f64,
     pub mulligan: Option<ProcStats>,
     pub rescued: Option<f64>,
     pub budget_exhausted: Option<f64>,
@@ -76,6 +79,7 @@ impl VariantResult {
         duration_s: f64,
     ) -> VariantResult {
         let mut h = Histogram::<u64>::new(3).expect("histogram");
+        let mut failed = Histogram::<u64>::new(3).expect("histogram");
         let mut by_cause: BTreeMap<&'static str, u64> = BTreeMap::new();
         let seconds = duration_s.ceil() as usize + 1;
         let mut per_second = vec![0u64; seconds];
@@ -83,6 +87,7 @@ impl VariantResult {
         for s in samples {
             let _ = h.record(s.latency_us.max(1));
             if let Some(c) = s.error {
+                let _ = failed.record(s.latency_us.max(1));
                 *by_cause.entry(c.as_str()).or_default() += 1;
                 if c.is_rollout() {
                     rollout_errors += 1;
@@ -110,6 +115,7 @@ impl VariantResult {
             p99_ms: ms(h.value_at_quantile(0.99)),
             p999_ms: ms(h.value_at_quantile(0.999)),
             max_ms: ms(h.max()),
+            p99_failed_ms: ms(failed.value_at_quantile(0.99)),
             mulligan: None,
             rescued: None,
             budget_exhausted: None,
@@ -204,8 +210,8 @@ impl ScenarioResult {
         let by = |l: &str| self.variants.iter().find(|v| v.variant == l);
         let (b, e) = (by("B")?, by("E")?);
         Some(format!(
-            "**With Envoy Gateway's retries (B), {} of {} requests failed and {} ran twice; with mulligan (E), {} failed and {} ran twice.**",
-            b.errors, b.requests, b.ran_twice, e.errors, e.ran_twice
+            "**With Envoy Gateway's retries (B), {} of {} requests failed (p99 wait for the error {:.0} ms) and {} ran twice; with mulligan (E), {} failed (p99 wait {:.0} ms) and {} ran twice.**",
+            b.errors, b.requests, b.p99_failed_ms, b.ran_twice, e.errors, e.p99_failed_ms, e.ran_twice
         ))
     }
 

@@ -23,7 +23,8 @@ use std::{
 use tokio::{net::TcpStream, time::Instant};
 
 use crate::{
-    endpoints::{Cluster, Registry},
+    config::Hold,
+    endpoints::{Cluster, Registry, State},
     metrics::Metrics,
 };
 
@@ -34,6 +35,9 @@ pub enum Unheld {
     TooLong,
     /// `rescue.max_held` requests are held already.
     Limit,
+    /// No endpoint of the cluster could come back: none is ready or
+    /// starting (all draining or gone, or the cluster is empty).
+    NothingComing,
 }
 
 /// Every request held right now, and what the probes last saw.
@@ -46,23 +50,37 @@ pub struct Holds {
     interval: Duration,
     /// Last connect result per endpoint, and when it was taken.
     seen: Mutex<HashMap<SocketAddr, (Instant, bool)>>,
+    /// Releases per second per usable endpoint of a cluster.
+    release_rate: f64,
+    /// The next free release slot per cluster: held requests go back to
+    /// Envoy at a pace the endpoints that came back can take, not at once.
+    next_release: Mutex<HashMap<Option<String>, Instant>>,
 }
 
 impl Holds {
-    pub fn new(
-        registry: Arc<Registry>,
-        metrics: Metrics,
-        max_held: usize,
-        interval: Duration,
-    ) -> Self {
+    pub fn new(registry: Arc<Registry>, metrics: Metrics, max_held: usize, cfg: &Hold) -> Self {
         Self {
             registry,
             metrics,
             held: AtomicUsize::new(0),
             max_held,
-            interval: interval.max(Duration::from_millis(1)),
+            interval: cfg.interval.max(Duration::from_millis(1)),
             seen: Mutex::new(HashMap::new()),
+            release_rate: f64::from(cfg.release_per_endpoint.max(1)),
+            next_release: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether an endpoint of cluster `name` could serve soon: one is ready
+    /// (perhaps refusing connections for now) or starting. A cluster whose
+    /// endpoints are all draining or gone, or that has none, is not worth
+    /// waiting for: the client gets its 503 and `Retry-After` at once.
+    pub fn plausible(&self, name: Option<&str>) -> bool {
+        self.registry.cluster(name).is_some_and(|c| {
+            c.endpoints
+                .iter()
+                .any(|e| matches!(e.state(), State::Ready | State::NotReady))
+        })
     }
 
     /// Requests held right now.
@@ -101,8 +119,11 @@ impl Holds {
         loop {
             changes.borrow_and_update();
             members.borrow_and_update();
+            if !self.plausible(name) {
+                return Err(Unheld::NothingComing);
+            }
             if self.reachable_in(name).await {
-                let ready = Instant::now() + settle;
+                let ready = self.release_slot(name, Instant::now() + settle);
                 tokio::time::sleep_until(ready.min(deadline)).await;
                 return if ready <= deadline {
                     Ok(())
@@ -120,6 +141,25 @@ impl Holds {
                 return Err(Unheld::TooLong);
             }
         }
+    }
+
+    /// The first release slot of cluster `name` at or after `earliest`,
+    /// taken: slots are `1 / (rate × usable endpoints)` apart.
+    fn release_slot(&self, name: Option<&str>, earliest: Instant) -> Instant {
+        let now = self.registry.now_ms();
+        let usable = self.registry.cluster(name).map_or(1, |c| {
+            c.endpoints.iter().filter(|e| e.usable(now)).count().max(1)
+        });
+        let gap = Duration::from_secs_f64(1.0 / (self.release_rate * usable as f64));
+        let mut next = self.next_release.lock().unwrap_or_else(|p| p.into_inner());
+        if next.len() > 4096 {
+            next.clear();
+        }
+        let slot = next
+            .get(&name.map(str::to_string))
+            .map_or(earliest, |n| (*n).max(earliest));
+        next.insert(name.map(str::to_string), slot + gap);
+        slot
     }
 
     async fn reachable_in(&self, name: Option<&str>) -> bool {

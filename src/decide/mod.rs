@@ -149,7 +149,7 @@ impl Decider {
                 Arc::clone(&registry),
                 metrics.clone(),
                 cfg.rescue.max_held,
-                cfg.hold.interval,
+                &cfg.hold,
             ),
             cfg: cfg.rescue.clone(),
             hold_cfg: cfg.hold.clone(),
@@ -245,10 +245,10 @@ impl Decider {
     /// Holds a request judged [`Verdict::Hold`] until an endpoint of its
     /// cluster can serve; the answer that ends the hold.
     pub async fn hold(&self, cluster: Option<&str>, request_id: Option<&str>) -> Answer {
-        if self.registry.cluster(cluster).is_none() {
+        if !self.holds.plausible(cluster) {
             // Nothing is known that could come back: do not keep the
             // client waiting for nothing.
-            return Answer::HeldTooLong;
+            return Answer::NothingComing;
         }
         let note = self.memory.get(request_id);
         // A request back at the hold right after a release found Envoy
@@ -267,6 +267,7 @@ impl Decider {
             }
             Err(Unheld::Limit) => Answer::HeldLimit,
             Err(Unheld::TooLong) => Answer::HeldTooLong,
+            Err(Unheld::NothingComing) => Answer::NothingComing,
         }
     }
 
