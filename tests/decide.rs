@@ -485,3 +485,81 @@ async fn with_nothing_coming_back_the_503_is_not_held() {
             >= 1.0
     );
 }
+
+/// EDS for Envoy and mulligan alike, from one file (the hold endpoint in it
+/// too, as an internal address mulligan skips).
+fn eds_file(path: &std::path::Path, pods: &[SocketAddr]) {
+    let lb: Vec<serde_json::Value> = pods
+        .iter()
+        .map(|a| serde_json::json!({"endpoint": {"address": {"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}}}}))
+        .collect();
+    let doc = serde_json::json!({
+        "version_info": format!("{}", fastrand::u64(..)),
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            "cluster_name": "app",
+            "policy": {"overprovisioning_factor": 100000},
+            "endpoints": [
+                {"lb_endpoints": lb},
+                {"priority": 1, "lb_endpoints": [{"endpoint": {"address": {"envoy_internal_address": {"server_listener_name": "mulligan_hold"}}}}]},
+            ],
+        }],
+    });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, doc.to_string()).expect("write eds");
+    std::fs::rename(&tmp, path).expect("rename eds");
+}
+
+/// A held request is served by an endpoint discovered after the hold began
+/// (before, a hold only ever looked at the endpoints it started with, and
+/// this request waited out its deadline).
+#[tokio::test]
+async fn a_held_request_is_served_by_an_endpoint_discovered_later() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let eds = dir.path().join("eds").join("eds.json");
+    std::fs::create_dir_all(eds.parent().expect("dir")).expect("eds dir");
+    let gone = Pod::start("gone", PodState::Gone).await;
+    eds_file(&eds, &[gone.addr]);
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[endpoints]\neds_file = {:?}\neds_file_poll = \"20ms\"\n",
+            eds.display().to_string()
+        ),
+    )
+    .expect("config");
+    let mulligan = Mulligan::start(&["--config", cfg.to_str().expect("path")]).await;
+    let text = render::standalone(&[], mulligan.grpc.port(), &[]);
+    let mut v: Value = serde_yaml_ng::from_str(&text).expect("bootstrap is YAML");
+    let app = cluster(&mut v, "app");
+    let obj = app.as_mapping_mut().expect("cluster");
+    obj.remove("load_assignment");
+    obj.insert("type".into(), Value::from("EDS"));
+    obj.insert(
+        "eds_cluster_config".into(),
+        yaml(&format!(
+            "{{eds_config: {{resource_api_version: V3, path_config_source: {{path: '{}', watched_directory: {{path: '{}'}}}}}}}}",
+            eds.display(),
+            eds.parent().expect("dir").display()
+        )),
+    );
+    let mut bootstrap = v;
+    bootstrap["node"] = yaml("{id: decide-test, cluster: decide-test}");
+    let envoy = Envoy::start(&serde_yaml_ng::to_string(&bootstrap).expect("YAML")).await;
+    let front = envoy.listener("mulligan").await;
+    let held = tokio::spawn(async move { client::get(front, "/").await });
+    mulligan
+        .wait_metric(
+            "mulligan_rescue_held",
+            1.0,
+            Duration::from_secs(5),
+            "one request held",
+        )
+        .await;
+    let fresh = Pod::start("fresh", PodState::Ready).await;
+    eds_file(&eds, &[fresh.addr]);
+    let r = held.await.expect("task").expect("GET");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body, "hello from fresh\n");
+}

@@ -57,7 +57,10 @@ struct EndpointAddr {
 
 #[derive(Debug, Deserialize)]
 struct Address {
-    socket_address: SocketAddress,
+    /// Absent for an Envoy internal address (the decide wiring's hold
+    /// endpoint): not an app endpoint, skipped.
+    #[serde(default)]
+    socket_address: Option<SocketAddress>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,14 +80,14 @@ pub fn parse(text: &str) -> Result<Vec<ClusterView>, serde_json::Error> {
         let eps = localities
             .into_iter()
             .flat_map(|l| l.lb_endpoints)
-            .map(|e| {
-                let sa = e.endpoint.address.socket_address;
+            .filter_map(|e| {
+                let sa = e.endpoint.address.socket_address?;
                 let state = match e.health_status.as_deref() {
                     Some("DRAINING") => State::Draining,
                     Some("UNHEALTHY" | "TIMEOUT") => State::NotReady,
                     _ => State::Ready,
                 };
-                (SocketAddr::new(sa.address, sa.port_value), state)
+                Some((SocketAddr::new(sa.address, sa.port_value), state))
             })
             .collect();
         out.push((name, eps));
