@@ -98,6 +98,20 @@ impl Cause {
         }
     }
 
+    /// Whether the failure is the endpoint's own (it is gone, leaving, not
+    /// ready, or broke the connection): passive health avoids it for a
+    /// while. An app's own 503, overload and timeouts are not.
+    pub fn blames_endpoint(self) -> bool {
+        matches!(
+            self,
+            Cause::ConnectFailure
+                | Cause::UpstreamRejected
+                | Cause::UpstreamDraining
+                | Cause::UpstreamNotReady
+                | Cause::ResetAfterSend
+        )
+    }
+
     /// Whether the application can have seen (and acted on) the request.
     pub fn reached_app(self) -> Reached {
         match self {

@@ -230,13 +230,7 @@ impl Decider {
     /// fault is avoided for a while.
     fn learn(&self, upstream: Upstream, cause: Cause) {
         if let Upstream::Endpoint(addr) = upstream {
-            if matches!(
-                cause,
-                Cause::ConnectFailure
-                    | Cause::UpstreamRejected
-                    | Cause::UpstreamDraining
-                    | Cause::UpstreamNotReady
-            ) {
+            if cause.blames_endpoint() {
                 self.registry.observe_failure(addr);
             }
         }

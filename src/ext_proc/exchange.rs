@@ -448,14 +448,7 @@ impl Exchange {
             endpoint: failed.and_then(|a| registry.state_of(a)),
         });
         if let Some(addr) = failed {
-            if matches!(
-                cause,
-                Cause::ConnectFailure
-                    | Cause::UpstreamRejected
-                    | Cause::UpstreamDraining
-                    | Cause::UpstreamNotReady
-                    | Cause::ResetAfterSend
-            ) {
+            if cause.blames_endpoint() {
                 registry.observe_failure(addr);
             }
         }
