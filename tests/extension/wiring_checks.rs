@@ -205,8 +205,8 @@ fn check_routes(req: &PostTranslateModifyRequest, resp: &PostTranslateModifyResp
 fn check_attempt_count(after: &mut VirtualHost, before: &VirtualHost, e: &Expect) {
     let wired = |r: &Route| e.routes.contains(&r.name.as_str());
     let forwards = |r: &Route| matches!(r.action, Some(route::Action::Route(_)));
-    let gated = before.routes.iter().any(wired)
-        && before.routes.iter().filter(|r| forwards(r)).all(wired);
+    let gated =
+        before.routes.iter().any(wired) && before.routes.iter().filter(|r| forwards(r)).all(wired);
     assert_eq!(
         after.include_request_attempt_count,
         before.include_request_attempt_count || gated,
