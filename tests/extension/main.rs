@@ -7,6 +7,7 @@ mod support;
 mod hostile;
 mod live;
 mod manifests;
+mod reference;
 mod server;
 mod wiring_checks;
 mod xds;
