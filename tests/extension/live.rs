@@ -410,15 +410,21 @@ async fn the_wired_gateway_retries_failed_attempts_and_asks_mulligan_only_about_
         0.0,
         "no request had reached an app"
     );
-    // Every retry passed the gate once, on a stream of its own; every other
-    // stream is a failed first attempt.
+    // Every retry that reached a pod passed the gate once, on a stream of
+    // its own (the upstream filters run once a connection is up: a retry
+    // refused by the gone pod never gets that far). The other streams are
+    // failed first attempts: the healthy phase above opened none.
     let retries = gw.cluster_stat("upstream_rq_retry").await as f64;
+    let refused = gw.cluster_stat("upstream_cx_connect_fail").await as f64;
     let passed = gw.answers("pass").await;
-    assert_eq!(passed, retries, "one gate stream per retry");
-    let streams = gw.streams().await;
     assert!(
-        streams >= retries && streams <= retries + failed as f64,
-        "streams {streams}: {retries} retries, {failed} failed attempts"
+        passed <= retries && passed >= retries - refused,
+        "{passed} retries passed the gate; {retries} retries, {refused} refused\n{}",
+        gw.answer_counts().await
+    );
+    assert!(
+        gw.streams().await > passed,
+        "failed first attempts were judged"
     );
     assert_eq!(gw.answers("final").await, 0.0, "no 5xx reached the client");
 }
