@@ -66,7 +66,7 @@ fn hcm(l: &Listener) -> HttpConnectionManager {
     decode(&any.value)
 }
 
-fn named<'a>(filters: &'a [HttpFilter], name: &str) -> Value {
+fn named(filters: &[HttpFilter], name: &str) -> Value {
     let f = filters
         .iter()
         .find(|f| f.name == name)
