@@ -156,6 +156,7 @@ impl Hooks {
         self.pending().clear();
         let wired = if plan.routes.is_empty() {
             self.eds_wired.store(Arc::new(BTreeSet::new()));
+            self.metrics.routes_ungated(0);
             0
         } else {
             self.install(&plan, configs, &mut resp)
@@ -172,7 +173,9 @@ impl Hooks {
         resp: &mut raw::PostTranslateModifyResponse,
     ) -> usize {
         let failed = self.install_clusters(&mut resp.clusters, &plan.clusters);
-        let (wired_configs, wired_routes) = install_routes(&mut configs, plan, &failed);
+        let done = install_routes(&mut configs, plan, &failed);
+        self.metrics.routes_ungated(done.ungated);
+        let (wired_configs, wired_routes) = (done.configs, done.routes);
         for (bytes, config) in resp.routes.iter_mut().zip(&configs) {
             if let Some(c) = config.as_ref().filter(|c| wired_configs.contains(&c.name)) {
                 *bytes = c.encode_to_vec();
@@ -293,16 +296,27 @@ fn plan(policies: &Policies, configs: &[Option<RouteConfiguration>]) -> Plan {
     plan
 }
 
+/// What [`install_routes`] did.
+#[derive(Default)]
+struct RoutesWired {
+    /// The names of the route configurations touched.
+    configs: BTreeSet<String>,
+    routes: usize,
+    /// Wired routes whose virtual host also has unwired forwarding routes:
+    /// the gate stays off for them (see [`install_gates`]).
+    ungated: usize,
+}
+
 /// Installs the retry policy on planned routes whose clusters were all
-/// wired; returns the names of the route configurations touched, and how
-/// many routes were wired.
+/// wired, then turns the gate on where it may be.
 fn install_routes(
     configs: &mut [Option<RouteConfiguration>],
     plan: &Plan,
     failed: &BTreeSet<String>,
-) -> (BTreeSet<String>, usize) {
-    let mut touched = BTreeSet::new();
-    let mut wired = 0;
+) -> RoutesWired {
+    let mut done = RoutesWired::default();
+    // Per (config, virtual host), the indices of the routes wired.
+    let mut by_vhost: BTreeMap<(usize, usize), BTreeSet<usize>> = BTreeMap::new();
     for p in &plan.routes {
         if p.clusters.iter().any(|c| failed.contains(c)) {
             continue;
@@ -314,10 +328,55 @@ fn install_routes(
             &mut config.virtual_hosts[p.vhost].routes[p.route],
             &p.settings,
         );
-        touched.insert(config.name.clone());
-        wired += 1;
+        done.configs.insert(config.name.clone());
+        done.routes += 1;
+        by_vhost
+            .entry((p.config, p.vhost))
+            .or_default()
+            .insert(p.route);
     }
-    (touched, wired)
+    done.ungated = install_gates(configs, &by_vhost);
+    done
+}
+
+/// Sets `include_request_attempt_count` (the gate's input, a virtual host
+/// setting in Envoy's API) on each virtual host whose forwarding routes are
+/// all wired. Elsewhere the header would reach the pods of unwired routes,
+/// which must come back as Envoy Gateway made them; so their virtual host is
+/// left alone, and its wired routes keep the rest of the wiring without the
+/// gate (logged). Returns how many wired routes that leaves ungated.
+fn install_gates(
+    configs: &mut [Option<RouteConfiguration>],
+    by_vhost: &BTreeMap<(usize, usize), BTreeSet<usize>>,
+) -> usize {
+    let mut ungated = 0;
+    for (&(c, v), wired) in by_vhost {
+        let Some(config) = configs[c].as_mut() else {
+            continue;
+        };
+        let vhost = &mut config.virtual_hosts[v];
+        let unwired = vhost
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(r, route)| {
+                !wired.contains(r) && !wiring::forwarded_clusters(route).is_empty()
+            })
+            .count();
+        if unwired == 0 || vhost.include_request_attempt_count {
+            wiring::install_attempt_count(vhost);
+            continue;
+        }
+        tracing::warn!(
+            route_config = config.name,
+            virtual_host = vhost.name,
+            wired = wired.len(),
+            unwired,
+            "virtual host mixes wired and unwired routes: mulligan's retry gate is off for its wired routes"
+        );
+        ungated += wired.len();
+    }
+    ungated
 }
 
 /// Replaces the resource with the same name, or appends it.

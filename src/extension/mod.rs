@@ -28,6 +28,7 @@ pub struct ExtensionMetrics {
     invalid_policies: Counter,
     wiring_errors: Counter,
     routes_wired: Gauge,
+    routes_ungated: Gauge,
 }
 
 impl ExtensionMetrics {
@@ -46,10 +47,15 @@ impl ExtensionMetrics {
             "mulligan_extension_routes_wired",
             "Routes wired by the last PostTranslateModify"
         );
+        describe_gauge!(
+            "mulligan_extension_routes_ungated",
+            "Routes wired by the last PostTranslateModify without the retry gate: their virtual host also has unwired routes"
+        );
         Self {
             invalid_policies: counter!("mulligan_extension_invalid_policies_total"),
             wiring_errors: counter!("mulligan_extension_wiring_errors_total"),
             routes_wired: gauge!("mulligan_extension_routes_wired"),
+            routes_ungated: gauge!("mulligan_extension_routes_ungated"),
         }
     }
 
@@ -63,6 +69,10 @@ impl ExtensionMetrics {
 
     pub fn routes_wired(&self, n: usize) {
         self.routes_wired.set(n as f64);
+    }
+
+    pub fn routes_ungated(&self, n: usize) {
+        self.routes_ungated.set(n as f64);
     }
 
     pub fn hook(hook: &'static str) {

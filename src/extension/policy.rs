@@ -13,7 +13,7 @@ use serde::Deserialize;
 pub const API_VERSION: &str = "mulligan.dev/v1alpha1";
 pub const KIND: &str = "MulliganPolicy";
 const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
-pub const DEFAULT_NUM_RETRIES: u32 = 6;
+pub const DEFAULT_NUM_RETRIES: u32 = 10;
 pub const MAX_NUM_RETRIES: u32 = 20;
 pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(14);
 pub const MAX_MAX_HOLD: Duration = Duration::from_secs(60);

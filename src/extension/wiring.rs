@@ -48,7 +48,8 @@ use envoy_types::pb::{
         },
         r#type::{
             matcher::v3::{
-                string_matcher::MatchPattern, HttpResponseHeaderMatchInput, StringMatcher,
+                string_matcher::MatchPattern, HttpRequestHeaderMatchInput,
+                HttpResponseHeaderMatchInput, StringMatcher,
             },
             v3::Percent,
         },
@@ -59,10 +60,31 @@ use prost::{Message, Name};
 
 use crate::extension::policy::Settings;
 
-/// Upstream filter on each attempt: ext_proc, only for 5xx responses.
+/// The xDS matcher types the composite filters are built from.
+mod xds {
+    pub use envoy_types::pb::xds::{
+        core::v3::TypedExtensionConfig,
+        r#type::matcher::v3::{
+            matcher::{
+                matcher_list::{
+                    predicate::{single_predicate, MatchType, SinglePredicate},
+                    FieldMatcher, Predicate,
+                },
+                on_match, MatcherList, MatcherType, OnMatch,
+            },
+            regex_matcher,
+            string_matcher::MatchPattern,
+            Matcher, RegexMatcher, StringMatcher,
+        },
+    };
+}
+
+/// Upstream filter on each attempt: ext_proc, only for a retry (the gate)
+/// or a 5xx response.
 pub const ATTEMPT_FILTER: &str = "mulligan.attempt";
 /// Upstream filter removing the retry header from app responses, so only
-/// mulligan can ask Envoy for a retry.
+/// mulligan can ask Envoy for a retry, and the attempt count from requests,
+/// so the pod sees what it sees without mulligan.
 pub const STRIP_FILTER: &str = "mulligan.strip";
 /// Downstream filter on the final response: ext_proc, only for 5xx.
 pub const FINAL_FILTER: &str = "mulligan.final";
@@ -73,6 +95,20 @@ pub const MULLIGAN_CLUSTER: &str = "mulligan";
 pub const HOLD_LISTENER: &str = "mulligan_hold";
 /// The response header by which mulligan asks Envoy to retry an attempt.
 pub const RETRY_HEADER: &str = "x-mulligan-retry";
+/// Headers no client may send: one would choose an endpoint (Envoy's
+/// `override_host` header), the others would speak for mulligan.
+pub const CLIENT_HEADERS_REMOVED: [&str; 3] = [
+    "x-gateway-destination-endpoint",
+    RETRY_HEADER,
+    "x-mulligan-attempt",
+];
+/// The attempt number Envoy adds to each attempt's request when the
+/// virtual host has `include_request_attempt_count` (the gate reads it).
+pub const ATTEMPT_COUNT_HEADER: &str = "x-envoy-attempt-count";
+/// [`ATTEMPT_COUNT_HEADER`] values of a retry: 2 and above.
+pub const RETRY_ATTEMPT_REGEX: &str = "[2-9]|[1-9][0-9]+";
+/// The name of the composite filters' ext_proc action.
+const ACTION_NAME: &str = "mulligan";
 /// gRPC metadata telling mulligan which filter is calling.
 pub const PHASE_HEADER: &str = "x-mulligan-phase";
 /// Status prefix on which the composite filters call ext_proc.
@@ -80,8 +116,9 @@ pub const FAILED_STATUS_PREFIX: &str = "5";
 /// Route retry triggers; Envoy's own 5xx triggers are dropped on purpose:
 /// they would resend POSTs that reached an app.
 pub const RETRY_ON: &str = "connect-failure,refused-stream,reset-before-request,retriable-headers";
-/// How often Envoy may re-pick a host that `previous_hosts` rejects.
-pub const HOST_SELECTION_RETRY_MAX_ATTEMPTS: i64 = 5;
+/// How often Envoy may re-pick a host that `previous_hosts` rejects
+/// (drawing is cheap; each retry should really go somewhere new).
+pub const HOST_SELECTION_RETRY_MAX_ATTEMPTS: i64 = 20;
 /// Envoy's pause between attempts: short, since mulligan (not the clock)
 /// decides when an endpoint is worth another try.
 pub const RETRY_BACK_OFF_BASE: Duration = Duration::from_millis(10);
@@ -105,17 +142,19 @@ pub const ATTEMPT_ATTRIBUTES: [&str; 7] = [
     "request.id",
     "request.headers['idempotency-key']",
 ];
-/// For the final response, also why Envoy answered as it did.
-pub const FINAL_ATTRIBUTES: [&str; 9] = [
+/// What the gate is sent with a retry's request headers: the request id
+/// that ties it to the earlier attempts mulligan judged.
+pub const RETRY_REQUEST_ATTRIBUTES: [&str; 1] = ["request.id"];
+/// For the final response: why Envoy answered as it did (a local "no
+/// healthy upstream" versus the app's 503) and the endpoint that answered.
+pub const FINAL_ATTRIBUTES: [&str; 7] = [
     "response.code",
-    "response.flags",
     "response.code_details",
+    "response.flags",
     "upstream.address",
     "xds.cluster_name",
-    "upstream.request_attempt_count",
     "request.method",
     "request.id",
-    "request.headers['idempotency-key']",
 ];
 
 const UPSTREAM_CODEC: &str = "envoy.filters.http.upstream_codec";
@@ -206,14 +245,30 @@ pub fn retry_policy(settings: &Settings, previous: Option<&RetryPolicy>) -> Retr
     }
 }
 
-/// Installs the retry policy on a forwarding route; returns the clusters it
+/// Installs the retry policy on a forwarding route, and removes the
+/// [`CLIENT_HEADERS_REMOVED`] from its requests; returns the clusters it
 /// forwards to (empty for redirects and direct responses, left untouched).
 pub fn install_route(route: &mut Route, settings: &Settings) -> Vec<String> {
     let Some(route::Action::Route(action)) = route.action.as_mut() else {
         return Vec::new();
     };
     action.retry_policy = Some(retry_policy(settings, action.retry_policy.as_ref()));
-    route_clusters(action)
+    let clusters = route_clusters(action);
+    for name in CLIENT_HEADERS_REMOVED {
+        if !route.request_headers_to_remove.iter().any(|h| h == name) {
+            route.request_headers_to_remove.push(name.to_string());
+        }
+    }
+    clusters
+}
+
+/// Turns the gate on for a virtual host: Envoy then adds
+/// [`ATTEMPT_COUNT_HEADER`] to every attempt of every route of it. Only for
+/// a virtual host whose forwarding routes are all wired (their clusters'
+/// `mulligan.strip` removes the header before the pod); see
+/// docs/envoy-gateway.md.
+pub fn install_attempt_count(vhost: &mut VirtualHost) {
+    vhost.include_request_attempt_count = true;
 }
 
 /// The clusters a forwarding route sends to (none for other routes).
@@ -234,14 +289,28 @@ fn route_clusters(action: &envoy_types::pb::envoy::config::route::v3::RouteActio
     }
 }
 
-/// A composite filter that runs ext_proc (tagged with `phase`) only when the
-/// response status starts with [`FAILED_STATUS_PREFIX`].
-fn gated_ext_proc(phase: &str, attributes: &[&str], max_hold: Option<Duration>) -> Any {
+/// One ext_proc call to mulligan: its role (`phase`), which headers it is
+/// sent, the attributes it gets, and how long mulligan may hold its answer.
+struct Call<'a> {
+    phase: &'a str,
+    /// Request headers SEND (the gate) or SKIP (a response is judged).
+    request_headers: bool,
+    request_attributes: &'a [&'a str],
+    response_attributes: &'a [&'a str],
+    max_hold: Option<Duration>,
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|a| a.to_string()).collect()
+}
+
+/// The ext_proc filter of a [`Call`], as a composite filter's action.
+fn ext_proc_action(call: &Call) -> xds::TypedExtensionConfig {
     let ext_proc = ExternalProcessor {
         grpc_service: Some(GrpcService {
             initial_metadata: vec![HeaderValue {
                 key: PHASE_HEADER.to_string(),
-                value: phase.to_string(),
+                value: call.phase.to_string(),
                 ..Default::default()
             }],
             target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
@@ -254,21 +323,37 @@ fn gated_ext_proc(phase: &str, attributes: &[&str], max_hold: Option<Duration>) 
         }),
         failure_mode_allow: true,
         message_timeout: Some(duration(MESSAGE_TIMEOUT)),
-        max_message_timeout: max_hold.map(duration),
+        max_message_timeout: call.max_hold.map(duration),
         processing_mode: Some(ProcessingMode {
-            request_header_mode: 2,  // SKIP
-            response_header_mode: 1, // SEND
+            request_header_mode: if call.request_headers { SEND } else { SKIP },
+            response_header_mode: SEND,
+            request_trailer_mode: SKIP,
+            response_trailer_mode: SKIP,
             ..Default::default()
         }),
-        response_attributes: attributes.iter().map(|a| a.to_string()).collect(),
+        request_attributes: strings(call.request_attributes),
+        response_attributes: strings(call.response_attributes),
         ..Default::default()
     };
     let action = ExecuteFilterAction {
         typed_config: Some(typed("envoy.filters.http.ext_proc", pack(&ext_proc))),
         ..Default::default()
     };
+    xds_typed(ACTION_NAME, pack(&action))
+}
+
+/// ext_proc's `ProcessingMode.HeaderSendMode` values.
+const SEND: i32 = 1;
+const SKIP: i32 = 2;
+
+/// A composite filter calling mulligan on the first of `matchers` that
+/// matches, and opening nothing when none does.
+fn composite(matchers: Vec<xds::FieldMatcher>) -> Any {
     pack(&ExtensionWithMatcher {
-        xds_matcher: Some(status_matcher(xds_typed("ext_proc", pack(&action)))),
+        xds_matcher: Some(xds::Matcher {
+            matcher_type: Some(xds::MatcherType::MatcherList(xds::MatcherList { matchers })),
+            on_no_match: None,
+        }),
         extension_config: Some(typed(
             "envoy.filters.http.composite",
             pack(&Composite::default()),
@@ -277,37 +362,87 @@ fn gated_ext_proc(phase: &str, attributes: &[&str], max_hold: Option<Duration>) 
     })
 }
 
-fn xds_typed(name: &str, config: Any) -> envoy_types::pb::xds::core::v3::TypedExtensionConfig {
-    envoy_types::pb::xds::core::v3::TypedExtensionConfig {
-        name: name.to_string(),
-        typed_config: Some(config),
+/// A matcher: when `input` (named `name`) matches `pattern`, make `call`.
+fn when(name: &str, input: Any, pattern: xds::MatchPattern, call: &Call) -> xds::FieldMatcher {
+    use xds::{single_predicate, MatchType, Predicate, SinglePredicate};
+    let predicate = SinglePredicate {
+        input: Some(xds_typed(name, input)),
+        matcher: Some(single_predicate::Matcher::ValueMatch(xds::StringMatcher {
+            match_pattern: Some(pattern),
+            ignore_case: false,
+        })),
+    };
+    xds::FieldMatcher {
+        predicate: Some(Predicate {
+            match_type: Some(MatchType::SinglePredicate(predicate)),
+        }),
+        on_match: Some(xds::OnMatch {
+            on_match: Some(xds::on_match::OnMatch::Action(ext_proc_action(call))),
+            keep_matching: false,
+        }),
     }
 }
 
-fn status_matcher(
-    action: envoy_types::pb::xds::core::v3::TypedExtensionConfig,
-) -> envoy_types::pb::xds::r#type::matcher::v3::Matcher {
-    use envoy_types::pb::xds::r#type::matcher::v3::matcher::{
-        matcher_tree::{MatchMap, TreeType},
-        on_match, MatcherTree, MatcherType, OnMatch,
-    };
-    let on_match = OnMatch {
-        on_match: Some(on_match::OnMatch::Action(action)),
-        keep_matching: false,
-    };
+/// Matches a response whose status starts with [`FAILED_STATUS_PREFIX`].
+fn on_failed_status(call: &Call) -> xds::FieldMatcher {
     let input = HttpResponseHeaderMatchInput {
         header_name: ":status".to_string(),
     };
-    envoy_types::pb::xds::r#type::matcher::v3::Matcher {
-        matcher_type: Some(MatcherType::MatcherTree(MatcherTree {
-            input: Some(xds_typed("status", pack(&input))),
-            tree_type: Some(TreeType::PrefixMatchMap(MatchMap {
-                map: [(FAILED_STATUS_PREFIX.to_string(), on_match)]
-                    .into_iter()
-                    .collect(),
-            })),
-        })),
-        on_no_match: None,
+    let prefix = xds::MatchPattern::Prefix(FAILED_STATUS_PREFIX.to_string());
+    when("status", pack(&input), prefix, call)
+}
+
+/// Matches a retry: an attempt whose [`ATTEMPT_COUNT_HEADER`] is 2 or more.
+fn on_retry(call: &Call) -> xds::FieldMatcher {
+    let input = HttpRequestHeaderMatchInput {
+        header_name: ATTEMPT_COUNT_HEADER.to_string(),
+    };
+    let regex = xds::MatchPattern::SafeRegex(xds::RegexMatcher {
+        regex: RETRY_ATTEMPT_REGEX.to_string(),
+        engine_type: Some(xds::regex_matcher::EngineType::GoogleRe2(
+            xds::regex_matcher::GoogleRe2 {},
+        )),
+    });
+    when("attempt", pack(&input), regex, call)
+}
+
+/// `mulligan.attempt`: the gate on every retry (role `retry`: it sees the
+/// retry's request headers, and its answer), then a failed first attempt
+/// (role `attempt`: its response only).
+fn attempt_filter(settings: &Settings) -> Any {
+    let retry = Call {
+        phase: "retry",
+        request_headers: true,
+        request_attributes: &RETRY_REQUEST_ATTRIBUTES,
+        response_attributes: &ATTEMPT_ATTRIBUTES,
+        max_hold: Some(settings.max_hold),
+    };
+    let attempt = Call {
+        phase: "attempt",
+        request_headers: false,
+        request_attributes: &[],
+        response_attributes: &ATTEMPT_ATTRIBUTES,
+        max_hold: Some(settings.max_hold),
+    };
+    composite(vec![on_retry(&retry), on_failed_status(&attempt)])
+}
+
+/// `mulligan.final`: a 5xx on its way to the client.
+fn final_filter() -> Any {
+    let call = Call {
+        phase: "final",
+        request_headers: false,
+        request_attributes: &[],
+        response_attributes: &FINAL_ATTRIBUTES,
+        max_hold: None,
+    };
+    composite(vec![on_failed_status(&call)])
+}
+
+fn xds_typed(name: &str, config: Any) -> xds::TypedExtensionConfig {
+    xds::TypedExtensionConfig {
+        name: name.to_string(),
+        typed_config: Some(config),
     }
 }
 
@@ -315,11 +450,13 @@ fn strip_filter() -> Any {
     use envoy_types::pb::envoy::config::common::mutation_rules::v3::{
         header_mutation::Action, HeaderMutation as Mutation,
     };
+    let remove = |name: &str| Mutation {
+        action: Some(Action::Remove(name.to_string())),
+    };
     pack(&HeaderMutation {
         mutations: Some(Mutations {
-            response_mutations: vec![Mutation {
-                action: Some(Action::Remove(RETRY_HEADER.to_string())),
-            }],
+            request_mutations: vec![remove(ATTEMPT_COUNT_HEADER)],
+            response_mutations: vec![remove(RETRY_HEADER)],
             ..Default::default()
         }),
         ..Default::default()
@@ -337,9 +474,8 @@ fn install_upstream_filters(filters: &mut Vec<HttpFilter>, settings: &Settings) 
             filters.len() - 1
         }
     };
-    let attempt = gated_ext_proc("attempt", &ATTEMPT_ATTRIBUTES, Some(settings.max_hold));
     filters.insert(codec, http_filter(STRIP_FILTER, strip_filter()));
-    filters.insert(codec, http_filter(ATTEMPT_FILTER, attempt));
+    filters.insert(codec, http_filter(ATTEMPT_FILTER, attempt_filter(settings)));
 }
 
 /// Wires an app cluster: upstream filters (merged into any existing
@@ -508,13 +644,8 @@ fn install_final_filter(hcm_filter: &mut Filter, wired: &dyn Fn(&str) -> bool) -
     let Some(at) = hcm.http_filters.iter().position(|f| f.name == ROUTER) else {
         return false;
     };
-    hcm.http_filters.insert(
-        at,
-        http_filter(
-            FINAL_FILTER,
-            gated_ext_proc("final", &FINAL_ATTRIBUTES, None),
-        ),
-    );
+    hcm.http_filters
+        .insert(at, http_filter(FINAL_FILTER, final_filter()));
     *any = pack(&hcm);
     true
 }

@@ -7,6 +7,7 @@ mod support;
 mod hostile;
 mod live;
 mod manifests;
+mod reference;
 mod server;
 mod wiring_checks;
 mod xds;
@@ -278,7 +279,7 @@ async fn a_gateway_listener_policy_adds_exactly_the_documented_wiring() {
             routes: &["httproute/default/backend/rule/0/match/0/www_example_com"],
             clusters: &["httproute/default/backend/rule/0"],
             listeners: &["default/eg/http"],
-            num_retries: 6,
+            num_retries: 10,
             max_hold_s: 14,
             mulligan: ("mulligan.mulligan-system.svc", 50051, true),
         },
@@ -366,7 +367,7 @@ async fn an_httproute_policy_reaches_translation_through_post_route_modify() {
             routes: &routes,
             clusters: &["first-route-dest"],
             listeners: &["first-listener"],
-            num_retries: 6,
+            num_retries: 10,
             max_hold_s: 14,
             mulligan: ("127.0.0.1", 50051, false),
         },
@@ -391,7 +392,7 @@ async fn an_httproute_policy_reaches_translation_through_post_route_modify() {
         routes: &["grpcroute/default/backend/rule/0/match/0/www_grpc-example_com"],
         clusters: &["grpcroute/default/backend/rule/0"],
         listeners: &["default/eg/grpc"],
-        num_retries: 6,
+        num_retries: 10,
         max_hold_s: 14,
         mulligan: ("127.0.0.1", 50051, false),
     };
@@ -463,7 +464,7 @@ async fn an_invalid_policy_is_reported_and_its_routes_are_left_alone() {
                 routes: &["grpcroute/default/backend/rule/0/match/0/www_grpc-example_com"],
                 clusters: &["grpcroute/default/backend/rule/0"],
                 listeners: &["default/eg/grpc"],
-                num_retries: 6,
+                num_retries: 10,
                 max_hold_s: 14,
                 mulligan: ("127.0.0.1", 50051, false),
             },
@@ -658,5 +659,90 @@ async fn an_httproute_policy_delivered_to_translation_wires_that_route_only() {
             max_hold_s: 14,
             mulligan: ("127.0.0.1", 50051, false),
         },
+    );
+}
+
+const WWW_ROUTE: &str = "httproute/default/backend/rule/0/match/0/www_example_com";
+
+/// The fixture with a second route, `other`, in the virtual host of
+/// [`WWW_ROUTE`]; no policy selects it (it has no Envoy Gateway metadata).
+fn with_a_neighbour(
+    req: &PostTranslateModifyRequest,
+    action: envoy_types::pb::envoy::config::route::v3::route::Action,
+) -> PostTranslateModifyRequest {
+    let mut req = req.clone();
+    let vhost = req
+        .routes
+        .iter_mut()
+        .flat_map(|c| c.virtual_hosts.iter_mut())
+        .find(|v| v.routes.iter().any(|r| r.name == WWW_ROUTE))
+        .expect("the www virtual host");
+    let mut other = vhost.routes[0].clone();
+    other.name = "other".into();
+    other.metadata = None;
+    other.action = Some(action);
+    vhost.routes.push(other);
+    req
+}
+
+fn www_vhost(
+    resp: &PostTranslateModifyResponse,
+) -> &envoy_types::pb::envoy::config::route::v3::VirtualHost {
+    resp.routes
+        .iter()
+        .flat_map(|c| &c.virtual_hosts)
+        .find(|v| v.routes.iter().any(|r| r.name == WWW_ROUTE))
+        .expect("the www virtual host")
+}
+
+/// `include_request_attempt_count` is a virtual host setting: a virtual
+/// host that also forwards an unwired route (here to the gRPC cluster,
+/// which mulligan does not wire, so nothing would strip the header) is left
+/// as it was, and its wired route, without the gate, is counted. A
+/// neighbour that forwards nothing (a redirect) does not matter.
+#[tokio::test]
+async fn the_gate_is_on_only_where_every_forwarding_route_of_the_virtual_host_is_wired() {
+    use envoy_types::pb::envoy::config::route::v3::{
+        route, route_action, RedirectAction, RouteAction,
+    };
+    let server = ExtensionServer::start("127.0.0.1:50051", &[]).await;
+    let mut client = server.client().await;
+    let t = the_fixture("from-gateway-api-to-xds");
+    let base = t.with_policies(&[policy("route", httproute_ref("backend"), json!({}))]);
+    let expect = Expect {
+        routes: &[WWW_ROUTE],
+        clusters: &["httproute/default/backend/rule/0"],
+        listeners: &["default/eg/http"],
+        num_retries: 10,
+        max_hold_s: 14,
+        mulligan: ("127.0.0.1", 50051, false),
+    };
+
+    let forward = route::Action::Route(RouteAction {
+        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+            "grpcroute/default/backend/rule/0".into(),
+        )),
+        ..Default::default()
+    });
+    let req = with_a_neighbour(&base, forward);
+    let resp = translate(&mut client, req.clone()).await;
+    assert_wired(&req, &resp, &expect);
+    assert!(!www_vhost(&resp).include_request_attempt_count);
+    assert_eq!(
+        server.metric("mulligan_extension_routes_ungated").await,
+        1.0
+    );
+
+    let redirect = route::Action::Redirect(RedirectAction {
+        host_redirect: "elsewhere.example.com".into(),
+        ..Default::default()
+    });
+    let req = with_a_neighbour(&base, redirect);
+    let resp = translate(&mut client, req.clone()).await;
+    assert_wired(&req, &resp, &expect);
+    assert!(www_vhost(&resp).include_request_attempt_count);
+    assert_eq!(
+        server.metric("mulligan_extension_routes_ungated").await,
+        0.0
     );
 }

@@ -13,7 +13,7 @@ use envoy_types::pb::{
             },
             endpoint::v3::{lb_endpoint::HostIdentifier, ClusterLoadAssignment},
             listener::v3::{filter, listener::ListenerSpecifier, Listener},
-            route::v3::{header_matcher::HeaderMatchSpecifier, route, Route},
+            route::v3::{header_matcher::HeaderMatchSpecifier, route, Route, VirtualHost},
         },
         extensions::{
             common::matching::v3::ExtensionWithMatcher,
@@ -34,10 +34,23 @@ use envoy_types::pb::{
                 HttpProtocolOptions,
             },
         },
-        r#type::matcher::v3::{string_matcher::MatchPattern, HttpResponseHeaderMatchInput},
+        r#type::matcher::v3::{
+            string_matcher::MatchPattern as EnvoyMatchPattern, HttpRequestHeaderMatchInput,
+            HttpResponseHeaderMatchInput,
+        },
     },
     google::protobuf::Duration,
-    xds::r#type::matcher::v3::matcher::{matcher_tree::TreeType, on_match, MatcherType},
+    xds::r#type::matcher::v3::{
+        matcher::{
+            matcher_list::{
+                predicate::{single_predicate, MatchType},
+                FieldMatcher,
+            },
+            on_match, MatcherType,
+        },
+        regex_matcher::EngineType,
+        string_matcher::MatchPattern,
+    },
 };
 use mulligan::extension::api::{PostTranslateModifyRequest, PostTranslateModifyResponse};
 use prost::Message;
@@ -106,12 +119,26 @@ fn check_routes(req: &PostTranslateModifyRequest, resp: &PostTranslateModifyResp
         assert_eq!(a.virtual_hosts.len(), b.virtual_hosts.len());
         let (mut a_cfg, mut b_cfg) = (a.clone(), b.clone());
         for (va, vb) in a_cfg.virtual_hosts.iter_mut().zip(&mut b_cfg.virtual_hosts) {
+            check_attempt_count(va, vb, e);
             for (ra, rb) in va.routes.iter_mut().zip(&mut vb.routes) {
                 strip_marker(ra, rb);
                 if !e.routes.contains(&rb.name.as_str()) {
                     continue;
                 }
                 seen += 1;
+                let added = ra
+                    .request_headers_to_remove
+                    .split_off(rb.request_headers_to_remove.len());
+                assert_eq!(
+                    added,
+                    [
+                        "x-gateway-destination-endpoint",
+                        "x-mulligan-retry",
+                        "x-mulligan-attempt"
+                    ],
+                    "{}: client-sent headers removed",
+                    rb.name
+                );
                 let (Some(route::Action::Route(aa)), Some(route::Action::Route(ab))) =
                     (ra.action.as_mut(), rb.action.as_mut())
                 else {
@@ -132,13 +159,13 @@ fn check_routes(req: &PostTranslateModifyRequest, resp: &PostTranslateModifyResp
                 let Some(HeaderMatchSpecifier::StringMatch(m)) = &h.header_match_specifier else {
                     panic!("header match")
                 };
-                assert_eq!(m.match_pattern, Some(MatchPattern::Exact("1".into())));
+                assert_eq!(m.match_pattern, Some(EnvoyMatchPattern::Exact("1".into())));
                 assert_eq!(p.retry_host_predicate.len(), 1);
                 assert_eq!(
                     p.retry_host_predicate[0].name,
                     "envoy.retry_host_predicates.previous_hosts"
                 );
-                assert_eq!(p.host_selection_retry_max_attempts, 5);
+                assert_eq!(p.host_selection_retry_max_attempts, 20);
                 let back_off = p.retry_back_off.as_ref().expect("back-off");
                 assert_eq!(
                     back_off.base_interval,
@@ -172,6 +199,23 @@ fn check_routes(req: &PostTranslateModifyRequest, resp: &PostTranslateModifyResp
     assert_eq!(seen, e.routes.len(), "wired routes found");
 }
 
+/// A virtual host with a wired route gets `include_request_attempt_count`
+/// (the gate's input) only when every route of it that forwards is wired;
+/// otherwise it is left as it was (docs/envoy-gateway.md).
+fn check_attempt_count(after: &mut VirtualHost, before: &VirtualHost, e: &Expect) {
+    let wired = |r: &Route| e.routes.contains(&r.name.as_str());
+    let forwards = |r: &Route| matches!(r.action, Some(route::Action::Route(_)));
+    let gated =
+        before.routes.iter().any(wired) && before.routes.iter().filter(|r| forwards(r)).all(wired);
+    assert_eq!(
+        after.include_request_attempt_count,
+        before.include_request_attempt_count || gated,
+        "{}: include_request_attempt_count",
+        before.name
+    );
+    after.include_request_attempt_count = before.include_request_attempt_count;
+}
+
 fn hpo(c: &Cluster) -> Option<HttpProtocolOptions> {
     c.typed_extension_protocol_options
         .get(HPO)
@@ -185,8 +229,18 @@ fn typed_any(f: &HttpFilter) -> &envoy_types::pb::google::protobuf::Any {
     }
 }
 
-/// The ext_proc behind a composite filter, and the status prefix it runs on.
-fn gated_ext_proc(f: &HttpFilter) -> (String, ExternalProcessor) {
+/// One matcher of a composite filter: the header it reads, what it looks
+/// for, and the ext_proc it runs.
+struct Gated {
+    header: String,
+    /// `request` or `response`: which headers the input reads.
+    side: &'static str,
+    pattern: MatchPattern,
+    ext_proc: ExternalProcessor,
+}
+
+/// The matchers of a composite filter, in order.
+fn gated_ext_procs(f: &HttpFilter) -> Vec<Gated> {
     let any = typed_any(f);
     assert!(any
         .type_url
@@ -196,21 +250,33 @@ fn gated_ext_proc(f: &HttpFilter) -> (String, ExternalProcessor) {
         ewm.extension_config.as_ref().map(|c| c.name.as_str()),
         Some("envoy.filters.http.composite")
     );
-    let Some(MatcherType::MatcherTree(tree)) = ewm.xds_matcher.and_then(|m| m.matcher_type) else {
-        panic!("tree")
+    let matcher = ewm.xds_matcher.expect("xds_matcher");
+    assert!(matcher.on_no_match.is_none(), "no match: no stream");
+    let Some(MatcherType::MatcherList(list)) = matcher.matcher_type else {
+        panic!("matcher list")
     };
-    let input = tree.input.and_then(|i| i.typed_config).expect("input");
-    assert_eq!(
-        HttpResponseHeaderMatchInput::decode(input.value.as_slice())
-            .expect("input")
-            .header_name,
-        ":status"
-    );
-    let Some(TreeType::PrefixMatchMap(map)) = tree.tree_type else {
-        panic!("prefix map")
+    list.matchers.into_iter().map(gated).collect()
+}
+
+fn gated(m: FieldMatcher) -> Gated {
+    let Some(MatchType::SinglePredicate(single)) = m.predicate.and_then(|p| p.match_type) else {
+        panic!("single predicate")
     };
-    assert_eq!(map.map.len(), 1);
-    let (prefix, on) = map.map.into_iter().next().expect("entry");
+    let input = single.input.and_then(|i| i.typed_config).expect("input");
+    let (header, side) = if input.type_url.ends_with("HttpRequestHeaderMatchInput") {
+        let i = HttpRequestHeaderMatchInput::decode(input.value.as_slice()).expect("input");
+        (i.header_name, "request")
+    } else {
+        assert!(input.type_url.ends_with("HttpResponseHeaderMatchInput"));
+        let i = HttpResponseHeaderMatchInput::decode(input.value.as_slice()).expect("input");
+        (i.header_name, "response")
+    };
+    let Some(single_predicate::Matcher::ValueMatch(value)) = single.matcher else {
+        panic!("value match")
+    };
+    assert!(!value.ignore_case);
+    let on = m.on_match.expect("on_match");
+    assert!(!on.keep_matching);
     let Some(on_match::OnMatch::Action(action)) = on.on_match else {
         panic!("action")
     };
@@ -220,13 +286,80 @@ fn gated_ext_proc(f: &HttpFilter) -> (String, ExternalProcessor) {
         .typed_config
         .and_then(|t| t.typed_config)
         .expect("ext_proc");
-    (
-        prefix,
-        ExternalProcessor::decode(proc.value.as_slice()).expect("ext_proc"),
-    )
+    Gated {
+        header,
+        side,
+        pattern: value.match_pattern.expect("pattern"),
+        ext_proc: ExternalProcessor::decode(proc.value.as_slice()).expect("ext_proc"),
+    }
 }
 
-fn check_ext_proc(p: &ExternalProcessor, phase: &str, max_hold_s: Option<i64>) {
+fn regex(pattern: &MatchPattern) -> &str {
+    match pattern {
+        MatchPattern::SafeRegex(r) => {
+            assert!(
+                matches!(r.engine_type, Some(EngineType::GoogleRe2(_))),
+                "RE2"
+            );
+            &r.regex
+        }
+        other => panic!("not a regex: {other:?}"),
+    }
+}
+
+const ATTEMPT_ATTRIBUTES: [&str; 7] = [
+    "response.code",
+    "upstream.address",
+    "xds.cluster_name",
+    "upstream.request_attempt_count",
+    "request.method",
+    "request.id",
+    "request.headers['idempotency-key']",
+];
+
+/// `mulligan.attempt`: first the gate on a retry, then a 5xx answer.
+fn check_attempt_filter(f: &HttpFilter, max_hold_s: i64) {
+    let m = gated_ext_procs(f);
+    assert_eq!(m.len(), 2, "the retry gate, then the 5xx matcher");
+    assert_eq!(
+        (m[0].header.as_str(), m[0].side),
+        ("x-envoy-attempt-count", "request")
+    );
+    assert_eq!(regex(&m[0].pattern), "[2-9]|[1-9][0-9]+");
+    check_ext_proc(&m[0].ext_proc, "retry", Some(max_hold_s), 1);
+    assert_eq!(m[0].ext_proc.request_attributes, ["request.id"]);
+    assert_eq!(m[0].ext_proc.response_attributes, ATTEMPT_ATTRIBUTES);
+    assert_eq!((m[1].header.as_str(), m[1].side), (":status", "response"));
+    assert_eq!(m[1].pattern, MatchPattern::Prefix("5".into()));
+    check_ext_proc(&m[1].ext_proc, "attempt", Some(max_hold_s), 2);
+    assert!(m[1].ext_proc.request_attributes.is_empty());
+    assert_eq!(m[1].ext_proc.response_attributes, ATTEMPT_ATTRIBUTES);
+}
+
+/// `mulligan.final`: a 5xx on its way to the client.
+fn check_final_filter(f: &HttpFilter) {
+    let m = gated_ext_procs(f);
+    assert_eq!(m.len(), 1);
+    assert_eq!((m[0].header.as_str(), m[0].side), (":status", "response"));
+    assert_eq!(m[0].pattern, MatchPattern::Prefix("5".into()));
+    check_ext_proc(&m[0].ext_proc, "final", None, 2);
+    assert!(m[0].ext_proc.request_attributes.is_empty());
+    assert_eq!(
+        m[0].ext_proc.response_attributes,
+        [
+            "response.code",
+            "response.code_details",
+            "response.flags",
+            "upstream.address",
+            "xds.cluster_name",
+            "request.method",
+            "request.id",
+        ]
+    );
+}
+
+/// `request_header_mode`: 1 SEND (the gate), 2 SKIP.
+fn check_ext_proc(p: &ExternalProcessor, phase: &str, max_hold_s: Option<i64>, request_mode: i32) {
     let grpc = p.grpc_service.as_ref().expect("grpc");
     let Some(TargetSpecifier::EnvoyGrpc(g)) = &grpc.target_specifier else {
         panic!("envoy_grpc")
@@ -258,28 +391,19 @@ fn check_ext_proc(p: &ExternalProcessor, phase: &str, max_hold_s: Option<i64>) {
     let mode = p.processing_mode.as_ref().expect("mode");
     assert_eq!(
         (mode.request_header_mode, mode.response_header_mode),
-        (2, 1),
-        "request SKIP, response SEND"
+        (request_mode, 1),
+        "{phase}: request headers, response SEND"
     );
     assert_eq!(
         (mode.request_body_mode, mode.response_body_mode),
         (0, 0),
         "no bodies"
     );
-    let mut want = vec![
-        "response.code",
-        "upstream.address",
-        "xds.cluster_name",
-        "upstream.request_attempt_count",
-        "request.method",
-        "request.id",
-        "request.headers['idempotency-key']",
-    ];
-    if phase == "final" {
-        want.splice(1..1, ["response.flags", "response.code_details"]);
-    }
-    assert_eq!(p.response_attributes, want);
-    assert!(p.request_attributes.is_empty());
+    assert_eq!(
+        (mode.request_trailer_mode, mode.response_trailer_mode),
+        (2, 2),
+        "no trailers"
+    );
 }
 
 fn check_clusters(
@@ -375,14 +499,16 @@ fn check_cluster(before: &Cluster, after: &Cluster, e: &Expect) {
         .iter()
         .position(|n| *n == "mulligan.attempt")
         .expect("attempt");
-    let (prefix, p) = gated_ext_proc(&options.http_filters[at]);
-    assert_eq!(prefix, "5");
-    check_ext_proc(&p, "attempt", Some(e.max_hold_s));
+    check_attempt_filter(&options.http_filters[at], e.max_hold_s);
     let strip = HeaderMutation::decode(typed_any(&options.http_filters[at + 1]).value.as_slice())
         .expect("strip");
     let m = strip.mutations.expect("mutations");
     assert_eq!(m.response_mutations.len(), 1);
-    assert!(m.request_mutations.is_empty());
+    assert_eq!(m.request_mutations.len(), 1);
+    assert_eq!(
+        format!("{:?}", m.request_mutations[0].action),
+        r#"Some(Remove("x-envoy-attempt-count"))"#
+    );
     assert_eq!(
         format!("{:?}", m.response_mutations[0].action),
         r#"Some(Remove("x-mulligan-retry"))"#
@@ -614,9 +740,7 @@ fn check_listeners(
             b.name
         );
         assert_eq!(names.iter().filter(|n| **n == "mulligan.final").count(), 1);
-        let (prefix, p) = gated_ext_proc(&wired[0].http_filters[at]);
-        assert_eq!(prefix, "5");
-        check_ext_proc(&p, "final", None);
+        check_final_filter(&wired[0].http_filters[at]);
         let routes = match &wired[0].route_specifier {
             Some(RouteSpecifier::Rds(r)) => r.route_config_name.clone(),
             _ => panic!("rds"),
