@@ -71,16 +71,16 @@ impl Holds {
         }
     }
 
-    /// Whether an endpoint of cluster `name` could serve soon: one is ready
-    /// (perhaps refusing connections for now) or starting. A cluster whose
-    /// endpoints are all draining or gone, or that has none, is not worth
-    /// waiting for: the client gets its 503 and `Retry-After` at once.
+    /// Whether an endpoint of cluster `name` could serve soon: one that is
+    /// not leaving (ready, starting, or refusing connections at an address
+    /// the configuration still lists: a restart may bring it back). A
+    /// cluster whose endpoints are all draining, or that has none (discovery
+    /// removes pods that are gone), is not worth waiting for: the client
+    /// gets its 503 and `Retry-After` at once.
     pub fn plausible(&self, name: Option<&str>) -> bool {
-        self.registry.cluster(name).is_some_and(|c| {
-            c.endpoints
-                .iter()
-                .any(|e| matches!(e.state(), State::Ready | State::NotReady))
-        })
+        self.registry
+            .cluster(name)
+            .is_some_and(|c| c.endpoints.iter().any(|e| e.state() != State::Draining))
     }
 
     /// Requests held right now.
@@ -88,14 +88,13 @@ impl Holds {
         self.held.load(Ordering::Acquire)
     }
 
-    /// Whether an endpoint of `cluster` other than `except` is usable now
-    /// (by the registry alone: no probe).
+    /// Whether an endpoint of `cluster` other than `except` is ready (by
+    /// the registry alone: no probe).
     pub fn has_other(&self, cluster: &Cluster, except: Option<SocketAddr>) -> bool {
-        let now = self.registry.now_ms();
         cluster
             .endpoints
             .iter()
-            .any(|e| Some(e.addr) != except && e.usable(now))
+            .any(|e| Some(e.addr) != except && serves(e))
     }
 
     /// Waits until an endpoint of cluster `name` can serve, then `settle`
@@ -146,9 +145,8 @@ impl Holds {
     /// The first release slot of cluster `name` at or after `earliest`,
     /// taken: slots are `1 / (rate × usable endpoints)` apart.
     fn release_slot(&self, name: Option<&str>, earliest: Instant) -> Instant {
-        let now = self.registry.now_ms();
         let usable = self.registry.cluster(name).map_or(1, |c| {
-            c.endpoints.iter().filter(|e| e.usable(now)).count().max(1)
+            c.endpoints.iter().filter(|e| serves(e)).count().max(1)
         });
         let gap = Duration::from_secs_f64(1.0 / (self.release_rate * usable as f64));
         let mut next = self.next_release.lock().unwrap_or_else(|p| p.into_inner());
@@ -171,11 +169,10 @@ impl Holds {
 
     /// Whether some usable endpoint of `cluster` accepts a connection.
     async fn reachable(&self, cluster: &Cluster) -> bool {
-        let now = self.registry.now_ms();
         let usable: Vec<SocketAddr> = cluster
             .endpoints
             .iter()
-            .filter(|e| e.usable(now))
+            .filter(|e| serves(e))
             .map(|e| e.addr)
             .collect();
         let probes = usable.into_iter().map(|a| self.connects(a));
@@ -212,6 +209,16 @@ impl Holds {
             .filter(|(at, _)| at.elapsed() < self.interval)
             .map(|(_, ok)| *ok)
     }
+}
+
+/// Whether an endpoint may serve, as far as a hold is concerned: ready by
+/// its sources (configuration, discovery, lifecycle, probes). Passive
+/// penalties do not count here: with the decide wiring mulligan sees only
+/// failures, never the successes that would clear them, and Envoy, not
+/// mulligan, picks the endpoint; the TCP check and Envoy's own retry judge
+/// whether it really serves.
+fn serves(e: &crate::endpoints::Endpoint) -> bool {
+    e.state() == State::Ready
 }
 
 /// Releases a held request's place, however the hold ends.
