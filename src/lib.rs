@@ -27,7 +27,7 @@
 //! - [`extension`] is the Envoy Gateway Extension Server (`mulligan
 //!   extension-server`), which installs mulligan's wiring into Envoy
 //!   Gateway's xDS;
-//! - [`fuzzing`] feeds untrusted bytes to the protocol, the classifier and
+//! - `fuzzing` (feature `fuzzing`) feeds untrusted bytes to the protocol, the classifier and
 //!   the config parser, and checks what must hold whatever they are.
 
 pub mod access;
@@ -41,6 +41,7 @@ pub mod drain;
 pub mod endpoints;
 pub mod ext_proc;
 pub mod extension;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod metrics;
 pub mod policy;
