@@ -7,6 +7,7 @@
 //! replayed), whether retrying can help at all, and which endpoint to avoid.
 
 use crate::endpoints::State;
+use crate::labels::labels;
 
 /// Envoy's response flags (`response.flags`, a bitmask of
 /// `StreamInfo::CoreResponseFlag`).
@@ -35,69 +36,38 @@ pub mod flags {
     pub const DROP_OVERLOAD: u64 = (1 << 27) | (1 << 29);
 }
 
-/// Why a response failed, as far as mulligan can tell.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Cause {
-    /// Not a failure (below 500 and not 429).
-    Success = 0,
-    /// UH: Envoy had no healthy endpoint to send to; nothing was sent.
-    NoHealthyUpstream,
-    /// UF, refused stream, connect timeout: the request never reached the app.
-    ConnectFailure,
-    /// A 503 from the app carrying the configured drain header: the app
-    /// rejected the request without processing it.
-    UpstreamRejected,
-    /// A 503 from the app with a drain signal (`connection: close`, or an
-    /// endpoint the registry knows is draining or gone).
-    UpstreamDraining,
-    /// A 503 from an endpoint the registry knows is not ready (booting).
-    UpstreamNotReady,
-    /// UC, UR, LR: the connection broke after the request was sent; the app
-    /// may have processed it.
-    ResetAfterSend,
-    /// UT: the upstream was too slow; retrying a slow request adds load.
-    Timeout,
-    /// UO, RL, OM, 429, `x-envoy-overloaded`: shedding load; never retried.
-    Overload,
-    /// A 503 from the app with no drain signal.
-    App503,
-    /// Any other 5xx.
-    OtherError,
+labels! {
+    /// Why a response failed, as far as mulligan can tell.
+    pub enum Cause {
+        /// Not a failure (below 500 and not 429).
+        Success => "success",
+        /// UH: Envoy had no healthy endpoint to send to; nothing was sent.
+        NoHealthyUpstream => "no_healthy_upstream",
+        /// UF, refused stream, connect timeout: the request never reached the app.
+        ConnectFailure => "connect_failure",
+        /// A 503 from the app carrying the configured drain header: the app
+        /// rejected the request without processing it.
+        UpstreamRejected => "upstream_rejected",
+        /// A 503 from the app with a drain signal (`connection: close`, or an
+        /// endpoint the registry knows is draining or gone).
+        UpstreamDraining => "upstream_draining",
+        /// A 503 from an endpoint the registry knows is not ready (booting).
+        UpstreamNotReady => "upstream_not_ready",
+        /// UC, UR, LR: the connection broke after the request was sent; the app
+        /// may have processed it.
+        ResetAfterSend => "reset_after_send",
+        /// UT: the upstream was too slow; retrying a slow request adds load.
+        Timeout => "timeout",
+        /// UO, RL, OM, 429, `x-envoy-overloaded`: shedding load; never retried.
+        Overload => "overload",
+        /// A 503 from the app with no drain signal.
+        App503 => "app_503",
+        /// Any other 5xx.
+        OtherError => "other_error",
+    }
 }
 
 impl Cause {
-    pub const ALL: [Cause; 11] = [
-        Cause::Success,
-        Cause::NoHealthyUpstream,
-        Cause::ConnectFailure,
-        Cause::UpstreamRejected,
-        Cause::UpstreamDraining,
-        Cause::UpstreamNotReady,
-        Cause::ResetAfterSend,
-        Cause::Timeout,
-        Cause::Overload,
-        Cause::App503,
-        Cause::OtherError,
-    ];
-
-    /// The label on metrics and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cause::Success => "success",
-            Cause::NoHealthyUpstream => "no_healthy_upstream",
-            Cause::ConnectFailure => "connect_failure",
-            Cause::UpstreamRejected => "upstream_rejected",
-            Cause::UpstreamDraining => "upstream_draining",
-            Cause::UpstreamNotReady => "upstream_not_ready",
-            Cause::ResetAfterSend => "reset_after_send",
-            Cause::Timeout => "timeout",
-            Cause::Overload => "overload",
-            Cause::App503 => "app_503",
-            Cause::OtherError => "other_error",
-        }
-    }
-
     /// Whether the failure is the endpoint's own (it is gone, leaving, not
     /// ready, or broke the connection): passive health avoids it for a
     /// while. An app's own 503, overload and timeouts are not.

@@ -43,6 +43,7 @@ pub mod ext_proc;
 pub mod extension;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod labels;
 pub mod metrics;
 pub mod policy;
 pub mod replay;

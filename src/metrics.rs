@@ -10,7 +10,7 @@ use metrics::{
     Gauge, Histogram,
 };
 
-use crate::{classify::Cause, policy::Decision};
+use crate::{classify::Cause, labels::labels, policy::Decision};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// The process-wide Prometheus recorder; installed on first use.
@@ -27,215 +27,99 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-/// The ext_proc phases, in the order Envoy sends them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    RequestHeaders,
-    RequestBody,
-    RequestTrailers,
-    ResponseHeaders,
-    ResponseBody,
-    ResponseTrailers,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 6] = [
-        Phase::RequestHeaders,
-        Phase::RequestBody,
-        Phase::RequestTrailers,
-        Phase::ResponseHeaders,
-        Phase::ResponseBody,
-        Phase::ResponseTrailers,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::RequestHeaders => "request_headers",
-            Phase::RequestBody => "request_body",
-            Phase::RequestTrailers => "request_trailers",
-            Phase::ResponseHeaders => "response_headers",
-            Phase::ResponseBody => "response_body",
-            Phase::ResponseTrailers => "response_trailers",
-        }
+labels! {
+    /// The ext_proc phases, in the order Envoy sends them.
+    pub enum Phase {
+        RequestHeaders => "request_headers",
+        RequestBody => "request_body",
+        RequestTrailers => "request_trailers",
+        ResponseHeaders => "response_headers",
+        ResponseBody => "response_body",
+        ResponseTrailers => "response_trailers",
     }
 }
 
-/// Why an ext_proc stream ended badly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StreamError {
-    /// Envoy (or a client) sent something that did not decode, or reset the stream.
-    Transport,
-    /// A message with no phase in it.
-    EmptyMessage,
-    /// A new stream arrived while mulligan was draining.
-    Draining,
-    /// A new stream arrived at `limits.max_streams`.
-    StreamLimit,
-    /// No message arrived for `limits.stream_idle_timeout`.
-    Idle,
-}
-
-impl StreamError {
-    const ALL: [StreamError; 5] = [
-        StreamError::Transport,
-        StreamError::EmptyMessage,
-        StreamError::Draining,
-        StreamError::StreamLimit,
-        StreamError::Idle,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            StreamError::Transport => "transport",
-            StreamError::EmptyMessage => "empty_message",
-            StreamError::Draining => "draining",
-            StreamError::StreamLimit => "stream_limit",
-            StreamError::Idle => "idle",
-        }
+labels! {
+    /// Why an ext_proc stream ended badly.
+    pub enum StreamError {
+        /// Envoy (or a client) sent something that did not decode, or reset the stream.
+        Transport => "transport",
+        /// A message with no phase in it.
+        EmptyMessage => "empty_message",
+        /// A new stream arrived while mulligan was draining.
+        Draining => "draining",
+        /// A new stream arrived at `limits.max_streams`.
+        StreamLimit => "stream_limit",
+        /// No message arrived for `limits.stream_idle_timeout`.
+        Idle => "idle",
     }
 }
 
-/// How mulligan answered Envoy about a failed attempt or response.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Answer {
-    /// Another attempt, at once.
-    Retry = 0,
-    /// Another attempt, after holding until an endpoint could serve.
-    RetryAfterHold,
-    /// The failed attempt stands (not retriable, unsafe, over budget).
-    Stand,
-    /// Held until the deadline: the 503 stands, with `Retry-After`.
-    HeldTooLong,
-    /// `rescue.max_held` requests were held already: the 503 stands.
-    HeldLimit,
-    /// No endpoint could come back (all draining or gone, or none known):
-    /// the 503 stands at once, with `Retry-After`.
-    NothingComing,
-    /// A failed response seen on its way to the client.
-    Final,
-    /// A retry let through the gate.
-    Pass,
-    /// A retry stopped at the gate: an earlier attempt may have run it.
-    Stopped,
-}
-
-impl Answer {
-    pub const ALL: [Answer; 9] = [
-        Answer::Retry,
-        Answer::RetryAfterHold,
-        Answer::Stand,
-        Answer::HeldTooLong,
-        Answer::HeldLimit,
-        Answer::NothingComing,
-        Answer::Final,
-        Answer::Pass,
-        Answer::Stopped,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Answer::Retry => "retry",
-            Answer::RetryAfterHold => "retry_after_hold",
-            Answer::Stand => "stand",
-            Answer::HeldTooLong => "held_too_long",
-            Answer::HeldLimit => "held_limit",
-            Answer::NothingComing => "nothing_coming",
-            Answer::Final => "final",
-            Answer::Pass => "pass",
-            Answer::Stopped => "stopped",
-        }
+labels! {
+    /// How mulligan answered Envoy about a failed attempt or response.
+    pub enum Answer {
+        /// Another attempt, at once.
+        Retry => "retry",
+        /// Another attempt, after holding until an endpoint could serve.
+        RetryAfterHold => "retry_after_hold",
+        /// The failed attempt stands (not retriable, unsafe, over budget).
+        Stand => "stand",
+        /// Held until the deadline: the 503 stands, with `Retry-After`.
+        HeldTooLong => "held_too_long",
+        /// `rescue.max_held` requests were held already: the 503 stands.
+        HeldLimit => "held_limit",
+        /// No endpoint could come back (all draining or gone, or none known):
+        /// the 503 stands at once, with `Retry-After`.
+        NothingComing => "nothing_coming",
+        /// A failed response seen on its way to the client.
+        Final => "final",
+        /// A retry let through the gate.
+        Pass => "pass",
+        /// A retry stopped at the gate: an earlier attempt may have run it.
+        Stopped => "stopped",
     }
 }
 
-/// How a rescue ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Outcome {
-    /// A replay succeeded; the client got its response.
-    Rescued = 0,
-    /// The retry budget was spent: the original response passed through.
-    BudgetExhausted,
-    /// No endpoint became ready before the deadline: 503 + Retry-After.
-    HeldTooLong,
-    /// Too many requests already held: the original response passed through.
-    HeldLimit,
-    /// Every allowed replay failed.
-    AttemptsExhausted,
-    /// The replayed response was over the size cap: the original passed through.
-    ResponseTooLarge,
-    /// A replay may have reached the app and the request is not idempotent:
-    /// no further replay; the original response passed through.
-    StoppedUnsafe,
-    /// The request could not be rebuilt for replay (a header HTTP cannot carry).
-    Unreplayable,
-    /// The deadline had passed before the rescue could start.
-    NoTimeLeft,
-    /// mulligan knows no endpoints for the request's Envoy cluster: nothing
-    /// to replay to (another cluster's endpoints never serve it), so the
-    /// original response passed through.
-    UnknownCluster,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 10] = [
-        Outcome::Rescued,
-        Outcome::BudgetExhausted,
-        Outcome::HeldTooLong,
-        Outcome::HeldLimit,
-        Outcome::AttemptsExhausted,
-        Outcome::ResponseTooLarge,
-        Outcome::StoppedUnsafe,
-        Outcome::Unreplayable,
-        Outcome::NoTimeLeft,
-        Outcome::UnknownCluster,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Rescued => "rescued",
-            Outcome::BudgetExhausted => "budget_exhausted",
-            Outcome::HeldTooLong => "held_too_long",
-            Outcome::HeldLimit => "held_limit",
-            Outcome::AttemptsExhausted => "attempts_exhausted",
-            Outcome::ResponseTooLarge => "response_too_large",
-            Outcome::StoppedUnsafe => "stopped_unsafe",
-            Outcome::Unreplayable => "unreplayable",
-            Outcome::NoTimeLeft => "no_time_left",
-            Outcome::UnknownCluster => "unknown_cluster",
-        }
+labels! {
+    /// How a rescue ended.
+    pub enum Outcome {
+        /// A replay succeeded; the client got its response.
+        Rescued => "rescued",
+        /// The retry budget was spent: the original response passed through.
+        BudgetExhausted => "budget_exhausted",
+        /// No endpoint became ready before the deadline: 503 + Retry-After.
+        HeldTooLong => "held_too_long",
+        /// Too many requests already held: the original response passed through.
+        HeldLimit => "held_limit",
+        /// Every allowed replay failed.
+        AttemptsExhausted => "attempts_exhausted",
+        /// The replayed response was over the size cap: the original passed through.
+        ResponseTooLarge => "response_too_large",
+        /// A replay may have reached the app and the request is not idempotent:
+        /// no further replay; the original response passed through.
+        StoppedUnsafe => "stopped_unsafe",
+        /// The request could not be rebuilt for replay (a header HTTP cannot carry).
+        Unreplayable => "unreplayable",
+        /// The deadline had passed before the rescue could start.
+        NoTimeLeft => "no_time_left",
+        /// mulligan knows no endpoints for the request's Envoy cluster: nothing
+        /// to replay to (another cluster's endpoints never serve it), so the
+        /// original response passed through.
+        UnknownCluster => "unknown_cluster",
     }
 }
 
-/// What one replay attempt got.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum AttemptResult {
-    /// A response that ends the rescue (any status the policy does not retry).
-    Response = 0,
-    /// A retriable response (a draining or not-ready endpoint's 503).
-    Retriable,
-    /// The connection could not be made.
-    ConnectFailure,
-    /// Timed out or broke after sending.
-    Failed,
-}
-
-impl AttemptResult {
-    pub const ALL: [AttemptResult; 4] = [
-        AttemptResult::Response,
-        AttemptResult::Retriable,
-        AttemptResult::ConnectFailure,
-        AttemptResult::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptResult::Response => "response",
-            AttemptResult::Retriable => "retriable",
-            AttemptResult::ConnectFailure => "connect_failure",
-            AttemptResult::Failed => "failed",
-        }
+labels! {
+    /// What one replay attempt got.
+    pub enum AttemptResult {
+        /// A response that ends the rescue (any status the policy does not retry).
+        Response => "response",
+        /// A retriable response (a draining or not-ready endpoint's 503).
+        Retriable => "retriable",
+        /// The connection could not be made.
+        ConnectFailure => "connect_failure",
+        /// Timed out or broke after sending.
+        Failed => "failed",
     }
 }
 
@@ -244,13 +128,13 @@ impl AttemptResult {
 pub struct Metrics {
     streams: Counter,
     in_flight: Gauge,
-    phases: [Counter; 6],
-    errors: [Counter; 5],
+    phases: [Counter; Phase::COUNT],
+    errors: [Counter; StreamError::COUNT],
     /// Indexed by [`Cause`], then [`Decision`].
-    decisions: Vec<[Counter; 6]>,
-    answers: [Counter; 9],
-    outcomes: [Counter; 10],
-    attempts: [Counter; 4],
+    decisions: Vec<[Counter; Decision::COUNT]>,
+    answers: [Counter; Answer::COUNT],
+    outcomes: [Counter; Outcome::COUNT],
+    attempts: [Counter; AttemptResult::COUNT],
     held: Gauge,
     rescue_seconds: Histogram,
     /// Steered requests: [listed endpoints, none usable] × [observed, not].

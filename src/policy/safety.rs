@@ -2,6 +2,7 @@
 //! unless doing it twice is harmless.
 
 use crate::classify::{Cause, Reached};
+use crate::labels::labels;
 
 /// What the decision needs to know about the request.
 #[derive(Clone, Copy, Debug, Default)]
@@ -14,44 +15,22 @@ pub struct RequestFacts {
     pub body_replayable: bool,
 }
 
-/// The verdict on one failed response.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Decision {
-    /// Replay it (or hold it until an endpoint is ready, then replay).
-    Rescue = 0,
-    /// Not a failure retrying can help (overload, timeout, other 5xx), or a
-    /// plain app 503 with `retry_plain_503` off.
-    NotRetriable,
-    /// The app may have processed it and it is not idempotent.
-    Unsafe,
-    /// The request body was not captured (over the cap, or not observed).
-    BodyNotCaptured,
-    /// Rescue is switched off.
-    Disabled,
-    /// The retry budget is spent: a retry that may add load waits for it.
-    BudgetSpent,
-}
-
-impl Decision {
-    pub const ALL: [Decision; 6] = [
-        Decision::Rescue,
-        Decision::NotRetriable,
-        Decision::Unsafe,
-        Decision::BodyNotCaptured,
-        Decision::Disabled,
-        Decision::BudgetSpent,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Rescue => "rescue",
-            Decision::NotRetriable => "not_retriable",
-            Decision::Unsafe => "unsafe",
-            Decision::BodyNotCaptured => "body_not_captured",
-            Decision::Disabled => "disabled",
-            Decision::BudgetSpent => "budget_spent",
-        }
+labels! {
+    /// The verdict on one failed response.
+    pub enum Decision {
+        /// Replay it (or hold it until an endpoint is ready, then replay).
+        Rescue => "rescue",
+        /// Not a failure retrying can help (overload, timeout, other 5xx), or a
+        /// plain app 503 with `retry_plain_503` off.
+        NotRetriable => "not_retriable",
+        /// The app may have processed it and it is not idempotent.
+        Unsafe => "unsafe",
+        /// The request body was not captured (over the cap, or not observed).
+        BodyNotCaptured => "body_not_captured",
+        /// Rescue is switched off.
+        Disabled => "disabled",
+        /// The retry budget is spent: a retry that may add load waits for it.
+        BudgetSpent => "budget_spent",
     }
 }
 
