@@ -35,8 +35,8 @@ pub struct Budget {
 impl Budget {
     pub fn new(ratio: f64, min_per_second: u32, window: Duration) -> Self {
         // One slot per second: a window from the config file must not turn
-        // into an allocation the size of the address space (found by the
-        // config fuzz target). Past an hour it is no longer a retry budget.
+        // into an allocation the size of the address space. Past an hour it
+        // is no longer a retry budget.
         let n = window.as_secs().clamp(1, MAX_WINDOW_SECS) as usize;
         Self {
             ratio: ratio.max(0.0),
