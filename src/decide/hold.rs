@@ -78,14 +78,7 @@ impl Holds {
     /// removes pods that are gone), is not worth waiting for: the client
     /// gets its 503 and `Retry-After` at once.
     pub fn plausible(&self, name: Option<&str>) -> bool {
-        self.registry
-            .cluster(name)
-            .is_some_and(|c| c.endpoints.iter().any(|e| e.state() != State::Draining))
-    }
-
-    /// Requests held right now.
-    pub fn held(&self) -> usize {
-        self.held.load(Ordering::Acquire)
+        self.registry.cluster(name).is_some_and(|c| coming(&c))
     }
 
     /// Whether an endpoint of `cluster` other than `except` is ready (by
@@ -107,6 +100,9 @@ impl Holds {
         settle: Duration,
         deadline: Instant,
     ) -> Result<(), Unheld> {
+        if !self.plausible(name) {
+            return Err(Unheld::NothingComing);
+        }
         if self.held.fetch_add(1, Ordering::AcqRel) >= self.max_held {
             self.held.fetch_sub(1, Ordering::AcqRel);
             return Err(Unheld::Limit);
@@ -118,11 +114,11 @@ impl Holds {
         loop {
             changes.borrow_and_update();
             members.borrow_and_update();
-            if !self.plausible(name) {
+            let Some(cluster) = self.registry.cluster(name).filter(|c| coming(c)) else {
                 return Err(Unheld::NothingComing);
-            }
-            if self.reachable_in(name).await {
-                let ready = self.release_slot(name, Instant::now() + settle);
+            };
+            if self.reachable(&cluster).await {
+                let ready = self.release_slot(name, &cluster, Instant::now() + settle);
                 tokio::time::sleep_until(ready.min(deadline)).await;
                 return if ready <= deadline {
                     Ok(())
@@ -144,10 +140,13 @@ impl Holds {
 
     /// The first release slot of cluster `name` at or after `earliest`,
     /// taken: slots are `1 / (rate × usable endpoints)` apart.
-    fn release_slot(&self, name: Option<&str>, earliest: Instant) -> Instant {
-        let usable = self.registry.cluster(name).map_or(1, |c| {
-            c.endpoints.iter().filter(|e| serves(e)).count().max(1)
-        });
+    fn release_slot(&self, name: Option<&str>, cluster: &Cluster, earliest: Instant) -> Instant {
+        let usable = cluster
+            .endpoints
+            .iter()
+            .filter(|e| serves(e))
+            .count()
+            .max(1);
         let gap = Duration::from_secs_f64(1.0 / (self.release_rate * usable as f64));
         let mut next = self.next_release.lock().unwrap_or_else(|p| p.into_inner());
         if next.len() > 4096 {
@@ -158,13 +157,6 @@ impl Holds {
             .map_or(earliest, |n| (*n).max(earliest));
         next.insert(name.map(str::to_string), slot + gap);
         slot
-    }
-
-    async fn reachable_in(&self, name: Option<&str>) -> bool {
-        match self.registry.cluster(name) {
-            Some(cluster) => self.reachable(&cluster).await,
-            None => false,
-        }
     }
 
     /// Whether some usable endpoint of `cluster` accepts a connection.
@@ -209,6 +201,14 @@ impl Holds {
             .filter(|(at, _)| at.elapsed() < self.interval)
             .map(|(_, ok)| *ok)
     }
+}
+
+/// Whether an endpoint of `cluster` is not leaving (see [`Holds::plausible`]).
+fn coming(cluster: &Cluster) -> bool {
+    cluster
+        .endpoints
+        .iter()
+        .any(|e| e.state() != State::Draining)
 }
 
 /// Whether an endpoint may serve, as far as a hold is concerned: ready by

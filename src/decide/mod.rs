@@ -239,11 +239,6 @@ impl Decider {
     /// Holds a request judged [`Verdict::Hold`] until an endpoint of its
     /// cluster can serve; the answer that ends the hold.
     pub async fn hold(&self, cluster: Option<&str>, request_id: Option<&str>) -> Answer {
-        if !self.holds.plausible(cluster) {
-            // Nothing is known that could come back: do not keep the
-            // client waiting for nothing.
-            return Answer::NothingComing;
-        }
         let note = self.memory.get(request_id);
         // A request back at the hold right after a release found Envoy
         // still without the endpoint: give Envoy's view longer to catch up.
