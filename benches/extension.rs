@@ -8,8 +8,6 @@
 //! wiring happened.
 //!
 //! `cargo bench --bench extension [-- --routes N --calls N]`
-#[path = "../tests/support/mod.rs"]
-mod support;
 // The tests' reader of Envoy Gateway's fixtures; the bench uses part of it.
 #[allow(dead_code)]
 #[path = "../tests/extension/xds.rs"]
@@ -28,7 +26,7 @@ use mulligan::extension::{
     wiring::MulliganAddress,
 };
 use prost::Message;
-use support::bench::{arg, header, histogram, row};
+use rig::bench::{arg, header, histogram, row};
 
 /// The fixture's HTTP route and its cluster, copied `n` times under new
 /// names; the other listeners, routes and clusters as they were.

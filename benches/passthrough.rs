@@ -8,8 +8,6 @@
 //! asserts nothing about speed.
 //!
 //! `cargo bench --bench passthrough [-- --requests N --concurrency C --seconds S --rounds R]`
-#[path = "../tests/support/mod.rs"]
-mod support;
 
 use std::{
     net::SocketAddr,
@@ -17,7 +15,7 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
-use support::{
+use rig::{
     bench::{arg, cpu_seconds, header, histogram, row},
     client::{HttpClient, Proto},
     pods::PodState,

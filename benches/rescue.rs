@@ -5,12 +5,10 @@
 //! every request succeeded.
 //!
 //! `cargo bench --bench rescue [-- --requests N --service-ms MS]`
-#[path = "../tests/support/mod.rs"]
-mod support;
 
 use std::time::Instant;
 
-use support::{
+use rig::{
     bench::{arg, header, histogram, row},
     client::{HttpClient, Proto},
     pods::PodState,

@@ -4,13 +4,11 @@
 //! first attempt does; no request runs twice; nothing Envoy alone serves is
 //! cut, refused or changed; and with nothing to serve, requests wait and
 //! then arrive whole.
-mod support;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::Method;
-use serde_yaml_ng::Value;
-use support::{
+use rig::{
     client::{self, HttpClient, Proto, Reply},
     envoy::Envoy,
     mulligan::Mulligan,
@@ -18,6 +16,7 @@ use support::{
     pods::{Pod, PodState},
     render, Stack,
 };
+use serde_yaml_ng::Value;
 
 /// Pods, mulligan and Envoy on the reference bootstrap, edited by `edit`.
 struct Rig {
@@ -237,7 +236,7 @@ async fn held_requests_arrive_whole_once_a_pod_starts() {
 /// attempt does.
 #[tokio::test]
 async fn a_retried_request_reaches_the_pod_as_a_first_attempt() {
-    let certs = support::tls::Certs::new();
+    let certs = rig::tls::Certs::new();
     let pods = vec![
         Pod::start_tls("a", PodState::Draining, certs.acceptor()).await,
         Pod::start_tls("b", PodState::Ready, certs.acceptor()).await,
@@ -279,7 +278,7 @@ async fn a_retried_request_reaches_the_pod_as_a_first_attempt() {
     // Per-request values aside, every request the pod saw is the same.
     // (Envoy sets x-envoy-expected-rq-timeout-ms on each attempt to the time
     // the route has left, with or without mulligan.)
-    let strip = |s: &support::pods::Seen| {
+    let strip = |s: &rig::pods::Seen| {
         let mut s = s.clone();
         s.headers.retain(|(k, _)| {
             !matches!(

@@ -2,7 +2,6 @@
 //! cases Envoy will not produce on demand: observability mode, empty and
 //! oversized messages, hang-ups. Each behaviour Envoy can produce is proven
 //! through real Envoy in `passthrough.rs` and `shutdown.rs`.
-mod support;
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use envoy_types::pb::envoy::{
         ProcessingRequest, ProtocolConfiguration,
     },
 };
-use support::{
+use rig::{
     ext_proc::{body, msg, open, request_headers, Conversation},
     mulligan::Mulligan,
 };

@@ -3,7 +3,6 @@
 //! that hang, trickle or cut their response mid-body. A request mulligan
 //! cannot help passes through as Envoy would have served it; nothing is
 //! ever answered with a truncated success.
-mod support;
 
 use std::{
     sync::{
@@ -13,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{
+use rig::{
     client,
     envoy::Envoy,
     mulligan::Mulligan,

@@ -3,13 +3,11 @@
 //! resources validate against its CRDs, the EnvoyPatchPolicy applies to the
 //! xDS it generates, and the result loads and serves in real Envoy with
 //! mulligan attached as the EnvoyExtensionPolicy attaches it.
-mod support;
 
 use std::{net::SocketAddr, path::PathBuf, process::Command};
 
 use http::Method;
-use serde_json::{json, Value};
-use support::{
+use rig::{
     client::{self, HttpClient, Proto},
     envoy::{envoy_bin, Envoy},
     mulligan::Mulligan,
@@ -17,13 +15,14 @@ use support::{
     pods::{Pod, PodState},
     repo_root,
 };
+use serde_json::{json, Value};
 
 const FILTER: &str = "envoy.filters.http.ext_proc/envoyextensionpolicy/default/mulligan/extproc/0";
 const MULLIGAN_CLUSTER: &str = "envoyextensionpolicy/default/mulligan/0/mulligan";
 const BACKEND_CLUSTER: &str = "httproute/default/backend/rule/0";
 
 fn fixtures() -> PathBuf {
-    support::envoy_gateway_fixtures()
+    rig::envoy_gateway_fixtures()
 }
 
 fn yaml_docs(path: PathBuf) -> Vec<Value> {
@@ -455,7 +454,7 @@ async fn mulligan_attached_as_envoy_gateway_attaches_it_rescues_a_rollout() {
     // mulligan learned the cluster from the patched-in attribute.
     let m = mulligan.metrics().await;
     assert!(
-        support::mulligan::parse_metric(&m, r#"mulligan_rescues_total{outcome="rescued"}"#) > 0.0,
+        rig::mulligan::parse_metric(&m, r#"mulligan_rescues_total{outcome="rescued"}"#) > 0.0,
         "{m}"
     );
     // Every request went through mulligan's filter, and none fell back.
@@ -469,11 +468,6 @@ async fn mulligan_attached_as_envoy_gateway_attaches_it_rescues_a_rollout() {
     assert_eq!(fell_back, 0);
 }
 
-// Only the cluster, load and controller are used here.
-#[allow(dead_code)]
-#[path = "../benches/rollout/mod.rs"]
-mod rollout;
-
 /// The same Envoy Gateway-shaped config, on EDS, through the rollout
 /// harness: a rolling update with a 2 s EDS lag under load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,13 +476,13 @@ async fn the_envoy_gateway_shaped_config_survives_a_rolling_update() {
         sync::{Arc, Mutex},
         time::Duration,
     };
-    let (mut cspec, mut lspec) = rollout::scenario::base();
+    let (mut cspec, mut lspec) = rig::rollout::scenario::base();
     cspec.eds_lag_ms = 2000;
     cspec.cluster_name = BACKEND_CLUSTER.into();
     lspec.rate = 100.0;
     lspec.duration_s = 10.0;
     let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = rollout::cluster::Cluster::new(cspec, dir.path()).await;
+    let cluster = rig::rollout::cluster::Cluster::new(cspec, dir.path()).await;
 
     let cfg = dir.path().join("mulligan.toml");
     std::fs::write(
@@ -530,11 +524,12 @@ async fn the_envoy_gateway_shaped_config_survives_a_rolling_update() {
         let cluster = Arc::clone(&cluster);
         tokio::spawn(async move {
             tokio::time::sleep_until(start).await;
-            rollout::scenario::script("rolling", cluster, until, Duration::from_secs(60)).await;
+            rig::rollout::scenario::script("rolling", cluster, until, Duration::from_secs(60))
+                .await;
         })
     };
     let samples =
-        rollout::load::run(front, "C", &lspec, start, Arc::new(Mutex::new(vec![0])), 0).await;
+        rig::rollout::load::run(front, "C", &lspec, start, Arc::new(Mutex::new(vec![0])), 0).await;
     controller.abort();
     let errors: Vec<_> = samples.iter().filter_map(|s| s.error).collect();
     assert!(samples.len() >= 990, "the load ran: {}", samples.len());

@@ -1,7 +1,6 @@
 //! Issue 13's hardening items that need a running mulligan: each test here
 //! failed before its fix. Items that need Envoy run real Envoy; the hand-made
 //! ext_proc client stands in only for a peer sending exactly what we choose.
-mod support;
 
 use envoy_types::pb::{
     envoy::service::ext_proc::v3::{
@@ -9,7 +8,7 @@ use envoy_types::pb::{
     },
     google::protobuf::{value::Kind, Struct, Value},
 };
-use support::{
+use rig::{
     ext_proc::{msg, open, open_as, request_headers, Conversation},
     mulligan::Mulligan,
     pods::{Pod, PodState},
@@ -281,7 +280,7 @@ fn the_network_policy_admits_only_envoy_gateway_to_ext_proc() {
         api::{apps::v1::Deployment, networking::v1::NetworkPolicy},
         apimachinery::pkg::util::intstr::IntOrString,
     };
-    let dir = support::repo_root().join("envoy-config/gateway/kubernetes");
+    let dir = rig::repo_root().join("envoy-config/gateway/kubernetes");
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect(f);
     let kz: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read("kustomization.yaml")).unwrap();
     assert!(
@@ -410,7 +409,7 @@ impl Pki {
 /// The reference bootstrap with the `mulligan` cluster speaking TLS: Envoy
 /// presents its client certificate and checks mulligan's against the CA.
 fn bootstrap_with_tls(pki: &Pki, app: &[std::net::SocketAddr], grpc_port: u16) -> String {
-    let yaml = support::render::standalone(app, grpc_port, &[]);
+    let yaml = rig::render::standalone(app, grpc_port, &[]);
     let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).expect("bootstrap");
     let tls: serde_yaml_ng::Value = serde_yaml_ng::from_str(&format!(
         r#"
@@ -450,7 +449,7 @@ typed_config:
 /// one the CA did not sign, or in plaintext, gets nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_reaches_mulligan_over_mutual_tls_and_others_are_refused() {
-    use support::{client, envoy::Envoy};
+    use rig::{client, envoy::Envoy};
     let pki = Pki::new();
     let ready = Pod::start("ready", PodState::Ready).await;
     let draining = Pod::start("draining", PodState::Draining).await;

@@ -1,14 +1,13 @@
 //! A gRPC client that misbehaves on purpose: it half-closes, resets,
 //! stalls and floods. mulligan answers each with a clear gRPC status, frees
 //! what the stream held, and other streams on the same connection carry on.
-mod support;
 
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     processing_request::Request, processing_response::Response, ProcessingRequest,
 };
-use support::{
+use rig::{
     ext_proc::{body, connect, msg, open, open_on, request_headers, Conversation},
     mulligan::Mulligan,
 };

@@ -1,18 +1,17 @@
 //! Kubernetes discovery against a stand-in API server speaking the list and
-//! watch protocol with real Kubernetes JSON (`support::kube_api`), then end
+//! watch protocol with real Kubernetes JSON (`rig::kube_api`), then end
 //! to end: API events drive the registry while real Envoy serves traffic.
-mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use support::{
+use rig::{
     client::{self, HttpClient, Proto},
     kube_api::{endpoint_slice, pod, service, KubeApi},
     mulligan::Mulligan,
     pods::{Pod, PodState},
     render,
 };
+use serde_json::Value;
 
 const CLUSTER: &str = "httproute/default/backend/rule/0";
 
@@ -251,7 +250,7 @@ async fn a_pod_announced_terminating_gets_no_new_request_through_envoy() {
     let want_ref: Vec<(&str, &str)> = want.iter().map(|(a, s)| (a.as_str(), *s)).collect();
     until_endpoints(&m, "app", &want_ref).await;
     let addrs: Vec<_> = pods.iter().map(|p| p.addr).collect();
-    let envoy = support::envoy::Envoy::start(&render::steer(&addrs, m.grpc.port(), &[])).await;
+    let envoy = rig::envoy::Envoy::start(&render::steer(&addrs, m.grpc.port(), &[])).await;
     let front = envoy.listener("mulligan").await;
     let http = HttpClient::new(Proto::Http1);
     for _ in 0..30 {

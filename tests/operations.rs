@@ -1,13 +1,12 @@
 //! The operations surface: admin HTTP, gRPC health, the lifecycle API, the
 //! CLI contract and logs.
-mod support;
 
 use std::process::Command;
 
 use mulligan::proto::{
     lifecycle_client::LifecycleClient, EndpointRef, EndpointState, ListEndpointsRequest,
 };
-use support::{client, mulligan::Mulligan};
+use rig::{client, mulligan::Mulligan};
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };

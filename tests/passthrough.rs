@@ -1,10 +1,9 @@
 //! mulligan in passthrough: through real Envoy, every request arrives and
 //! returns byte-identical with and without mulligan in the path, in every
 //! body mode, over HTTP/1.1 and HTTP/2.
-mod support;
 
 use http::Method;
-use support::{
+use rig::{
     client::{self, HttpClient, Proto},
     payload,
     pods::PodState,
@@ -120,7 +119,7 @@ async fn headers_only_mode_is_byte_identical() {
     let sent = assert_identical(&stack, 5 * MIB).await as f64;
 
     let m = stack.mulligan.metrics().await;
-    let metric = |s: &str| support::mulligan::parse_metric(&m, s);
+    let metric = |s: &str| rig::mulligan::parse_metric(&m, s);
     assert!(metric("mulligan_ext_proc_streams_total") >= sent, "{m}");
     assert!(metric(r#"mulligan_ext_proc_phases_total{phase="request_headers"}"#) >= sent);
     assert!(metric(r#"mulligan_ext_proc_phases_total{phase="response_headers"}"#) >= sent);

@@ -1,12 +1,11 @@
 //! Rescue through real Envoy (no Envoy retries configured): the 503s of
 //! draining, gone and not-yet-ready pods never reach the client, no request
 //! is executed twice unsafely, and every bound holds.
-mod support;
 
 use std::time::{Duration, Instant};
 
 use http::Method;
-use support::{
+use rig::{
     client::{self, HttpClient, Proto},
     mulligan::parse_metric,
     payload,

@@ -1,7 +1,6 @@
 //! Smoke test of the rig itself: Envoy starts, a pod answers through it.
-mod support;
 
-use support::{
+use rig::{
     client,
     envoy::Envoy,
     pods::{Pod, PodState},

@@ -1,13 +1,9 @@
-//! A short run of the rollout harness (`benches/rollout`): the correctness
+//! A short run of the rollout harness (`rig/src/rollout`): the correctness
 //! claims behind the benchmark figures, asserted. The harness must see the
 //! 503s a rollout leaks through Envoy alone (A), and mulligan (C, D and the
 //! default decide wiring E) must leave none of them, and run no request twice.
-mod support;
 
-#[path = "../benches/rollout/mod.rs"]
-mod rollout;
-
-use rollout::scenario::{self, Options};
+use rig::rollout::scenario::{self, Options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_with_eds_lag_leaks_nothing_through_mulligan() {
@@ -81,7 +77,7 @@ async fn the_soak_mode_rolls_on_a_clock_and_samples_memory_and_fds() {
         rate: Some(100.0),
         roll_every_s: Some(5.0),
         sample_every_s: Some(0.5),
-        variants: vec![rollout::proxies::Variant::C],
+        variants: vec![rig::rollout::proxies::Variant::C],
         progress: false,
         ..Options::default()
     };

@@ -1,10 +1,9 @@
 //! mulligan leaving the path: killed outright, or drained on SIGTERM. Either
 //! way no client request through Envoy fails.
-mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{client, pods::PodState, Stack};
+use rig::{client, pods::PodState, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_run_costs_no_client_request() {

@@ -1,17 +1,16 @@
 //! Steer through real Envoy (`envoy-config/standalone/steer.yaml`): mulligan
 //! lists healthy endpoints per request and Envoy's router walks the list.
-mod support;
 
 use std::time::{Duration, Instant};
 
 use http::Method;
-use serde_json::Value;
-use support::{
+use rig::{
     client::{self, HttpClient, Proto},
     payload,
     pods::PodState,
     render, Stack,
 };
+use serde_json::Value;
 
 const STEER: &str = "[steer]\nenabled = true\n";
 

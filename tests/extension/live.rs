@@ -27,17 +27,14 @@ use http::Method;
 use prost::{Message, Name};
 use serde_json::json;
 
-use super::{
-    decode, endpoints_hook, gateway_ref, policy,
-    server::ExtensionServer,
-    support::{
-        client::{full, HttpClient, Proto},
-        envoy::{envoy_bin, Envoy},
-        mulligan::Mulligan,
-        pods::{Pod, PodState},
-    },
-    translate, xds,
+use rig::{
+    client::{full, HttpClient, Proto},
+    envoy::{envoy_bin, Envoy},
+    mulligan::Mulligan,
+    pods::{Pod, PodState},
 };
+
+use super::{decode, endpoints_hook, gateway_ref, policy, server::ExtensionServer, translate, xds};
 use mulligan::extension::api::PostTranslateModifyResponse;
 
 fn loopback(addr: SocketAddr) -> Address {

@@ -1,8 +1,6 @@
 //! mulligan as Envoy Gateway's Extension Server, tested on Envoy Gateway's
 //! real translation output (`shared/fixtures/envoy-gateway`), over real gRPC
 //! to the real binary, and the result run by real Envoy.
-#[path = "../support/mod.rs"]
-mod support;
 
 mod hostile;
 mod live;

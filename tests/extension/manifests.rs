@@ -6,7 +6,8 @@
 use mulligan::extension::policy::{self, Parsed};
 use serde_json::{json, Value};
 
-use super::{policy as mk_policy, support::repo_root};
+use super::policy as mk_policy;
+use rig::repo_root;
 
 fn docs(rel: &str) -> Vec<Value> {
     let path = repo_root().join("envoy-config/gateway").join(rel);

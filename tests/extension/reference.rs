@@ -21,9 +21,9 @@ use envoy_types::pb::envoy::{
 };
 use serde_json::{json, Value};
 
-use super::{
-    decode, gateway_ref, policy, server::ExtensionServer, support::render, translate, xds,
-};
+use rig::render;
+
+use super::{decode, gateway_ref, policy, server::ExtensionServer, translate, xds};
 
 const HPO: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const FILTER: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter";

@@ -72,7 +72,7 @@ impl ExtensionServer {
 
     /// A Prometheus counter or gauge (summed over labels), 0 when absent.
     pub async fn metric(&self, name: &str) -> f64 {
-        let r = super::support::client::get(self.admin, "/metrics")
+        let r = rig::client::get(self.admin, "/metrics")
             .await
             .expect("/metrics");
         String::from_utf8_lossy(&r.body)

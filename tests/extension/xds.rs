@@ -69,7 +69,7 @@ fn envoy_types_protos() -> PathBuf {
 
 fn fixture_type_names() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    let root = super::support::envoy_gateway_fixtures();
+    let root = rig::envoy_gateway_fixtures();
     for dir in ["egctl-translate", "xds"] {
         for entry in std::fs::read_dir(root.join(dir)).expect("fixtures") {
             let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
@@ -377,7 +377,7 @@ fn xds_set(dir: &Path, name: &str) -> Translation {
 
 /// Every translation in the fixtures.
 pub fn translations() -> Vec<Translation> {
-    let root = super::support::envoy_gateway_fixtures();
+    let root = rig::envoy_gateway_fixtures();
     let mut out = Vec::new();
     let mut egctl_files: Vec<_> = std::fs::read_dir(root.join("egctl-translate"))
         .expect("dir")

@@ -21,7 +21,7 @@ use std::{
 
 use tokio::{sync::mpsc, time::Instant};
 
-use crate::support::{
+use crate::{
     client,
     pods::{Pod, PodState},
 };

@@ -7,7 +7,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use crate::support::mulligan::parse_metric;
+use crate::mulligan::parse_metric;
 
 use super::{
     cluster::{Cluster, DrainMode, Spec as ClusterSpec},
@@ -262,7 +262,7 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
     for p in &proxies {
         let until = Instant::now() + Duration::from_secs(15);
         loop {
-            let r = crate::support::client::get(p.front, "/").await;
+            let r = crate::client::get(p.front, "/").await;
             if matches!(&r, Ok(r) if r.status == 200) {
                 break;
             }

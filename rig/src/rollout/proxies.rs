@@ -11,7 +11,7 @@ use std::{net::SocketAddr, path::Path};
 
 use serde_json::{json, Value};
 
-use crate::support::{envoy::Envoy, mulligan::Mulligan, render};
+use crate::{envoy::Envoy, mulligan::Mulligan, render};
 
 /// The variants compared side by side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -64,9 +64,7 @@ pub struct Proxy {
 }
 
 fn fixture(name: &str) -> Value {
-    let path = crate::support::envoy_gateway_fixtures()
-        .join("xds")
-        .join(name);
+    let path = crate::envoy_gateway_fixtures().join("xds").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

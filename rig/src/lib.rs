@@ -1,12 +1,18 @@
-//! The real-Envoy test rig, shared by the integration tests, benches and the
-//! `make run` sandbox (through `#[path]`):
+//! The real-Envoy test rig, shared by mulligan's integration tests and
+//! benches, the rollout harness and the `make run` sandbox. It runs mulligan
+//! as a black-box binary ([`mulligan::mulligan_bin`]) and never links it:
 //! - [`envoy`]: starts the pinned Envoy binary on free loopback ports;
 //! - [`mulligan`]: starts the mulligan binary and talks to its admin port;
 //! - [`pods`]: upstream "pods" whose lifecycle a test flips;
 //! - [`client`]: HTTP/1.1 and HTTP/2 clients;
 //! - [`ext_proc`]: a hand-made ext_proc client, one stream at a time;
-//! - [`render`]: fills the `${NAME}` placeholders of `envoy-config/`.
-#![allow(dead_code)]
+//! - [`render`]: fills the `${NAME}` placeholders of `envoy-config/`;
+//! - [`kube_api`]: a Kubernetes API server (EndpointSlices, Pods) for the
+//!   discovery tests;
+//! - [`tls`]: certificates made at test time, and TLS pods;
+//! - [`bench`]: latency summaries for benches;
+//! - [`rollout`]: the rollout harness (`cargo run -p mulligan-rig --bin
+//!   rollout`, `make demo`).
 
 pub mod bench;
 pub mod client;
@@ -16,6 +22,7 @@ pub mod kube_api;
 pub mod mulligan;
 pub mod pods;
 pub mod render;
+pub mod rollout;
 pub mod tls;
 
 /// Deterministic, position-dependent bytes: a shifted or truncated copy never
@@ -24,9 +31,11 @@ pub fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i * 31 + 7) % 251) as u8).collect()
 }
 
-/// Root of the repository (for `envoy-config/` and `.tools/`).
+/// Root of the repository (for `envoy-config/` and `.tools/`): the rig is
+/// its `rig/` member.
 pub fn repo_root() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let rig = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    rig.parent().unwrap_or(rig).to_path_buf()
 }
 
 /// Envoy Gateway's real output (`shared/fixtures/envoy-gateway`), which CI

@@ -1,10 +1,7 @@
 //! `make run`: Envoy + mulligan + two sample pods on loopback, on the
 //! default ports, until Ctrl-C. Built from the test rig so that what a
 //! visitor pokes at is exactly what the tests prove.
-#[path = "../tests/support/mod.rs"]
-mod support;
-
-use support::{
+use rig::{
     envoy::Envoy,
     mulligan::Mulligan,
     pods::{Pod, PodState},

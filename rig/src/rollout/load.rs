@@ -13,7 +13,7 @@ use std::{
 use http::Method;
 use tokio::{task::JoinSet, time::Instant};
 
-use crate::support::{
+use crate::{
     client::{self, HttpClient, Proto},
     payload,
 };

@@ -150,16 +150,26 @@ impl Mulligan {
     }
 }
 
-/// The binary under test: `$MULLIGAN_BIN`, else the one cargo built for
-/// this test or bench.
+/// The binary under test, a black box: `$MULLIGAN_BIN` if set (`make run`,
+/// `make demo`: a release build), else `$CARGO_BIN_EXE_mulligan`, which cargo
+/// sets when it runs the mulligan package's tests and benches, else the
+/// `mulligan` beside the running executable (`cargo run -p mulligan-rig`
+/// after `cargo build`).
 pub fn mulligan_bin() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("MULLIGAN_BIN") {
-        return p.into();
+    for var in ["MULLIGAN_BIN", "CARGO_BIN_EXE_mulligan"] {
+        if let Some(p) = std::env::var_os(var) {
+            return p.into();
+        }
     }
-    match option_env!("CARGO_BIN_EXE_mulligan") {
-        Some(p) => p.into(),
-        None => panic!("set MULLIGAN_BIN to the mulligan binary (cargo build --release)"),
-    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("mulligan")))
+        .filter(|p| p.is_file());
+    beside.unwrap_or_else(|| {
+        panic!(
+            "set MULLIGAN_BIN to the mulligan binary (e.g. cargo build --release --bin mulligan)"
+        )
+    })
 }
 
 pub fn parse_metric(text: &str, sample: &str) -> f64 {
