@@ -8,8 +8,10 @@
 //! - [`render`]: fills the `${NAME}` placeholders of `envoy-config/`.
 #![allow(dead_code)]
 
+pub mod arrivals;
 pub mod bench;
 pub mod client;
+pub mod eds;
 pub mod envoy;
 pub mod ext_proc;
 pub mod kube_api;
