@@ -13,8 +13,9 @@
 //!   from Envoy Gateway. Here an EDS file stands in for Envoy Gateway,
 //!   written from the same slices by Envoy Gateway's rule (a pod that is
 //!   not serving is not in EDS at all), and only after mulligan has seen
-//!   the change: the control plane's lag, so a request mulligan releases
-//!   early comes back to the hold and is released again.
+//!   the change: the control plane lags the API server. One test pushes
+//!   EDS only once a request mulligan released early has come back to the
+//!   hold, so that path is run every time.
 //! - The EDS file source (mulligan and Envoy reading one file) is
 //!   `tests/decide.rs` `a_held_request_is_served_by_an_endpoint_discovered_later`.
 mod support;
@@ -260,6 +261,19 @@ impl Kube {
     /// server says so, mulligan sees it (`state` in its registry), and then
     /// Envoy Gateway's EDS follows.
     async fn set(&mut self, name: &str, addr: SocketAddr, cond: (bool, bool, bool), state: &str) {
+        self.tell_api(name, addr, cond, state).await;
+        self.push_eds();
+    }
+
+    /// The API server's part of [`Kube::set`]: mulligan sees it, Envoy not
+    /// yet.
+    async fn tell_api(
+        &mut self,
+        name: &str,
+        addr: SocketAddr,
+        cond: (bool, bool, bool),
+        state: &str,
+    ) {
         let (ready, serving, terminating) = cond;
         self.api.apply(
             "endpointslices",
@@ -272,6 +286,10 @@ impl Kube {
         );
         self.pods.insert(name.to_string(), (addr, cond));
         until_state(&self.mulligan, addr, state).await;
+    }
+
+    /// Envoy Gateway's part: EDS for every pod's current conditions.
+    fn push_eds(&self) {
         let listed: Vec<_> = self
             .pods
             .values()
@@ -286,15 +304,28 @@ const READY: (bool, bool, bool) = (true, true, false);
 
 /// Kubernetes: the Service's only pod is booting (in its EndpointSlice, not
 /// ready; so not in Envoy's EDS at all: Envoy sends the request to the hold
-/// endpoint). The pod becomes ready: its held requests are served by it.
+/// endpoint). The pod becomes ready, and mulligan learns it before Envoy
+/// does: Envoy Gateway's push comes only after mulligan has released a
+/// held request, which met the hold endpoint again and was held again. The
+/// held requests are then served by the pod, each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_a_held_request_is_served_by_a_pod_that_becomes_ready() {
+    const N: usize = 2;
     let mut k = Kube::start().await;
     let pod = Pod::start("booted", PodState::Booting).await;
     k.set("booted", pod.addr, BOOTING, "not_ready").await;
-    let tasks = held(&k.mulligan, k.front, 2).await;
+    let tasks = held(&k.mulligan, k.front, N).await;
     pod.set_state(PodState::Ready).await;
-    k.set("booted", pod.addr, READY, "ready").await;
+    k.tell_api("booted", pod.addr, READY, "ready").await;
+    // More releases than requests: one came back to the hold.
+    k.mulligan
+        .wait_metric_above(
+            r#"mulligan_answers_total{answer="retry_after_hold"}"#,
+            N as f64,
+            Duration::from_secs(10),
+        )
+        .await;
+    k.push_eds();
     served_once_by(&pod, tasks).await;
 }
 
