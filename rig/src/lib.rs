@@ -10,12 +10,16 @@
 //! - [`kube_api`]: a Kubernetes API server (EndpointSlices, Pods) for the
 //!   discovery tests;
 //! - [`tls`]: certificates made at test time, and TLS pods;
+//! - [`eds`]: an EDS file standing in for Envoy Gateway's control plane;
+//! - [`arrivals`]: a pod that notes when each request reaches it;
 //! - [`bench`]: latency summaries for benches;
 //! - [`rollout`]: the rollout harness (`cargo run -p mulligan-rig --bin
 //!   rollout`, `make demo`).
 
+pub mod arrivals;
 pub mod bench;
 pub mod client;
+pub mod eds;
 pub mod envoy;
 pub mod ext_proc;
 pub mod kube_api;

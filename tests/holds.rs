@@ -1,0 +1,412 @@
+//! Holding through real Envoy on the reference wiring (issue 13, items 5
+//! and 6): a request held while no endpoint can serve is served by an
+//! endpoint that appears, or becomes ready, after the hold began, through
+//! each discovery source; and held requests go back to a pod that just
+//! became ready at `hold.release_per_endpoint`, not all at once.
+//!
+//! Envoy must learn the endpoint too, and each test gives it the endpoint
+//! the way production does for that source:
+//! - static endpoints (`--endpoints`, `[endpoints]`): Envoy's own static
+//!   list (`${APP_ENDPOINTS}`) names the same addresses from the start;
+//!   only their readiness changes, which Envoy learns by trying them;
+//! - Kubernetes: mulligan watches EndpointSlices itself, Envoy gets EDS
+//!   from Envoy Gateway. Here an EDS file stands in for Envoy Gateway,
+//!   written from the same slices by Envoy Gateway's rule (a pod that is
+//!   not serving is not in EDS at all), and only after mulligan has seen
+//!   the change: the control plane lags the API server. One test pushes
+//!   EDS only once a request mulligan released early has come back to the
+//!   hold, so that path is run every time.
+//! - The EDS file source (mulligan and Envoy reading one file) is
+//!   `tests/decide.rs` `a_held_request_is_served_by_an_endpoint_discovered_later`.
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use http::Method;
+use rig::{
+    arrivals::StampedPod,
+    client::{self, HttpClient, Proto, Reply},
+    eds::{gateway_health, EdsFile},
+    envoy::Envoy,
+    kube_api::{endpoint_slice, service, KubeApi},
+    mulligan::Mulligan,
+    payload,
+    pods::{Pod, PodState},
+    render,
+};
+use serde_json::Value;
+
+/// mulligan started with `toml` as its config file (plus `args`).
+async fn mulligan_with(toml: &str, args: &[&str]) -> Mulligan {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mulligan.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let mut all = vec!["--config", path.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    // mulligan has read the file by the time it announces its ports.
+    Mulligan::start(&all).await
+}
+
+/// mulligan's state of `addr` in cluster `app` ("" when it does not know it).
+async fn state_of(m: &Mulligan, addr: SocketAddr) -> String {
+    let r = client::get(m.admin, "/v1/endpoints?cluster=app")
+        .await
+        .expect("list endpoints");
+    let v: Value = serde_json::from_slice(&r.body).expect("json");
+    v["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .find(|e| e["address"] == addr.to_string())
+        .and_then(|e| e["state"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits until mulligan's registry has `addr` in `state`.
+async fn until_state(m: &Mulligan, addr: SocketAddr, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = state_of(m, addr).await;
+        if now == state {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} is {now:?} in mulligan, want {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One request through `front`: a GET for even `i`, a POST with a body
+/// for odd `i`, each with its own `x-harness-id`.
+async fn request(front: SocketAddr, i: usize) -> (String, Reply) {
+    let id = format!("held-{i}");
+    let (method, path, body) = if i.is_multiple_of(2) {
+        (Method::GET, "/", Vec::new())
+    } else {
+        (Method::POST, "/echo", payload(1000 + i))
+    };
+    let r = HttpClient::new(Proto::Http1)
+        .send(
+            method,
+            front,
+            path,
+            &[("x-harness-id", id.as_str())],
+            client::full(body),
+        )
+        .await
+        .expect("request through Envoy");
+    (id, r)
+}
+
+/// Sends `n` requests (see [`request`]) and waits until mulligan holds all
+/// of them.
+async fn held(
+    m: &Mulligan,
+    front: SocketAddr,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<(String, Reply)>> {
+    let tasks = (0..n).map(|i| tokio::spawn(request(front, i))).collect();
+    m.wait_metric(
+        "mulligan_rescue_held",
+        n as f64,
+        Duration::from_secs(10),
+        "every request held",
+    )
+    .await;
+    tasks
+}
+
+/// Every held request ends 200 from `pod`, and `pod` ran each exactly once
+/// (a POST's body arriving whole).
+async fn served_once_by(pod: &Pod, tasks: Vec<tokio::task::JoinHandle<(String, Reply)>>) {
+    let n = tasks.len();
+    for t in tasks {
+        let (id, r) = t.await.expect("request task");
+        assert_eq!(r.status, 200, "{id}: {:?}", r.body);
+        assert_eq!(
+            r.headers.get("x-pod").map(|v| v.as_bytes()),
+            Some(pod.name().as_bytes()),
+            "{id}"
+        );
+    }
+    let ran = pod.executions();
+    assert_eq!(ran.len(), n, "{ran:?}");
+    assert!(
+        ran.values().all(|c| *c == 1),
+        "a request ran twice: {ran:?}"
+    );
+    for s in pod.seen().iter().filter(|s| s.method == "POST") {
+        let i: usize = s
+            .header("x-harness-id")
+            .and_then(|id| id.strip_prefix("held-"))
+            .and_then(|i| i.parse().ok())
+            .expect("id");
+        assert_eq!(s.body.as_ref(), payload(1000 + i).as_slice(), "held-{i}");
+    }
+}
+
+/// Static endpoints with a readiness probe: the configured pod is booting
+/// (the probe says not ready), so a request is held; once the probe sees the
+/// pod ready, the held requests are served by it. Envoy lists the pod from
+/// the start (its static `${APP_ENDPOINTS}`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_a_held_request_is_served_once_the_probe_sees_the_pod_ready() {
+    let pod = Pod::start("booted", PodState::Booting).await;
+    let m = mulligan_with(
+        &format!(
+            "[endpoints]\nstatic = [\"{}\"]\n[probe]\npath = \"/ready\"\ninterval = \"50ms\"\nunhealthy_threshold = 1\n",
+            pod.addr
+        ),
+        &[],
+    )
+    .await;
+    until_state(&m, pod.addr, "not_ready").await;
+    let envoy = Envoy::start(&render::standalone(&[pod.addr], m.grpc.port(), &[])).await;
+    let front = envoy.listener("mulligan").await;
+    let tasks = held(&m, front, 2).await;
+    assert_eq!(pod.rejected(), 2, "each first attempt met the booting pod");
+    pod.set_state(PodState::Ready).await;
+    served_once_by(&pod, tasks).await;
+}
+
+/// Static endpoints and the lifecycle API: the pod is known but not ready
+/// (its probe failed; the probe's healthy threshold is out of reach, so only
+/// the lifecycle call can bring it back), a request is held, and the pod's
+/// hook calls `ready` (the admin HTTP API, then the `mulligan.v1.Lifecycle`
+/// gRPC service): the held requests are served by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_a_held_request_is_served_once_the_lifecycle_api_says_ready() {
+    for via in ["admin", "grpc"] {
+        let pod = Pod::start(via, PodState::Booting).await;
+        let list = pod.addr.to_string();
+        let m = mulligan_with(
+            "[probe]\npath = \"/ready\"\ninterval = \"50ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 1000000\n",
+            &["--endpoints", &list, "--control-listen", "127.0.0.1:0"],
+        )
+        .await;
+        until_state(&m, pod.addr, "not_ready").await;
+        let envoy = Envoy::start(&render::standalone(&[pod.addr], m.grpc.port(), &[])).await;
+        let front = envoy.listener("mulligan").await;
+        let tasks = held(&m, front, 2).await;
+        pod.set_state(PodState::Ready).await;
+        if via == "admin" {
+            let r = client::post(m.admin, &format!("/v1/endpoints/{}/ready", pod.addr))
+                .await
+                .expect("lifecycle ready");
+            assert!(r.status.is_success(), "{:?}", r.body);
+        } else {
+            use mulligan::proto::{lifecycle_client::LifecycleClient, EndpointRef};
+            let control = m.control.expect("control port");
+            let mut c = LifecycleClient::connect(format!("http://{control}"))
+                .await
+                .expect("control");
+            c.mark_ready(EndpointRef {
+                address: list.clone(),
+                cluster: "app".into(),
+            })
+            .await
+            .expect("mark_ready");
+        }
+        served_once_by(&pod, tasks).await;
+    }
+}
+
+/// mulligan following Service `backend` (Envoy cluster `app`) through a
+/// stand-in API server, and Envoy on EDS from the file that stands in for
+/// Envoy Gateway.
+struct Kube {
+    api: KubeApi,
+    eds: EdsFile,
+    mulligan: Mulligan,
+    _envoy: Envoy,
+    front: SocketAddr,
+    /// Each pod's conditions (ready, serving, terminating), by slice name:
+    /// loopback pods share 127.0.0.1, so each has a slice for its port.
+    pods: BTreeMap<String, (SocketAddr, (bool, bool, bool))>,
+}
+
+impl Kube {
+    async fn start() -> Kube {
+        let api = KubeApi::start().await;
+        api.apply("services", service("backend", "backend"));
+        let mulligan = mulligan_with(
+            &format!(
+                "[kubernetes]\nenabled = true\nnamespace = \"default\"\napi_server = \"{}\"\n[[kubernetes.services]]\nname = \"backend\"\ncluster = \"app\"\n",
+                api.url()
+            ),
+            &[],
+        )
+        .await;
+        let eds = EdsFile::new("app");
+        let envoy = Envoy::start(&eds.bootstrap(mulligan.grpc.port())).await;
+        let front = envoy.listener("mulligan").await;
+        Kube {
+            api,
+            eds,
+            mulligan,
+            _envoy: envoy,
+            front,
+            pods: BTreeMap::new(),
+        }
+    }
+
+    /// The pod at `addr` now has these EndpointSlice conditions: the API
+    /// server says so, mulligan sees it (`state` in its registry), and then
+    /// Envoy Gateway's EDS follows.
+    async fn set(&mut self, name: &str, addr: SocketAddr, cond: (bool, bool, bool), state: &str) {
+        self.tell_api(name, addr, cond, state).await;
+        self.push_eds();
+    }
+
+    /// The API server's part of [`Kube::set`]: mulligan sees it, Envoy not
+    /// yet.
+    async fn tell_api(
+        &mut self,
+        name: &str,
+        addr: SocketAddr,
+        cond: (bool, bool, bool),
+        state: &str,
+    ) {
+        let (ready, serving, terminating) = cond;
+        self.api.apply(
+            "endpointslices",
+            endpoint_slice(
+                "backend",
+                &format!("backend-{name}"),
+                addr.port(),
+                &[("127.0.0.1", ready, serving, terminating)],
+            ),
+        );
+        self.pods.insert(name.to_string(), (addr, cond));
+        until_state(&self.mulligan, addr, state).await;
+    }
+
+    /// Envoy Gateway's part: EDS for every pod's current conditions.
+    fn push_eds(&self) {
+        let listed: Vec<_> = self
+            .pods
+            .values()
+            .filter_map(|(a, (_, s, t))| gateway_health(*s, *t).map(|h| (*a, h)))
+            .collect();
+        self.eds.write("app", &listed);
+    }
+}
+
+const BOOTING: (bool, bool, bool) = (false, false, false);
+const READY: (bool, bool, bool) = (true, true, false);
+
+/// Kubernetes: the Service's only pod is booting (in its EndpointSlice, not
+/// ready; so not in Envoy's EDS at all: Envoy sends the request to the hold
+/// endpoint). The pod becomes ready, and mulligan learns it before Envoy
+/// does: Envoy Gateway's push comes only after mulligan has released a
+/// held request, which met the hold endpoint again and was held again. The
+/// held requests are then served by the pod, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_a_held_request_is_served_by_a_pod_that_becomes_ready() {
+    const N: usize = 2;
+    let mut k = Kube::start().await;
+    let pod = Pod::start("booted", PodState::Booting).await;
+    k.set("booted", pod.addr, BOOTING, "not_ready").await;
+    let tasks = held(&k.mulligan, k.front, N).await;
+    pod.set_state(PodState::Ready).await;
+    k.tell_api("booted", pod.addr, READY, "ready").await;
+    // More releases than requests: one came back to the hold.
+    k.mulligan
+        .wait_metric_above(
+            r#"mulligan_answers_total{answer="retry_after_hold"}"#,
+            N as f64,
+            Duration::from_secs(10),
+        )
+        .await;
+    k.push_eds();
+    served_once_by(&pod, tasks).await;
+}
+
+/// Kubernetes: the Service's only pod is booting and stays so; a request is
+/// held. A new pod appears, ready (a scale-up, or the rollout's next pod):
+/// the held requests are served by it. Before holds read their cluster
+/// afresh, they only ever saw the booting pod and ended with a 503 at the
+/// deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_a_held_request_is_served_by_a_pod_that_appears_later() {
+    let mut k = Kube::start().await;
+    let stuck = Pod::start("stuck", PodState::Booting).await;
+    k.set("stuck", stuck.addr, BOOTING, "not_ready").await;
+    let tasks = held(&k.mulligan, k.front, 2).await;
+    let fresh = Pod::start("fresh", PodState::Ready).await;
+    k.set("fresh", fresh.addr, READY, "ready").await;
+    served_once_by(&fresh, tasks).await;
+    assert_eq!(
+        stuck.served() + stuck.rejected(),
+        0,
+        "the booting pod got a request"
+    );
+}
+
+/// Item 6: held requests go back to a pod that just became ready at
+/// `hold.release_per_endpoint` per second, not all at once. With rate `r`
+/// and one endpoint, release slots are `1/r` apart and none is before the
+/// pod became ready, so the k-th request (from 0) to reach the pod arrives
+/// at least `k/r` after that moment: by any time `t` after it, at most
+/// `1 + t·r` have arrived. That is a lower bound a slow machine only makes
+/// easier to meet; unpaced, every request arrives within a few
+/// milliseconds of the first. Every held request is then served exactly
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_are_released_at_the_configured_pace() {
+    const N: usize = 6;
+    const RATE: u32 = 4;
+    let pod = StampedPod::start(false).await;
+    let list = pod.addr.to_string();
+    let m = mulligan_with(
+        &format!("[probe]\npath = \"/ready\"\ninterval = \"50ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 1000000\n[hold]\nrelease_per_endpoint = {RATE}\n"),
+        &["--endpoints", &list],
+    )
+    .await;
+    until_state(&m, pod.addr, "not_ready").await;
+    let envoy = Envoy::start(&render::standalone(&[pod.addr], m.grpc.port(), &[])).await;
+    let front = envoy.listener("mulligan").await;
+    let tasks = held(&m, front, N).await;
+    let became_ready = Instant::now();
+    pod.set_ready(true);
+    let r = client::post(m.admin, &format!("/v1/endpoints/{}/ready", pod.addr))
+        .await
+        .expect("lifecycle ready");
+    assert!(r.status.is_success());
+    for t in tasks {
+        let (id, r) = t.await.expect("request task");
+        assert_eq!(r.status, 200, "{id}: {:?}", r.body);
+    }
+    let arrivals = pod.arrivals();
+    let mut ids: Vec<_> = arrivals.iter().map(|a| a.id.clone().expect("id")).collect();
+    ids.sort();
+    let want: Vec<_> = (0..N).map(|i| format!("held-{i}")).collect();
+    assert_eq!(ids, want, "each held request reached the pod exactly once");
+    for a in arrivals.iter().filter(|a| a.method == "POST") {
+        let i: usize =
+            a.id.as_deref()
+                .and_then(|id| id.strip_prefix("held-"))
+                .and_then(|i| i.parse().ok())
+                .expect("id");
+        assert_eq!(a.body.as_ref(), payload(1000 + i).as_slice());
+    }
+    let gap = Duration::from_secs(1) / RATE;
+    let mut after: Vec<Duration> = arrivals
+        .iter()
+        .map(|a| a.at.duration_since(became_ready))
+        .collect();
+    after.sort();
+    for (k, t) in after.iter().enumerate() {
+        // 1 ms for the timer's rounding of each slot.
+        let floor = (gap * k as u32).saturating_sub(Duration::from_millis(1));
+        assert!(
+            *t >= floor,
+            "request {k} arrived {t:?} after the pod became ready, before its slot at {floor:?}: releases are not paced (all: {after:?})"
+        );
+    }
+}
