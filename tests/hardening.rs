@@ -248,11 +248,7 @@ async fn the_lifecycle_api_is_not_served_on_the_ext_proc_port() {
         cluster: String::new(),
     };
     let connect = |addr: std::net::SocketAddr| async move {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect");
+        let channel = rig::mulligan::grpc_channel(addr).await;
         LifecycleClient::new(channel)
     };
     let refused = connect(m.grpc)

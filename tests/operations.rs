@@ -83,11 +83,7 @@ async fn grpc_health_and_lifecycle() {
         "127.0.0.1:0",
     ])
     .await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", m.grpc))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect gRPC");
+    let channel = rig::mulligan::grpc_channel(m.grpc).await;
     let mut health = HealthClient::new(channel.clone());
     for service in ["", "envoy.service.ext_proc.v3.ExternalProcessor"] {
         let r = health
@@ -102,11 +98,7 @@ async fn grpc_health_and_lifecycle() {
 
     // The lifecycle API has a port of its own (never the ext_proc port).
     let control = m.control.expect("control port");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{control}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect control");
+    let channel = rig::mulligan::grpc_channel(control).await;
     let mut lifecycle = LifecycleClient::new(channel);
     let e = lifecycle
         .mark_draining(endpoint_ref("127.0.0.1:7001"))
@@ -297,11 +289,7 @@ async fn lifecycle_calls_need_loopback_or_the_token() {
 
     // The same rule on the gRPC lifecycle API.
     let control = m.control.expect("control port");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{control}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = rig::mulligan::grpc_channel(control).await;
     let mut lifecycle = LifecycleClient::new(channel);
     let r = endpoint_ref("127.0.0.1:7001");
     let denied = lifecycle.mark_ready(r.clone()).await.expect_err("no token");

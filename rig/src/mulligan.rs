@@ -37,44 +37,12 @@ impl Mulligan {
 
     /// The mulligan binary with exactly `args`.
     pub async fn spawn(args: &[&str]) -> Mulligan {
-        let mut child = Command::new(mulligan_bin())
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawning mulligan");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("mulligan did not announce its ports within 20 s")
-            .expect("reading mulligan stdout")
-            .expect("mulligan exited before listening");
-        let field = |key: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-                .parse()
-                .expect("address")
-        };
-        let (grpc, admin) = (field("grpc="), field("admin="));
-        let control = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("control="))
-            .map(|a| a.parse().expect("control address"));
-        // Keep draining stdout so mulligan never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (child, line) = spawn_announced(args).await;
         Mulligan {
             child,
-            grpc,
-            admin,
-            control,
+            grpc: line.addr("grpc"),
+            admin: line.addr("admin"),
+            control: line.get("control"),
         }
     }
 
@@ -172,6 +140,70 @@ pub fn mulligan_bin() -> std::path::PathBuf {
     })
 }
 
+/// A plaintext gRPC channel to one of mulligan's ports (health, the
+/// lifecycle API), for a generated client of the test's choosing.
+pub async fn grpc_channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"))
+}
+
+/// The line mulligan prints once its ports are bound, `listening grpc=ADDR
+/// admin=ADDR ...` (`extension=` for the Extension Server).
+pub struct Announced(String);
+
+impl Announced {
+    /// The address after `key=`, if the line has one.
+    pub fn get(&self, key: &str) -> Option<SocketAddr> {
+        let prefix = format!("{key}=");
+        let value = self
+            .0
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&prefix))?;
+        Some(
+            value
+                .parse()
+                .unwrap_or_else(|e| panic!("{key} in {:?}: {e}", self.0)),
+        )
+    }
+
+    /// The address after `key=`; panics when the line has none.
+    pub fn addr(&self, key: &str) -> SocketAddr {
+        self.get(key)
+            .unwrap_or_else(|| panic!("no {key}= in {:?}", self.0))
+    }
+}
+
+/// Runs the mulligan binary with `args` (any subcommand that announces its
+/// ports) and waits for its announcement. Its stdout keeps being read, so
+/// it never blocks on a full pipe; it is killed when the child is dropped.
+pub async fn spawn_announced(args: &[&str]) -> (Child, Announced) {
+    let mut child = Command::new(mulligan_bin())
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning mulligan");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("mulligan did not announce its ports within 20 s")
+        .expect("reading mulligan stdout")
+        .expect("mulligan exited before listening");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, Announced(line))
+}
+
+/// The value of one Prometheus sample (`name{labels}` exactly), 0 when absent.
 pub fn parse_metric(text: &str, sample: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))

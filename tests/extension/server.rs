@@ -1,12 +1,9 @@
 //! `mulligan extension-server` as a child process on ports it picks.
 
-use std::{net::SocketAddr, process::Stdio, time::Duration};
+use std::net::SocketAddr;
 
 use mulligan::extension::api::envoy_gateway_extension_client::EnvoyGatewayExtensionClient;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
+use tokio::process::Child;
 use tonic::transport::Channel;
 
 pub struct ExtensionServer {
@@ -19,45 +16,20 @@ impl ExtensionServer {
     /// Started with `--mulligan-address mulligan` and `extra` flags; returns
     /// once its "listening" line says both ports are bound.
     pub async fn start(mulligan: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mulligan"))
-            .args([
-                "extension-server",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--mulligan-address", mulligan])
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawning mulligan extension-server");
-        let stdout = child.stdout.take().expect("stdout");
-        let line = tokio::time::timeout(
-            Duration::from_secs(20),
-            BufReader::new(stdout).lines().next_line(),
-        )
-        .await
-        .expect("no listening line within 20 s")
-        .expect("stdout")
-        .expect("exited before listening");
-        let field = |key: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-                .parse()
-                .expect("address")
-        };
+        let mut args = vec![
+            "extension-server",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--mulligan-address",
+            mulligan,
+        ];
+        args.extend_from_slice(extra);
+        let (child, line) = rig::mulligan::spawn_announced(&args).await;
         Self {
-            grpc: field("extension="),
-            admin: field("admin="),
+            grpc: line.addr("extension"),
+            admin: line.addr("admin"),
             child,
         }
     }
