@@ -327,7 +327,7 @@ async fn bodies_past_the_total_buffer_limit_are_not_captured() {
 
 #[tokio::test]
 async fn a_status_past_u16_is_not_mistaken_for_a_503() {
-    // Found by reading the fuzz target's invariant: 66039 wrapped to 503.
+    // 66039 is 503 modulo 65536: a status truncated to u16 would read as 503.
     let m = Mulligan::start(&["--endpoints", "127.0.0.1:1"]).await;
     let mut c = open(m.grpc).await;
     c.send(request_headers(&[(":method", "GET"), (":path", "/")], true))
