@@ -15,6 +15,7 @@ pub mod ext_proc;
 pub mod kube_api;
 pub mod mulligan;
 pub mod pods;
+pub mod protocols;
 pub mod render;
 pub mod tls;
 
