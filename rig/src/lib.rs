@@ -12,6 +12,7 @@
 //! - [`tls`]: certificates made at test time, and TLS pods;
 //! - [`eds`]: an EDS file standing in for Envoy Gateway's control plane;
 //! - [`arrivals`]: a pod that notes when each request reaches it;
+//! - [`protocols`]: gRPC (h2c, trailers) and WebSocket pods;
 //! - [`bench`]: latency summaries for benches;
 //! - [`rollout`]: the rollout harness (`cargo run -p mulligan-rig --bin
 //!   rollout`, `make demo`).
@@ -25,6 +26,7 @@ pub mod ext_proc;
 pub mod kube_api;
 pub mod mulligan;
 pub mod pods;
+pub mod protocols;
 pub mod render;
 pub mod rollout;
 pub mod tls;

@@ -67,7 +67,7 @@ mod xds {
         r#type::matcher::v3::{
             matcher::{
                 matcher_list::{
-                    predicate::{single_predicate, MatchType, SinglePredicate},
+                    predicate::{single_predicate, MatchType, PredicateList, SinglePredicate},
                     FieldMatcher, Predicate,
                 },
                 on_match, MatcherList, MatcherType, OnMatch,
@@ -105,6 +105,9 @@ pub const CLIENT_HEADERS_REMOVED: [&str; 3] = [
 /// The attempt number Envoy adds to each attempt's request when the
 /// virtual host has `include_request_attempt_count` (the gate reads it).
 pub const ATTEMPT_COUNT_HEADER: &str = "x-envoy-attempt-count";
+/// The request header of an HTTP/1.1 upgrade (WebSocket), which
+/// `mulligan.attempt` never matches.
+pub const UPGRADE_HEADER: &str = "upgrade";
 /// [`ATTEMPT_COUNT_HEADER`] values of a retry: 2 and above.
 pub const RETRY_ATTEMPT_REGEX: &str = "[2-9]|[1-9][0-9]+";
 /// The name of the composite filters' ext_proc action.
@@ -406,9 +409,46 @@ fn on_retry(call: &Call) -> xds::FieldMatcher {
     when("attempt", pack(&input), regex, call)
 }
 
+/// `matcher`, for requests that are not an upgrade (WebSocket): Envoy 1.40
+/// crashes (SIGSEGV) when an ext_proc upstream filter sees the 5xx answer
+/// to one, so an upgrade is left to Envoy alone.
+fn unless_upgrade(matcher: xds::FieldMatcher) -> xds::FieldMatcher {
+    use xds::{single_predicate, MatchType, Predicate, PredicateList, SinglePredicate};
+    let input = HttpRequestHeaderMatchInput {
+        header_name: UPGRADE_HEADER.to_string(),
+    };
+    let any_value = xds::MatchPattern::SafeRegex(xds::RegexMatcher {
+        regex: ".*".to_string(),
+        engine_type: Some(xds::regex_matcher::EngineType::GoogleRe2(
+            xds::regex_matcher::GoogleRe2 {},
+        )),
+    });
+    let upgrade = Predicate {
+        match_type: Some(MatchType::SinglePredicate(SinglePredicate {
+            input: Some(xds_typed("upgrade", pack(&input))),
+            matcher: Some(single_predicate::Matcher::ValueMatch(xds::StringMatcher {
+                match_pattern: Some(any_value),
+                ignore_case: false,
+            })),
+        })),
+    };
+    let not_upgrade = Predicate {
+        match_type: Some(MatchType::NotMatcher(Box::new(upgrade))),
+    };
+    let predicate = Predicate {
+        match_type: Some(MatchType::AndMatcher(PredicateList {
+            predicate: vec![not_upgrade, matcher.predicate.unwrap_or_default()],
+        })),
+    };
+    xds::FieldMatcher {
+        predicate: Some(predicate),
+        on_match: matcher.on_match,
+    }
+}
+
 /// `mulligan.attempt`: the gate on every retry (role `retry`: it sees the
 /// retry's request headers, and its answer), then a failed first attempt
-/// (role `attempt`: its response only).
+/// (role `attempt`: its response only); never for an upgrade.
 fn attempt_filter(settings: &Settings) -> Any {
     let retry = Call {
         phase: "retry",
@@ -424,7 +464,10 @@ fn attempt_filter(settings: &Settings) -> Any {
         response_attributes: &ATTEMPT_ATTRIBUTES,
         max_hold: Some(settings.max_hold),
     };
-    composite(vec![on_retry(&retry), on_failed_status(&attempt)])
+    composite(vec![
+        unless_upgrade(on_retry(&retry)),
+        unless_upgrade(on_failed_status(&attempt)),
+    ])
 }
 
 /// `mulligan.final`: a 5xx on its way to the client.

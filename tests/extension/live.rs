@@ -32,6 +32,7 @@ use rig::{
     envoy::{envoy_bin, Envoy},
     mulligan::Mulligan,
     pods::{Pod, PodState},
+    protocols,
 };
 
 use super::{decode, endpoints_hook, gateway_ref, policy, server::ExtensionServer, translate, xds};
@@ -424,6 +425,23 @@ async fn the_wired_gateway_retries_failed_attempts_and_asks_mulligan_only_about_
         "failed first attempts were judged"
     );
     assert_eq!(gw.answers("final").await, 0.0, "no 5xx reached the client");
+}
+
+/// Envoy Gateway forwards WebSocket upgrades on every route, so an
+/// upgrade the app answers 5xx reaches the wired cluster's upstream
+/// filters; Envoy 1.40 crashes when ext_proc there sees it. The wiring
+/// leaves upgrades to Envoy alone: every answer passes on, Envoy stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_answered_5xx_through_the_wired_gateway_leaves_envoy_up() {
+    let pod = Pod::start("a", PodState::Ready).await;
+    let gw = Gateway::start(&[pod.addr], &[]).await;
+    for i in 0..4 {
+        let ws = protocols::upgrade_host(gw.front, "/status/500", HOST[0].1).await;
+        assert_eq!(ws.status, 500, "upgrade {i}: {}", ws.head);
+    }
+    let (status, _) = gw.send(Method::GET, "/", String::new()).await;
+    assert_eq!(status, 200, "Envoy is still up");
+    assert_eq!(gw.answers("retry").await, 0.0, "mulligan was not asked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,7 +44,7 @@ use envoy_types::pb::{
         matcher::{
             matcher_list::{
                 predicate::{single_predicate, MatchType},
-                FieldMatcher,
+                FieldMatcher, Predicate,
             },
             on_match, MatcherType,
         },
@@ -236,6 +236,8 @@ struct Gated {
     /// `request` or `response`: which headers the input reads.
     side: &'static str,
     pattern: MatchPattern,
+    /// Never for a request with an `upgrade` header (WebSocket).
+    unless_upgrade: bool,
     ext_proc: ExternalProcessor,
 }
 
@@ -258,8 +260,9 @@ fn gated_ext_procs(f: &HttpFilter) -> Vec<Gated> {
     list.matchers.into_iter().map(gated).collect()
 }
 
-fn gated(m: FieldMatcher) -> Gated {
-    let Some(MatchType::SinglePredicate(single)) = m.predicate.and_then(|p| p.match_type) else {
+/// A single predicate's header, side and pattern.
+fn single(p: Predicate) -> (String, &'static str, MatchPattern) {
+    let Some(MatchType::SinglePredicate(single)) = p.match_type else {
         panic!("single predicate")
     };
     let input = single.input.and_then(|i| i.typed_config).expect("input");
@@ -275,6 +278,27 @@ fn gated(m: FieldMatcher) -> Gated {
         panic!("value match")
     };
     assert!(!value.ignore_case);
+    (header, side, value.match_pattern.expect("pattern"))
+}
+
+/// A matcher's predicate: a single one, or `and(not(an upgrade), single)`
+/// (the `bool`).
+fn predicate(p: Predicate) -> ((String, &'static str, MatchPattern), bool) {
+    let Some(MatchType::AndMatcher(list)) = p.match_type else {
+        return (single(p), false);
+    };
+    let [not, inner]: [Predicate; 2] = list.predicate.try_into().expect("two predicates");
+    let Some(MatchType::NotMatcher(upgrade)) = not.match_type else {
+        panic!("not an upgrade")
+    };
+    let (header, side, pattern) = single(*upgrade);
+    assert_eq!((header.as_str(), side), ("upgrade", "request"));
+    assert_eq!(regex(&pattern), ".*", "any value: the header is present");
+    (single(inner), true)
+}
+
+fn gated(m: FieldMatcher) -> Gated {
+    let ((header, side, pattern), unless_upgrade) = predicate(m.predicate.expect("predicate"));
     let on = m.on_match.expect("on_match");
     assert!(!on.keep_matching);
     let Some(on_match::OnMatch::Action(action)) = on.on_match else {
@@ -289,7 +313,8 @@ fn gated(m: FieldMatcher) -> Gated {
     Gated {
         header,
         side,
-        pattern: value.match_pattern.expect("pattern"),
+        pattern,
+        unless_upgrade,
         ext_proc: ExternalProcessor::decode(proc.value.as_slice()).expect("ext_proc"),
     }
 }
@@ -311,6 +336,10 @@ fn regex(pattern: &MatchPattern) -> &str {
 fn check_attempt_filter(f: &HttpFilter, max_hold_s: i64) {
     let m = gated_ext_procs(f);
     assert_eq!(m.len(), 2, "the retry gate, then the 5xx matcher");
+    assert!(
+        m[0].unless_upgrade && m[1].unless_upgrade,
+        "an upgrade is Envoy's alone (an upgrade's 5xx seen here crashes Envoy 1.40)"
+    );
     assert_eq!(
         (m[0].header.as_str(), m[0].side),
         ("x-envoy-attempt-count", "request")
@@ -341,6 +370,7 @@ fn check_attempt_filter(f: &HttpFilter, max_hold_s: i64) {
 fn check_final_filter(f: &HttpFilter) {
     let m = gated_ext_procs(f);
     assert_eq!(m.len(), 1);
+    assert!(!m[0].unless_upgrade, "mulligan.final sees every 5xx");
     assert_eq!((m[0].header.as_str(), m[0].side), (":status", "response"));
     assert_eq!(m[0].pattern, MatchPattern::Prefix("5".into()));
     check_ext_proc(&m[0].ext_proc, "final", None, 2);
