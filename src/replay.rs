@@ -18,7 +18,7 @@ use std::{
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::HeaderValue as EnvoyHeader;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request};
+use http::{header, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
@@ -50,7 +50,7 @@ pub fn hop_by_hop(name: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Prepared {
     method: Method,
-    path: String,
+    path: PathAndQuery,
     headers: HeaderMap,
     body: Bytes,
 }
@@ -62,6 +62,12 @@ pub enum Unreplayable {
     MissingPseudoHeader,
     #[error("header {0:?} cannot be carried by HTTP/1.1")]
     BadHeader(String),
+    /// The request's own fault, found before any endpoint is tried, so no
+    /// endpoint is blamed for it.
+    #[error(":path is not a request target HTTP can carry")]
+    BadPath,
+    #[error("CONNECT is a tunnel, not a request to replay")]
+    Tunnel,
 }
 
 impl Prepared {
@@ -94,11 +100,10 @@ impl Prepared {
         let method = method
             .and_then(|m| Method::from_bytes(m).ok())
             .ok_or(Unreplayable::MissingPseudoHeader)?;
-        let path = path
-            .and_then(|p| std::str::from_utf8(p).ok())
-            .filter(|p| p.starts_with('/'))
-            .ok_or(Unreplayable::MissingPseudoHeader)?
-            .to_string();
+        if method == Method::CONNECT {
+            return Err(Unreplayable::Tunnel);
+        }
+        let path = origin_form(path.ok_or(Unreplayable::MissingPseudoHeader)?)?;
         if let Some(a) = authority {
             let host = HeaderValue::from_bytes(a)
                 .map_err(|_| Unreplayable::BadHeader(":authority".into()))?;
@@ -115,6 +120,32 @@ impl Prepared {
     pub fn method(&self) -> &Method {
         &self.method
     }
+
+    /// The URI for `endpoint`, from parts already checked.
+    fn uri(&self, endpoint: SocketAddr) -> Option<Uri> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(http::uri::Authority::try_from(endpoint.to_string()).ok()?);
+        parts.path_and_query = Some(self.path.clone());
+        Uri::from_parts(parts).ok()
+    }
+}
+
+/// The path as the replay's URI will carry it: origin-form (`/...`) only, so
+/// an absolute URL cannot point the replay anywhere, and only what
+/// `http::Uri` accepts, so a path it rejects is refused here, before any
+/// endpoint is tried, rather than failing every replay.
+fn origin_form(path: &[u8]) -> Result<PathAndQuery, Unreplayable> {
+    if !path.starts_with(b"/") {
+        return Err(Unreplayable::MissingPseudoHeader);
+    }
+    let parsed = PathAndQuery::try_from(path).map_err(|_| Unreplayable::BadPath)?;
+    // The parser drops a `#fragment`: a path that had one would not be the
+    // request the app was sent.
+    if parsed.as_str().len() != path.len() {
+        return Err(Unreplayable::BadPath);
+    }
+    Ok(parsed)
 }
 
 /// A replayed response, read whole (within the size cap).
@@ -202,7 +233,12 @@ pub enum Attempt {
     /// The response was larger than `rescue.max_response_body_bytes`, or
     /// than what `limits.max_buffered_bytes` had left.
     TooLarge,
-    /// Timed out or broke after the request was sent: the app may have it.
+    /// The request could not be put on the wire: its fault, not the
+    /// endpoint's (nothing was sent).
+    Unsendable,
+    /// `timeout` ran out: the app may have the request.
+    TimedOut,
+    /// Broke after the request was sent: the app may have it.
     Failed(String),
 }
 
@@ -245,16 +281,15 @@ impl Replayer {
         attempt: u32,
         timeout: Duration,
     ) -> Attempt {
-        let uri = format!("http://{endpoint}{}", request.path);
-        let mut builder = Request::builder().method(request.method.clone()).uri(uri);
-        if let Some(h) = builder.headers_mut() {
-            h.clone_from(&request.headers);
-            h.insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
-        }
-        let req = match builder.body(Full::new(request.body.clone())) {
-            Ok(r) => r,
-            Err(e) => return Attempt::Failed(format!("building request: {e}")),
+        let mut req = Request::new(Full::new(request.body.clone()));
+        *req.method_mut() = request.method.clone();
+        let Some(uri) = request.uri(endpoint) else {
+            return Attempt::Unsendable;
         };
+        *req.uri_mut() = uri;
+        let headers = req.headers_mut();
+        headers.clone_from(&request.headers);
+        headers.insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
         let exchange = async {
             let resp = match self.client.request(req).await {
                 Ok(r) => r,
@@ -274,7 +309,7 @@ impl Replayer {
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(a) => a,
-            Err(_) => Attempt::Failed("per-try timeout".into()),
+            Err(_) => Attempt::TimedOut,
         }
     }
 }
@@ -359,5 +394,29 @@ mod tests {
             Bytes::new(),
         );
         assert!(absolute.is_err());
+        // What `http::Uri` rejects, a fragment it would drop, a tunnel:
+        // the request's own fault, found before any endpoint is tried.
+        for (method, path) in [
+            ("GET", "/a<b>"),
+            ("GET", "/a b"),
+            ("GET", "/a#b"),
+            ("CONNECT", "/"),
+        ] {
+            let r = Prepared::from_envoy(
+                &[h(":method", method.as_bytes()), h(":path", path.as_bytes())],
+                Bytes::new(),
+            );
+            assert!(
+                matches!(r, Err(Unreplayable::BadPath | Unreplayable::Tunnel)),
+                "{method} {path}: {r:?}"
+            );
+        }
+        // Braces and quotes in a path, as some clients send them, are
+        // carried as they came.
+        let braces = Prepared::from_envoy(
+            &[h(":method", b"GET"), h(":path", br#"/q/{"a"}?x=1"#)],
+            Bytes::new(),
+        );
+        assert_eq!(braces.expect("replayable").path, r#"/q/{"a"}?x=1"#);
     }
 }

@@ -22,6 +22,11 @@ use crate::{
     replay::{Attempt, BufferBudget, Prepared, Replayed, Replayer},
 };
 
+/// Below this much time left, a replay is not started (or `per_try_timeout`,
+/// if shorter): it could not finish, and its timeout would be blamed on an
+/// endpoint that did nothing wrong.
+const MIN_REPLAY_TIME: Duration = Duration::from_millis(50);
+
 /// Shared by every stream: the budget, the client and the limits.
 #[derive(Debug)]
 pub struct Rescuer {
@@ -132,22 +137,11 @@ impl Rescuer {
         };
         let mut tried: Vec<SocketAddr> = job.failed.to_vec();
         for replay in 1..=self.cfg.max_attempts {
-            if Instant::now() >= job.deadline {
-                return Err(Outcome::NoTimeLeft);
-            }
-            let pause = self.backoff.delay(replay);
-            if !pause.is_zero() {
-                tokio::time::sleep_until(later(Instant::now(), pause).min(job.deadline)).await;
-            }
-            let endpoint = match picker::pick(&cluster, &tried, self.registry.now_ms()) {
-                Some(e) => e,
-                None => self.hold(&cluster, job.deadline).await?,
-            };
+            let endpoint = self.next(&cluster, &tried, replay, job.deadline).await?;
+            let timeout = self.time_for_one(job.deadline)?;
             if !self.budget.try_withdraw() {
                 return Err(Outcome::BudgetExhausted);
             }
-            let remaining = job.deadline.saturating_duration_since(Instant::now());
-            let timeout = self.cfg.per_try_timeout.min(remaining);
             let attempt = {
                 let _in_flight = endpoint.start_request();
                 self.replayer
@@ -155,41 +149,102 @@ impl Rescuer {
                     .await
             };
             tried.push(endpoint.addr);
-            match attempt {
-                Attempt::Response(r) => match self.judge(&r, job.facts, endpoint.addr) {
-                    Decision::Rescue => {
-                        self.metrics.attempt(AttemptResult::Retriable);
-                        self.registry.observe_failure(endpoint.addr);
-                    }
-                    _ => {
-                        self.metrics.attempt(AttemptResult::Response);
-                        if r.status < 500 {
-                            self.registry.observe_success(endpoint.addr);
-                        }
-                        return Ok(r);
-                    }
-                },
-                Attempt::ConnectFailed => {
-                    self.metrics.attempt(AttemptResult::ConnectFailure);
-                    self.registry.observe_failure(endpoint.addr);
-                }
-                Attempt::TooLarge => {
-                    self.metrics.attempt(AttemptResult::Response);
-                    return Err(Outcome::ResponseTooLarge);
-                }
-                Attempt::Failed(why) => {
-                    self.metrics.attempt(AttemptResult::Failed);
-                    tracing::debug!(endpoint = %endpoint.addr, why, "replay failed");
-                    self.registry.observe_failure(endpoint.addr);
-                    // The app may have this one now: only an idempotent
-                    // request may go out again.
-                    if !safety::is_safe(classify::Reached::Maybe, job.facts) {
-                        return Err(Outcome::StoppedUnsafe);
-                    }
-                }
+            if let Some(r) = self.outcome_of(attempt, job.facts, endpoint.addr, timeout)? {
+                return Ok(r);
             }
         }
         Err(Outcome::AttemptsExhausted)
+    }
+
+    /// The endpoint for replay number `replay`, after its backoff: one not
+    /// tried yet, or the first to become usable while held.
+    async fn next(
+        &self,
+        cluster: &Cluster,
+        tried: &[SocketAddr],
+        replay: u32,
+        deadline: Instant,
+    ) -> Result<Arc<Endpoint>, Outcome> {
+        if Instant::now() >= deadline {
+            return Err(Outcome::NoTimeLeft);
+        }
+        let pause = self.backoff.delay(replay);
+        if !pause.is_zero() {
+            tokio::time::sleep_until(later(Instant::now(), pause).min(deadline)).await;
+        }
+        match picker::pick(cluster, tried, self.registry.now_ms()) {
+            Some(e) => Ok(e),
+            None => self.hold(cluster, deadline).await,
+        }
+    }
+
+    /// The time one replay may take: `per_try_timeout`, cut to what is left
+    /// before the deadline. A replay that would have almost none (the
+    /// backoff or a hold ran up to the deadline) is not sent at all: it
+    /// could only time out, and the endpoint would be blamed for it.
+    fn time_for_one(&self, deadline: Instant) -> Result<Duration, Outcome> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining < MIN_REPLAY_TIME.min(self.cfg.per_try_timeout) {
+            return Err(Outcome::NoTimeLeft);
+        }
+        Ok(self.cfg.per_try_timeout.min(remaining))
+    }
+
+    /// Learns from one attempt (passive health, metrics): the response to
+    /// answer with, `None` to try another endpoint, or why the rescue ends.
+    /// Only a failure that is the endpoint's fault counts against it.
+    fn outcome_of(
+        &self,
+        attempt: Attempt,
+        facts: RequestFacts,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Option<Replayed>, Outcome> {
+        let failed = match attempt {
+            Attempt::Response(r) => return Ok(self.answered(r, facts, addr)),
+            Attempt::ConnectFailed => {
+                self.metrics.attempt(AttemptResult::ConnectFailure);
+                self.registry.observe_failure(addr);
+                return Ok(None);
+            }
+            Attempt::TooLarge => {
+                self.metrics.attempt(AttemptResult::Response);
+                return Err(Outcome::ResponseTooLarge);
+            }
+            // Nothing was sent: the request's fault, no endpoint's.
+            Attempt::Unsendable => return Err(Outcome::Unreplayable),
+            // A timeout the deadline cut short says nothing of the endpoint.
+            Attempt::TimedOut => timeout >= self.cfg.per_try_timeout,
+            Attempt::Failed(why) => {
+                tracing::debug!(endpoint = %addr, why, "replay failed");
+                true
+            }
+        };
+        self.metrics.attempt(AttemptResult::Failed);
+        if failed {
+            self.registry.observe_failure(addr);
+        }
+        // The app may have this one now: only an idempotent request may go
+        // out again.
+        if !safety::is_safe(classify::Reached::Maybe, facts) {
+            return Err(Outcome::StoppedUnsafe);
+        }
+        Ok(None)
+    }
+
+    /// A replayed response: the one to answer with, or `None` when the
+    /// policy would retry it.
+    fn answered(&self, r: Replayed, facts: RequestFacts, addr: SocketAddr) -> Option<Replayed> {
+        if self.judge(&r, facts, addr) == Decision::Rescue {
+            self.metrics.attempt(AttemptResult::Retriable);
+            self.registry.observe_failure(addr);
+            return None;
+        }
+        self.metrics.attempt(AttemptResult::Response);
+        if r.status < 500 {
+            self.registry.observe_success(addr);
+        }
+        Some(r)
     }
 
     /// Would the policy retry this replayed response?
