@@ -120,6 +120,27 @@ pub struct Observed<'a> {
     pub endpoint: Option<State>,
 }
 
+impl Observed<'_> {
+    /// A response as its status and headers describe it (found through
+    /// `header`, by lowercase name): the one place the header signals are
+    /// read, whoever holds the headers. Envoy's flags and details, and the
+    /// registry's view of the endpoint, are added by whoever knows them.
+    pub fn response<'h>(
+        status: u16,
+        drain_header: &str,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+    ) -> Self {
+        Self {
+            status,
+            connection_close: header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"close")),
+            drain_header: header(drain_header).is_some(),
+            overloaded: header("x-envoy-overloaded").is_some(),
+            ..Default::default()
+        }
+    }
+}
+
 /// Sorts a response into its cause.
 pub fn classify(r: &Observed<'_>) -> Cause {
     use flags::*;

@@ -202,18 +202,29 @@ impl BufferBudget {
 
 /// Bytes taken from a [`BufferBudget`], given back on drop.
 #[derive(Debug)]
-struct Reservation {
+pub struct Reservation {
     budget: Arc<BufferBudget>,
     bytes: usize,
 }
 
 impl Reservation {
-    fn take(&mut self, n: usize) -> bool {
+    /// Nothing taken yet from `budget`.
+    pub fn new(budget: Arc<BufferBudget>) -> Self {
+        Self { budget, bytes: 0 }
+    }
+
+    /// Takes `n` more bytes; false (nothing taken) past the limit.
+    pub fn take(&mut self, n: usize) -> bool {
         let ok = self.budget.reserve(n);
         if ok {
             self.bytes += n;
         }
         ok
+    }
+
+    /// Gives back everything taken so far.
+    pub fn release_all(&mut self) {
+        self.budget.release(std::mem::take(&mut self.bytes));
     }
 }
 
@@ -321,10 +332,7 @@ impl Replayer {
         &self,
         mut body: hyper::body::Incoming,
     ) -> Result<(Bytes, Reservation), Attempt> {
-        let mut reserved = Reservation {
-            budget: std::sync::Arc::clone(&self.buffers),
-            bytes: 0,
-        };
+        let mut reserved = Reservation::new(Arc::clone(&self.buffers));
         let mut out = bytes::BytesMut::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| Attempt::Failed(format!("reading body: {e}")))?;

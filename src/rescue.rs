@@ -19,7 +19,7 @@ use crate::{
     endpoints::{picker, Cluster, Endpoint, Registry},
     metrics::{AttemptResult, Metrics, Outcome},
     policy::{self, safety, Backoff, Budget, Decision, RequestFacts},
-    replay::{Attempt, BufferBudget, Prepared, Replayed, Replayer},
+    replay::{Attempt, BufferBudget, Prepared, Replayed, Replayer, Reservation},
 };
 
 /// Below this much time left, a replay is not started (or `per_try_timeout`,
@@ -42,15 +42,19 @@ pub struct Rescuer {
     buffers: Arc<BufferBudget>,
 }
 
-/// One rescue's inputs.
+/// One rescue: decided on when the response headers are judged, run when
+/// the stream next asks for a reply.
 #[derive(Debug)]
-pub struct Job<'a> {
-    pub request: &'a Prepared,
+pub struct Job {
+    pub request: Prepared,
     pub facts: RequestFacts,
-    pub cluster: Option<&'a str>,
+    pub cluster: Option<String>,
     /// The endpoints that failed it already (not tried again at once).
-    pub failed: &'a [SocketAddr],
+    pub failed: Vec<SocketAddr>,
     pub deadline: Instant,
+    /// The captured body's share of `limits.max_buffered_bytes`, held
+    /// until the rescue ends.
+    pub reserved: Reservation,
 }
 
 /// How a rescue ended, for the stream to answer Envoy.
@@ -85,14 +89,10 @@ impl Rescuer {
         }
     }
 
-    /// Reserves `n` bytes of body capture; false past
-    /// `limits.max_buffered_bytes`.
-    pub fn reserve(&self, n: usize) -> bool {
-        self.buffers.reserve(n)
-    }
-
-    pub fn release(&self, n: usize) {
-        self.buffers.release(n);
+    /// An empty share of `limits.max_buffered_bytes`, for a request body
+    /// to be captured into.
+    pub fn reservation(&self) -> Reservation {
+        Reservation::new(Arc::clone(&self.buffers))
     }
 
     /// Body bytes held now, across every stream (replayed responses
@@ -107,7 +107,7 @@ impl Rescuer {
         self.buffers.max()
     }
 
-    pub async fn run(&self, job: Job<'_>) -> Ending {
+    pub async fn run(&self, job: Job) -> Ending {
         let started = Instant::now();
         let outcome = self.attempts(&job).await;
         let (outcome, ending) = match outcome {
@@ -129,13 +129,13 @@ impl Rescuer {
         ending
     }
 
-    async fn attempts(&self, job: &Job<'_>) -> Result<Replayed, Outcome> {
-        let Some(cluster) = self.registry.cluster(job.cluster) else {
+    async fn attempts(&self, job: &Job) -> Result<Replayed, Outcome> {
+        let Some(cluster) = self.registry.cluster(job.cluster.as_deref()) else {
             // No endpoint is known for this cluster: no target, and never
             // another cluster's endpoints.
             return Err(Outcome::UnknownCluster);
         };
-        let mut tried: Vec<SocketAddr> = job.failed.to_vec();
+        let mut tried: Vec<SocketAddr> = job.failed.clone();
         for replay in 1..=self.cfg.max_attempts {
             let endpoint = self.next(&cluster, &tried, replay, job.deadline).await?;
             let timeout = self.time_for_one(job.deadline)?;
@@ -145,7 +145,7 @@ impl Rescuer {
             let attempt = {
                 let _in_flight = endpoint.start_request();
                 self.replayer
-                    .send(endpoint.addr, job.request, replay + 1, timeout)
+                    .send(endpoint.addr, &job.request, replay + 1, timeout)
                     .await
             };
             tried.push(endpoint.addr);
@@ -249,21 +249,32 @@ impl Rescuer {
 
     /// Would the policy retry this replayed response?
     fn judge(&self, r: &Replayed, facts: RequestFacts, addr: SocketAddr) -> Decision {
-        let header = |name: &str| r.headers.get(name);
         let cause = classify::classify(&Observed {
-            status: r.status,
             details: "via_upstream",
-            connection_close: header("connection")
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close")),
-            drain_header: header(&self.cfg.drain_header).is_some(),
-            overloaded: header("x-envoy-overloaded").is_some(),
             endpoint: self.registry.state_of(addr),
-            ..Default::default()
+            ..Observed::response(r.status, &self.cfg.drain_header, |name| {
+                r.headers.get(name).map(|v| v.as_bytes())
+            })
         });
         if cause == Cause::Success {
             return Decision::NotRetriable;
         }
         policy::decide(cause, facts, self.cfg.retry_plain_503)
+    }
+
+    /// Why the response Envoy got from `upstream` failed; passive health
+    /// learns from it when the failure is the endpoint's own.
+    pub fn learn(&self, observed: Observed<'_>, upstream: Option<SocketAddr>) -> Cause {
+        let cause = classify::classify(&Observed {
+            endpoint: upstream.and_then(|a| self.registry.state_of(a)),
+            ..observed
+        });
+        if let Some(addr) = upstream {
+            if cause.blames_endpoint() {
+                self.registry.observe_failure(addr);
+            }
+        }
+        cause
     }
 
     /// Waits for a usable endpoint until the deadline: woken by any change

@@ -81,6 +81,54 @@ pub fn plan(
     }
 }
 
+impl Plan {
+    /// The request headers that hand this plan to Envoy, as (name, value):
+    /// the endpoint list in `list_header` and the retry policy that goes
+    /// with it. A `None` value removes the header: with no list, a client's
+    /// own never reaches Envoy.
+    pub fn headers<'a>(
+        &self,
+        list_header: &'a str,
+        drain_header: &'a str,
+    ) -> Vec<(&'a str, Option<String>)> {
+        if self.endpoints.is_empty() {
+            return vec![(list_header, None)];
+        }
+        let mut out = vec![
+            (list_header, Some(header_value(&self.endpoints))),
+            ("x-envoy-retry-on", Some(self.retry_on.to_string())),
+            (
+                "x-envoy-retriable-header-names",
+                Some(drain_header.to_string()),
+            ),
+            ("x-envoy-max-retries", Some(self.max_retries.to_string())),
+            (
+                "x-envoy-upstream-rq-per-try-timeout-ms",
+                Some(self.per_try_timeout_ms.to_string()),
+            ),
+        ];
+        if self.retry_503 {
+            out.push(("x-envoy-retriable-status-codes", Some("503".to_string())));
+        }
+        out
+    }
+}
+
+/// Passive health from a steered response: Envoy went down the list, so
+/// the endpoints before the one that answered failed this request.
+pub fn learn(
+    registry: &Registry,
+    steered: &[SocketAddr],
+    attempts: u64,
+    answered: Option<SocketAddr>,
+) {
+    if attempts > 1 {
+        for e in failed_before(steered, attempts, answered) {
+            registry.observe_failure(*e);
+        }
+    }
+}
+
 /// Usable endpoints, least loaded first, ties in random order (so load
 /// spreads), at most `max`.
 fn order(endpoints: &[std::sync::Arc<Endpoint>], now_ms: u64, max: usize) -> Vec<SocketAddr> {

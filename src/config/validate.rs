@@ -212,7 +212,15 @@ impl Config {
         }
     }
 
+    /// Listeners, discovery sources and TLS: what the server wires up.
     fn check_wiring(&self, p: &mut Problems) {
+        self.check_listeners(p);
+        self.check_static(p);
+        self.check_tls(p);
+        self.check_kubernetes(p);
+    }
+
+    fn check_listeners(&self, p: &mut Problems) {
         let l = &self.listen;
         if l.grpc == l.admin && l.grpc.port() != 0 {
             p.add("listen.admin", "is the same address as listen.grpc");
@@ -225,38 +233,49 @@ impl Config {
                 );
             }
         }
+    }
+
+    fn check_static(&self, p: &mut Problems) {
         let e = &self.endpoints;
-        if !e.default.is_empty() {
-            if e.static_cluster.is_empty() {
-                p.add(
-                    "endpoints.static_cluster",
-                    "must name the cluster of endpoints.static",
-                );
-            } else if e.clusters.contains_key(&e.static_cluster) {
-                p.add(
-                    "endpoints.static",
-                    format!(
-                        "cluster {:?} also has a list in endpoints.clusters: one would be ignored",
-                        e.static_cluster
-                    ),
-                );
-            }
+        if e.default.is_empty() {
+            return;
         }
+        if e.static_cluster.is_empty() {
+            p.add(
+                "endpoints.static_cluster",
+                "must name the cluster of endpoints.static",
+            );
+        } else if e.clusters.contains_key(&e.static_cluster) {
+            p.add(
+                "endpoints.static",
+                format!(
+                    "cluster {:?} also has a list in endpoints.clusters: one would be ignored",
+                    e.static_cluster
+                ),
+            );
+        }
+    }
+
+    fn check_tls(&self, p: &mut Problems) {
         let t = &self.grpc_tls;
-        if t.enabled() {
-            for (key, file) in [
-                ("grpc_tls.cert_file", &t.cert_file),
-                ("grpc_tls.key_file", &t.key_file),
-                ("grpc_tls.client_ca_file", &t.client_ca_file),
-            ] {
-                if file.is_empty() {
-                    p.add(
-                        key,
-                        "must be set: mTLS needs a certificate, its key and the client CA",
-                    );
-                }
+        if !t.enabled() {
+            return;
+        }
+        for (key, file) in [
+            ("grpc_tls.cert_file", &t.cert_file),
+            ("grpc_tls.key_file", &t.key_file),
+            ("grpc_tls.client_ca_file", &t.client_ca_file),
+        ] {
+            if file.is_empty() {
+                p.add(
+                    key,
+                    "must be set: mTLS needs a certificate, its key and the client CA",
+                );
             }
         }
+    }
+
+    fn check_kubernetes(&self, p: &mut Problems) {
         let k = &self.kubernetes;
         if k.enabled && k.services.is_empty() {
             p.add(

@@ -98,15 +98,13 @@ impl Upstream {
 /// One failed attempt, as Envoy describes it.
 #[derive(Clone, Copy, Debug)]
 pub struct Failed<'a> {
-    pub status: u16,
+    /// The status and the header signals of the failed response.
+    pub response: Observed<'a>,
     pub upstream: Upstream,
     pub cluster: Option<&'a str>,
     /// Envoy's request id: the same on every attempt of one request.
     pub request_id: Option<&'a str>,
     pub facts: RequestFacts,
-    pub drain_header: bool,
-    pub connection_close: bool,
-    pub overloaded: bool,
 }
 
 /// mulligan's answer on one failed attempt.
@@ -163,16 +161,12 @@ impl Decider {
         let cause = match f.upstream {
             Upstream::Hold => Cause::NoHealthyUpstream,
             _ => classify::classify(&Observed {
-                status: f.status,
                 details: "via_upstream",
-                connection_close: f.connection_close,
-                drain_header: f.drain_header,
-                overloaded: f.overloaded,
                 endpoint: f
                     .upstream
                     .endpoint()
                     .and_then(|a| self.registry.state_of(a)),
-                ..Default::default()
+                ..f.response
             }),
         };
         self.learn(f.upstream, cause);

@@ -5,7 +5,7 @@
 //! the attribute's full dotted name; numbers arrive as doubles.
 
 use envoy_types::pb::{
-    envoy::service::ext_proc::v3::ProcessingRequest,
+    envoy::{config::core::v3::HeaderMap, service::ext_proc::v3::ProcessingRequest},
     google::protobuf::{value::Kind, Struct},
 };
 
@@ -46,6 +46,24 @@ impl<'a> Attributes<'a> {
             Kind::StringValue(s) => s.parse().ok().filter(|n: &f64| n.is_finite()),
             _ => None,
         }
+    }
+
+    /// The response status: Envoy's `response.code`, else the `:status`
+    /// header; 0 when neither is a valid HTTP status. A code past u16 is no
+    /// HTTP status (a plain cast would wrap 66039 to 503).
+    pub fn status(&self, headers: Option<&HeaderMap>) -> u16 {
+        self.uint("response.code")
+            .or_else(|| {
+                super::header_value(headers, ":status")
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+            })
+            .and_then(|s| u16::try_from(s).ok())
+            .unwrap_or(0)
+    }
+
+    /// The upstream endpoint Envoy reports, when it is an address.
+    pub fn upstream(&self) -> Option<std::net::SocketAddr> {
+        self.str("upstream.address")?.parse().ok()
     }
 
     /// A non-negative integer attribute (status codes, flags, counts).

@@ -7,6 +7,7 @@
 //! everything it holds is dropped at once.
 
 mod attributes;
+mod capture;
 mod decide;
 mod exchange;
 mod headers;
