@@ -5,7 +5,7 @@
 //! are errors: a typo in a safety setting must not silently fall back to a
 //! default.
 
-use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
 use serde::Deserialize;
 
@@ -477,25 +477,14 @@ pub struct Endpoints {
 }
 
 /// A configuration error, located in its file.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
 pub struct ConfigError {
     pub file: String,
     pub line: usize,
     pub column: usize,
     pub message: String,
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.column, self.message
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 impl Config {
     /// Reads and parses `path`; errors name the file, line and column.

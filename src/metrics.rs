@@ -10,7 +10,7 @@ use metrics::{
     Gauge, Histogram,
 };
 
-use crate::{classify::Cause, labels::labels, policy::Decision};
+use crate::{classify::Cause, labels::labels, policy::Decision, replay::Failure};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// The process-wide Prometheus recorder; installed on first use.
@@ -135,6 +135,7 @@ pub struct Metrics {
     answers: [Counter; Answer::COUNT],
     outcomes: [Counter; Outcome::COUNT],
     attempts: [Counter; AttemptResult::COUNT],
+    replay_failures: [Counter; Failure::COUNT],
     held: Gauge,
     rescue_seconds: Histogram,
     /// Steered requests: [listed endpoints, none usable] × [observed, not].
@@ -165,6 +166,8 @@ impl Metrics {
                 .map(|o| counter!("mulligan_rescues_total", "outcome" => o.as_str())),
             attempts: AttemptResult::ALL
                 .map(|a| counter!("mulligan_replay_attempts_total", "result" => a.as_str())),
+            replay_failures: Failure::ALL
+                .map(|f| counter!("mulligan_replay_failures_total", "why" => f.as_str())),
             held: gauge!("mulligan_rescue_held"),
             steered: [false, true].map(|empty| {
                 [true, false].map(|observe| {
@@ -196,6 +199,12 @@ impl Metrics {
 
     pub fn attempt(&self, result: AttemptResult) {
         self.attempts[result as usize].increment(1);
+    }
+
+    /// A replay that was sent and got no usable response, by why.
+    pub fn replay_failed(&self, why: Failure) {
+        self.attempts[AttemptResult::Failed as usize].increment(1);
+        self.replay_failures[why as usize].increment(1);
     }
 
     /// A request was steered (or found no usable endpoint to steer to).
@@ -270,6 +279,10 @@ fn describe() {
     describe_counter!(
         "mulligan_replay_attempts_total",
         "replays sent to an endpoint, by result"
+    );
+    describe_counter!(
+        "mulligan_replay_failures_total",
+        "replays sent that got no usable response, by why (timeout, broken, body_cut)"
     );
     describe_counter!(
         "mulligan_steered_total",

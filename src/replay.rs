@@ -25,7 +25,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 
-use crate::config;
+use crate::{config, labels::labels};
 
 /// The header that numbers attempts: the original is 1, the first replay 2.
 pub const ATTEMPT_HEADER: &str = "x-mulligan-attempt";
@@ -247,10 +247,20 @@ pub enum Attempt {
     /// The request could not be put on the wire: its fault, not the
     /// endpoint's (nothing was sent).
     Unsendable,
-    /// `timeout` ran out: the app may have the request.
-    TimedOut,
-    /// Broke after the request was sent: the app may have it.
-    Failed(String),
+    /// Timed out or broke after the request was sent: the app may have it.
+    Failed(Failure),
+}
+
+labels! {
+    /// Why a replay that was sent got no usable response.
+    pub enum Failure {
+        /// `timeout` ran out, connect to last body byte.
+        Timeout => "timeout",
+        /// The connection broke before the response headers.
+        Broken => "broken",
+        /// The response body was cut short.
+        BodyCut => "body_cut",
+    }
 }
 
 /// The pooled HTTP client replays go through.
@@ -305,7 +315,10 @@ impl Replayer {
             let resp = match self.client.request(req).await {
                 Ok(r) => r,
                 Err(e) if e.is_connect() => return Attempt::ConnectFailed,
-                Err(e) => return Attempt::Failed(format!("{e}")),
+                Err(e) => {
+                    tracing::debug!(endpoint = %endpoint, error = %e, "replay broke");
+                    return Attempt::Failed(Failure::Broken);
+                }
             };
             let (parts, body) = resp.into_parts();
             match self.read_body(body).await {
@@ -320,7 +333,7 @@ impl Replayer {
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(a) => a,
-            Err(_) => Attempt::TimedOut,
+            Err(_) => Attempt::Failed(Failure::Timeout),
         }
     }
 }
@@ -335,7 +348,7 @@ impl Replayer {
         let mut reserved = Reservation::new(Arc::clone(&self.buffers));
         let mut out = bytes::BytesMut::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| Attempt::Failed(format!("reading body: {e}")))?;
+            let frame = frame.map_err(|_| Attempt::Failed(Failure::BodyCut))?;
             let Ok(chunk) = frame.into_data() else {
                 continue; // trailers: not replayed
             };

@@ -19,7 +19,7 @@ use crate::{
     endpoints::{picker, Cluster, Endpoint, Registry},
     metrics::{AttemptResult, Metrics, Outcome},
     policy::{self, safety, Backoff, Budget, Decision, RequestFacts},
-    replay::{Attempt, BufferBudget, Prepared, Replayed, Replayer, Reservation},
+    replay::{Attempt, BufferBudget, Failure, Prepared, Replayed, Replayer, Reservation},
 };
 
 /// Below this much time left, a replay is not started (or `per_try_timeout`,
@@ -200,7 +200,7 @@ impl Rescuer {
         addr: SocketAddr,
         timeout: Duration,
     ) -> Result<Option<Replayed>, Outcome> {
-        let failed = match attempt {
+        let blame = match attempt {
             Attempt::Response(r) => return Ok(self.answered(r, facts, addr)),
             Attempt::ConnectFailed => {
                 self.metrics.attempt(AttemptResult::ConnectFailure);
@@ -213,15 +213,14 @@ impl Rescuer {
             }
             // Nothing was sent: the request's fault, no endpoint's.
             Attempt::Unsendable => return Err(Outcome::Unreplayable),
-            // A timeout the deadline cut short says nothing of the endpoint.
-            Attempt::TimedOut => timeout >= self.cfg.per_try_timeout,
             Attempt::Failed(why) => {
-                tracing::debug!(endpoint = %addr, why, "replay failed");
-                true
+                self.metrics.replay_failed(why);
+                tracing::debug!(endpoint = %addr, why = why.as_str(), "replay failed");
+                // A timeout the deadline cut short says nothing of the endpoint.
+                why != Failure::Timeout || timeout >= self.cfg.per_try_timeout
             }
         };
-        self.metrics.attempt(AttemptResult::Failed);
-        if failed {
+        if blame {
             self.registry.observe_failure(addr);
         }
         // The app may have this one now: only an idempotent request may go

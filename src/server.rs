@@ -105,7 +105,7 @@ async fn start_sources(
         let path = std::path::PathBuf::from(&cfg.endpoints.eds_file);
         match eds_file::load(registry, &path) {
             Ok(n) => tracing::info!(file = %path.display(), clusters = n, "eds file loaded"),
-            Err(e) => tracing::warn!(error = e, "eds file not loaded yet; following it"),
+            Err(e) => tracing::warn!(error = %e, "eds file not loaded yet; following it"),
         }
         sources.push(eds_file::spawn(
             Arc::clone(registry),
