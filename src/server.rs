@@ -16,7 +16,7 @@ use crate::{
     config::Config,
     control::Control,
     drain::Drain,
-    endpoints::{eds_file, kubernetes, probe, Registry},
+    endpoints::{eds_file, probe, Registry},
     ext_proc::{self, Context, ExtProc},
     metrics::Metrics,
 };
@@ -114,13 +114,34 @@ async fn start_sources(
         ));
     }
     if cfg.kubernetes.enabled {
-        let tasks = kubernetes::spawn(Arc::clone(registry), Arc::clone(drain), &cfg.kubernetes)
-            .await
-            .context("starting Kubernetes discovery")?;
-        sources.extend(tasks);
+        sources.extend(kubernetes(cfg, registry, drain).await?);
     }
     sources.extend(probe::spawn(Arc::clone(registry), &cfg.probe));
     Ok(sources)
+}
+
+#[cfg(feature = "kubernetes")]
+async fn kubernetes(
+    cfg: &Config,
+    registry: &Arc<Registry>,
+    drain: &Arc<Drain>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    crate::endpoints::kubernetes::spawn(Arc::clone(registry), Arc::clone(drain), &cfg.kubernetes)
+        .await
+        .context("starting Kubernetes discovery")
+}
+
+/// Validation refuses `kubernetes.enabled` in this build before `serve`
+/// gets here; this is for a config built by hand.
+#[cfg(not(feature = "kubernetes"))]
+async fn kubernetes(
+    _: &Config,
+    _: &Arc<Registry>,
+    _: &Arc<Drain>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    anyhow::bail!(
+        "kubernetes.enabled, but this mulligan was built without the `kubernetes` feature"
+    )
 }
 
 /// The gRPC port (ext_proc and health), serving until the drain begins.

@@ -1,6 +1,7 @@
 //! Kubernetes discovery against a stand-in API server speaking the list and
 //! watch protocol with real Kubernetes JSON (`support::kube_api`), then end
 //! to end: API events drive the registry while real Envoy serves traffic.
+#![cfg(feature = "kubernetes")]
 mod support;
 
 use std::time::{Duration, Instant};

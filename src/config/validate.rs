@@ -296,6 +296,13 @@ impl Config {
                 );
             }
         }
+        if k.enabled && !cfg!(feature = "kubernetes") {
+            p.add(
+                "kubernetes.enabled",
+                "this mulligan was built without Kubernetes discovery (cargo feature \
+                 `kubernetes`): use a build with it, or endpoints.static / endpoints.eds_file",
+            );
+        }
     }
 }
 
@@ -400,6 +407,23 @@ mod tests {
             assert!(err
                 .to_string()
                 .starts_with(&format!("m.toml:{}:{}: ", at.0, at.1)));
+        }
+    }
+
+    #[test]
+    fn kubernetes_discovery_needs_the_kubernetes_feature() {
+        let text = "[kubernetes]\nenabled = true\n[[kubernetes.services]]\nname = \"app\"\n";
+        let parsed = Config::parse("m.toml", text);
+        if cfg!(feature = "kubernetes") {
+            parsed.expect("valid in a build with Kubernetes discovery");
+        } else {
+            let err = parsed.expect_err("refused in a build without it");
+            assert!(
+                err.to_string().starts_with(
+                    "m.toml:2:11: kubernetes.enabled: this mulligan was built without"
+                ),
+                "{err}"
+            );
         }
     }
 

@@ -11,6 +11,7 @@
 //! - [`picker`]: the choice of endpoint for one replay.
 
 pub mod eds_file;
+#[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod picker;
 pub mod probe;
