@@ -13,7 +13,7 @@ use crate::config::{Config, LogFormat};
     version,
     about = "Turns rollout 503s into safe, transient retries behind Envoy"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }

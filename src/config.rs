@@ -50,7 +50,7 @@ pub struct GrpcTls {
 }
 
 impl GrpcTls {
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         !(self.cert_file.is_empty() && self.key_file.is_empty() && self.client_ca_file.is_empty())
     }
 }
@@ -488,7 +488,7 @@ pub struct ConfigError {
 
 impl Config {
     /// Reads and parses `path`; errors name the file, line and column.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),

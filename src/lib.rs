@@ -30,13 +30,13 @@
 //! - `fuzzing` (feature `fuzzing`) feeds untrusted bytes to the protocol, the classifier and
 //!   the config parser, and checks what must hold whatever they are.
 
-pub mod access;
-pub mod admin;
+pub(crate) mod access;
+pub(crate) mod admin;
 pub mod classify;
 pub mod cli;
 pub mod config;
-pub mod control;
-pub mod decide;
+pub(crate) mod control;
+pub(crate) mod decide;
 pub mod drain;
 pub mod endpoints;
 pub mod ext_proc;
@@ -46,11 +46,11 @@ pub mod fuzzing;
 mod labels;
 pub mod metrics;
 pub mod policy;
-pub mod replay;
-pub mod rescue;
-pub mod server;
-pub mod steer;
-pub mod telemetry;
+pub(crate) mod replay;
+pub(crate) mod rescue;
+pub(crate) mod server;
+pub(crate) mod steer;
+pub(crate) mod telemetry;
 
 /// mulligan's own control API (`proto/mulligan/v1`).
 pub mod proto {

@@ -31,7 +31,7 @@ use crate::{config, labels::labels};
 pub const ATTEMPT_HEADER: &str = "x-mulligan-attempt";
 
 /// Headers that describe one connection, not the request (RFC 9110 §7.6.1).
-pub fn hop_by_hop(name: &str) -> bool {
+pub(crate) fn hop_by_hop(name: &str) -> bool {
     matches!(
         name,
         "connection"
@@ -73,7 +73,7 @@ pub enum Unreplayable {
 impl Prepared {
     /// Rebuilds the request from the headers Envoy sent in the request
     /// headers phase and the captured body.
-    pub fn from_envoy(headers: &[EnvoyHeader], body: Bytes) -> Result<Self, Unreplayable> {
+    pub(crate) fn from_envoy(headers: &[EnvoyHeader], body: Bytes) -> Result<Self, Unreplayable> {
         let (mut method, mut path, mut authority) = (None, None, None);
         let mut map = HeaderMap::with_capacity(headers.len());
         for h in headers {
@@ -115,10 +115,6 @@ impl Prepared {
             headers: map,
             body,
         })
-    }
-
-    pub fn method(&self) -> &Method {
-        &self.method
     }
 
     /// The URI for `endpoint`, from parts already checked.
@@ -168,7 +164,7 @@ pub struct BufferBudget {
 }
 
 impl BufferBudget {
-    pub fn new(max: usize) -> Arc<Self> {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             used: AtomicUsize::new(0),
             max,
@@ -176,7 +172,7 @@ impl BufferBudget {
     }
 
     /// Takes `n` bytes; false (nothing taken) past the limit.
-    pub fn reserve(&self, n: usize) -> bool {
+    pub(crate) fn reserve(&self, n: usize) -> bool {
         let before = self.used.fetch_add(n, Ordering::AcqRel);
         if before.saturating_add(n) > self.max {
             self.used.fetch_sub(n, Ordering::AcqRel);
@@ -185,17 +181,19 @@ impl BufferBudget {
         true
     }
 
-    pub fn release(&self, n: usize) {
+    pub(crate) fn release(&self, n: usize) {
         if n > 0 {
             self.used.fetch_sub(n, Ordering::AcqRel);
         }
     }
 
-    pub fn used(&self) -> usize {
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
     }
 
-    pub fn max(&self) -> usize {
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn max(&self) -> usize {
         self.max
     }
 }
@@ -209,12 +207,12 @@ pub struct Reservation {
 
 impl Reservation {
     /// Nothing taken yet from `budget`.
-    pub fn new(budget: Arc<BufferBudget>) -> Self {
+    pub(crate) fn new(budget: Arc<BufferBudget>) -> Self {
         Self { budget, bytes: 0 }
     }
 
     /// Takes `n` more bytes; false (nothing taken) past the limit.
-    pub fn take(&mut self, n: usize) -> bool {
+    pub(crate) fn take(&mut self, n: usize) -> bool {
         let ok = self.budget.reserve(n);
         if ok {
             self.bytes += n;
@@ -223,7 +221,7 @@ impl Reservation {
     }
 
     /// Gives back everything taken so far.
-    pub fn release_all(&mut self) {
+    pub(crate) fn release_all(&mut self) {
         self.budget.release(std::mem::take(&mut self.bytes));
     }
 }
@@ -272,7 +270,7 @@ pub struct Replayer {
 }
 
 impl Replayer {
-    pub fn new(cfg: &config::Rescue, buffers: Arc<BufferBudget>) -> Self {
+    pub(crate) fn new(cfg: &config::Rescue, buffers: Arc<BufferBudget>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.per_try_timeout));
@@ -295,7 +293,7 @@ impl Replayer {
 
     /// Sends `request` to `endpoint` as attempt number `attempt` (2 for the
     /// first replay), bounded by `timeout` from connect to last body byte.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         endpoint: SocketAddr,
         request: &Prepared,

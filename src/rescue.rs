@@ -54,7 +54,7 @@ pub struct Job {
     pub deadline: Instant,
     /// The captured body's share of `limits.max_buffered_bytes`, held
     /// until the rescue ends.
-    pub reserved: Reservation,
+    pub _reserved: Reservation,
 }
 
 /// How a rescue ended, for the stream to answer Envoy.
@@ -68,7 +68,7 @@ pub enum Ending {
 }
 
 impl Rescuer {
-    pub fn new(cfg: &config::Config, registry: Arc<Registry>, metrics: Metrics) -> Self {
+    pub(crate) fn new(cfg: &config::Config, registry: Arc<Registry>, metrics: Metrics) -> Self {
         let buffers = BufferBudget::new(cfg.limits.max_buffered_bytes);
         Self {
             budget: Budget::new(
@@ -91,23 +91,25 @@ impl Rescuer {
 
     /// An empty share of `limits.max_buffered_bytes`, for a request body
     /// to be captured into.
-    pub fn reservation(&self) -> Reservation {
+    pub(crate) fn reservation(&self) -> Reservation {
         Reservation::new(Arc::clone(&self.buffers))
     }
 
     /// Body bytes held now, across every stream (replayed responses
     /// included): back to zero once every stream has ended, or the
     /// accounting leaks.
-    pub fn buffered(&self) -> usize {
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn buffered(&self) -> usize {
         self.buffers.used()
     }
 
     /// `limits.max_buffered_bytes`.
-    pub fn max_buffered(&self) -> usize {
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn max_buffered(&self) -> usize {
         self.buffers.max()
     }
 
-    pub async fn run(&self, job: Job) -> Ending {
+    pub(crate) async fn run(&self, job: Job) -> Ending {
         let started = Instant::now();
         let outcome = self.attempts(&job).await;
         let (outcome, ending) = match outcome {
@@ -263,7 +265,7 @@ impl Rescuer {
 
     /// Why the response Envoy got from `upstream` failed; passive health
     /// learns from it when the failure is the endpoint's own.
-    pub fn learn(&self, observed: Observed<'_>, upstream: Option<SocketAddr>) -> Cause {
+    pub(crate) fn learn(&self, observed: Observed<'_>, upstream: Option<SocketAddr>) -> Cause {
         let cause = classify::classify(&Observed {
             endpoint: upstream.and_then(|a| self.registry.state_of(a)),
             ..observed
@@ -328,7 +330,7 @@ impl Drop for Held<'_> {
 /// config, which is input too, and an `Instant` that overflows panics (a
 /// `rescue.deadline` of a billion years would otherwise take the stream
 /// down on its first rescue).
-pub fn later(start: Instant, d: Duration) -> Instant {
+pub(crate) fn later(start: Instant, d: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
     start.checked_add(d.min(FAR)).unwrap_or(start)
 }

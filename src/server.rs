@@ -22,12 +22,15 @@ use crate::{
 };
 
 /// Runs until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
     run_until(cfg, shutdown_signal()).await
 }
 
 /// Runs until `shutdown` resolves, then drains and returns.
-pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub(crate) async fn run_until(
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&cfg).await?;
     let access = Access::load(&cfg.admin)?;
     let drain = Drain::new();

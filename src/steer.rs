@@ -51,7 +51,7 @@ pub struct Plan {
 
 /// Plans one request. `sample` is a uniform draw in `[0, 1)` deciding
 /// whether a request that needs nothing more is observed anyway.
-pub fn plan(
+pub(crate) fn plan(
     registry: &Registry,
     cluster: Option<&str>,
     facts: RequestFacts,
@@ -86,7 +86,7 @@ impl Plan {
     /// the endpoint list in `list_header` and the retry policy that goes
     /// with it. A `None` value removes the header: with no list, a client's
     /// own never reaches Envoy.
-    pub fn headers<'a>(
+    pub(crate) fn headers<'a>(
         &self,
         list_header: &'a str,
         drain_header: &'a str,
@@ -116,7 +116,7 @@ impl Plan {
 
 /// Passive health from a steered response: Envoy went down the list, so
 /// the endpoints before the one that answered failed this request.
-pub fn learn(
+pub(crate) fn learn(
     registry: &Registry,
     steered: &[SocketAddr],
     attempts: u64,
@@ -147,7 +147,7 @@ fn order(endpoints: &[std::sync::Arc<Endpoint>], now_ms: u64, max: usize) -> Vec
 }
 
 /// The endpoint list as `override_host` reads it: `ip:port,ip:port`.
-pub fn header_value(endpoints: &[SocketAddr]) -> String {
+pub(crate) fn header_value(endpoints: &[SocketAddr]) -> String {
     let mut out = String::with_capacity(endpoints.len() * 22);
     for (i, e) in endpoints.iter().enumerate() {
         if i > 0 {
@@ -161,7 +161,7 @@ pub fn header_value(endpoints: &[SocketAddr]) -> String {
 /// What a steered response says about the endpoints tried before it: with
 /// `override_host`, attempt `k` went to the k-th listed endpoint, so the
 /// listed endpoints before the one that answered failed.
-pub fn failed_before(
+pub(crate) fn failed_before(
     steered: &[SocketAddr],
     attempts: u64,
     answered: Option<SocketAddr>,

@@ -58,7 +58,7 @@ const RESERVED_HEADERS: &[&str] = &[
 
 impl Config {
     /// Every rule this config breaks (empty: valid).
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut p = Problems::default();
         self.check_durations(&mut p);
         self.check_ceilings(&mut p);
@@ -70,7 +70,7 @@ impl Config {
 
     /// The first problem, located in `text` (the file `file` as read); with
     /// no text (flags only), at line 0.
-    pub fn validate(&self, file: &str, text: Option<&str>) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self, file: &str, text: Option<&str>) -> Result<(), ConfigError> {
         let Some(problem) = self.problems().into_iter().next() else {
             return Ok(());
         };

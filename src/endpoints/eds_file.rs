@@ -73,7 +73,7 @@ struct SocketAddress {
 pub type ClusterView = (String, Vec<(SocketAddr, State)>);
 
 /// Parses an EDS document.
-pub fn parse(text: &str) -> Result<Vec<ClusterView>, serde_json::Error> {
+pub(crate) fn parse(text: &str) -> Result<Vec<ClusterView>, serde_json::Error> {
     let doc: Document = serde_json::from_str(text)?;
     let mut out = Vec::new();
     let mut add = |name: String, localities: Vec<Locality>| {
@@ -119,7 +119,7 @@ pub enum LoadError {
 
 /// Loads `path` into the registry; errors are reported, not fatal. The file
 /// is the whole truth: a cluster it no longer lists leaves the registry.
-pub fn load(registry: &Registry, path: &Path) -> Result<usize, LoadError> {
+pub(crate) fn load(registry: &Registry, path: &Path) -> Result<usize, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
         path: path.to_path_buf(),
         error,
@@ -134,7 +134,7 @@ pub fn load(registry: &Registry, path: &Path) -> Result<usize, LoadError> {
 }
 
 /// Follows `path`: reloads it whenever its modification time or size changes.
-pub fn spawn(registry: Arc<Registry>, path: PathBuf, poll: Duration) -> JoinHandle<()> {
+pub(crate) fn spawn(registry: Arc<Registry>, path: PathBuf, poll: Duration) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut seen: Option<(SystemTime, u64)> = None;
         let mut interval = tokio::time::interval(poll);

@@ -51,7 +51,7 @@ impl Captured {
     /// whether it may be replayed at all; `announced`: the request body mode
     /// Envoy announced. Returns the capture, and the body mode to ask Envoy
     /// for when this body must be observed and Envoy would not send it.
-    pub fn start(
+    pub(crate) fn start(
         headers: Vec<EnvoyHeader>,
         end_of_stream: bool,
         replays: bool,
@@ -88,24 +88,24 @@ impl Captured {
     }
 
     /// Whether body chunks are still being kept.
-    pub fn capturing(&self) -> bool {
+    pub(crate) fn capturing(&self) -> bool {
         matches!(self.body, Body::Buffering(_))
     }
 
     /// Whether the body is whole (or there is none): a replay can carry it.
-    pub fn replayable(&self) -> bool {
+    pub(crate) fn replayable(&self) -> bool {
         matches!(self.body, Body::Empty | Body::Complete(_))
     }
 
     /// Trailers are not replayed: a body followed by them is not either.
-    pub fn trailers(&mut self) {
+    pub(crate) fn trailers(&mut self) {
         self.give_up();
     }
 
     /// Keeps one body chunk, unless it takes the body over the per-request
     /// cap (`cap`) or over what every request together may hold: then this
     /// body will not be replayed, and what it held goes back.
-    pub fn add(&mut self, bytes: Vec<u8>, end: bool, cap: usize) {
+    pub(crate) fn add(&mut self, bytes: Vec<u8>, end: bool, cap: usize) {
         let Body::Buffering(buf) = &mut self.body else {
             return;
         };
@@ -129,14 +129,14 @@ impl Captured {
     }
 
     /// What the safety rules need to know about this request.
-    pub fn facts(&self) -> RequestFacts {
+    pub(crate) fn facts(&self) -> RequestFacts {
         facts(&self.headers, self.replayable())
     }
 
     /// The rescue of this request: within the route's budget when an Envoy
     /// in front announced one, never past `rescue.deadline`; `failed`: the
     /// endpoints it is not to be replayed to at once.
-    pub fn into_job(
+    pub(crate) fn into_job(
         self,
         cfg: &config::Rescue,
         cluster: Option<&str>,
@@ -165,13 +165,13 @@ impl Captured {
             cluster: cluster.map(str::to_string),
             failed,
             deadline,
-            reserved: self.reserved,
+            _reserved: self.reserved,
         })
     }
 }
 
 /// What the safety rules need to know about a request, from its headers.
-pub fn facts(headers: &[EnvoyHeader], body_replayable: bool) -> RequestFacts {
+pub(crate) fn facts(headers: &[EnvoyHeader], body_replayable: bool) -> RequestFacts {
     RequestFacts {
         idempotent_method: find(headers, ":method").is_some_and(safety::idempotent_method),
         // An empty key is no key: it names nothing to deduplicate on.

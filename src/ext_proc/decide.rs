@@ -52,7 +52,7 @@ fn failed<'a>(decider: &Decider, headers: &'a HttpHeaders, attrs: Attributes<'a>
 }
 
 /// The answer to the response headers of a decide stream.
-pub fn on_response_headers(
+pub(crate) fn on_response_headers(
     decider: &Decider,
     role: Role,
     headers: &HttpHeaders,
@@ -107,7 +107,7 @@ pub fn on_response_headers(
 /// may have run a request that is not safe to run twice. (A reply from an
 /// upstream filter goes straight to the client, Envoy retries it no more:
 /// the client gets this 503.)
-pub fn on_retry(decider: &Decider, attrs: Attributes<'_>) -> ProcessingResponse {
+pub(crate) fn on_retry(decider: &Decider, attrs: Attributes<'_>) -> ProcessingResponse {
     let id = attrs.str("request.id").filter(|id| !id.is_empty());
     if decider.may_retry(id) {
         reply::continue_request_headers(None, reply::Mutation::default())
@@ -120,7 +120,7 @@ pub fn on_retry(decider: &Decider, attrs: Attributes<'_>) -> ProcessingResponse 
 }
 
 /// Runs a hold; the reply that ends it.
-pub async fn run_hold(decider: &Decider, job: HoldJob) -> ProcessingResponse {
+pub(crate) async fn run_hold(decider: &Decider, job: HoldJob) -> ProcessingResponse {
     let answer = decider
         .hold(job.cluster.as_deref(), job.request_id.as_deref())
         .await;

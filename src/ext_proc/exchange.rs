@@ -76,12 +76,12 @@ impl Exchange {
     }
 
     /// A stream opened by a decide filter (`role`), or the legacy wiring.
-    pub fn with_role(mut self, role: Option<Role>) -> Self {
+    pub(crate) fn with_role(mut self, role: Option<Role>) -> Self {
         self.role = role;
         self
     }
 
-    pub fn ctx(&self) -> &Context {
+    pub(crate) fn ctx(&self) -> &Context {
         &self.ctx
     }
 
