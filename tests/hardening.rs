@@ -735,3 +735,40 @@ async fn a_replay_at_the_deadline_is_not_sent_and_penalises_no_one() {
         1.0
     );
 }
+
+/// Item 8: a replay whose timeout the deadline cut short of
+/// `per_try_timeout` says nothing of the endpoint when it runs out: the
+/// endpoint was not given its time, and is not penalised for it.
+#[tokio::test]
+async fn a_replay_cut_short_by_the_deadline_penalises_no_one() {
+    let slow = Pod::start("slow", PodState::Ready).await;
+    let m = start_with(&format!(
+        "[rescue]\ndeadline = \"300ms\"\nper_try_timeout = \"5s\"\n\
+         [endpoints]\nstatic = [\"{}\"]\n",
+        slow.addr
+    ))
+    .await;
+    let mut c = open(m.grpc).await;
+    // The replay goes to `slow`, which answers `/delay/5000` after 5 s: the
+    // replay runs out with the deadline, 300 ms in.
+    let reply = failed_exchange(
+        &mut c,
+        request_headers(&[(":method", "GET"), (":path", "/delay/5000")], true),
+        &[
+            ("response.code", Kind::NumberValue(503.0)),
+            ("response.flags", Kind::NumberValue(32.0)),
+        ],
+    )
+    .await;
+    assert!(
+        matches!(reply, Some(Response::ResponseHeaders(_))),
+        "the 503 must pass through, got {reply:?}"
+    );
+    assert_eq!(
+        m.metric(r#"mulligan_replay_failures_total{why="timeout"}"#)
+            .await,
+        1.0,
+        "the replay was sent and ran out"
+    );
+    assert_eq!(penalty_ms(&m, slow.addr).await, 0, "slow was penalised");
+}
