@@ -58,12 +58,7 @@ pub struct Holds {
 }
 
 impl Holds {
-    pub(crate) fn new(
-        registry: Arc<Registry>,
-        metrics: Metrics,
-        max_held: usize,
-        cfg: &Hold,
-    ) -> Self {
+    pub fn new(registry: Arc<Registry>, metrics: Metrics, max_held: usize, cfg: &Hold) -> Self {
         Self {
             registry,
             metrics,
@@ -82,13 +77,13 @@ impl Holds {
     /// cluster whose endpoints are all draining, or that has none (discovery
     /// removes pods that are gone), is not worth waiting for: the client
     /// gets its 503 and `Retry-After` at once.
-    pub(crate) fn plausible(&self, name: Option<&str>) -> bool {
+    pub fn plausible(&self, name: Option<&str>) -> bool {
         self.registry.cluster(name).is_some_and(|c| coming(&c))
     }
 
     /// Whether an endpoint of `cluster` other than `except` is ready (by
     /// the registry alone: no probe).
-    pub(crate) fn has_other(&self, cluster: &Cluster, except: Option<SocketAddr>) -> bool {
+    pub fn has_other(&self, cluster: &Cluster, except: Option<SocketAddr>) -> bool {
         cluster
             .endpoints
             .iter()
@@ -99,7 +94,7 @@ impl Holds {
     /// more (time for Envoy's own view to catch up), or until `deadline`.
     /// The cluster is read afresh on every wake: an endpoint discovered
     /// after the hold began serves it too.
-    pub(crate) async fn wait(
+    pub async fn wait(
         &self,
         name: Option<&str>,
         settle: Duration,
