@@ -26,7 +26,7 @@ pub struct Caller<'a> {
 
 impl Access {
     /// Reads the token file, if one is configured.
-    pub fn load(cfg: &config::Admin) -> anyhow::Result<Self> {
+    pub(crate) fn load(cfg: &config::Admin) -> anyhow::Result<Self> {
         let token = if cfg.token_file.is_empty() {
             None
         } else {
@@ -48,13 +48,13 @@ impl Access {
     }
 
     /// May this caller change endpoint states?
-    pub fn may_write(&self, caller: Caller<'_>) -> bool {
+    pub(crate) fn may_write(&self, caller: Caller<'_>) -> bool {
         (self.trust_loopback && caller.peer.is_some_and(|p| is_loopback(p.ip())))
             || self.token_matches(caller.authorization)
     }
 
     /// May this caller read the endpoint list and metrics?
-    pub fn may_read(&self, caller: Caller<'_>) -> bool {
+    pub(crate) fn may_read(&self, caller: Caller<'_>) -> bool {
         self.open_reads || self.may_write(caller)
     }
 

@@ -71,7 +71,7 @@ impl Cause {
     /// Whether the failure is the endpoint's own (it is gone, leaving, not
     /// ready, or broke the connection): passive health avoids it for a
     /// while. An app's own 503, overload and timeouts are not.
-    pub fn blames_endpoint(self) -> bool {
+    pub(crate) fn blames_endpoint(self) -> bool {
         matches!(
             self,
             Cause::ConnectFailure
@@ -83,7 +83,7 @@ impl Cause {
     }
 
     /// Whether the application can have seen (and acted on) the request.
-    pub fn reached_app(self) -> Reached {
+    pub(crate) fn reached_app(self) -> Reached {
         match self {
             Cause::NoHealthyUpstream | Cause::ConnectFailure | Cause::UpstreamRejected => {
                 Reached::Never
@@ -118,6 +118,27 @@ pub struct Observed<'a> {
     pub overloaded: bool,
     /// What the registry says of the endpoint that answered, if it knows it.
     pub endpoint: Option<State>,
+}
+
+impl Observed<'_> {
+    /// A response as its status and headers describe it (found through
+    /// `header`, by lowercase name): the one place the header signals are
+    /// read, whoever holds the headers. Envoy's flags and details, and the
+    /// registry's view of the endpoint, are added by whoever knows them.
+    pub(crate) fn response<'h>(
+        status: u16,
+        drain_header: &str,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+    ) -> Self {
+        Self {
+            status,
+            connection_close: header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"close")),
+            drain_header: header(drain_header).is_some(),
+            overloaded: header("x-envoy-overloaded").is_some(),
+            ..Default::default()
+        }
+    }
 }
 
 /// Sorts a response into its cause.

@@ -13,7 +13,7 @@ use crate::config::{Config, LogFormat};
     version,
     about = "Turns rollout 503s into safe, transient retries behind Envoy"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -77,14 +77,42 @@ pub fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    let cfg = match config_for_serve(args) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(cfg.log.format);
+
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // 0 leaves tokio's default: one per core, or TOKIO_WORKER_THREADS.
+    if cfg.runtime.worker_threads > 0 {
+        builder.worker_threads(cfg.runtime.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::server::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "mulligan failed");
+            eprintln!("mulligan: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The config file (or the defaults) with the flags on top, checked as
+/// `check-config` checks a file.
+fn config_for_serve(args: ServeArgs) -> Result<Config, crate::config::ConfigError> {
     let mut cfg = match &args.config {
-        Some(path) => match Config::load(path) {
-            Ok(cfg) => cfg,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(2);
-            }
-        },
+        Some(path) => Config::load(path)?,
         None => Config::default(),
     };
     if let Some(addr) = args.grpc_listen {
@@ -116,30 +144,6 @@ fn serve(args: ServeArgs) -> ExitCode {
         .config
         .as_ref()
         .and_then(|p| std::fs::read_to_string(p).ok());
-    if let Err(e) = cfg.validate(&file, text.as_deref()) {
-        eprintln!("{e}");
-        return ExitCode::from(2);
-    }
-    crate::telemetry::init(cfg.log.format);
-
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // 0 leaves tokio's default: one per core, or TOKIO_WORKER_THREADS.
-    if cfg.runtime.worker_threads > 0 {
-        builder.worker_threads(cfg.runtime.worker_threads);
-    }
-    let runtime = match builder.enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(crate::server::run(cfg)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "mulligan failed");
-            eprintln!("mulligan: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cfg.validate(&file, text.as_deref())?;
+    Ok(cfg)
 }

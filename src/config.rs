@@ -5,7 +5,7 @@
 //! are errors: a typo in a safety setting must not silently fall back to a
 //! default.
 
-use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
 use serde::Deserialize;
 
@@ -50,7 +50,7 @@ pub struct GrpcTls {
 }
 
 impl GrpcTls {
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         !(self.cert_file.is_empty() && self.key_file.is_empty() && self.client_ca_file.is_empty())
     }
 }
@@ -477,7 +477,8 @@ pub struct Endpoints {
 }
 
 /// A configuration error, located in its file.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
 pub struct ConfigError {
     pub file: String,
     pub line: usize,
@@ -485,21 +486,9 @@ pub struct ConfigError {
     pub message: String,
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.column, self.message
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 impl Config {
     /// Reads and parses `path`; errors name the file, line and column.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),

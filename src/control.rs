@@ -32,7 +32,7 @@ fn caller<T>(request: &Request<T>) -> Caller<'_> {
 }
 
 impl Control {
-    pub fn new(registry: Arc<Registry>, access: Access) -> Self {
+    pub(crate) fn new(registry: Arc<Registry>, access: Access) -> Self {
         Self { registry, access }
     }
 
@@ -46,7 +46,7 @@ impl Control {
         }
     }
 
-    pub fn into_server(self) -> LifecycleServer<Self> {
+    pub(crate) fn into_server(self) -> LifecycleServer<Self> {
         LifecycleServer::new(self)
     }
 

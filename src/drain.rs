@@ -36,43 +36,45 @@ impl Drain {
     }
 
     /// Ready for new streams: not draining.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::Acquire)
     }
 
     /// Ready to be sent traffic (`/readyz`): not draining, and every
     /// discovery source has its first view of the endpoints.
-    pub fn is_serving(&self) -> bool {
+    pub(crate) fn is_serving(&self) -> bool {
         self.is_ready() && self.unsynced.load(Ordering::Acquire) == 0
     }
 
     /// A discovery source starts; readiness waits for it.
-    pub fn hold_readiness(&self) {
+    #[cfg(feature = "kubernetes")]
+    pub(crate) fn hold_readiness(&self) {
         self.unsynced.fetch_add(1, Ordering::AcqRel);
     }
 
     /// That source has synced once.
-    pub fn release_readiness(&self) {
+    #[cfg(feature = "kubernetes")]
+    pub(crate) fn release_readiness(&self) {
         let _ = self
             .unsynced
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// Starts draining; idempotent.
-    pub fn begin(&self) {
+    pub(crate) fn begin(&self) {
         self.draining.store(true, Ordering::Release);
         self.signal.send_replace(true);
     }
 
     /// Resolves once [`Drain::begin`] has been called.
-    pub async fn signaled(&self) {
+    pub(crate) async fn signaled(&self) {
         let mut rx = self.signal.subscribe();
         // The sender lives in `self`, so the channel cannot close under us.
         let _ = rx.wait_for(|draining| *draining).await;
     }
 
     /// Admits a new stream, or `None` when draining.
-    pub fn admit(self: &Arc<Self>) -> Option<StreamGuard> {
+    pub(crate) fn admit(self: &Arc<Self>) -> Option<StreamGuard> {
         if !self.is_ready() {
             return None;
         }
@@ -83,12 +85,12 @@ impl Drain {
     }
 
     /// Streams admitted and not yet finished.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
     }
 
     /// Resolves when no admitted stream is left.
-    pub async fn idle(&self) {
+    pub(crate) async fn idle(&self) {
         loop {
             let notified = self.idle.notified();
             if self.in_flight() == 0 {
@@ -102,7 +104,7 @@ impl Drain {
 /// Held by each ext_proc stream; dropping it (however the stream ends)
 /// releases the stream's place.
 #[derive(Debug)]
-pub struct StreamGuard {
+pub(crate) struct StreamGuard {
     drain: Arc<Drain>,
 }
 

@@ -450,43 +450,50 @@ impl ValueIn {
     }
 }
 
+fn build_body(b: &BodyIn, left: &mut Allowance) -> HttpBody {
+    HttpBody {
+        body: b.body.build(left),
+        end_of_stream: b.end_of_stream,
+        end_of_stream_without_message: b.end_of_stream_without_message,
+        ..Default::default()
+    }
+}
+
+/// Headers from the input; with `h.template`, `template` first.
+fn build_headers(h: &HeadersIn, template: &[(&str, &str)], left: &mut Allowance) -> HttpHeaders {
+    let mut map = header_map(&h.headers, left);
+    if h.template {
+        let fields = &mut map.get_or_insert_with(HeaderMap::default).headers;
+        fields.splice(
+            0..0,
+            template.iter().map(|(k, v)| HeaderValue {
+                key: (*k).into(),
+                value: String::new(),
+                raw_value: v.as_bytes().to_vec(),
+            }),
+        );
+    }
+    HttpHeaders {
+        headers: map,
+        end_of_stream: h.end_of_stream,
+        ..Default::default()
+    }
+}
+
 impl Built {
     fn build(&self, left: &mut Allowance) -> ProcessingRequest {
-        let body = |b: &BodyIn, left: &mut Allowance| HttpBody {
-            body: b.body.build(left),
-            end_of_stream: b.end_of_stream,
-            end_of_stream_without_message: b.end_of_stream_without_message,
-            ..Default::default()
-        };
-        let headers = |h: &HeadersIn, template: &[(&str, &str)], left: &mut Allowance| {
-            let mut map = header_map(&h.headers, left);
-            if h.template {
-                let fields = &mut map.get_or_insert_with(HeaderMap::default).headers;
-                fields.splice(
-                    0..0,
-                    template.iter().map(|(k, v)| HeaderValue {
-                        key: (*k).into(),
-                        value: String::new(),
-                        raw_value: v.as_bytes().to_vec(),
-                    }),
-                );
-            }
-            HttpHeaders {
-                headers: map,
-                end_of_stream: h.end_of_stream,
-                ..Default::default()
-            }
-        };
         let get = [(":method", "GET"), (":path", "/"), (":authority", "app")];
         let failed = [(":status", "503")];
         let request = self.phase.as_ref().map(|p| match p {
-            PhaseIn::RequestHeaders(h) => Request::RequestHeaders(headers(h, &get, left)),
-            PhaseIn::RequestBody(b) => Request::RequestBody(body(b, left)),
+            PhaseIn::RequestHeaders(h) => Request::RequestHeaders(build_headers(h, &get, left)),
+            PhaseIn::RequestBody(b) => Request::RequestBody(build_body(b, left)),
             PhaseIn::RequestTrailers(t) => Request::RequestTrailers(HttpTrailers {
                 trailers: header_map(t, left),
             }),
-            PhaseIn::ResponseHeaders(h) => Request::ResponseHeaders(headers(h, &failed, left)),
-            PhaseIn::ResponseBody(b) => Request::ResponseBody(body(b, left)),
+            PhaseIn::ResponseHeaders(h) => {
+                Request::ResponseHeaders(build_headers(h, &failed, left))
+            }
+            PhaseIn::ResponseBody(b) => Request::ResponseBody(build_body(b, left)),
             PhaseIn::ResponseTrailers(t) => Request::ResponseTrailers(HttpTrailers {
                 trailers: header_map(t, left),
             }),
@@ -505,37 +512,45 @@ impl Built {
             client_window_update: self.window_update.then(ClientWindowUpdate::default),
             ..Default::default()
         };
-        if self.attributes.is_some() || self.refused {
-            let mut s = Struct::default();
-            if self.refused {
-                for (k, v) in [
-                    ("response.code", Kind::NumberValue(503.0)),
-                    ("response.flags", Kind::NumberValue(32.0)),
-                    (
-                        "response.code_details",
-                        Kind::StringValue(STRINGS[2].into()),
-                    ),
-                    ("upstream.address", Kind::StringValue("127.0.0.1:1".into())),
-                    ("xds.cluster_name", Kind::StringValue("app".into())),
-                ] {
-                    s.fields.insert(k.into(), Value { kind: Some(v) });
-                }
-            }
-            for (k, v) in self.attributes.iter().flatten() {
-                let key = match k {
-                    KeyIn::Known(i) => pick(ATTRIBUTE_KEYS, *i).to_string(),
-                    KeyIn::Other(s) => s.clone(),
-                };
-                s.fields.insert(key, v.build());
-            }
-            let filter = if self.elsewhere {
-                "envoy.filters.http.other"
-            } else {
-                "envoy.filters.http.ext_proc"
-            };
+        if let Some((filter, s)) = self.attributes() {
             message.attributes.insert(filter.into(), s);
         }
         message
+    }
+
+    /// The attributes to attach, and the filter name they go under.
+    fn attributes(&self) -> Option<(&'static str, Struct)> {
+        if self.attributes.is_none() && !self.refused {
+            return None;
+        }
+        let mut s = Struct::default();
+        if self.refused {
+            for (k, v) in [
+                ("response.code", Kind::NumberValue(503.0)),
+                ("response.flags", Kind::NumberValue(32.0)),
+                (
+                    "response.code_details",
+                    Kind::StringValue(STRINGS[2].into()),
+                ),
+                ("upstream.address", Kind::StringValue("127.0.0.1:1".into())),
+                ("xds.cluster_name", Kind::StringValue("app".into())),
+            ] {
+                s.fields.insert(k.into(), Value { kind: Some(v) });
+            }
+        }
+        for (k, v) in self.attributes.iter().flatten() {
+            let key = match k {
+                KeyIn::Known(i) => pick(ATTRIBUTE_KEYS, *i).to_string(),
+                KeyIn::Other(s) => s.clone(),
+            };
+            s.fields.insert(key, v.build());
+        }
+        let filter = if self.elsewhere {
+            "envoy.filters.http.other"
+        } else {
+            "envoy.filters.http.ext_proc"
+        };
+        Some((filter, s))
     }
 }
 
@@ -614,6 +629,43 @@ impl Sent {
     }
 }
 
+/// A rescue ends in the response headers' own reply: no endpoint can
+/// answer (every one refuses connections).
+fn check_resumed(resumed: Option<ProcessingResponse>) {
+    let resumed = resumed.expect("a rescue ends with a reply");
+    match &resumed.response {
+        Some(Response::ResponseHeaders(_)) => {}
+        Some(Response::ImmediateResponse(r)) => {
+            panic!("rescued by an endpoint that refuses connections: {r:?}")
+        }
+        other => panic!("a rescue ended with {other:?}"),
+    }
+}
+
+/// A body chunk is echoed, unchanged, exactly in the duplex modes.
+fn check_echo(sent_body: &[u8], response: &Response, mode: i32) {
+    let echoed = match response {
+        Response::RequestBody(b) | Response::ResponseBody(b) => {
+            b.response.as_ref().and_then(|c| match &c.body_mutation {
+                Some(m) => match &m.mutation {
+                    Some(BodyChange::StreamedResponse(s)) => Some(&s.body),
+                    other => panic!("body changed: {other:?}"),
+                },
+                None => None,
+            })
+        }
+        _ => None,
+    };
+    assert_eq!(
+        echoed.is_some(),
+        duplex(mode),
+        "a body is echoed exactly in the duplex modes (mode {mode})"
+    );
+    if let Some(echoed) = echoed {
+        assert!(echoed == sent_body, "an echoed body changed");
+    }
+}
+
 fn duplex(mode: i32) -> bool {
     matches!(
         BodySendMode::try_from(mode),
@@ -659,14 +711,7 @@ impl Stream {
         }
         let Some(response) = &reply.response else {
             self.check_rescue(sent, phase, &reply);
-            let resumed = resumed.expect("a rescue ends with a reply");
-            match &resumed.response {
-                Some(Response::ResponseHeaders(_)) => {}
-                Some(Response::ImmediateResponse(r)) => {
-                    panic!("rescued by an endpoint that refuses connections: {r:?}")
-                }
-                other => panic!("a rescue ended with {other:?}"),
-            }
+            check_resumed(resumed);
             return;
         };
         assert!(resumed.is_none(), "resumed without a rescue: {resumed:?}");
@@ -675,32 +720,13 @@ impl Stream {
             Some(phase),
             "reply of another phase: {sent:?} -> {reply:?}"
         );
-        let echoed = match response {
-            Response::RequestBody(b) | Response::ResponseBody(b) => {
-                b.response.as_ref().and_then(|c| match &c.body_mutation {
-                    Some(m) => match &m.mutation {
-                        Some(BodyChange::StreamedResponse(s)) => Some(&s.body),
-                        other => panic!("body changed: {other:?}"),
-                    },
-                    None => None,
-                })
-            }
-            _ => None,
-        };
         if let Some(sent_body) = &sent.body {
             let mode = if phase == Phase::RequestBody {
                 announced.0
             } else {
                 announced.1
             };
-            assert_eq!(
-                echoed.is_some(),
-                duplex(mode),
-                "a body is echoed exactly in the duplex modes (mode {mode})"
-            );
-            if let Some(echoed) = echoed {
-                assert!(echoed == sent_body, "an echoed body changed");
-            }
+            check_echo(sent_body, response, mode);
         }
     }
 
@@ -917,80 +943,10 @@ const FLAGS: &[u64] = &[
 /// safe to send again and a body that was captured.
 pub fn classify(data: &[u8]) -> Option<Cause> {
     let input = shape::<ObservedIn>(data)?;
-    let status = match input.status {
-        StatusIn::Known(i) => pick(STATUSES, i),
-        StatusIn::Any(s) => s,
-    };
-    let flag_bits = match &input.flags {
-        FlagsIn::Known(bits) => bits.iter().fold(0, |acc, i| acc | pick(FLAGS, *i)),
-        FlagsIn::Any(f) => *f,
-    };
-    let details = match &input.details {
-        DetailsIn::Known(i) => pick(STRINGS, *i),
-        DetailsIn::Any(s) => s.as_str(),
-    };
-    let observed = Observed {
-        status,
-        flags: flag_bits,
-        details,
-        connection_close: input.connection_close,
-        drain_header: input.drain_header,
-        overloaded: input.overloaded,
-        endpoint: input.endpoint.map(|s| match s % 4 {
-            0 => State::Ready,
-            1 => State::NotReady,
-            2 => State::Draining,
-            _ => State::Gone,
-        }),
-    };
+    let observed = input.build();
     let cause = classify::classify(&observed);
     assert_eq!(cause, classify::classify(&observed), "not deterministic");
-
-    let failed = status >= 500 || status == 429;
-    assert_eq!(cause != Cause::Success, failed, "{observed:?} -> {cause:?}");
-    let shedding = status == 429
-        || input.overloaded
-        || flag_bits
-            & (flags::UPSTREAM_OVERFLOW
-                | flags::RATE_LIMITED
-                | flags::OVERLOAD_MANAGER
-                | flags::DROP_OVERLOAD)
-            != 0;
-    assert_eq!(
-        cause == Cause::Overload,
-        failed && shedding,
-        "{observed:?} -> {cause:?}"
-    );
-    match cause {
-        Cause::NoHealthyUpstream => assert!(
-            flag_bits & flags::NO_HEALTHY_UPSTREAM != 0 || details == "no_healthy_upstream",
-            "{observed:?}"
-        ),
-        Cause::ConnectFailure => assert!(
-            flag_bits & flags::UPSTREAM_CONNECTION_FAILURE != 0
-                || details.starts_with("upstream_reset_before_response_started"),
-            "{observed:?}"
-        ),
-        Cause::UpstreamRejected => assert!(input.drain_header && status == 503, "{observed:?}"),
-        Cause::Timeout => assert!(
-            flag_bits & flags::UPSTREAM_REQUEST_TIMEOUT != 0,
-            "{observed:?}"
-        ),
-        Cause::UpstreamDraining | Cause::UpstreamNotReady | Cause::App503 => {
-            assert_eq!(status, 503, "{observed:?} -> {cause:?}")
-        }
-        _ => {}
-    }
-    if cause.reached_app() == Reached::Never {
-        assert!(
-            matches!(
-                cause,
-                Cause::NoHealthyUpstream | Cause::ConnectFailure | Cause::UpstreamRejected
-            ),
-            "{cause:?} claims the app never saw the request"
-        );
-    }
-
+    check_cause(&observed, cause);
     let facts = RequestFacts {
         idempotent_method: input.idempotent_method,
         idempotency_key: input.idempotency_key,
@@ -1012,6 +968,85 @@ pub fn classify(data: &[u8]) -> Option<Cause> {
         assert!(facts.body_replayable, "rescue without the body");
     }
     Some(cause)
+}
+
+impl ObservedIn {
+    fn build(&self) -> Observed<'_> {
+        Observed {
+            status: match self.status {
+                StatusIn::Known(i) => pick(STATUSES, i),
+                StatusIn::Any(s) => s,
+            },
+            flags: match &self.flags {
+                FlagsIn::Known(bits) => bits.iter().fold(0, |acc, i| acc | pick(FLAGS, *i)),
+                FlagsIn::Any(f) => *f,
+            },
+            details: match &self.details {
+                DetailsIn::Known(i) => pick(STRINGS, *i),
+                DetailsIn::Any(s) => s.as_str(),
+            },
+            connection_close: self.connection_close,
+            drain_header: self.drain_header,
+            overloaded: self.overloaded,
+            endpoint: self.endpoint.map(|s| match s % 4 {
+                0 => State::Ready,
+                1 => State::NotReady,
+                2 => State::Draining,
+                _ => State::Gone,
+            }),
+        }
+    }
+}
+
+/// The evidence each cause needs is in the response.
+fn check_cause(observed: &Observed<'_>, cause: Cause) {
+    let (status, flag_bits, details) = (observed.status, observed.flags, observed.details);
+    let failed = status >= 500 || status == 429;
+    assert_eq!(cause != Cause::Success, failed, "{observed:?} -> {cause:?}");
+    let shedding = status == 429
+        || observed.overloaded
+        || flag_bits
+            & (flags::UPSTREAM_OVERFLOW
+                | flags::RATE_LIMITED
+                | flags::OVERLOAD_MANAGER
+                | flags::DROP_OVERLOAD)
+            != 0;
+    assert_eq!(
+        cause == Cause::Overload,
+        failed && shedding,
+        "{observed:?} -> {cause:?}"
+    );
+    match cause {
+        Cause::NoHealthyUpstream => assert!(
+            flag_bits & flags::NO_HEALTHY_UPSTREAM != 0 || details == "no_healthy_upstream",
+            "{observed:?}"
+        ),
+        Cause::ConnectFailure => assert!(
+            flag_bits & flags::UPSTREAM_CONNECTION_FAILURE != 0
+                || details.starts_with("upstream_reset_before_response_started"),
+            "{observed:?}"
+        ),
+        Cause::UpstreamRejected => {
+            assert!(observed.drain_header && status == 503, "{observed:?}")
+        }
+        Cause::Timeout => assert!(
+            flag_bits & flags::UPSTREAM_REQUEST_TIMEOUT != 0,
+            "{observed:?}"
+        ),
+        Cause::UpstreamDraining | Cause::UpstreamNotReady | Cause::App503 => {
+            assert_eq!(status, 503, "{observed:?} -> {cause:?}")
+        }
+        _ => {}
+    }
+    if cause.reached_app() == Reached::Never {
+        assert!(
+            matches!(
+                cause,
+                Cause::NoHealthyUpstream | Cause::ConnectFailure | Cause::UpstreamRejected
+            ),
+            "{cause:?} claims the app never saw the request"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

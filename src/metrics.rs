@@ -10,11 +10,11 @@ use metrics::{
     Gauge, Histogram,
 };
 
-use crate::{classify::Cause, labels::labels, policy::Decision};
+use crate::{classify::Cause, labels::labels, policy::Decision, replay::Failure};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// The process-wide Prometheus recorder; installed on first use.
-pub fn prometheus() -> &'static PrometheusHandle {
+pub(crate) fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new().build_recorder();
@@ -135,6 +135,7 @@ pub struct Metrics {
     answers: [Counter; Answer::COUNT],
     outcomes: [Counter; Outcome::COUNT],
     attempts: [Counter; AttemptResult::COUNT],
+    replay_failures: [Counter; Failure::COUNT],
     held: Gauge,
     rescue_seconds: Histogram,
     /// Steered requests: [listed endpoints, none usable] × [observed, not].
@@ -165,6 +166,8 @@ impl Metrics {
                 .map(|o| counter!("mulligan_rescues_total", "outcome" => o.as_str())),
             attempts: AttemptResult::ALL
                 .map(|a| counter!("mulligan_replay_attempts_total", "result" => a.as_str())),
+            replay_failures: Failure::ALL
+                .map(|f| counter!("mulligan_replay_failures_total", "why" => f.as_str())),
             held: gauge!("mulligan_rescue_held"),
             steered: [false, true].map(|empty| {
                 [true, false].map(|observe| {
@@ -180,47 +183,53 @@ impl Metrics {
     }
 
     /// A failed response was classified and a decision taken on it.
-    pub fn decision(&self, cause: Cause, decision: Decision) {
+    pub(crate) fn decision(&self, cause: Cause, decision: Decision) {
         self.decisions[cause as usize][decision as usize].increment(1);
     }
 
     /// How mulligan answered a stream of the decide wiring.
-    pub fn answer(&self, answer: Answer) {
+    pub(crate) fn answer(&self, answer: Answer) {
         self.answers[answer as usize].increment(1);
     }
 
-    pub fn outcome(&self, outcome: Outcome, seconds: f64) {
+    pub(crate) fn outcome(&self, outcome: Outcome, seconds: f64) {
         self.outcomes[outcome as usize].increment(1);
         self.rescue_seconds.record(seconds);
     }
 
-    pub fn attempt(&self, result: AttemptResult) {
+    pub(crate) fn attempt(&self, result: AttemptResult) {
         self.attempts[result as usize].increment(1);
     }
 
+    /// A replay that was sent and got no usable response, by why.
+    pub(crate) fn replay_failed(&self, why: Failure) {
+        self.attempts[AttemptResult::Failed as usize].increment(1);
+        self.replay_failures[why as usize].increment(1);
+    }
+
     /// A request was steered (or found no usable endpoint to steer to).
-    pub fn steered(&self, no_endpoint: bool, observe: bool) {
+    pub(crate) fn steered(&self, no_endpoint: bool, observe: bool) {
         self.steered[no_endpoint as usize][!observe as usize].increment(1);
     }
 
-    pub fn held(&self, delta: f64) {
+    pub(crate) fn held(&self, delta: f64) {
         self.held.increment(delta);
     }
 
-    pub fn stream_started(&self) {
+    pub(crate) fn stream_started(&self) {
         self.streams.increment(1);
         self.in_flight.increment(1.0);
     }
 
-    pub fn stream_ended(&self) {
+    pub(crate) fn stream_ended(&self) {
         self.in_flight.decrement(1.0);
     }
 
-    pub fn phase(&self, phase: Phase) {
+    pub(crate) fn phase(&self, phase: Phase) {
         self.phases[phase as usize].increment(1);
     }
 
-    pub fn error(&self, error: StreamError) {
+    pub(crate) fn error(&self, error: StreamError) {
         self.errors[error as usize].increment(1);
     }
 }
@@ -270,6 +279,10 @@ fn describe() {
     describe_counter!(
         "mulligan_replay_attempts_total",
         "replays sent to an endpoint, by result"
+    );
+    describe_counter!(
+        "mulligan_replay_failures_total",
+        "replays sent that got no usable response, by why (timeout, broken, body_cut)"
     );
     describe_counter!(
         "mulligan_steered_total",

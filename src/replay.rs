@@ -18,20 +18,20 @@ use std::{
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::HeaderValue as EnvoyHeader;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request};
+use http::{header, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioTimer},
 };
 
-use crate::config;
+use crate::{config, labels::labels};
 
 /// The header that numbers attempts: the original is 1, the first replay 2.
 pub const ATTEMPT_HEADER: &str = "x-mulligan-attempt";
 
 /// Headers that describe one connection, not the request (RFC 9110 §7.6.1).
-pub fn hop_by_hop(name: &str) -> bool {
+pub(crate) fn hop_by_hop(name: &str) -> bool {
     matches!(
         name,
         "connection"
@@ -50,7 +50,7 @@ pub fn hop_by_hop(name: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Prepared {
     method: Method,
-    path: String,
+    path: PathAndQuery,
     headers: HeaderMap,
     body: Bytes,
 }
@@ -62,12 +62,18 @@ pub enum Unreplayable {
     MissingPseudoHeader,
     #[error("header {0:?} cannot be carried by HTTP/1.1")]
     BadHeader(String),
+    /// The request's own fault, found before any endpoint is tried, so no
+    /// endpoint is blamed for it.
+    #[error(":path is not a request target HTTP can carry")]
+    BadPath,
+    #[error("CONNECT is a tunnel, not a request to replay")]
+    Tunnel,
 }
 
 impl Prepared {
     /// Rebuilds the request from the headers Envoy sent in the request
     /// headers phase and the captured body.
-    pub fn from_envoy(headers: &[EnvoyHeader], body: Bytes) -> Result<Self, Unreplayable> {
+    pub(crate) fn from_envoy(headers: &[EnvoyHeader], body: Bytes) -> Result<Self, Unreplayable> {
         let (mut method, mut path, mut authority) = (None, None, None);
         let mut map = HeaderMap::with_capacity(headers.len());
         for h in headers {
@@ -94,11 +100,10 @@ impl Prepared {
         let method = method
             .and_then(|m| Method::from_bytes(m).ok())
             .ok_or(Unreplayable::MissingPseudoHeader)?;
-        let path = path
-            .and_then(|p| std::str::from_utf8(p).ok())
-            .filter(|p| p.starts_with('/'))
-            .ok_or(Unreplayable::MissingPseudoHeader)?
-            .to_string();
+        if method == Method::CONNECT {
+            return Err(Unreplayable::Tunnel);
+        }
+        let path = origin_form(path.ok_or(Unreplayable::MissingPseudoHeader)?)?;
         if let Some(a) = authority {
             let host = HeaderValue::from_bytes(a)
                 .map_err(|_| Unreplayable::BadHeader(":authority".into()))?;
@@ -112,9 +117,31 @@ impl Prepared {
         })
     }
 
-    pub fn method(&self) -> &Method {
-        &self.method
+    /// The URI for `endpoint`, from parts already checked.
+    fn uri(&self, endpoint: SocketAddr) -> Option<Uri> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(http::uri::Authority::try_from(endpoint.to_string()).ok()?);
+        parts.path_and_query = Some(self.path.clone());
+        Uri::from_parts(parts).ok()
     }
+}
+
+/// The path as the replay's URI will carry it: origin-form (`/...`) only, so
+/// an absolute URL cannot point the replay anywhere, and only what
+/// `http::Uri` accepts, so a path it rejects is refused here, before any
+/// endpoint is tried, rather than failing every replay.
+fn origin_form(path: &[u8]) -> Result<PathAndQuery, Unreplayable> {
+    if !path.starts_with(b"/") {
+        return Err(Unreplayable::MissingPseudoHeader);
+    }
+    let parsed = PathAndQuery::try_from(path).map_err(|_| Unreplayable::BadPath)?;
+    // The parser drops a `#fragment`: a path that had one would not be the
+    // request the app was sent.
+    if parsed.as_str().len() != path.len() {
+        return Err(Unreplayable::BadPath);
+    }
+    Ok(parsed)
 }
 
 /// A replayed response, read whole (within the size cap).
@@ -137,7 +164,7 @@ pub struct BufferBudget {
 }
 
 impl BufferBudget {
-    pub fn new(max: usize) -> Arc<Self> {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             used: AtomicUsize::new(0),
             max,
@@ -145,7 +172,7 @@ impl BufferBudget {
     }
 
     /// Takes `n` bytes; false (nothing taken) past the limit.
-    pub fn reserve(&self, n: usize) -> bool {
+    pub(crate) fn reserve(&self, n: usize) -> bool {
         let before = self.used.fetch_add(n, Ordering::AcqRel);
         if before.saturating_add(n) > self.max {
             self.used.fetch_sub(n, Ordering::AcqRel);
@@ -154,35 +181,48 @@ impl BufferBudget {
         true
     }
 
-    pub fn release(&self, n: usize) {
+    pub(crate) fn release(&self, n: usize) {
         if n > 0 {
             self.used.fetch_sub(n, Ordering::AcqRel);
         }
     }
 
-    pub fn used(&self) -> usize {
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
     }
 
-    pub fn max(&self) -> usize {
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn max(&self) -> usize {
         self.max
     }
 }
 
 /// Bytes taken from a [`BufferBudget`], given back on drop.
 #[derive(Debug)]
-struct Reservation {
+pub struct Reservation {
     budget: Arc<BufferBudget>,
     bytes: usize,
 }
 
 impl Reservation {
-    fn take(&mut self, n: usize) -> bool {
+    /// Nothing taken yet from `budget`.
+    pub(crate) fn new(budget: Arc<BufferBudget>) -> Self {
+        Self { budget, bytes: 0 }
+    }
+
+    /// Takes `n` more bytes; false (nothing taken) past the limit.
+    pub(crate) fn take(&mut self, n: usize) -> bool {
         let ok = self.budget.reserve(n);
         if ok {
             self.bytes += n;
         }
         ok
+    }
+
+    /// Gives back everything taken so far.
+    pub(crate) fn release_all(&mut self) {
+        self.budget.release(std::mem::take(&mut self.bytes));
     }
 }
 
@@ -202,8 +242,23 @@ pub enum Attempt {
     /// The response was larger than `rescue.max_response_body_bytes`, or
     /// than what `limits.max_buffered_bytes` had left.
     TooLarge,
+    /// The request could not be put on the wire: its fault, not the
+    /// endpoint's (nothing was sent).
+    Unsendable,
     /// Timed out or broke after the request was sent: the app may have it.
-    Failed(String),
+    Failed(Failure),
+}
+
+labels! {
+    /// Why a replay that was sent got no usable response.
+    pub enum Failure {
+        /// `timeout` ran out, connect to last body byte.
+        Timeout => "timeout",
+        /// The connection broke before the response headers.
+        Broken => "broken",
+        /// The response body was cut short.
+        BodyCut => "body_cut",
+    }
 }
 
 /// The pooled HTTP client replays go through.
@@ -215,7 +270,7 @@ pub struct Replayer {
 }
 
 impl Replayer {
-    pub fn new(cfg: &config::Rescue, buffers: Arc<BufferBudget>) -> Self {
+    pub(crate) fn new(cfg: &config::Rescue, buffers: Arc<BufferBudget>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.per_try_timeout));
@@ -238,28 +293,30 @@ impl Replayer {
 
     /// Sends `request` to `endpoint` as attempt number `attempt` (2 for the
     /// first replay), bounded by `timeout` from connect to last body byte.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         endpoint: SocketAddr,
         request: &Prepared,
         attempt: u32,
         timeout: Duration,
     ) -> Attempt {
-        let uri = format!("http://{endpoint}{}", request.path);
-        let mut builder = Request::builder().method(request.method.clone()).uri(uri);
-        if let Some(h) = builder.headers_mut() {
-            h.clone_from(&request.headers);
-            h.insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
-        }
-        let req = match builder.body(Full::new(request.body.clone())) {
-            Ok(r) => r,
-            Err(e) => return Attempt::Failed(format!("building request: {e}")),
+        let mut req = Request::new(Full::new(request.body.clone()));
+        *req.method_mut() = request.method.clone();
+        let Some(uri) = request.uri(endpoint) else {
+            return Attempt::Unsendable;
         };
+        *req.uri_mut() = uri;
+        let headers = req.headers_mut();
+        headers.clone_from(&request.headers);
+        headers.insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
         let exchange = async {
             let resp = match self.client.request(req).await {
                 Ok(r) => r,
                 Err(e) if e.is_connect() => return Attempt::ConnectFailed,
-                Err(e) => return Attempt::Failed(format!("{e}")),
+                Err(e) => {
+                    tracing::debug!(endpoint = %endpoint, error = %e, "replay broke");
+                    return Attempt::Failed(Failure::Broken);
+                }
             };
             let (parts, body) = resp.into_parts();
             match self.read_body(body).await {
@@ -274,7 +331,7 @@ impl Replayer {
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(a) => a,
-            Err(_) => Attempt::Failed("per-try timeout".into()),
+            Err(_) => Attempt::Failed(Failure::Timeout),
         }
     }
 }
@@ -286,13 +343,10 @@ impl Replayer {
         &self,
         mut body: hyper::body::Incoming,
     ) -> Result<(Bytes, Reservation), Attempt> {
-        let mut reserved = Reservation {
-            budget: std::sync::Arc::clone(&self.buffers),
-            bytes: 0,
-        };
+        let mut reserved = Reservation::new(Arc::clone(&self.buffers));
         let mut out = bytes::BytesMut::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| Attempt::Failed(format!("reading body: {e}")))?;
+            let frame = frame.map_err(|_| Attempt::Failed(Failure::BodyCut))?;
             let Ok(chunk) = frame.into_data() else {
                 continue; // trailers: not replayed
             };
@@ -359,5 +413,29 @@ mod tests {
             Bytes::new(),
         );
         assert!(absolute.is_err());
+        // What `http::Uri` rejects, a fragment it would drop, a tunnel:
+        // the request's own fault, found before any endpoint is tried.
+        for (method, path) in [
+            ("GET", "/a<b>"),
+            ("GET", "/a b"),
+            ("GET", "/a#b"),
+            ("CONNECT", "/"),
+        ] {
+            let r = Prepared::from_envoy(
+                &[h(":method", method.as_bytes()), h(":path", path.as_bytes())],
+                Bytes::new(),
+            );
+            assert!(
+                matches!(r, Err(Unreplayable::BadPath | Unreplayable::Tunnel)),
+                "{method} {path}: {r:?}"
+            );
+        }
+        // Braces and quotes in a path, as some clients send them, are
+        // carried as they came.
+        let braces = Prepared::from_envoy(
+            &[h(":method", b"GET"), h(":path", br#"/q/{"a"}?x=1"#)],
+            Bytes::new(),
+        );
+        assert_eq!(braces.expect("replayable").path, r#"/q/{"a"}?x=1"#);
     }
 }

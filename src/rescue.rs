@@ -19,8 +19,13 @@ use crate::{
     endpoints::{picker, Cluster, Endpoint, Registry},
     metrics::{AttemptResult, Metrics, Outcome},
     policy::{self, safety, Backoff, Budget, Decision, RequestFacts},
-    replay::{Attempt, BufferBudget, Prepared, Replayed, Replayer},
+    replay::{Attempt, BufferBudget, Failure, Prepared, Replayed, Replayer, Reservation},
 };
+
+/// Below this much time left, a replay is not started (or `per_try_timeout`,
+/// if shorter): it could not finish, and its timeout would be blamed on an
+/// endpoint that did nothing wrong.
+const MIN_REPLAY_TIME: Duration = Duration::from_millis(50);
 
 /// Shared by every stream: the budget, the client and the limits.
 #[derive(Debug)]
@@ -37,15 +42,19 @@ pub struct Rescuer {
     buffers: Arc<BufferBudget>,
 }
 
-/// One rescue's inputs.
+/// One rescue: decided on when the response headers are judged, run when
+/// the stream next asks for a reply.
 #[derive(Debug)]
-pub struct Job<'a> {
-    pub request: &'a Prepared,
+pub struct Job {
+    pub request: Prepared,
     pub facts: RequestFacts,
-    pub cluster: Option<&'a str>,
+    pub cluster: Option<String>,
     /// The endpoints that failed it already (not tried again at once).
-    pub failed: &'a [SocketAddr],
+    pub failed: Vec<SocketAddr>,
     pub deadline: Instant,
+    /// The captured body's share of `limits.max_buffered_bytes`, held
+    /// until the rescue ends.
+    pub _reserved: Reservation,
 }
 
 /// How a rescue ended, for the stream to answer Envoy.
@@ -59,7 +68,7 @@ pub enum Ending {
 }
 
 impl Rescuer {
-    pub fn new(cfg: &config::Config, registry: Arc<Registry>, metrics: Metrics) -> Self {
+    pub(crate) fn new(cfg: &config::Config, registry: Arc<Registry>, metrics: Metrics) -> Self {
         let buffers = BufferBudget::new(cfg.limits.max_buffered_bytes);
         Self {
             budget: Budget::new(
@@ -80,29 +89,27 @@ impl Rescuer {
         }
     }
 
-    /// Reserves `n` bytes of body capture; false past
-    /// `limits.max_buffered_bytes`.
-    pub fn reserve(&self, n: usize) -> bool {
-        self.buffers.reserve(n)
-    }
-
-    pub fn release(&self, n: usize) {
-        self.buffers.release(n);
+    /// An empty share of `limits.max_buffered_bytes`, for a request body
+    /// to be captured into.
+    pub(crate) fn reservation(&self) -> Reservation {
+        Reservation::new(Arc::clone(&self.buffers))
     }
 
     /// Body bytes held now, across every stream (replayed responses
     /// included): back to zero once every stream has ended, or the
     /// accounting leaks.
-    pub fn buffered(&self) -> usize {
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn buffered(&self) -> usize {
         self.buffers.used()
     }
 
     /// `limits.max_buffered_bytes`.
-    pub fn max_buffered(&self) -> usize {
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn max_buffered(&self) -> usize {
         self.buffers.max()
     }
 
-    pub async fn run(&self, job: Job<'_>) -> Ending {
+    pub(crate) async fn run(&self, job: Job) -> Ending {
         let started = Instant::now();
         let outcome = self.attempts(&job).await;
         let (outcome, ending) = match outcome {
@@ -124,91 +131,151 @@ impl Rescuer {
         ending
     }
 
-    async fn attempts(&self, job: &Job<'_>) -> Result<Replayed, Outcome> {
-        let Some(cluster) = self.registry.cluster(job.cluster) else {
+    async fn attempts(&self, job: &Job) -> Result<Replayed, Outcome> {
+        let Some(cluster) = self.registry.cluster(job.cluster.as_deref()) else {
             // No endpoint is known for this cluster: no target, and never
             // another cluster's endpoints.
             return Err(Outcome::UnknownCluster);
         };
-        let mut tried: Vec<SocketAddr> = job.failed.to_vec();
+        let mut tried: Vec<SocketAddr> = job.failed.clone();
         for replay in 1..=self.cfg.max_attempts {
-            if Instant::now() >= job.deadline {
-                return Err(Outcome::NoTimeLeft);
-            }
-            let pause = self.backoff.delay(replay);
-            if !pause.is_zero() {
-                tokio::time::sleep_until(later(Instant::now(), pause).min(job.deadline)).await;
-            }
-            let endpoint = match picker::pick(&cluster, &tried, self.registry.now_ms()) {
-                Some(e) => e,
-                None => self.hold(&cluster, job.deadline).await?,
-            };
+            let endpoint = self.next(&cluster, &tried, replay, job.deadline).await?;
+            let timeout = self.time_for_one(job.deadline)?;
             if !self.budget.try_withdraw() {
                 return Err(Outcome::BudgetExhausted);
             }
-            let remaining = job.deadline.saturating_duration_since(Instant::now());
-            let timeout = self.cfg.per_try_timeout.min(remaining);
             let attempt = {
                 let _in_flight = endpoint.start_request();
                 self.replayer
-                    .send(endpoint.addr, job.request, replay + 1, timeout)
+                    .send(endpoint.addr, &job.request, replay + 1, timeout)
                     .await
             };
             tried.push(endpoint.addr);
-            match attempt {
-                Attempt::Response(r) => match self.judge(&r, job.facts, endpoint.addr) {
-                    Decision::Rescue => {
-                        self.metrics.attempt(AttemptResult::Retriable);
-                        self.registry.observe_failure(endpoint.addr);
-                    }
-                    _ => {
-                        self.metrics.attempt(AttemptResult::Response);
-                        if r.status < 500 {
-                            self.registry.observe_success(endpoint.addr);
-                        }
-                        return Ok(r);
-                    }
-                },
-                Attempt::ConnectFailed => {
-                    self.metrics.attempt(AttemptResult::ConnectFailure);
-                    self.registry.observe_failure(endpoint.addr);
-                }
-                Attempt::TooLarge => {
-                    self.metrics.attempt(AttemptResult::Response);
-                    return Err(Outcome::ResponseTooLarge);
-                }
-                Attempt::Failed(why) => {
-                    self.metrics.attempt(AttemptResult::Failed);
-                    tracing::debug!(endpoint = %endpoint.addr, why, "replay failed");
-                    self.registry.observe_failure(endpoint.addr);
-                    // The app may have this one now: only an idempotent
-                    // request may go out again.
-                    if !safety::is_safe(classify::Reached::Maybe, job.facts) {
-                        return Err(Outcome::StoppedUnsafe);
-                    }
-                }
+            if let Some(r) = self.outcome_of(attempt, job.facts, endpoint.addr, timeout)? {
+                return Ok(r);
             }
         }
         Err(Outcome::AttemptsExhausted)
     }
 
+    /// The endpoint for replay number `replay`, after its backoff: one not
+    /// tried yet, or the first to become usable while held.
+    async fn next(
+        &self,
+        cluster: &Cluster,
+        tried: &[SocketAddr],
+        replay: u32,
+        deadline: Instant,
+    ) -> Result<Arc<Endpoint>, Outcome> {
+        if Instant::now() >= deadline {
+            return Err(Outcome::NoTimeLeft);
+        }
+        let pause = self.backoff.delay(replay);
+        if !pause.is_zero() {
+            tokio::time::sleep_until(later(Instant::now(), pause).min(deadline)).await;
+        }
+        match picker::pick(cluster, tried, self.registry.now_ms()) {
+            Some(e) => Ok(e),
+            None => self.hold(cluster, deadline).await,
+        }
+    }
+
+    /// The time one replay may take: `per_try_timeout`, cut to what is left
+    /// before the deadline. A replay that would have almost none (the
+    /// backoff or a hold ran up to the deadline) is not sent at all: it
+    /// could only time out, and the endpoint would be blamed for it.
+    fn time_for_one(&self, deadline: Instant) -> Result<Duration, Outcome> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining < MIN_REPLAY_TIME.min(self.cfg.per_try_timeout) {
+            return Err(Outcome::NoTimeLeft);
+        }
+        Ok(self.cfg.per_try_timeout.min(remaining))
+    }
+
+    /// Learns from one attempt (passive health, metrics): the response to
+    /// answer with, `None` to try another endpoint, or why the rescue ends.
+    /// Only a failure that is the endpoint's fault counts against it.
+    fn outcome_of(
+        &self,
+        attempt: Attempt,
+        facts: RequestFacts,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Option<Replayed>, Outcome> {
+        let blame = match attempt {
+            Attempt::Response(r) => return Ok(self.answered(r, facts, addr)),
+            Attempt::ConnectFailed => {
+                self.metrics.attempt(AttemptResult::ConnectFailure);
+                self.registry.observe_failure(addr);
+                return Ok(None);
+            }
+            Attempt::TooLarge => {
+                self.metrics.attempt(AttemptResult::Response);
+                return Err(Outcome::ResponseTooLarge);
+            }
+            // Nothing was sent: the request's fault, no endpoint's.
+            Attempt::Unsendable => return Err(Outcome::Unreplayable),
+            Attempt::Failed(why) => {
+                self.metrics.replay_failed(why);
+                tracing::debug!(endpoint = %addr, why = why.as_str(), "replay failed");
+                // A timeout the deadline cut short says nothing of the endpoint.
+                why != Failure::Timeout || timeout >= self.cfg.per_try_timeout
+            }
+        };
+        if blame {
+            self.registry.observe_failure(addr);
+        }
+        // The app may have this one now: only an idempotent request may go
+        // out again.
+        if !safety::is_safe(classify::Reached::Maybe, facts) {
+            return Err(Outcome::StoppedUnsafe);
+        }
+        Ok(None)
+    }
+
+    /// A replayed response: the one to answer with, or `None` when the
+    /// policy would retry it.
+    fn answered(&self, r: Replayed, facts: RequestFacts, addr: SocketAddr) -> Option<Replayed> {
+        if self.judge(&r, facts, addr) == Decision::Rescue {
+            self.metrics.attempt(AttemptResult::Retriable);
+            self.registry.observe_failure(addr);
+            return None;
+        }
+        self.metrics.attempt(AttemptResult::Response);
+        if r.status < 500 {
+            self.registry.observe_success(addr);
+        }
+        Some(r)
+    }
+
     /// Would the policy retry this replayed response?
     fn judge(&self, r: &Replayed, facts: RequestFacts, addr: SocketAddr) -> Decision {
-        let header = |name: &str| r.headers.get(name);
         let cause = classify::classify(&Observed {
-            status: r.status,
             details: "via_upstream",
-            connection_close: header("connection")
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close")),
-            drain_header: header(&self.cfg.drain_header).is_some(),
-            overloaded: header("x-envoy-overloaded").is_some(),
             endpoint: self.registry.state_of(addr),
-            ..Default::default()
+            ..Observed::response(r.status, &self.cfg.drain_header, |name| {
+                r.headers.get(name).map(|v| v.as_bytes())
+            })
         });
         if cause == Cause::Success {
             return Decision::NotRetriable;
         }
         policy::decide(cause, facts, self.cfg.retry_plain_503)
+    }
+
+    /// Why the response Envoy got from `upstream` failed; passive health
+    /// learns from it when the failure is the endpoint's own.
+    pub(crate) fn learn(&self, observed: Observed<'_>, upstream: Option<SocketAddr>) -> Cause {
+        let cause = classify::classify(&Observed {
+            endpoint: upstream.and_then(|a| self.registry.state_of(a)),
+            ..observed
+        });
+        if let Some(addr) = upstream {
+            if cause.blames_endpoint() {
+                self.registry.observe_failure(addr);
+            }
+        }
+        cause
     }
 
     /// Waits for a usable endpoint until the deadline: woken by any change
@@ -263,7 +330,7 @@ impl Drop for Held<'_> {
 /// config, which is input too, and an `Instant` that overflows panics (a
 /// `rescue.deadline` of a billion years would otherwise take the stream
 /// down on its first rescue).
-pub fn later(start: Instant, d: Duration) -> Instant {
+pub(crate) fn later(start: Instant, d: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
     start.checked_add(d.min(FAR)).unwrap_or(start)
 }

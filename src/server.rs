@@ -16,75 +16,159 @@ use crate::{
     config::Config,
     control::Control,
     drain::Drain,
-    endpoints::{eds_file, kubernetes, probe, Registry},
+    endpoints::{eds_file, probe, Registry},
     ext_proc::{self, Context, ExtProc},
     metrics::Metrics,
 };
 
 /// Runs until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub(crate) async fn run(cfg: Config) -> anyhow::Result<()> {
     run_until(cfg, shutdown_signal()).await
 }
 
 /// Runs until `shutdown` resolves, then drains and returns.
-pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let grpc_listener = TcpListener::bind(cfg.listen.grpc)
-        .await
-        .with_context(|| format!("binding the gRPC port {}", cfg.listen.grpc))?;
-    let admin_listener = TcpListener::bind(cfg.listen.admin)
-        .await
-        .with_context(|| format!("binding the admin port {}", cfg.listen.admin))?;
-    let grpc_addr = grpc_listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
-    let control_listener = match cfg.listen.control {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the control port {addr}"))?,
-        ),
-        None => None,
-    };
-
+pub(crate) async fn run_until(
+    cfg: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let listeners = Listeners::bind(&cfg).await?;
     let access = Access::load(&cfg.admin)?;
     let drain = Drain::new();
     let registry = Arc::new(Registry::from_config(&cfg.endpoints, &cfg.health));
-    let metrics = Metrics::new();
+    let sources = start_sources(&cfg, &registry, &drain).await?;
+    let ctx = Arc::new(Context::new(
+        &cfg,
+        Arc::clone(&registry),
+        Metrics::new(),
+        Arc::clone(&drain),
+    ));
+    let grpc = serve_grpc(&cfg, listeners.grpc, ctx, &drain).await?;
+    let control = listeners
+        .control
+        .map(|l| spawn_control(l, Control::new(Arc::clone(&registry), access.clone())))
+        .transpose()?;
+    let admin = spawn_admin(
+        listeners.admin,
+        AdminState {
+            drain: Arc::clone(&drain),
+            registry,
+            access,
+        },
+    )?;
+    announce(grpc.addr, admin.addr, control.as_ref().map(|c| c.addr));
+    tracing::info!(grpc = %grpc.addr, admin = %admin.addr, version = env!("CARGO_PKG_VERSION"), "mulligan serving");
+
+    shutdown.await;
+    drain_grpc(&cfg, &drain, grpc).await;
+    for task in sources {
+        task.abort();
+    }
+    admin.stop().await;
+    if let Some(c) = control {
+        c.stop().await;
+    }
+    Ok(())
+}
+
+/// Every port, bound before anything starts: a port in use fails `serve`
+/// at once, with the port named.
+struct Listeners {
+    grpc: TcpListener,
+    admin: TcpListener,
+    control: Option<TcpListener>,
+}
+
+impl Listeners {
+    async fn bind(cfg: &Config) -> anyhow::Result<Self> {
+        let bind = |what: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the {what} port {addr}"))
+        };
+        Ok(Self {
+            grpc: bind("gRPC", cfg.listen.grpc).await?,
+            admin: bind("admin", cfg.listen.admin).await?,
+            control: match cfg.listen.control {
+                Some(addr) => Some(bind("control", addr).await?),
+                None => None,
+            },
+        })
+    }
+}
+
+/// Starts the discovery sources (EDS file, Kubernetes, probes); their
+/// tasks, to stop at shutdown.
+async fn start_sources(
+    cfg: &Config,
+    registry: &Arc<Registry>,
+    drain: &Arc<Drain>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut sources = Vec::new();
     if !cfg.endpoints.eds_file.is_empty() {
         let path = std::path::PathBuf::from(&cfg.endpoints.eds_file);
-        match eds_file::load(&registry, &path) {
+        match eds_file::load(registry, &path) {
             Ok(n) => tracing::info!(file = %path.display(), clusters = n, "eds file loaded"),
-            Err(e) => tracing::warn!(error = e, "eds file not loaded yet; following it"),
+            Err(e) => tracing::warn!(error = %e, "eds file not loaded yet; following it"),
         }
         sources.push(eds_file::spawn(
-            Arc::clone(&registry),
+            Arc::clone(registry),
             path,
             cfg.endpoints.eds_file_poll,
         ));
     }
     if cfg.kubernetes.enabled {
-        let tasks = kubernetes::spawn(Arc::clone(&registry), Arc::clone(&drain), &cfg.kubernetes)
-            .await
-            .context("starting Kubernetes discovery")?;
-        sources.extend(tasks);
+        sources.extend(kubernetes(cfg, registry, drain).await?);
     }
-    sources.extend(probe::spawn(Arc::clone(&registry), &cfg.probe));
-    let ctx = Arc::new(Context::new(
-        &cfg,
-        Arc::clone(&registry),
-        metrics,
-        Arc::clone(&drain),
-    ));
+    sources.extend(probe::spawn(Arc::clone(registry), &cfg.probe));
+    Ok(sources)
+}
 
+#[cfg(feature = "kubernetes")]
+async fn kubernetes(
+    cfg: &Config,
+    registry: &Arc<Registry>,
+    drain: &Arc<Drain>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    crate::endpoints::kubernetes::spawn(Arc::clone(registry), Arc::clone(drain), &cfg.kubernetes)
+        .await
+        .context("starting Kubernetes discovery")
+}
+
+/// Validation refuses `kubernetes.enabled` in this build before `serve`
+/// gets here; this is for a config built by hand.
+#[cfg(not(feature = "kubernetes"))]
+async fn kubernetes(
+    _: &Config,
+    _: &Arc<Registry>,
+    _: &Arc<Drain>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    anyhow::bail!(
+        "kubernetes.enabled, but this mulligan was built without the `kubernetes` feature"
+    )
+}
+
+/// The gRPC port (ext_proc and health), serving until the drain begins.
+struct Grpc {
+    addr: SocketAddr,
+    health: tonic_health::server::HealthReporter,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+async fn serve_grpc(
+    cfg: &Config,
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    drain: &Arc<Drain>,
+) -> anyhow::Result<Grpc> {
+    let addr = listener.local_addr()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(ext_proc::SERVICE_NAME, ServingStatus::Serving)
         .await;
-
     // Small gRPC frames both ways on every request: Nagle would hold them.
-    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let keepalive = |d: std::time::Duration| (!d.is_zero()).then_some(d);
-    let grpc = tls(tonic::transport::Server::builder(), &cfg.grpc_tls)?
+    let server = tls(tonic::transport::Server::builder(), &cfg.grpc_tls)?
         .http2_keepalive_interval(keepalive(cfg.limits.keepalive_interval))
         .http2_keepalive_timeout(keepalive(cfg.limits.keepalive_timeout))
         .add_service(health_service)
@@ -94,38 +178,19 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
                 .into_server(cfg.limits.max_message_bytes),
         )
         .serve_with_incoming_shutdown(incoming, {
-            let drain = Arc::clone(&drain);
+            let drain = Arc::clone(drain);
             async move { drain.signaled().await }
         });
-    let grpc = tokio::spawn(grpc);
+    Ok(Grpc {
+        addr,
+        health,
+        task: tokio::spawn(server),
+    })
+}
 
-    let control = match control_listener {
-        Some(l) => Some(spawn_control(
-            l,
-            Control::new(Arc::clone(&registry), access.clone()),
-        )?),
-        None => None,
-    };
-
-    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin = axum::serve(
-        admin_listener,
-        admin::router(AdminState {
-            drain: Arc::clone(&drain),
-            registry,
-            access,
-        })
-        .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = admin_stopped.await;
-    });
-    let admin = tokio::spawn(async move { admin.await });
-
-    announce(grpc_addr, admin_addr, control.as_ref().map(|c| c.addr));
-    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, version = env!("CARGO_PKG_VERSION"), "mulligan serving");
-
-    shutdown.await;
+/// mulligan's own drain: refuse new streams, report NOT_SERVING, and wait
+/// (up to `shutdown.drain_timeout`) for the streams in flight to end.
+async fn drain_grpc(cfg: &Config, drain: &Drain, grpc: Grpc) {
     tracing::info!(
         in_flight = drain.in_flight(),
         timeout = ?cfg.shutdown.drain_timeout,
@@ -133,14 +198,13 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
     );
     drain.begin();
     for name in ["", ext_proc::SERVICE_NAME] {
-        health
+        grpc.health
             .set_service_status(name, ServingStatus::NotServing)
             .await;
     }
-
     let drained = tokio::time::timeout(cfg.shutdown.drain_timeout, async {
         drain.idle().await;
-        grpc.await
+        grpc.task.await
     })
     .await;
     match drained {
@@ -152,16 +216,25 @@ pub async fn run_until(cfg: Config, shutdown: impl Future<Output = ()>) -> anyho
             "shutdown: drain timeout reached; exiting with streams still open"
         ),
     }
-    for task in sources {
-        task.abort();
-    }
-    let _ = admin_stop.send(());
-    let _ = admin.await;
-    if let Some(c) = control {
-        let _ = c.stop.send(());
-        let _ = c.task.await;
-    }
-    Ok(())
+}
+
+/// The admin HTTP port, serving until stopped.
+fn spawn_admin(listener: TcpListener, state: AdminState) -> anyhow::Result<Background> {
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(
+        listener,
+        admin::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stopped.await;
+    });
+    let task = tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    Ok(Background { addr, stop, task })
 }
 
 /// With `[grpc_tls]`: TLS on the ext_proc port, client certificate required.
@@ -190,14 +263,23 @@ fn tls(
         .context("grpc_tls: certificate, key or client CA")
 }
 
-/// The `mulligan.v1.Lifecycle` server on its own port.
-struct ControlServer {
+/// A server on a port of its own (admin, control), stopped at shutdown
+/// once the ext_proc streams have drained.
+struct Background {
     addr: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-fn spawn_control(listener: TcpListener, control: Control) -> anyhow::Result<ControlServer> {
+impl Background {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// The `mulligan.v1.Lifecycle` server on its own port.
+fn spawn_control(listener: TcpListener, control: Control) -> anyhow::Result<Background> {
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
@@ -205,11 +287,12 @@ fn spawn_control(listener: TcpListener, control: Control) -> anyhow::Result<Cont
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
             let _ = stopped.await;
         });
-    Ok(ControlServer {
-        addr,
-        stop,
-        task: tokio::spawn(server),
-    })
+    let task = tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "control server failed");
+        }
+    });
+    Ok(Background { addr, stop, task })
 }
 
 /// The one line on stdout, for scripts and tests that start mulligan on

@@ -51,7 +51,7 @@ pub struct Plan {
 
 /// Plans one request. `sample` is a uniform draw in `[0, 1)` deciding
 /// whether a request that needs nothing more is observed anyway.
-pub fn plan(
+pub(crate) fn plan(
     registry: &Registry,
     cluster: Option<&str>,
     facts: RequestFacts,
@@ -81,6 +81,54 @@ pub fn plan(
     }
 }
 
+impl Plan {
+    /// The request headers that hand this plan to Envoy, as (name, value):
+    /// the endpoint list in `list_header` and the retry policy that goes
+    /// with it. A `None` value removes the header: with no list, a client's
+    /// own never reaches Envoy.
+    pub(crate) fn headers<'a>(
+        &self,
+        list_header: &'a str,
+        drain_header: &'a str,
+    ) -> Vec<(&'a str, Option<String>)> {
+        if self.endpoints.is_empty() {
+            return vec![(list_header, None)];
+        }
+        let mut out = vec![
+            (list_header, Some(header_value(&self.endpoints))),
+            ("x-envoy-retry-on", Some(self.retry_on.to_string())),
+            (
+                "x-envoy-retriable-header-names",
+                Some(drain_header.to_string()),
+            ),
+            ("x-envoy-max-retries", Some(self.max_retries.to_string())),
+            (
+                "x-envoy-upstream-rq-per-try-timeout-ms",
+                Some(self.per_try_timeout_ms.to_string()),
+            ),
+        ];
+        if self.retry_503 {
+            out.push(("x-envoy-retriable-status-codes", Some("503".to_string())));
+        }
+        out
+    }
+}
+
+/// Passive health from a steered response: Envoy went down the list, so
+/// the endpoints before the one that answered failed this request.
+pub(crate) fn learn(
+    registry: &Registry,
+    steered: &[SocketAddr],
+    attempts: u64,
+    answered: Option<SocketAddr>,
+) {
+    if attempts > 1 {
+        for e in failed_before(steered, attempts, answered) {
+            registry.observe_failure(*e);
+        }
+    }
+}
+
 /// Usable endpoints, least loaded first, ties in random order (so load
 /// spreads), at most `max`.
 fn order(endpoints: &[std::sync::Arc<Endpoint>], now_ms: u64, max: usize) -> Vec<SocketAddr> {
@@ -99,7 +147,7 @@ fn order(endpoints: &[std::sync::Arc<Endpoint>], now_ms: u64, max: usize) -> Vec
 }
 
 /// The endpoint list as `override_host` reads it: `ip:port,ip:port`.
-pub fn header_value(endpoints: &[SocketAddr]) -> String {
+pub(crate) fn header_value(endpoints: &[SocketAddr]) -> String {
     let mut out = String::with_capacity(endpoints.len() * 22);
     for (i, e) in endpoints.iter().enumerate() {
         if i > 0 {
@@ -113,7 +161,7 @@ pub fn header_value(endpoints: &[SocketAddr]) -> String {
 /// What a steered response says about the endpoints tried before it: with
 /// `override_host`, attempt `k` went to the k-th listed endpoint, so the
 /// listed endpoints before the one that answered failed.
-pub fn failed_before(
+pub(crate) fn failed_before(
     steered: &[SocketAddr],
     attempts: u64,
     answered: Option<SocketAddr>,

@@ -312,6 +312,13 @@ async fn a_replay_target_that_hangs_trickles_or_cuts_never_yields_a_truncated_su
         1.0,
         "only the trickle that finished in time was used"
     );
+    // Each failed replay is counted by why: the hang and the slow trickle
+    // ran out of time; the cut broke the exchange (before or after the
+    // response headers, depending on when the reset is read).
+    let failures = |why: &str| format!(r#"mulligan_replay_failures_total{{why="{why}"}}"#);
+    assert!(m.metric(&failures("timeout")).await >= 2.0);
+    let cut = m.metric(&failures("broken")).await + m.metric(&failures("body_cut")).await;
+    assert!(cut >= 1.0, "the cut replay was not counted");
     m.wait_metric(IN_FLIGHT, 0.0, Duration::from_secs(5), "streams released")
         .await;
 }

@@ -559,6 +559,10 @@ async fn the_envoy_gateway_shaped_config_survives_a_rolling_update() {
 /// valid config (checked by the binary), and the Deployment runs it with the
 /// probes and ports mulligan serves.
 #[test]
+#[cfg_attr(
+    not(feature = "kubernetes"),
+    ignore = "the ConfigMap enables Kubernetes discovery"
+)]
 fn the_kubernetes_manifests_fit_the_binary() {
     let dir = repo_root().join("envoy-config/gateway");
     for k in ["kustomization.yaml", "kubernetes/kustomization.yaml"] {

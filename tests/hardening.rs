@@ -601,3 +601,169 @@ async fn expect_pass_through(c: &mut Conversation) {
         reply.response
     );
 }
+
+/// mulligan with `toml` as its config file.
+async fn start_with(toml: &str) -> Mulligan {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(&cfg, toml).expect("write");
+    Mulligan::start(&["--config", cfg.to_str().expect("path")]).await
+}
+
+/// The passive-health penalty mulligan holds against `addr` now (ms).
+async fn penalty_ms(m: &Mulligan, addr: std::net::SocketAddr) -> u64 {
+    let r = rig::client::get(m.admin, "/v1/endpoints")
+        .await
+        .expect("list endpoints");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    let listed = v["endpoints"].as_array().expect("array").iter();
+    listed
+        .filter(|e| e["address"] == addr.to_string())
+        .map(|e| e["penalty_ms"].as_u64().expect("penalty_ms"))
+        .max()
+        .expect("endpoint listed")
+}
+
+/// Sends a legacy-wiring exchange on `c`: request headers `request`, then
+/// a 503 response with `attrs`; returns the reply that ends it (after any
+/// message-timeout extension).
+async fn failed_exchange(
+    c: &mut Conversation,
+    request: ProcessingRequest,
+    attrs: &[(&str, Kind)],
+) -> Option<Response> {
+    c.send(request).await;
+    assert!(matches!(
+        c.reply().await.response,
+        Some(Response::RequestHeaders(_))
+    ));
+    c.send(with_attributes(
+        msg(Request::ResponseHeaders(HttpHeaders::default())),
+        attrs,
+    ))
+    .await;
+    let mut reply = c.reply().await;
+    while reply.response.is_none() && reply.override_message_timeout.is_some() {
+        reply = c.reply().await;
+    }
+    reply.response
+}
+
+/// Item 8: a path that `http::Uri` rejects is the request's fault. It
+/// passes through unreplayed, and no endpoint is penalised for it (each
+/// replay used to fail building the request, and three healthy endpoints
+/// were avoided for it).
+#[tokio::test]
+async fn a_path_http_cannot_carry_penalises_no_endpoint() {
+    let mut pods = Vec::new();
+    for name in ["a", "b", "c"] {
+        pods.push(Pod::start(name, PodState::Ready).await);
+    }
+    let list: Vec<String> = pods.iter().map(|p| format!("\"{}\"", p.addr)).collect();
+    let m = start_with(&format!("[endpoints]\nstatic = [{}]\n", list.join(","))).await;
+    let mut c = open(m.grpc).await;
+    let reply = failed_exchange(
+        &mut c,
+        request_headers(&[(":method", "GET"), (":path", "/a<b>")], true),
+        // A connection failure: replayable whatever the method.
+        &[
+            ("response.code", Kind::NumberValue(503.0)),
+            ("response.flags", Kind::NumberValue(32.0)),
+        ],
+    )
+    .await;
+    assert!(
+        matches!(reply, Some(Response::ResponseHeaders(_))),
+        "the 503 must pass through, got {reply:?}"
+    );
+    for p in &pods {
+        assert_eq!(penalty_ms(&m, p.addr).await, 0, "{} penalised", p.name());
+        assert_eq!(p.served(), 0);
+    }
+    assert_eq!(
+        m.metric(r#"mulligan_rescues_total{outcome="unreplayable"}"#)
+            .await,
+        1.0
+    );
+}
+
+/// Item 8: a replay that would start at the deadline (here the backoff
+/// before the second replay runs up to it) is not sent with a ~0 ms
+/// timeout: it could only time out, and the healthy endpoint it was meant
+/// for would be penalised.
+#[tokio::test]
+async fn a_replay_at_the_deadline_is_not_sent_and_penalises_no_one() {
+    let gone = Pod::start("gone", PodState::Gone).await;
+    let ready = Pod::start("ready", PodState::Ready).await;
+    let m = start_with(&format!(
+        "[rescue]\ndeadline = \"300ms\"\nbackoff_base = \"1h\"\nbackoff_max = \"1h\"\n\
+         retry_plain_503 = true\n[endpoints]\nstatic = [\"{}\", \"{}\"]\n",
+        gone.addr, ready.addr
+    ))
+    .await;
+    let mut c = open(m.grpc).await;
+    // A plain 503 from `ready` (not its fault, so it is not penalised, but
+    // not tried again at once): the first replay goes to `gone` and is
+    // refused; the second waits out its backoff, cut to the deadline, and
+    // only `ready` is left.
+    let reply = failed_exchange(
+        &mut c,
+        request_headers(&[(":method", "GET"), (":path", "/")], true),
+        &[
+            ("response.code", Kind::NumberValue(503.0)),
+            (
+                "upstream.address",
+                Kind::StringValue(ready.addr.to_string()),
+            ),
+        ],
+    )
+    .await;
+    assert!(
+        matches!(reply, Some(Response::ResponseHeaders(_))),
+        "the 503 must pass through, got {reply:?}"
+    );
+    assert!(penalty_ms(&m, gone.addr).await > 0, "the refusal was seen");
+    assert_eq!(penalty_ms(&m, ready.addr).await, 0, "ready was penalised");
+    assert_eq!(
+        m.metric(r#"mulligan_rescues_total{outcome="no_time_left"}"#)
+            .await,
+        1.0
+    );
+}
+
+/// Item 8: a replay whose timeout the deadline cut short of
+/// `per_try_timeout` says nothing of the endpoint when it runs out: the
+/// endpoint was not given its time, and is not penalised for it.
+#[tokio::test]
+async fn a_replay_cut_short_by_the_deadline_penalises_no_one() {
+    let slow = Pod::start("slow", PodState::Ready).await;
+    let m = start_with(&format!(
+        "[rescue]\ndeadline = \"300ms\"\nper_try_timeout = \"5s\"\n\
+         [endpoints]\nstatic = [\"{}\"]\n",
+        slow.addr
+    ))
+    .await;
+    let mut c = open(m.grpc).await;
+    // The replay goes to `slow`, which answers `/delay/5000` after 5 s: the
+    // replay runs out with the deadline, 300 ms in.
+    let reply = failed_exchange(
+        &mut c,
+        request_headers(&[(":method", "GET"), (":path", "/delay/5000")], true),
+        &[
+            ("response.code", Kind::NumberValue(503.0)),
+            ("response.flags", Kind::NumberValue(32.0)),
+        ],
+    )
+    .await;
+    assert!(
+        matches!(reply, Some(Response::ResponseHeaders(_))),
+        "the 503 must pass through, got {reply:?}"
+    );
+    assert_eq!(
+        m.metric(r#"mulligan_replay_failures_total{why="timeout"}"#)
+            .await,
+        1.0,
+        "the replay was sent and ran out"
+    );
+    assert_eq!(penalty_ms(&m, slow.addr).await, 0, "slow was penalised");
+}

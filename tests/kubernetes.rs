@@ -1,6 +1,7 @@
 //! Kubernetes discovery against a stand-in API server speaking the list and
 //! watch protocol with real Kubernetes JSON (`rig::kube_api`), then end
 //! to end: API events drive the registry while real Envoy serves traffic.
+#![cfg(feature = "kubernetes")]
 
 use std::time::{Duration, Instant};
 

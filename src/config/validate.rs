@@ -58,7 +58,7 @@ const RESERVED_HEADERS: &[&str] = &[
 
 impl Config {
     /// Every rule this config breaks (empty: valid).
-    pub fn problems(&self) -> Vec<Problem> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut p = Problems::default();
         self.check_durations(&mut p);
         self.check_ceilings(&mut p);
@@ -70,7 +70,7 @@ impl Config {
 
     /// The first problem, located in `text` (the file `file` as read); with
     /// no text (flags only), at line 0.
-    pub fn validate(&self, file: &str, text: Option<&str>) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self, file: &str, text: Option<&str>) -> Result<(), ConfigError> {
         let Some(problem) = self.problems().into_iter().next() else {
             return Ok(());
         };
@@ -212,7 +212,15 @@ impl Config {
         }
     }
 
+    /// Listeners, discovery sources and TLS: what the server wires up.
     fn check_wiring(&self, p: &mut Problems) {
+        self.check_listeners(p);
+        self.check_static(p);
+        self.check_tls(p);
+        self.check_kubernetes(p);
+    }
+
+    fn check_listeners(&self, p: &mut Problems) {
         let l = &self.listen;
         if l.grpc == l.admin && l.grpc.port() != 0 {
             p.add("listen.admin", "is the same address as listen.grpc");
@@ -225,38 +233,49 @@ impl Config {
                 );
             }
         }
+    }
+
+    fn check_static(&self, p: &mut Problems) {
         let e = &self.endpoints;
-        if !e.default.is_empty() {
-            if e.static_cluster.is_empty() {
-                p.add(
-                    "endpoints.static_cluster",
-                    "must name the cluster of endpoints.static",
-                );
-            } else if e.clusters.contains_key(&e.static_cluster) {
-                p.add(
-                    "endpoints.static",
-                    format!(
-                        "cluster {:?} also has a list in endpoints.clusters: one would be ignored",
-                        e.static_cluster
-                    ),
-                );
-            }
+        if e.default.is_empty() {
+            return;
         }
+        if e.static_cluster.is_empty() {
+            p.add(
+                "endpoints.static_cluster",
+                "must name the cluster of endpoints.static",
+            );
+        } else if e.clusters.contains_key(&e.static_cluster) {
+            p.add(
+                "endpoints.static",
+                format!(
+                    "cluster {:?} also has a list in endpoints.clusters: one would be ignored",
+                    e.static_cluster
+                ),
+            );
+        }
+    }
+
+    fn check_tls(&self, p: &mut Problems) {
         let t = &self.grpc_tls;
-        if t.enabled() {
-            for (key, file) in [
-                ("grpc_tls.cert_file", &t.cert_file),
-                ("grpc_tls.key_file", &t.key_file),
-                ("grpc_tls.client_ca_file", &t.client_ca_file),
-            ] {
-                if file.is_empty() {
-                    p.add(
-                        key,
-                        "must be set: mTLS needs a certificate, its key and the client CA",
-                    );
-                }
+        if !t.enabled() {
+            return;
+        }
+        for (key, file) in [
+            ("grpc_tls.cert_file", &t.cert_file),
+            ("grpc_tls.key_file", &t.key_file),
+            ("grpc_tls.client_ca_file", &t.client_ca_file),
+        ] {
+            if file.is_empty() {
+                p.add(
+                    key,
+                    "must be set: mTLS needs a certificate, its key and the client CA",
+                );
             }
         }
+    }
+
+    fn check_kubernetes(&self, p: &mut Problems) {
         let k = &self.kubernetes;
         if k.enabled && k.services.is_empty() {
             p.add(
@@ -276,6 +295,13 @@ impl Config {
                     "must not be empty",
                 );
             }
+        }
+        if k.enabled && !cfg!(feature = "kubernetes") {
+            p.add(
+                "kubernetes.enabled",
+                "this mulligan was built without Kubernetes discovery (cargo feature \
+                 `kubernetes`): use a build with it, or endpoints.static / endpoints.eds_file",
+            );
         }
     }
 }
@@ -381,6 +407,23 @@ mod tests {
             assert!(err
                 .to_string()
                 .starts_with(&format!("m.toml:{}:{}: ", at.0, at.1)));
+        }
+    }
+
+    #[test]
+    fn kubernetes_discovery_needs_the_kubernetes_feature() {
+        let text = "[kubernetes]\nenabled = true\n[[kubernetes.services]]\nname = \"app\"\n";
+        let parsed = Config::parse("m.toml", text);
+        if cfg!(feature = "kubernetes") {
+            parsed.expect("valid in a build with Kubernetes discovery");
+        } else {
+            let err = parsed.expect_err("refused in a build without it");
+            assert!(
+                err.to_string().starts_with(
+                    "m.toml:2:11: kubernetes.enabled: this mulligan was built without"
+                ),
+                "{err}"
+            );
         }
     }
 

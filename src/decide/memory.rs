@@ -50,7 +50,7 @@ pub struct Memory {
 }
 
 impl Memory {
-    pub fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         let now = Instant::now();
         Self {
             shards: (0..SHARDS)
@@ -68,7 +68,7 @@ impl Memory {
     }
 
     /// The note on `id`; default when none (or no id).
-    pub fn get(&self, id: Option<&str>) -> Note {
+    pub(crate) fn get(&self, id: Option<&str>) -> Note {
         let Some(id) = id else { return Note::default() };
         let shard = self.shard(id);
         shard
@@ -81,7 +81,7 @@ impl Memory {
 
     /// Changes the note on `id` and returns it (nothing is remembered
     /// without an id: the change applies to a fresh note).
-    pub fn update(&self, id: Option<&str>, change: impl FnOnce(&mut Note)) -> Note {
+    pub(crate) fn update(&self, id: Option<&str>, change: impl FnOnce(&mut Note)) -> Note {
         let Some(id) = id else {
             let mut note = Note::default();
             change(&mut note);

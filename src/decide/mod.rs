@@ -55,7 +55,7 @@ pub enum Role {
 impl Role {
     pub const METADATA_KEY: &'static str = "x-mulligan-phase";
 
-    pub fn parse(value: &[u8]) -> Option<Role> {
+    pub(crate) fn parse(value: &[u8]) -> Option<Role> {
         match value {
             b"retry" => Some(Role::Retry),
             b"attempt" => Some(Role::Attempt),
@@ -79,7 +79,7 @@ pub enum Upstream {
 impl Upstream {
     /// From Envoy's `upstream.address` attribute. Envoy internal listeners
     /// (the hold) show as `envoy://NAME/...`; an app cannot fake that.
-    pub fn parse(address: Option<&str>) -> Self {
+    pub(crate) fn parse(address: Option<&str>) -> Self {
         match address {
             Some(a) if a.starts_with("envoy://") => Upstream::Hold,
             Some(a) => a.parse().map_or(Upstream::Unknown, Upstream::Endpoint),
@@ -98,15 +98,13 @@ impl Upstream {
 /// One failed attempt, as Envoy describes it.
 #[derive(Clone, Copy, Debug)]
 pub struct Failed<'a> {
-    pub status: u16,
+    /// The status and the header signals of the failed response.
+    pub response: Observed<'a>,
     pub upstream: Upstream,
     pub cluster: Option<&'a str>,
     /// Envoy's request id: the same on every attempt of one request.
     pub request_id: Option<&'a str>,
     pub facts: RequestFacts,
-    pub drain_header: bool,
-    pub connection_close: bool,
-    pub overloaded: bool,
 }
 
 /// mulligan's answer on one failed attempt.
@@ -137,7 +135,7 @@ pub struct Decider {
 }
 
 impl Decider {
-    pub fn new(cfg: &config::Config, registry: Arc<Registry>, metrics: Metrics) -> Self {
+    pub(crate) fn new(cfg: &config::Config, registry: Arc<Registry>, metrics: Metrics) -> Self {
         Self {
             budget: Budget::new(
                 cfg.budget.ratio,
@@ -159,20 +157,16 @@ impl Decider {
     }
 
     /// The verdict on one failed attempt; learns from it on the way.
-    pub fn judge(&self, f: &Failed<'_>) -> (Cause, Verdict) {
+    pub(crate) fn judge(&self, f: &Failed<'_>) -> (Cause, Verdict) {
         let cause = match f.upstream {
             Upstream::Hold => Cause::NoHealthyUpstream,
             _ => classify::classify(&Observed {
-                status: f.status,
                 details: "via_upstream",
-                connection_close: f.connection_close,
-                drain_header: f.drain_header,
-                overloaded: f.overloaded,
                 endpoint: f
                     .upstream
                     .endpoint()
                     .and_then(|a| self.registry.state_of(a)),
-                ..Default::default()
+                ..f.response
             }),
         };
         self.learn(f.upstream, cause);
@@ -238,7 +232,7 @@ impl Decider {
 
     /// Holds a request judged [`Verdict::Hold`] until an endpoint of its
     /// cluster can serve; the answer that ends the hold.
-    pub async fn hold(&self, cluster: Option<&str>, request_id: Option<&str>) -> Answer {
+    pub(crate) async fn hold(&self, cluster: Option<&str>, request_id: Option<&str>) -> Answer {
         let note = self.memory.get(request_id);
         // A request back at the hold right after a release found Envoy
         // still without the endpoint: give Envoy's view longer to catch up.
@@ -264,7 +258,7 @@ impl Decider {
     /// earlier attempt may have run it and it is not safe to run twice,
     /// whoever asked for the retry (mulligan, a connection failure, or a
     /// retry policy of the route's own).
-    pub fn may_retry(&self, id: Option<&str>) -> bool {
+    pub(crate) fn may_retry(&self, id: Option<&str>) -> bool {
         let ok = !self.memory.get(id).tainted;
         self.metrics
             .answer(if ok { Answer::Pass } else { Answer::Stopped });
@@ -272,12 +266,12 @@ impl Decider {
     }
 
     /// The failed response the client is about to get: learn from it.
-    pub fn last(&self, upstream: Upstream, cause: Cause) {
+    pub(crate) fn last(&self, upstream: Upstream, cause: Cause) {
         self.learn(upstream, cause);
         self.metrics.answer(Answer::Final);
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 }

@@ -73,7 +73,7 @@ struct SocketAddress {
 pub type ClusterView = (String, Vec<(SocketAddr, State)>);
 
 /// Parses an EDS document.
-pub fn parse(text: &str) -> Result<Vec<ClusterView>, serde_json::Error> {
+pub(crate) fn parse(text: &str) -> Result<Vec<ClusterView>, serde_json::Error> {
     let doc: Document = serde_json::from_str(text)?;
     let mut out = Vec::new();
     let mut add = |name: String, localities: Vec<Locality>| {
@@ -101,18 +101,40 @@ pub fn parse(text: &str) -> Result<Vec<ClusterView>, serde_json::Error> {
     Ok(out)
 }
 
+/// Why the EDS file could not be loaded (this time: it is followed, and a
+/// half-written file is read again on the next change).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: cannot read: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{path}: not an EDS DiscoveryResponse: {error}")]
+    Parse {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
+}
+
 /// Loads `path` into the registry; errors are reported, not fatal. The file
 /// is the whole truth: a cluster it no longer lists leaves the registry.
-pub fn load(registry: &Registry, path: &Path) -> Result<usize, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let clusters = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+pub(crate) fn load(registry: &Registry, path: &Path) -> Result<usize, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let clusters = parse(&text).map_err(|error| LoadError::Parse {
+        path: path.to_path_buf(),
+        error,
+    })?;
     let n = clusters.len();
     registry.replace_source("eds file", &clusters);
     Ok(n)
 }
 
 /// Follows `path`: reloads it whenever its modification time or size changes.
-pub fn spawn(registry: Arc<Registry>, path: PathBuf, poll: Duration) -> JoinHandle<()> {
+pub(crate) fn spawn(registry: Arc<Registry>, path: PathBuf, poll: Duration) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut seen: Option<(SystemTime, u64)> = None;
         let mut interval = tokio::time::interval(poll);
@@ -133,7 +155,7 @@ pub fn spawn(registry: Arc<Registry>, path: PathBuf, poll: Duration) -> JoinHand
                 Ok(_) => seen = Some(stamp),
                 // A half-written file (a writer that did not rename): try
                 // again next tick.
-                Err(e) => tracing::warn!(error = e, "eds file not loaded"),
+                Err(e) => tracing::warn!(error = %e, "eds file not loaded"),
             }
         }
     })
@@ -191,12 +213,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("eds.json");
         std::fs::write(&path, doc(&[("a", "127.0.0.1:1"), ("b", "127.0.0.1:2")])).unwrap();
-        assert_eq!(load(&registry, &path), Ok(2));
+        assert_eq!(load(&registry, &path).ok(), Some(2));
         assert!(registry.cluster(Some("b")).is_some());
         std::fs::write(&path, doc(&[("a", "127.0.0.1:1")])).unwrap();
-        assert_eq!(load(&registry, &path), Ok(1));
+        assert_eq!(load(&registry, &path).ok(), Some(1));
         assert!(registry.list(Some("b")).is_empty(), "b left the file");
         assert_eq!(registry.list(Some("a")).len(), 1);
         assert_eq!(registry.state_of("127.0.0.1:2".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn load_errors_say_which_file_and_what_went_wrong() {
+        let registry = Registry::from_config(
+            &crate::config::Endpoints::default(),
+            &crate::config::Health::default(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("eds.json");
+        let missing = load(&registry, &path).unwrap_err();
+        assert!(matches!(missing, LoadError::Read { .. }), "{missing:?}");
+        assert!(missing.to_string().starts_with(&path.display().to_string()));
+        std::fs::write(&path, "{\"resources\": [").unwrap();
+        let half = load(&registry, &path).unwrap_err();
+        assert!(matches!(half, LoadError::Parse { .. }), "{half:?}");
+        assert!(half.to_string().contains("not an EDS DiscoveryResponse"));
     }
 }

@@ -34,7 +34,7 @@ use super::{Registry, State};
 use crate::{config, drain::Drain};
 
 /// The Envoy cluster a Service's endpoints belong to.
-pub fn cluster_name(namespace: &str, svc: &config::KubeService) -> String {
+pub(crate) fn cluster_name(namespace: &str, svc: &config::KubeService) -> String {
     svc.cluster
         .clone()
         .unwrap_or_else(|| format!("httproute/{namespace}/{}/rule/0", svc.name))
@@ -42,7 +42,7 @@ pub fn cluster_name(namespace: &str, svc: &config::KubeService) -> String {
 
 /// Starts the watches; each Service holds mulligan's readiness until its
 /// first EndpointSlice list is in.
-pub async fn spawn(
+pub(crate) async fn spawn(
     registry: Arc<Registry>,
     drain: Arc<Drain>,
     cfg: &config::Kubernetes,
@@ -143,7 +143,10 @@ fn publish(
 }
 
 /// One slice's endpoints with their states, as Envoy Gateway reads them.
-pub fn endpoints(slice: &EndpointSlice, svc: &config::KubeService) -> Vec<(SocketAddr, State)> {
+pub(crate) fn endpoints(
+    slice: &EndpointSlice,
+    svc: &config::KubeService,
+) -> Vec<(SocketAddr, State)> {
     let ports = slice.ports.as_deref().unwrap_or_default();
     let port = ports
         .iter()

@@ -10,10 +10,11 @@
 //!   checks);
 //! - [`picker`]: the choice of endpoint for one replay.
 
-pub mod eds_file;
-pub mod kubernetes;
+pub(crate) mod eds_file;
+#[cfg(feature = "kubernetes")]
+pub(crate) mod kubernetes;
 pub mod picker;
-pub mod probe;
+pub(crate) mod probe;
 pub mod registry;
 
 pub use registry::{Cluster, Endpoint, EndpointView, InFlight, NotFound, Registry, State};

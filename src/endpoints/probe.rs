@@ -30,7 +30,7 @@ type ProbeClient = Client<HttpConnector, Empty<Bytes>>;
 /// Probes every endpoint address the registry knows, following membership
 /// changes (one task per address); `None` when probing is off. Aborting the
 /// returned task stops every probe.
-pub fn spawn(registry: Arc<Registry>, cfg: &config::Probe) -> Option<JoinHandle<()>> {
+pub(crate) fn spawn(registry: Arc<Registry>, cfg: &config::Probe) -> Option<JoinHandle<()>> {
     if cfg.path.is_empty() {
         return None;
     }

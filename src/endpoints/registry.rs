@@ -84,7 +84,7 @@ impl Endpoint {
         }
     }
 
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         State::from_u8(self.state.load(Ordering::Acquire))
     }
 
@@ -110,16 +110,16 @@ impl Endpoint {
     }
 
     /// Ready and not penalised: a request may be sent here now.
-    pub fn usable(&self, now_ms: u64) -> bool {
+    pub(crate) fn usable(&self, now_ms: u64) -> bool {
         self.state() == State::Ready && self.penalty_until_ms.load(Ordering::Acquire) <= now_ms
     }
 
-    pub fn in_flight(&self) -> u32 {
+    pub(crate) fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Counts a request to this endpoint until the guard is dropped.
-    pub fn start_request(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn start_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(Arc::clone(self))
     }
@@ -291,23 +291,23 @@ impl Registry {
     }
 
     /// Every distinct endpoint address (for probing).
-    pub fn addresses(&self) -> Vec<SocketAddr> {
+    pub(crate) fn addresses(&self) -> Vec<SocketAddr> {
         self.snapshot.load().by_addr.keys().copied().collect()
     }
 
     /// The state of `addr` as the registry knows it (the first cluster's).
-    pub fn state_of(&self, addr: SocketAddr) -> Option<State> {
+    pub(crate) fn state_of(&self, addr: SocketAddr) -> Option<State> {
         let snap = self.snapshot.load();
         snap.by_addr.get(&addr)?.first().map(|e| e.state())
     }
 
     /// Wakes every request held for a usable endpoint.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
 
     /// Wakes whoever follows the set of endpoints (the probe supervisor).
-    pub fn membership(&self) -> watch::Receiver<u64> {
+    pub(crate) fn membership(&self) -> watch::Receiver<u64> {
         self.membership.subscribe()
     }
 
@@ -316,7 +316,12 @@ impl Registry {
     /// in-flight counts and penalties survive. A source never ends a drain:
     /// an endpoint that is draining stays so until a lifecycle `ready` call,
     /// or until it leaves and comes back.
-    pub fn replace_cluster(&self, cluster: &str, entries: &[(SocketAddr, State)], source: &str) {
+    pub(crate) fn replace_cluster(
+        &self,
+        cluster: &str,
+        entries: &[(SocketAddr, State)],
+        source: &str,
+    ) {
         let name: Arc<str> = Arc::from(cluster);
         let mut woke = false;
         let old = self.snapshot.rcu(|snap| {
@@ -355,7 +360,11 @@ impl Registry {
     /// is replaced, and every cluster this source published before but no
     /// longer lists leaves the registry (a cluster removed from the EDS file
     /// must not keep being served from memory).
-    pub fn replace_source(&self, source: &str, clusters: &[(String, Vec<(SocketAddr, State)>)]) {
+    pub(crate) fn replace_source(
+        &self,
+        source: &str,
+        clusters: &[(String, Vec<(SocketAddr, State)>)],
+    ) {
         let mut published = self.sources.lock().unwrap_or_else(|p| p.into_inner());
         let now: BTreeSet<Arc<str>> = clusters
             .iter()
@@ -374,7 +383,7 @@ impl Registry {
     }
 
     /// Removes `cluster` and its endpoints.
-    pub fn remove_cluster(&self, cluster: &str) {
+    pub(crate) fn remove_cluster(&self, cluster: &str) {
         let old = self.snapshot.rcu(|snap| {
             let mut clusters = snap.clusters.clone();
             clusters.remove(cluster);
@@ -405,7 +414,7 @@ impl Registry {
     }
 
     /// Every endpoint, or those of one cluster.
-    pub fn list(&self, cluster: Option<&str>) -> Vec<EndpointView> {
+    pub(crate) fn list(&self, cluster: Option<&str>) -> Vec<EndpointView> {
         let snap = self.snapshot.load();
         let now = self.now_ms();
         snap.clusters
@@ -417,7 +426,7 @@ impl Registry {
 
     /// Sets the state of `addr` in `cluster` (or in every cluster that has
     /// it, when `cluster` is `None`), returning the endpoints changed.
-    pub fn set_state(
+    pub(crate) fn set_state(
         &self,
         addr: SocketAddr,
         cluster: Option<&str>,
@@ -457,7 +466,8 @@ impl Registry {
 
     /// Every endpoint on `ip` (any port, any cluster) is draining: its pod
     /// is being deleted.
-    pub fn drain_ip(&self, ip: std::net::IpAddr, reason: &str) {
+    #[cfg(feature = "kubernetes")]
+    pub(crate) fn drain_ip(&self, ip: std::net::IpAddr, reason: &str) {
         let snap = self.snapshot.load();
         for (addr, eps) in &snap.by_addr {
             if addr.ip() != ip {
@@ -473,7 +483,7 @@ impl Registry {
 
     /// An active probe's verdict on `addr`. A draining endpoint stays
     /// draining: only a lifecycle call brings it back.
-    pub fn probed(&self, addr: SocketAddr, state: State, reason: &str) {
+    pub(crate) fn probed(&self, addr: SocketAddr, state: State, reason: &str) {
         let snap = self.snapshot.load();
         let mut woke = false;
         for e in snap.by_addr.get(&addr).into_iter().flatten() {
@@ -495,7 +505,7 @@ impl Registry {
     /// Passive health: a request to `addr` failed in a way that says the
     /// endpoint, not the request, is the problem. The endpoint is avoided for
     /// a penalty that doubles with each consecutive failure.
-    pub fn observe_failure(&self, addr: SocketAddr) {
+    pub(crate) fn observe_failure(&self, addr: SocketAddr) {
         let snap = self.snapshot.load();
         let now = self.now_ms();
         for e in snap.by_addr.get(&addr).into_iter().flatten() {
@@ -514,15 +524,9 @@ impl Registry {
 
     /// True when some endpoint is under a passive penalty. Two atomic loads
     /// unless a penalty has just expired.
-    pub fn has_penalties(&self) -> bool {
+    pub(crate) fn has_penalties(&self) -> bool {
         self.sweep_expired();
         self.penalized.load(Ordering::Acquire) != 0
-    }
-
-    /// Endpoints under a passive penalty now.
-    pub fn penalized(&self) -> usize {
-        self.sweep_expired();
-        self.penalized.load(Ordering::Acquire)
     }
 
     /// Clears penalties that have run out, once the earliest one has. The
@@ -577,7 +581,7 @@ impl Registry {
 
     /// Passive health: `addr` served a request. Costs one atomic load when no
     /// endpoint is penalised (the common case, on every request).
-    pub fn observe_success(&self, addr: SocketAddr) {
+    pub(crate) fn observe_success(&self, addr: SocketAddr) {
         if !self.has_penalties() {
             return;
         }
@@ -603,7 +607,7 @@ impl Registry {
 
     /// The earliest moment a penalised endpoint of `cluster` becomes usable
     /// again (held requests wake then, since no event marks it).
-    pub fn next_penalty_expiry(&self, cluster: &Cluster) -> Option<Duration> {
+    pub(crate) fn next_penalty_expiry(&self, cluster: &Cluster) -> Option<Duration> {
         let now = self.now_ms();
         cluster
             .endpoints

@@ -5,7 +5,7 @@
 //! the attribute's full dotted name; numbers arrive as doubles.
 
 use envoy_types::pb::{
-    envoy::service::ext_proc::v3::ProcessingRequest,
+    envoy::config::core::v3::HeaderMap,
     google::protobuf::{value::Kind, Struct},
 };
 
@@ -17,12 +17,15 @@ pub const FILTER_KEY: &str = "envoy.filters.http.ext_proc";
 pub struct Attributes<'a>(Option<&'a Struct>);
 
 impl<'a> Attributes<'a> {
-    pub fn of(request: &'a ProcessingRequest) -> Self {
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn of(
+        request: &'a envoy_types::pb::envoy::service::ext_proc::v3::ProcessingRequest,
+    ) -> Self {
         Self(request.attributes.get(FILTER_KEY))
     }
 
     /// A view of attributes already taken out of their message.
-    pub fn from_struct(attributes: Option<&'a Struct>) -> Self {
+    pub(crate) fn from_struct(attributes: Option<&'a Struct>) -> Self {
         Self(attributes)
     }
 
@@ -31,7 +34,7 @@ impl<'a> Attributes<'a> {
     }
 
     /// A string attribute; `None` when absent or of another type.
-    pub fn str(&self, key: &str) -> Option<&'a str> {
+    pub(crate) fn str(&self, key: &str) -> Option<&'a str> {
         match self.kind(key)? {
             Kind::StringValue(s) => Some(s),
             _ => None,
@@ -40,7 +43,7 @@ impl<'a> Attributes<'a> {
 
     /// A numeric attribute; strings holding a number are accepted too, since
     /// some Envoy attributes change representation between versions.
-    pub fn number(&self, key: &str) -> Option<f64> {
+    pub(crate) fn number(&self, key: &str) -> Option<f64> {
         match self.kind(key)? {
             Kind::NumberValue(n) if n.is_finite() => Some(*n),
             Kind::StringValue(s) => s.parse().ok().filter(|n: &f64| n.is_finite()),
@@ -48,8 +51,26 @@ impl<'a> Attributes<'a> {
         }
     }
 
+    /// The response status: Envoy's `response.code`, else the `:status`
+    /// header; 0 when neither is a valid HTTP status. A code past u16 is no
+    /// HTTP status (a plain cast would wrap 66039 to 503).
+    pub(crate) fn status(&self, headers: Option<&HeaderMap>) -> u16 {
+        self.uint("response.code")
+            .or_else(|| {
+                super::header_value(headers, ":status")
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+            })
+            .and_then(|s| u16::try_from(s).ok())
+            .unwrap_or(0)
+    }
+
+    /// The upstream endpoint Envoy reports, when it is an address.
+    pub(crate) fn upstream(&self) -> Option<std::net::SocketAddr> {
+        self.str("upstream.address")?.parse().ok()
+    }
+
     /// A non-negative integer attribute (status codes, flags, counts).
-    pub fn uint(&self, key: &str) -> Option<u64> {
+    pub(crate) fn uint(&self, key: &str) -> Option<u64> {
         self.number(key)
             .filter(|n| *n >= 0.0 && *n <= u64::MAX as f64 && n.fract() == 0.0)
             .map(|n| n as u64)
@@ -59,7 +80,9 @@ impl<'a> Attributes<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::google::protobuf::Value;
+    use envoy_types::pb::{
+        envoy::service::ext_proc::v3::ProcessingRequest, google::protobuf::Value,
+    };
 
     fn request(fields: Vec<(&str, Kind)>) -> ProcessingRequest {
         let mut s = Struct::default();

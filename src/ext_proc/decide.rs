@@ -8,6 +8,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRespo
 
 use super::{attributes::Attributes, header_value, reply};
 use crate::{
+    classify::Observed,
     decide::{Decider, Failed, Role, Upstream, Verdict, RETRY_HEADER},
     metrics::Answer,
     policy::{safety, RequestFacts},
@@ -29,16 +30,11 @@ pub struct Reply {
 /// Reads the failed attempt or response in `headers`.
 fn failed<'a>(decider: &Decider, headers: &'a HttpHeaders, attrs: Attributes<'a>) -> Failed<'a> {
     let fields = headers.headers.as_ref();
-    let status = attrs
-        .uint("response.code")
-        .or_else(|| {
-            header_value(fields, ":status").and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-        })
-        .and_then(|s| u16::try_from(s).ok())
-        .unwrap_or(0);
     let method = attrs.str("request.method").unwrap_or("").as_bytes();
     Failed {
-        status,
+        response: Observed::response(attrs.status(fields), &decider.cfg.drain_header, |name| {
+            header_value(fields, name)
+        }),
         upstream: Upstream::parse(attrs.str("upstream.address")),
         cluster: attrs.str("xds.cluster_name"),
         request_id: attrs.str("request.id").filter(|id| !id.is_empty()),
@@ -52,15 +48,11 @@ fn failed<'a>(decider: &Decider, headers: &'a HttpHeaders, attrs: Attributes<'a>
             // (over its buffer limit) it does not retry, whatever we say.
             body_replayable: true,
         },
-        drain_header: header_value(fields, &decider.cfg.drain_header).is_some(),
-        connection_close: header_value(fields, "connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case(b"close")),
-        overloaded: header_value(fields, "x-envoy-overloaded").is_some(),
     }
 }
 
 /// The answer to the response headers of a decide stream.
-pub fn on_response_headers(
+pub(crate) fn on_response_headers(
     decider: &Decider,
     role: Role,
     headers: &HttpHeaders,
@@ -70,7 +62,7 @@ pub fn on_response_headers(
     if role == Role::Final {
         return final_response(decider, &f);
     }
-    if f.status < 500 {
+    if f.response.status < 500 {
         // A retry's answer that did not fail: nothing to judge.
         return Reply {
             now: reply::continue_response_headers(),
@@ -79,7 +71,7 @@ pub fn on_response_headers(
     }
     let (cause, verdict) = decider.judge(&f);
     tracing::debug!(
-        status = f.status,
+        status = f.response.status,
         cause = cause.as_str(),
         ?verdict,
         upstream = ?f.upstream,
@@ -115,7 +107,7 @@ pub fn on_response_headers(
 /// may have run a request that is not safe to run twice. (A reply from an
 /// upstream filter goes straight to the client, Envoy retries it no more:
 /// the client gets this 503.)
-pub fn on_retry(decider: &Decider, attrs: Attributes<'_>) -> ProcessingResponse {
+pub(crate) fn on_retry(decider: &Decider, attrs: Attributes<'_>) -> ProcessingResponse {
     let id = attrs.str("request.id").filter(|id| !id.is_empty());
     if decider.may_retry(id) {
         reply::continue_request_headers(None, reply::Mutation::default())
@@ -128,7 +120,7 @@ pub fn on_retry(decider: &Decider, attrs: Attributes<'_>) -> ProcessingResponse 
 }
 
 /// Runs a hold; the reply that ends it.
-pub async fn run_hold(decider: &Decider, job: HoldJob) -> ProcessingResponse {
+pub(crate) async fn run_hold(decider: &Decider, job: HoldJob) -> ProcessingResponse {
     let answer = decider
         .hold(job.cluster.as_deref(), job.request_id.as_deref())
         .await;
@@ -142,16 +134,9 @@ pub async fn run_hold(decider: &Decider, job: HoldJob) -> ProcessingResponse {
 /// A failed response on its way to the client: learn from it, and tell the
 /// client when to come back if it is a 503.
 fn final_response(decider: &Decider, f: &Failed<'_>) -> Reply {
-    let cause = crate::classify::classify(&crate::classify::Observed {
-        status: f.status,
-        details: "",
-        connection_close: f.connection_close,
-        drain_header: f.drain_header,
-        overloaded: f.overloaded,
-        ..Default::default()
-    });
+    let cause = crate::classify::classify(&f.response);
     decider.last(f.upstream, cause);
-    let now = if f.status == 503 {
+    let now = if f.response.status == 503 {
         reply::continue_with_retry_after(decider.cfg.retry_after_seconds)
     } else {
         reply::continue_response_headers()

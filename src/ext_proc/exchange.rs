@@ -15,9 +15,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use bytes::{Bytes, BytesMut};
 use envoy_types::pb::envoy::{
-    config::core::v3::HeaderValue as EnvoyHeader,
     extensions::filters::http::ext_proc::v3::{
         processing_mode::{BodySendMode, HeaderSendMode},
         ProcessingMode,
@@ -29,50 +27,16 @@ use envoy_types::pb::envoy::{
 use tokio::time::Instant;
 
 use super::{
-    attributes, attributes::Attributes, decide, header_value, headers::find, reply, Context,
+    attributes, attributes::Attributes, capture::Captured, decide, header_value, reply, Context,
 };
 use crate::{
-    classify::{self, Cause, Observed},
+    classify::{Cause, Observed},
     decide::Role,
-    metrics::{Outcome, Phase, StreamError},
-    policy::{self, safety, Decision, RequestFacts},
-    replay::Prepared,
+    metrics::{Phase, StreamError},
+    policy::{self, Decision},
     rescue::{Ending, Job},
     steer,
 };
-
-/// The request, as captured for a possible replay. The headers are the
-/// message's own, moved here, not copied.
-#[derive(Debug)]
-struct Captured {
-    headers: Vec<EnvoyHeader>,
-    received: Instant,
-    body: Body,
-}
-
-/// The request body, as far as replay is concerned.
-#[derive(Debug)]
-enum Body {
-    /// The request has no body.
-    Empty,
-    /// Chunks are arriving and fit under the cap so far.
-    Buffering(BytesMut),
-    /// The whole body, under the cap.
-    Complete(Bytes),
-    /// Over the cap, with trailers, or not observed: never replayed.
-    Unavailable,
-}
-
-/// A rescue decided on, to run when the stream next asks for a reply.
-#[derive(Debug)]
-struct Pending {
-    request: Prepared,
-    facts: RequestFacts,
-    cluster: Option<String>,
-    /// Endpoints that already failed this request (not retried at once).
-    failed: Vec<SocketAddr>,
-    deadline: Instant,
-}
 
 /// Per-request state, owned by the stream.
 #[derive(Debug)]
@@ -85,21 +49,14 @@ pub struct Exchange {
     observability: bool,
     started: bool,
     request: Option<Captured>,
-    pending: Option<Pending>,
+    /// A rescue decided on, to run when the stream next asks for a reply.
+    pending: Option<Job>,
     /// The endpoints steer listed for this request, in order.
     steered: Vec<SocketAddr>,
-    /// Captured body bytes counted against `limits.max_buffered_bytes`.
-    reserved: usize,
     /// Which decide filter opened the stream; `None`: the legacy wiring.
     role: Option<Role>,
     /// A hold decided on, to run when the stream next asks for a reply.
     hold: Option<decide::HoldJob>,
-}
-
-impl Drop for Exchange {
-    fn drop(&mut self) {
-        self.ctx.rescuer.release(self.reserved);
-    }
 }
 
 impl Exchange {
@@ -113,19 +70,18 @@ impl Exchange {
             request: None,
             pending: None,
             steered: Vec::new(),
-            reserved: 0,
             role: None,
             hold: None,
         }
     }
 
     /// A stream opened by a decide filter (`role`), or the legacy wiring.
-    pub fn with_role(mut self, role: Option<Role>) -> Self {
+    pub(crate) fn with_role(mut self, role: Option<Role>) -> Self {
         self.role = role;
         self
     }
 
-    pub fn ctx(&self) -> &Context {
+    pub(crate) fn ctx(&self) -> &Context {
         &self.ctx
     }
 
@@ -134,9 +90,27 @@ impl Exchange {
         &mut self,
         mut message: ProcessingRequest,
     ) -> Option<ProcessingResponse> {
+        self.start(&message);
+        let Some(phase) = message.request.take() else {
+            // A flow-control update alone needs no reply; anything else
+            // without a phase is malformed, and ignoring it loses nothing.
+            if message.client_window_update.is_none() {
+                self.ctx.metrics.error(StreamError::EmptyMessage);
+                tracing::debug!("ext_proc message without a phase; ignored");
+            }
+            return None;
+        };
+        let attrs = message.attributes.remove(attributes::FILTER_KEY);
+        let reply = self.on_phase(phase, Attributes::from_struct(attrs.as_ref()));
+        (!self.observability).then_some(reply)
+    }
+
+    /// Reads the body modes from the stream's first message, and whether
+    /// this one is sent in observability mode.
+    fn start(&mut self, message: &ProcessingRequest) {
         if !self.started {
             self.started = true;
-            if let Some(cfg) = message.protocol_config {
+            if let Some(cfg) = &message.protocol_config {
                 self.request_body =
                     BodySendMode::try_from(cfg.request_body_mode).unwrap_or(BodySendMode::None);
                 self.response_body =
@@ -144,63 +118,48 @@ impl Exchange {
             }
         }
         self.observability = message.observability_mode;
-        let metrics = &self.ctx.metrics;
+    }
 
-        let reply = match message.request.take() {
-            Some(Request::RequestHeaders(headers)) => {
+    /// The reply to one phase.
+    fn on_phase(&mut self, phase: Request, attrs: Attributes<'_>) -> ProcessingResponse {
+        let metrics = &self.ctx.metrics;
+        match phase {
+            Request::RequestHeaders(headers) => {
                 metrics.phase(Phase::RequestHeaders);
-                let attrs = message.attributes.remove(attributes::FILTER_KEY);
-                let attrs = Attributes::from_struct(attrs.as_ref());
                 match self.role {
                     Some(Role::Retry) => decide::on_retry(&self.ctx.decider, attrs),
                     _ => self.on_request_headers(headers, attrs),
                 }
             }
-            Some(Request::RequestBody(chunk)) => {
+            Request::RequestBody(chunk) => {
                 metrics.phase(Phase::RequestBody);
                 self.on_request_body(chunk)
             }
-            Some(Request::RequestTrailers(_)) => {
+            Request::RequestTrailers(_) => {
                 metrics.phase(Phase::RequestTrailers);
-                // Trailers are not replayed: a body followed by them is not either.
                 if let Some(r) = &mut self.request {
-                    r.body = Body::Unavailable;
+                    r.trailers();
                 }
                 reply::continue_trailers(true)
             }
-            Some(Request::ResponseHeaders(headers)) => {
+            Request::ResponseHeaders(headers) => {
                 metrics.phase(Phase::ResponseHeaders);
-                let attrs = message.attributes.remove(attributes::FILTER_KEY);
-                let attrs = Attributes::from_struct(attrs.as_ref());
-                match self.role {
-                    Some(role) => {
-                        let r =
-                            decide::on_response_headers(&self.ctx.decider, role, &headers, attrs);
-                        self.hold = r.hold;
-                        r.now
-                    }
-                    None => self.on_response_headers(&headers, attrs),
-                }
+                let Some(role) = self.role else {
+                    return self.on_response_headers(&headers, attrs);
+                };
+                let r = decide::on_response_headers(&self.ctx.decider, role, &headers, attrs);
+                self.hold = r.hold;
+                r.now
             }
-            Some(Request::ResponseBody(chunk)) => {
+            Request::ResponseBody(chunk) => {
                 metrics.phase(Phase::ResponseBody);
                 body_reply(false, self.response_body, chunk)
             }
-            Some(Request::ResponseTrailers(_)) => {
+            Request::ResponseTrailers(_) => {
                 metrics.phase(Phase::ResponseTrailers);
                 reply::continue_trailers(false)
             }
-            None => {
-                // A flow-control update alone needs no reply; anything else
-                // without a phase is malformed, and ignoring it loses nothing.
-                if message.client_window_update.is_none() {
-                    metrics.error(StreamError::EmptyMessage);
-                    tracing::debug!("ext_proc message without a phase; ignored");
-                }
-                return None;
-            }
-        };
-        (!self.observability).then_some(reply)
+        }
     }
 
     /// Runs a rescue decided on in the response headers phase, and returns
@@ -209,19 +168,8 @@ impl Exchange {
         if let Some(job) = self.hold.take() {
             return Some(decide::run_hold(&self.ctx.decider, job).await);
         }
-        let p = self.pending.take()?;
-        let ending = self
-            .ctx
-            .rescuer
-            .run(Job {
-                request: &p.request,
-                facts: p.facts,
-                cluster: p.cluster.as_deref(),
-                failed: &p.failed,
-                deadline: p.deadline,
-            })
-            .await;
-        Some(match ending {
+        let job = self.pending.take()?;
+        Some(match self.ctx.rescuer.run(job).await {
             Ending::Rescued(r) => {
                 reply::immediate(r).unwrap_or_else(reply::continue_response_headers)
             }
@@ -237,7 +185,8 @@ impl Exchange {
         headers: HttpHeaders,
         attrs: Attributes<'_>,
     ) -> ProcessingResponse {
-        self.ctx.rescuer.budget.deposit();
+        let rescuer = &self.ctx.rescuer;
+        rescuer.budget.deposit();
         let fields = headers.headers.map(|m| m.headers).unwrap_or_default();
         let mut mutation = reply::Mutation::default();
         // With steer on, the response phase is asked for only when needed.
@@ -247,35 +196,19 @@ impl Exchange {
             None
         };
         let rescuer = &self.ctx.rescuer;
-        let mut body_override = None;
-        let replays = rescuer.cfg.enabled && rescuer.cfg.replay;
-        let body = if !replays || observe == Some(false) {
-            Body::Unavailable
-        } else if headers.end_of_stream {
-            Body::Empty
-        } else {
-            let cap = rescuer.cfg.max_request_body_bytes;
-            let length = find(&fields, "content-length")
-                .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok());
-            match length {
-                Some(n) if n > cap => Body::Unavailable,
-                _ => {
-                    if self.request_body == BodySendMode::None {
-                        // Observe this body only: a known small one whole
-                        // (one message); one of unknown length chunk by chunk,
-                        // so it is never held back waiting for a buffer.
-                        let mode = if length.is_some() {
-                            BodySendMode::Buffered
-                        } else {
-                            BodySendMode::Streamed
-                        };
-                        body_override = Some(mode);
-                        self.request_body = mode;
-                    }
-                    Body::Buffering(BytesMut::new())
-                }
-            }
-        };
+        let replays = rescuer.cfg.enabled && rescuer.cfg.replay && observe != Some(false);
+        let (captured, body_override) = Captured::start(
+            fields,
+            headers.end_of_stream,
+            replays,
+            self.request_body,
+            &rescuer.cfg,
+            rescuer.reservation(),
+        );
+        self.request = Some(captured);
+        if let Some(mode) = body_override {
+            self.request_body = mode;
+        }
         let mode_override =
             (observe.is_some() || body_override.is_some()).then(|| ProcessingMode {
                 request_header_mode: HeaderSendMode::Send as i32,
@@ -289,11 +222,6 @@ impl Exchange {
                 request_trailer_mode: HeaderSendMode::Default as i32,
                 response_trailer_mode: HeaderSendMode::Default as i32,
             });
-        self.request = Some(Captured {
-            headers: fields,
-            received: Instant::now(),
-            body,
-        });
         reply::continue_request_headers(mode_override, mutation)
     }
 
@@ -301,37 +229,23 @@ impl Exchange {
     /// `mutation`; returns whether the response phase is wanted.
     fn steer(
         &mut self,
-        fields: &[EnvoyHeader],
+        fields: &[envoy_types::pb::envoy::config::core::v3::HeaderValue],
         attrs: Attributes<'_>,
         mutation: &mut reply::Mutation,
     ) -> bool {
         let cfg = &self.ctx.steer;
-        let facts = facts(fields, true);
         let plan = steer::plan(
             &self.ctx.registry,
             attrs.str("xds.cluster_name"),
-            facts,
+            super::capture::facts(fields, true),
             cfg,
             &self.ctx.rescuer.cfg,
             fastrand::f64(),
         );
-        if plan.endpoints.is_empty() {
-            // Never let a client's own list through.
-            mutation.remove(&cfg.header);
-        } else {
-            mutation.set(&cfg.header, steer::header_value(&plan.endpoints));
-            mutation.set("x-envoy-retry-on", plan.retry_on.to_string());
-            mutation.set(
-                "x-envoy-retriable-header-names",
-                self.ctx.rescuer.cfg.drain_header.clone(),
-            );
-            mutation.set("x-envoy-max-retries", plan.max_retries.to_string());
-            mutation.set(
-                "x-envoy-upstream-rq-per-try-timeout-ms",
-                plan.per_try_timeout_ms.to_string(),
-            );
-            if plan.retry_503 {
-                mutation.set("x-envoy-retriable-status-codes", "503".to_string());
+        for (name, value) in plan.headers(&cfg.header, &self.ctx.rescuer.cfg.drain_header) {
+            match value {
+                Some(v) => mutation.set(name, v),
+                None => mutation.remove(name),
             }
         }
         self.ctx
@@ -347,48 +261,18 @@ impl Exchange {
             self.request_body,
             BodySendMode::FullDuplexStreamed | BodySendMode::Grpc
         );
-        let capturing = matches!(
-            self.request,
-            Some(Captured {
-                body: Body::Buffering(_),
-                ..
-            })
-        );
+        let capture = self.request.as_mut().filter(|r| r.capturing());
         if duplex {
             // The chunk goes back to Envoy; keep a copy only while capturing.
-            if capturing {
-                self.capture(chunk.body.clone(), chunk.end_of_stream, cap);
+            if let Some(r) = capture {
+                r.add(chunk.body.clone(), chunk.end_of_stream, cap);
             }
             reply::echo_body(true, chunk)
         } else {
-            if capturing {
-                self.capture(chunk.body, chunk.end_of_stream, cap);
+            if let Some(r) = capture {
+                r.add(chunk.body, chunk.end_of_stream, cap);
             }
             reply::continue_body(true)
-        }
-    }
-
-    fn capture(&mut self, bytes: Vec<u8>, end: bool, cap: usize) {
-        let Some(r) = &mut self.request else { return };
-        let Body::Buffering(buf) = &mut r.body else {
-            return;
-        };
-        // Over the per-request cap, or over what every request together may
-        // hold: this body will not be replayed, and what it held goes back.
-        if buf.len() + bytes.len() > cap || !self.ctx.rescuer.reserve(bytes.len()) {
-            r.body = Body::Unavailable;
-            self.ctx.rescuer.release(std::mem::take(&mut self.reserved));
-        } else if buf.is_empty() && end {
-            self.reserved += bytes.len();
-            // The usual case (BUFFERED): the whole body in one message, kept
-            // without a copy.
-            r.body = Body::Complete(Bytes::from(bytes));
-        } else {
-            self.reserved += bytes.len();
-            buf.extend_from_slice(&bytes);
-            if end {
-                r.body = Body::Complete(buf.split().freeze());
-            }
         }
     }
 
@@ -398,61 +282,34 @@ impl Exchange {
         attrs: Attributes<'_>,
     ) -> ProcessingResponse {
         let fields = headers.headers.as_ref();
-        let status = attrs
-            .uint("response.code")
-            .or_else(|| {
-                header_value(fields, ":status")
-                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-            })
-            // A code past u16 is no HTTP status: unknown, left alone (a
-            // plain cast would wrap 66039 to 503).
-            .and_then(|s| u16::try_from(s).ok())
-            .unwrap_or(0);
+        let status = attrs.status(fields);
         let registry = &self.ctx.registry;
-        let upstream = || {
-            attrs
-                .str("upstream.address")
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-        };
+        let attempts = attrs.uint("upstream.request_attempt_count").unwrap_or(1);
         if !self.steered.is_empty() {
-            // Envoy went down our list: the endpoints before the one that
-            // answered failed this request.
-            let attempts = attrs.uint("upstream.request_attempt_count").unwrap_or(1);
-            if attempts > 1 {
-                for e in steer::failed_before(&self.steered, attempts, upstream()) {
-                    registry.observe_failure(*e);
-                }
-            }
+            steer::learn(registry, &self.steered, attempts, attrs.upstream());
         }
         if status < 500 && status != 429 {
             // The fast path: every healthy response. Passive health only
             // looks further when some endpoint is penalised.
             if registry.has_penalties() {
-                if let Some(addr) = upstream() {
+                if let Some(addr) = attrs.upstream() {
                     registry.observe_success(addr);
                 }
             }
             return reply::continue_response_headers();
         }
-
-        let rescue_cfg = &self.ctx.rescuer.cfg;
-        let failed = upstream();
-        let cause = classify::classify(&Observed {
-            status,
-            flags: attrs.uint("response.flags").unwrap_or(0),
-            details: attrs.str("response.code_details").unwrap_or(""),
-            connection_close: header_value(fields, "connection")
-                .is_some_and(|v| v.eq_ignore_ascii_case(b"close")),
-            drain_header: header_value(fields, &rescue_cfg.drain_header).is_some(),
-            overloaded: header_value(fields, "x-envoy-overloaded").is_some(),
-            endpoint: failed.and_then(|a| registry.state_of(a)),
-        });
-        if let Some(addr) = failed {
-            if cause.blames_endpoint() {
-                registry.observe_failure(addr);
-            }
-        }
-
+        let rescuer = &self.ctx.rescuer;
+        let failed = attrs.upstream();
+        let cause = rescuer.learn(
+            Observed {
+                flags: attrs.uint("response.flags").unwrap_or(0),
+                details: attrs.str("response.code_details").unwrap_or(""),
+                ..Observed::response(status, &rescuer.cfg.drain_header, |name| {
+                    header_value(fields, name)
+                })
+            },
+            failed,
+        );
         let decision = self.decide(cause);
         self.ctx.metrics.decision(cause, decision);
         tracing::debug!(
@@ -466,19 +323,7 @@ impl Exchange {
         if decision != Decision::Rescue {
             return reply::continue_response_headers();
         }
-        match self.plan(attrs, failed) {
-            Ok(pending) => {
-                let wait = pending.deadline.saturating_duration_since(Instant::now());
-                self.pending = Some(pending);
-                // Envoy must wait for the rescue: extend its message timeout
-                // to the deadline (plus a margin to answer in).
-                reply::extend_timeout(wait + Duration::from_millis(200))
-            }
-            Err(outcome) => {
-                self.ctx.metrics.outcome(outcome, 0.0);
-                reply::continue_response_headers()
-            }
-        }
+        self.plan(attrs.str("xds.cluster_name"), attempts, failed)
     }
 
     fn decide(&self, cause: Cause) -> Decision {
@@ -492,61 +337,37 @@ impl Exchange {
         let Some(r) = &self.request else {
             return Decision::BodyNotCaptured;
         };
-        let facts = facts(
-            &r.headers,
-            matches!(r.body, Body::Empty | Body::Complete(_)),
-        );
-        policy::decide(cause, facts, cfg.retry_plain_503)
+        policy::decide(cause, r.facts(), cfg.retry_plain_503)
     }
 
-    /// Everything the rescue needs, taken from the captured request.
+    /// Turns the captured request into a rescue to run when the stream next
+    /// asks for a reply; the reply that makes Envoy wait for it.
     fn plan(
         &mut self,
-        attrs: Attributes<'_>,
+        cluster: Option<&str>,
+        attempts: u64,
         failed: Option<SocketAddr>,
-    ) -> Result<Pending, Outcome> {
-        let cfg = &self.ctx.rescuer.cfg;
-        let r = self.request.take().ok_or(Outcome::Unreplayable)?;
-        let facts = facts(&r.headers, true);
-        // The route's budget, when an Envoy in front announced it.
-        let route_budget = find(&r.headers, "x-envoy-expected-rq-timeout-ms")
-            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok())
-            .map(Duration::from_millis);
-        let budget = route_budget.map_or(cfg.deadline, |b| b.min(cfg.deadline));
-        let deadline = crate::rescue::later(r.received, budget);
-        if Instant::now() >= deadline {
-            return Err(Outcome::NoTimeLeft);
-        }
-        let body = match r.body {
-            Body::Complete(b) => b,
-            _ => Bytes::new(),
-        };
-        let request = Prepared::from_envoy(&r.headers, body).map_err(|e| {
-            tracing::debug!(error = %e, "request cannot be replayed");
-            Outcome::Unreplayable
-        })?;
-        let attempts = attrs.uint("upstream.request_attempt_count").unwrap_or(1);
-        let mut tried: Vec<SocketAddr> =
-            steer::failed_before(&self.steered, attempts, failed).to_vec();
+    ) -> ProcessingResponse {
+        let mut tried = steer::failed_before(&self.steered, attempts, failed).to_vec();
         tried.extend(failed);
-        Ok(Pending {
-            request,
-            facts,
-            cluster: attrs.str("xds.cluster_name").map(str::to_string),
-            failed: tried,
-            deadline,
-        })
-    }
-}
-
-/// What the safety rules need to know about a request, from its headers.
-fn facts(headers: &[EnvoyHeader], body_replayable: bool) -> RequestFacts {
-    RequestFacts {
-        idempotent_method: find(headers, ":method").is_some_and(safety::idempotent_method),
-        // An empty key is no key: it names nothing to deduplicate on.
-        idempotency_key: find(headers, "idempotency-key")
-            .is_some_and(|k| !k.trim_ascii().is_empty()),
-        body_replayable,
+        let cfg = &self.ctx.rescuer.cfg;
+        let job = match self.request.take() {
+            Some(r) => r.into_job(cfg, cluster, tried),
+            None => Err(crate::metrics::Outcome::Unreplayable),
+        };
+        match job {
+            Ok(job) => {
+                let wait = job.deadline.saturating_duration_since(Instant::now());
+                self.pending = Some(job);
+                // Envoy must wait for the rescue: extend its message timeout
+                // to the deadline (plus a margin to answer in).
+                reply::extend_timeout(wait + Duration::from_millis(200))
+            }
+            Err(outcome) => {
+                self.ctx.metrics.outcome(outcome, 0.0);
+                reply::continue_response_headers()
+            }
+        }
     }
 }
 

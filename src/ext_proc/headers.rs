@@ -8,12 +8,12 @@
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 
 /// The first value of `name`, as bytes.
-pub fn header_value<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a [u8]> {
+pub(crate) fn header_value<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a [u8]> {
     find(&headers?.headers, name)
 }
 
 /// The first value of `name` in a list of headers, as bytes.
-pub fn find<'a>(headers: &'a [HeaderValue], name: &str) -> Option<&'a [u8]> {
+pub(crate) fn find<'a>(headers: &'a [HeaderValue], name: &str) -> Option<&'a [u8]> {
     headers
         .iter()
         .find(|h| h.key.eq_ignore_ascii_case(name))

@@ -7,6 +7,7 @@
 //! everything it holds is dropped at once.
 
 mod attributes;
+mod capture;
 mod decide;
 mod exchange;
 mod headers;
@@ -21,9 +22,10 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-pub use attributes::Attributes;
+#[cfg(feature = "fuzzing")]
+pub(crate) use attributes::Attributes;
 pub use exchange::Exchange;
-pub use headers::header_value;
+pub(crate) use headers::header_value;
 
 use crate::{
     decide::{Decider, Role},
@@ -34,7 +36,7 @@ use crate::{
 };
 
 /// The gRPC service name Envoy calls, also used for gRPC health.
-pub const SERVICE_NAME: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
+pub(crate) const SERVICE_NAME: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
 
 /// What every stream shares.
 #[derive(Debug)]
@@ -73,14 +75,14 @@ impl Context {
 
 /// The `ExternalProcessor` implementation.
 #[derive(Clone, Debug)]
-pub struct ExtProc {
+pub(crate) struct ExtProc {
     ctx: Arc<Context>,
     /// `limits.stream_idle_timeout`; `None` when off.
     idle_timeout: Option<Duration>,
 }
 
 impl ExtProc {
-    pub fn new(ctx: Arc<Context>) -> Self {
+    pub(crate) fn new(ctx: Arc<Context>) -> Self {
         Self {
             ctx,
             idle_timeout: None,
@@ -88,14 +90,14 @@ impl ExtProc {
     }
 
     /// Ends a stream on which nothing arrives for `timeout` (zero: never).
-    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+    pub(crate) fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = (!timeout.is_zero()).then_some(timeout);
         self
     }
 
     /// The tonic service; `max_message_bytes` bounds each message both ways
     /// (a body chunk is echoed back in full-duplex mode).
-    pub fn into_server(self, max_message_bytes: usize) -> ExternalProcessorServer<Self> {
+    pub(crate) fn into_server(self, max_message_bytes: usize) -> ExternalProcessorServer<Self> {
         ExternalProcessorServer::new(self)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes.saturating_add(4096))

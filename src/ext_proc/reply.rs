@@ -36,7 +36,7 @@ pub struct Mutation {
 
 impl Mutation {
     /// Sets `key` to `value`, replacing whatever the client sent.
-    pub fn set(&mut self, key: &str, value: String) {
+    pub(crate) fn set(&mut self, key: &str, value: String) {
         self.set.push(HeaderValueOption {
             header: Some(HeaderValue {
                 key: key.to_string(),
@@ -48,7 +48,7 @@ impl Mutation {
         });
     }
 
-    pub fn remove(&mut self, key: &str) {
+    pub(crate) fn remove(&mut self, key: &str) {
         self.remove.push(key.to_string());
     }
 
@@ -69,7 +69,7 @@ impl Mutation {
 /// Request headers: carry on, with `mutation` applied; optionally change how
 /// the rest of this request is processed (send its small body so it can be
 /// replayed, skip or ask for the response phase).
-pub fn continue_request_headers(
+pub(crate) fn continue_request_headers(
     mode_override: Option<ProcessingMode>,
     mutation: Mutation,
 ) -> ProcessingResponse {
@@ -82,19 +82,19 @@ pub fn continue_request_headers(
     }
 }
 
-pub fn continue_response_headers() -> ProcessingResponse {
+pub(crate) fn continue_response_headers() -> ProcessingResponse {
     wrap(Response::ResponseHeaders(HeadersResponse::default()))
 }
 
 /// The original response goes through, with `Retry-After` set: the
 /// request was held for a ready endpoint until its deadline.
-pub fn continue_with_retry_after(seconds: u32) -> ProcessingResponse {
+pub(crate) fn continue_with_retry_after(seconds: u32) -> ProcessingResponse {
     continue_setting("retry-after", seconds.to_string())
 }
 
 /// The response goes through with header `key` set to `value` (replacing
 /// any value it had).
-pub fn continue_setting(key: &str, value: String) -> ProcessingResponse {
+pub(crate) fn continue_setting(key: &str, value: String) -> ProcessingResponse {
     let set = HeaderValueOption {
         header: Some(HeaderValue {
             key: key.into(),
@@ -117,7 +117,7 @@ pub fn continue_setting(key: &str, value: String) -> ProcessingResponse {
 
 /// Asks Envoy to wait up to `timeout` for the next reply on this stream
 /// (a rescue takes longer than the default message timeout).
-pub fn extend_timeout(timeout: Duration) -> ProcessingResponse {
+pub(crate) fn extend_timeout(timeout: Duration) -> ProcessingResponse {
     ProcessingResponse {
         override_message_timeout: Some(protobuf::Duration {
             seconds: timeout.as_secs() as i64,
@@ -129,7 +129,7 @@ pub fn extend_timeout(timeout: Duration) -> ProcessingResponse {
 
 /// The rescued response, replacing the failed one. `None` when Envoy could
 /// not carry its status (not a code Envoy's `StatusCode` enum defines).
-pub fn immediate(r: Replayed) -> Option<ProcessingResponse> {
+pub(crate) fn immediate(r: Replayed) -> Option<ProcessingResponse> {
     let code = StatusCode::try_from(i32::from(r.status)).ok()?;
     let mut set_headers = Vec::with_capacity(r.headers.len());
     let mut last: Option<&http::HeaderName> = None;
@@ -169,7 +169,7 @@ pub fn immediate(r: Replayed) -> Option<ProcessingResponse> {
 
 /// A local 503 instead of sending the request on (the gate stopping a
 /// retry that could run a request twice).
-pub fn refuse(body: &str, details: &str) -> ProcessingResponse {
+pub(crate) fn refuse(body: &str, details: &str) -> ProcessingResponse {
     wrap(Response::ImmediateResponse(ImmediateResponse {
         status: Some(HttpStatus {
             code: StatusCode::ServiceUnavailable as i32,
@@ -183,7 +183,7 @@ pub fn refuse(body: &str, details: &str) -> ProcessingResponse {
 
 /// Body chunk in a mode where Envoy keeps the body (STREAMED, BUFFERED,
 /// BUFFERED_PARTIAL): carry on unchanged.
-pub fn continue_body(request_path: bool) -> ProcessingResponse {
+pub(crate) fn continue_body(request_path: bool) -> ProcessingResponse {
     let body = BodyResponse::default();
     wrap(if request_path {
         Response::RequestBody(body)
@@ -195,7 +195,7 @@ pub fn continue_body(request_path: bool) -> ProcessingResponse {
 /// Body chunk in FULL_DUPLEX_STREAMED or GRPC mode: Envoy has handed the
 /// bytes over and forwards only what comes back, so the chunk is returned as
 /// it came (moved, not copied).
-pub fn echo_body(request_path: bool, chunk: HttpBody) -> ProcessingResponse {
+pub(crate) fn echo_body(request_path: bool, chunk: HttpBody) -> ProcessingResponse {
     let streamed = StreamedBodyResponse {
         body: chunk.body,
         end_of_stream: chunk.end_of_stream,
@@ -219,7 +219,7 @@ pub fn echo_body(request_path: bool, chunk: HttpBody) -> ProcessingResponse {
 }
 
 /// Trailers: carry on unchanged.
-pub fn continue_trailers(request_path: bool) -> ProcessingResponse {
+pub(crate) fn continue_trailers(request_path: bool) -> ProcessingResponse {
     let trailers = TrailersResponse::default();
     wrap(if request_path {
         Response::RequestTrailers(trailers)

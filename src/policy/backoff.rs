@@ -15,7 +15,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// The wait before replay number `replay` (1 = the first replay).
-    pub fn delay(&self, replay: u32) -> Duration {
+    pub(crate) fn delay(&self, replay: u32) -> Duration {
         if replay <= 1 || self.base.is_zero() {
             return Duration::ZERO;
         }

@@ -33,7 +33,7 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn new(ratio: f64, min_per_second: u32, window: Duration) -> Self {
+    pub(crate) fn new(ratio: f64, min_per_second: u32, window: Duration) -> Self {
         // One slot per second: a window from the config file must not turn
         // into an allocation the size of the address space. Past an hour it
         // is no longer a retry budget.
@@ -82,7 +82,7 @@ impl Budget {
     }
 
     /// Takes one retry from the budget; false when it is spent.
-    pub fn try_withdraw(&self) -> bool {
+    pub(crate) fn try_withdraw(&self) -> bool {
         let now = self.now();
         let oldest = now.saturating_sub(self.slots.len() as u64 - 1);
         let (mut requests, mut retries) = (0u64, 0u64);

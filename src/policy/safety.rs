@@ -60,12 +60,12 @@ pub fn decide(cause: Cause, request: RequestFacts, retry_plain_503: bool) -> Dec
 
 /// Sending again is safe when the app never saw the request, or when doing
 /// it twice has the effect of doing it once.
-pub fn is_safe(reached: Reached, request: RequestFacts) -> bool {
+pub(crate) fn is_safe(reached: Reached, request: RequestFacts) -> bool {
     reached == Reached::Never || request.idempotent_method || request.idempotency_key
 }
 
 /// RFC 9110 §9.2.2 idempotent methods.
-pub fn idempotent_method(method: &[u8]) -> bool {
+pub(crate) fn idempotent_method(method: &[u8]) -> bool {
     matches!(
         method,
         b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
