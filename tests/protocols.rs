@@ -31,11 +31,7 @@ impl Rig {
             started.push(ProtoPod::start(name, *state).await);
         }
         let addrs: Vec<SocketAddr> = started.iter().map(|p| p.addr).collect();
-        let list = addrs
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let list = rig::endpoint_list(&addrs);
         let mulligan = Mulligan::start(&["--endpoints", &list]).await;
         let overrides: Vec<(&'static str, String)> =
             overrides.iter().map(|(k, v)| (*k, v.to_string())).collect();
@@ -54,18 +50,6 @@ impl Rig {
             front,
             baseline,
         }
-    }
-
-    async fn streams(&self) -> f64 {
-        self.mulligan
-            .metric("mulligan_ext_proc_streams_total")
-            .await
-    }
-
-    async fn answers(&self, answer: &str) -> f64 {
-        self.mulligan
-            .metric(&format!("mulligan_answers_total{{answer=\"{answer}\"}}"))
-            .await
     }
 }
 
@@ -144,7 +128,11 @@ async fn grpc_needs_the_h2c_app_protocol_and_gets_it_on_both_listeners() {
         assert_eq!(r.trailer("x-pod"), Some("a"), "the app's own trailer");
     }
     assert_eq!(rig.pods[0].http2_requests(), 2, "both clusters speak h2c");
-    assert_eq!(rig.streams().await, 0.0, "a healthy call opens no stream");
+    assert_eq!(
+        rig.mulligan.streams().await,
+        0.0,
+        "a healthy call opens no stream"
+    );
 }
 
 /// A draining gRPC pod that answers HTTP 503 with the drain header (the
@@ -170,7 +158,7 @@ async fn a_draining_grpc_pod_is_retried_away_from_with_trailers_intact() {
         .collect();
     assert_whole(&stream, &want);
     assert!(rig.pods[0].rejected() >= 3, "the draining pod was tried");
-    assert!(rig.answers("retry").await >= 3.0);
+    assert!(rig.mulligan.answers("retry").await >= 3.0);
 
     let baseline = unary_calls(rig.baseline, 6, b"call").await;
     let failed = baseline.iter().filter(|r| r.status == 503).count();
@@ -196,7 +184,7 @@ async fn a_trailers_only_unavailable_passes_through_as_on_the_baseline() {
         .filter(|r| r.grpc_status() == Some("14") && r.trailers.is_none())
         .count();
     assert_eq!(unavailable, 3, "{:?}", outcomes(&with));
-    assert_eq!(rig.streams().await, 0.0);
+    assert_eq!(rig.mulligan.streams().await, 0.0);
 }
 
 /// A long server stream arrives whole through both listeners; one cut
@@ -224,7 +212,7 @@ async fn a_grpc_stream_cut_mid_response_ends_as_on_the_baseline() {
     );
     assert_eq!(cut[0].messages.len(), 4);
     assert_eq!(
-        rig.streams().await,
+        rig.mulligan.streams().await,
         0.0,
         "mulligan is not asked about a 200"
     );
@@ -317,7 +305,11 @@ async fn an_upgrade_answered_5xx_passes_through_as_on_the_baseline() {
     // Still up, still serving upgrades.
     let mut ws = protocols::upgrade(rig.front, "/ws").await;
     assert!(ws.status == 101 || ws.status == 503, "{}", ws.head);
-    assert_eq!(rig.answers("retry").await, 0.0, "mulligan was not asked");
+    assert_eq!(
+        rig.mulligan.answers("retry").await,
+        0.0,
+        "mulligan was not asked"
+    );
     if ws.status == 101 {
         assert_eq!(ws.echo(b"still up").await, b"still up");
     }

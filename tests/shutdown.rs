@@ -23,12 +23,7 @@ async fn killed_mid_run_costs_no_client_request() {
     });
     // Kill once the load is demonstrably flowing through mulligan.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while stack
-        .mulligan
-        .metric("mulligan_ext_proc_streams_total")
-        .await
-        < 100.0
-    {
+    while stack.mulligan.streams().await < 100.0 {
         assert!(Instant::now() < deadline, "load never reached mulligan");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

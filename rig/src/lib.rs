@@ -37,6 +37,12 @@ pub fn payload(len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i * 31 + 7) % 251) as u8).collect()
 }
 
+/// Addresses as mulligan's `--endpoints` takes them: `A,B,...`.
+pub fn endpoint_list(addrs: &[std::net::SocketAddr]) -> String {
+    let each: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    each.join(",")
+}
+
 /// Root of the repository (for `envoy-config/` and `.tools/`): the rig is
 /// its `rig/` member.
 pub fn repo_root() -> std::path::PathBuf {
@@ -103,11 +109,7 @@ impl Stack {
             started.push(pods::Pod::start(name, *state).await);
         }
         let addrs: Vec<_> = started.iter().map(|p| p.addr).collect();
-        let list = addrs
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let list = endpoint_list(&addrs);
         let mut args = vec!["--endpoints", list.as_str()];
         args.extend_from_slice(mulligan_args);
         let mulligan = mulligan::Mulligan::start(&args).await;

@@ -84,6 +84,17 @@ impl Mulligan {
         parse_metric(&self.metrics().await, sample)
     }
 
+    /// ext_proc streams Envoy opened to mulligan so far.
+    pub async fn streams(&self) -> f64 {
+        self.metric("mulligan_ext_proc_streams_total").await
+    }
+
+    /// How often mulligan gave `answer` (e.g. `retry`) to a failed attempt.
+    pub async fn answers(&self, answer: &str) -> f64 {
+        self.metric(&format!("mulligan_answers_total{{answer=\"{answer}\"}}"))
+            .await
+    }
+
     /// Waits until `sample` reads more than `floor`.
     pub async fn wait_metric_above(&self, sample: &str, floor: f64, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;

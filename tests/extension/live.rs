@@ -277,11 +277,7 @@ const MULLIGAN_TOML: &str = "[probe]\npath = \"/ready\"\ninterval = \"100ms\"\n"
 
 impl Gateway {
     async fn start(pods: &[SocketAddr], mulligan_args: &[&str]) -> Gateway {
-        let list = pods
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let list = rig::endpoint_list(pods);
         let config = tempfile::tempdir().expect("tempdir");
         let toml = config.path().join("mulligan.toml");
         std::fs::write(&toml, MULLIGAN_TOML).expect("write config");
@@ -330,18 +326,6 @@ impl Gateway {
         (r.status.as_u16(), pod)
     }
 
-    async fn streams(&self) -> f64 {
-        self.mulligan
-            .metric("mulligan_ext_proc_streams_total")
-            .await
-    }
-
-    async fn answers(&self, answer: &str) -> f64 {
-        self.mulligan
-            .metric(&format!("mulligan_answers_total{{answer=\"{answer}\"}}"))
-            .await
-    }
-
     /// mulligan's answers so far, for a failure's message.
     async fn answer_counts(&self) -> String {
         let metrics = self.mulligan.metrics().await;
@@ -376,7 +360,11 @@ async fn the_wired_gateway_retries_failed_attempts_and_asks_mulligan_only_about_
         let (status, _) = gw.send(method, "/echo", format!("healthy {i}")).await;
         assert_eq!(status, 200);
     }
-    assert_eq!(gw.streams().await, 0.0, "a healthy request opened a stream");
+    assert_eq!(
+        gw.mulligan.streams().await,
+        0.0,
+        "a healthy request opened a stream"
+    );
 
     draining.set_state(PodState::Draining).await;
     gone.set_state(PodState::Gone).await;
@@ -400,11 +388,11 @@ async fn the_wired_gateway_retries_failed_attempts_and_asks_mulligan_only_about_
     let failed = draining.rejected();
     assert!(failed > 0, "the draining pod was tried");
     assert!(
-        gw.answers("retry").await >= 1.0,
+        gw.mulligan.answers("retry").await >= 1.0,
         "mulligan asked for retries"
     );
     assert_eq!(
-        gw.answers("stopped").await,
+        gw.mulligan.answers("stopped").await,
         0.0,
         "no request had reached an app"
     );
@@ -414,17 +402,21 @@ async fn the_wired_gateway_retries_failed_attempts_and_asks_mulligan_only_about_
     // failed first attempts: the healthy phase above opened none.
     let retries = gw.cluster_stat("upstream_rq_retry").await as f64;
     let refused = gw.cluster_stat("upstream_cx_connect_fail").await as f64;
-    let passed = gw.answers("pass").await;
+    let passed = gw.mulligan.answers("pass").await;
     assert!(
         passed <= retries && passed >= retries - refused,
         "{passed} retries passed the gate; {retries} retries, {refused} refused\n{}",
         gw.answer_counts().await
     );
     assert!(
-        gw.streams().await > passed,
+        gw.mulligan.streams().await > passed,
         "failed first attempts were judged"
     );
-    assert_eq!(gw.answers("final").await, 0.0, "no 5xx reached the client");
+    assert_eq!(
+        gw.mulligan.answers("final").await,
+        0.0,
+        "no 5xx reached the client"
+    );
 }
 
 /// Envoy Gateway forwards WebSocket upgrades on every route, so an
@@ -441,7 +433,11 @@ async fn an_upgrade_answered_5xx_through_the_wired_gateway_leaves_envoy_up() {
     }
     let (status, _) = gw.send(Method::GET, "/", String::new()).await;
     assert_eq!(status, 200, "Envoy is still up");
-    assert_eq!(gw.answers("retry").await, 0.0, "mulligan was not asked");
+    assert_eq!(
+        gw.mulligan.answers("retry").await,
+        0.0,
+        "mulligan was not asked"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -485,8 +481,8 @@ async fn with_no_app_endpoint_left_the_request_waits_at_the_hold_then_is_served(
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body, "held".as_bytes(), "the held POST arrived whole");
     assert_eq!(only.served(), 1);
-    assert!(gw.answers("retry_after_hold").await >= 1.0);
-    assert_eq!(gw.answers("final").await, 0.0);
+    assert!(gw.mulligan.answers("retry_after_hold").await >= 1.0);
+    assert_eq!(gw.mulligan.answers("final").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -558,17 +554,17 @@ async fn a_rolling_update_behind_the_wired_gateway_shows_the_client_no_503() {
     let rejected: u64 = old.iter().chain(&new).map(|p| p.rejected()).sum();
     assert!(rejected > 0, "the rollout produced failed attempts");
     assert!(
-        gw.answers("retry").await >= 1.0,
+        gw.mulligan.answers("retry").await >= 1.0,
         "failed attempts were retried"
     );
     let retries = gw.cluster_stat("upstream_rq_retry").await as f64;
-    let streams = gw.streams().await;
+    let streams = gw.mulligan.streams().await;
     assert!(
         streams <= retries + rejected as f64,
         "{streams} streams: more than {retries} retries and {rejected} failed attempts"
     );
-    assert_eq!(gw.answers("final").await, 0.0);
-    assert_eq!(gw.answers("stopped").await, 0.0);
+    assert_eq!(gw.mulligan.answers("final").await, 0.0);
+    assert_eq!(gw.mulligan.answers("stopped").await, 0.0);
     assert_eq!(
         new.iter().chain(&old).map(|p| p.served()).sum::<u64>(),
         700,
