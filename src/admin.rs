@@ -50,8 +50,7 @@ pub(crate) fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
         .route("/v1/endpoints", get(list_endpoints))
-        .route("/v1/endpoints/{addr}/drain", post(drain_endpoint))
-        .route("/v1/endpoints/{addr}/ready", post(ready_endpoint))
+        .route("/v1/endpoints/{addr}/{action}", post(lifecycle))
         .with_state(state)
 }
 
@@ -106,41 +105,28 @@ async fn list_endpoints(
     Json(serde_json::json!({ "endpoints": endpoints })).into_response()
 }
 
-async fn drain_endpoint(
+/// `POST /v1/endpoints/{addr}/drain` (a preStop hook) and `.../ready`.
+async fn lifecycle(
     state: State<AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    addr: Path<String>,
+    Path((addr, action)): Path<(String, String)>,
     q: Query<ClusterQuery>,
 ) -> Response {
+    let (to, reason) = match action.as_str() {
+        "drain" => (endpoints::State::Draining, "lifecycle: drain"),
+        "ready" => (endpoints::State::Ready, "lifecycle: ready"),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
     if !state.access.may_write(caller(peer, &headers)) {
         return forbidden();
     }
-    set_state(
-        state,
-        addr,
-        q,
-        endpoints::State::Draining,
-        "lifecycle: drain",
-    )
-}
-
-async fn ready_endpoint(
-    state: State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    addr: Path<String>,
-    q: Query<ClusterQuery>,
-) -> Response {
-    if !state.access.may_write(caller(peer, &headers)) {
-        return forbidden();
-    }
-    set_state(state, addr, q, endpoints::State::Ready, "lifecycle: ready")
+    set_state(state, addr, q, to, reason)
 }
 
 fn set_state(
     State(state): State<AdminState>,
-    Path(addr): Path<String>,
+    addr: String,
     Query(q): Query<ClusterQuery>,
     to: endpoints::State,
     reason: &str,

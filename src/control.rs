@@ -50,12 +50,15 @@ impl Control {
         LifecycleServer::new(self)
     }
 
+    /// A lifecycle call: refused unless its caller may write.
     fn set(
         &self,
-        r: proto::EndpointRef,
+        request: Request<proto::EndpointRef>,
         state: endpoints::State,
         reason: &str,
     ) -> Result<Response<proto::Endpoint>, Status> {
+        self.check_write(&request)?;
+        let r = request.into_inner();
         let addr: SocketAddr = r
             .address
             .parse()
@@ -96,24 +99,14 @@ impl Lifecycle for Control {
         &self,
         request: Request<proto::EndpointRef>,
     ) -> Result<Response<proto::Endpoint>, Status> {
-        self.check_write(&request)?;
-        self.set(
-            request.into_inner(),
-            endpoints::State::Draining,
-            "lifecycle: drain",
-        )
+        self.set(request, endpoints::State::Draining, "lifecycle: drain")
     }
 
     async fn mark_ready(
         &self,
         request: Request<proto::EndpointRef>,
     ) -> Result<Response<proto::Endpoint>, Status> {
-        self.check_write(&request)?;
-        self.set(
-            request.into_inner(),
-            endpoints::State::Ready,
-            "lifecycle: ready",
-        )
+        self.set(request, endpoints::State::Ready, "lifecycle: ready")
     }
 
     async fn list_endpoints(

@@ -229,17 +229,22 @@ mod tests {
         assert!(!plan(&r, None, POST, &steer, &plain, 0.9).retry_503);
     }
 
-    #[test]
-    fn a_short_list_keeps_the_response_phase() {
-        let r = registry(2);
-        let p = plan(
-            &r,
+    /// A GET's plan with the default steer and rescue settings.
+    fn plan_default(r: &Registry) -> Plan {
+        plan(
+            r,
             None,
             GET,
             &config::Steer::default(),
             &config::Rescue::default(),
             0.9,
-        );
+        )
+    }
+
+    #[test]
+    fn a_short_list_keeps_the_response_phase() {
+        let r = registry(2);
+        let p = plan_default(&r);
         assert_eq!(p.endpoints.len(), 2);
         assert!(p.observe);
     }
@@ -254,14 +259,7 @@ mod tests {
             "x",
         )
         .unwrap();
-        let p = plan(
-            &r,
-            None,
-            GET,
-            &config::Steer::default(),
-            &config::Rescue::default(),
-            0.9,
-        );
+        let p = plan_default(&r);
         assert!(p.endpoints.is_empty());
         assert!(p.observe);
     }
