@@ -97,9 +97,7 @@ async fn grpc_health_and_lifecycle() {
     }
 
     // The lifecycle API has a port of its own (never the ext_proc port).
-    let control = m.control.expect("control port");
-    let channel = rig::mulligan::grpc_channel(control).await;
-    let mut lifecycle = LifecycleClient::new(channel);
+    let mut lifecycle = LifecycleClient::new(m.control_channel().await);
     let e = lifecycle
         .mark_draining(endpoint_ref("127.0.0.1:7001"))
         .await
@@ -288,9 +286,7 @@ async fn lifecycle_calls_need_loopback_or_the_token() {
     );
 
     // The same rule on the gRPC lifecycle API.
-    let control = m.control.expect("control port");
-    let channel = rig::mulligan::grpc_channel(control).await;
-    let mut lifecycle = LifecycleClient::new(channel);
+    let mut lifecycle = LifecycleClient::new(m.control_channel().await);
     let r = endpoint_ref("127.0.0.1:7001");
     let denied = lifecycle.mark_ready(r.clone()).await.expect_err("no token");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);

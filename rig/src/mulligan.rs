@@ -84,6 +84,14 @@ impl Mulligan {
         parse_metric(&self.metrics().await, sample)
     }
 
+    /// A channel to the lifecycle API (started with `--control-listen`).
+    pub async fn control_channel(&self) -> tonic::transport::Channel {
+        let addr = self
+            .control
+            .expect("mulligan was started without --control-listen");
+        grpc_channel(addr).await
+    }
+
     /// ext_proc streams Envoy opened to mulligan so far.
     pub async fn streams(&self) -> f64 {
         self.metric("mulligan_ext_proc_streams_total").await

@@ -375,18 +375,19 @@ fn check_final_filter(f: &HttpFilter) {
     assert_eq!(m[0].pattern, MatchPattern::Prefix("5".into()));
     check_ext_proc(&m[0].ext_proc, "final", None, 2);
     assert!(m[0].ext_proc.request_attributes.is_empty());
-    assert_eq!(
-        m[0].ext_proc.response_attributes,
-        [
-            "response.code",
-            "response.code_details",
-            "response.flags",
-            "upstream.address",
-            "xds.cluster_name",
-            "request.method",
-            "request.id",
-        ]
-    );
+    // The full list is compared with the reference bootstrap's in
+    // reference.rs; here, what tells Envoy's own 503 from the app's.
+    let attributes = &m[0].ext_proc.response_attributes;
+    for needed in [
+        "response.code_details",
+        "response.flags",
+        "upstream.address",
+    ] {
+        assert!(
+            attributes.iter().any(|a| a == needed),
+            "{needed}: {attributes:?}"
+        );
+    }
 }
 
 /// `request_header_mode`: 1 SEND (the gate), 2 SKIP.
