@@ -16,6 +16,24 @@ const BUNDLED: &str = ".tools/envoy/envoy/_bin/envoy";
 /// The Envoy binary: `$ENVOY_BIN`, else the one `make envoy` installed.
 /// Panics with the install hint when neither exists: a test that needs Envoy
 /// must never pass without it.
+/// `envoy --mode validate` on the bootstrap at `path` (YAML, JSON or binary
+/// proto): `Err` with Envoy's output when Envoy rejects it.
+pub fn validate(path: &std::path::Path) -> Result<(), String> {
+    let out = std::process::Command::new(envoy_bin())
+        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+        .arg(path)
+        .output()
+        .expect("envoy --mode validate");
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
 pub fn envoy_bin() -> PathBuf {
     let path = match std::env::var_os("ENVOY_BIN") {
         Some(p) => PathBuf::from(p),
