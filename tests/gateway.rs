@@ -4,7 +4,7 @@
 //! xDS it generates, and the result loads and serves in real Envoy with
 //! mulligan attached as the EnvoyExtensionPolicy attaches it.
 
-use std::{net::SocketAddr, path::PathBuf, process::Command};
+use std::{net::SocketAddr, path::PathBuf};
 
 use http::Method;
 use rig::{
@@ -582,16 +582,7 @@ fn the_kubernetes_manifests_fit_the_binary() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let file = tmp.path().join("mulligan.toml");
     std::fs::write(&file, &toml).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_mulligan"))
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .expect("check-config");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rig::mulligan::assert_success(&rig::mulligan::check_config(&file));
     let cfg = mulligan::config::Config::parse("mulligan.toml", &toml).expect("valid");
 
     let deploy = find("Deployment");

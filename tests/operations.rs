@@ -140,16 +140,7 @@ fn check_config_accepts_valid_and_locates_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "[listen]\ngrpc = \"0.0.0.0:50051\"\n").expect("write");
-    let out = Command::new(BIN)
-        .args(["check-config"])
-        .arg(&good)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rig::mulligan::assert_success(&rig::mulligan::check_config(&good));
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(
@@ -157,11 +148,7 @@ fn check_config_accepts_valid_and_locates_errors() {
         "[listen]\ngrpc = \"0.0.0.0:50051\"\n\n[shutdown]\ndrain_timeout = \"soon\"\n",
     )
     .expect("write");
-    let out = Command::new(BIN)
-        .args(["check-config"])
-        .arg(&bad)
-        .output()
-        .expect("run");
+    let out = rig::mulligan::check_config(&bad);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

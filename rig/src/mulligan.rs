@@ -159,6 +159,24 @@ pub fn mulligan_bin() -> std::path::PathBuf {
     })
 }
 
+/// `mulligan check-config FILE`, run to completion.
+pub fn check_config(file: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(mulligan_bin())
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .expect("running mulligan check-config")
+}
+
+/// Panics, with the run's stderr, unless it succeeded.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A plaintext gRPC channel to one of mulligan's ports (health, the
 /// lifecycle API), for a generated client of the test's choosing.
 pub async fn grpc_channel(addr: SocketAddr) -> tonic::transport::Channel {
