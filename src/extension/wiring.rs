@@ -97,11 +97,11 @@ pub const STRIP_FILTER: &str = "mulligan.strip";
 pub const FINAL_FILTER: &str = "mulligan.final";
 /// mulligan's own gRPC cluster, which both ext_proc filters call.
 pub const MULLIGAN_CLUSTER: &str = "mulligan";
-/// The internal listener answering "no healthy upstream" as the
-/// priority-1 endpoint of every wired cluster.
+/// The internal listener behind the priority-1 hold endpoint of every wired
+/// cluster; it forwards to [`HOLD_ANSWER`].
 pub const HOLD_LISTENER: &str = "mulligan_hold";
-/// The internal listener (and the cluster to it) that answers for the hold
-/// endpoint with a plain 503.
+/// The internal listener (and the cluster to it) answering for the hold
+/// endpoint: a 503 that is an upstream answer to [`HOLD_LISTENER`].
 pub const HOLD_ANSWER: &str = "mulligan_hold_answer";
 /// The request header that makes Envoy answer a request the gRPC way
 /// (`application/grpc...`), which the hold endpoint removes.
@@ -870,6 +870,7 @@ fn hold_answer_replies() -> LocalReplyConfig {
     }
 }
 
+/// `text` as an inline data source.
 fn inline(text: &str) -> DataSource {
     DataSource {
         specifier: Some(data_source::Specifier::InlineString(text.to_string())),
