@@ -19,20 +19,31 @@ const H2C: (&str, &str) = ("APP_PROTOCOL", "http2_protocol_options");
 struct Rig {
     pods: Vec<Arc<ProtoPod>>,
     mulligan: Mulligan,
-    _envoy: Envoy,
+    envoy: Envoy,
     front: SocketAddr,
     baseline: SocketAddr,
 }
 
 impl Rig {
     async fn start(pods: &[(&str, ProtoState)], overrides: &[(&'static str, &str)]) -> Rig {
+        Rig::start_with(pods, overrides, &[]).await
+    }
+
+    /// [`Rig::start`], with `args` added to mulligan's command line.
+    async fn start_with(
+        pods: &[(&str, ProtoState)],
+        overrides: &[(&'static str, &str)],
+        args: &[&str],
+    ) -> Rig {
         let mut started = Vec::new();
         for (name, state) in pods {
             started.push(ProtoPod::start(name, *state).await);
         }
         let addrs: Vec<SocketAddr> = started.iter().map(|p| p.addr).collect();
         let list = rig::endpoint_list(&addrs);
-        let mulligan = Mulligan::start(&["--endpoints", &list]).await;
+        let mut all = vec!["--endpoints", list.as_str()];
+        all.extend_from_slice(args);
+        let mulligan = Mulligan::start(&all).await;
         let overrides: Vec<(&'static str, String)> =
             overrides.iter().map(|(k, v)| (*k, v.to_string())).collect();
         let envoy = Envoy::start(&render::standalone(
@@ -46,9 +57,23 @@ impl Rig {
         Rig {
             pods: started,
             mulligan,
-            _envoy: envoy,
+            envoy,
             front,
             baseline,
+        }
+    }
+
+    /// Waits until Envoy's outlier detection has ejected a pod of `app`.
+    async fn until_ejected(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self
+            .envoy
+            .stat("cluster.app.outlier_detection.ejections_active")
+            .await
+            == 0
+        {
+            assert!(std::time::Instant::now() < deadline, "no pod ejected");
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     }
 }
@@ -218,20 +243,89 @@ async fn a_grpc_stream_cut_mid_response_ends_as_on_the_baseline() {
     );
 }
 
-/// Open (docs/decide.md, "gRPC and WebSocket"): a stream the app resets
-/// ejects its pod (a local-origin failure), so the next call goes to the
-/// hold endpoint; Envoy rewrites the hold's 503 for a gRPC request into a
-/// trailers-only UNAVAILABLE (200), which `mulligan.attempt` never sees, so
-/// the call fails at once where the baseline serves it.
+/// A stream the app resets ejects its pod (a local-origin failure), so the
+/// next call goes to the hold endpoint, whose 503 must reach
+/// `mulligan.attempt` as a 503 (not as the trailers-only UNAVAILABLE Envoy
+/// makes of a local reply to a gRPC request): mulligan holds the call until
+/// the ejection ends and Envoy retries it to the pod, as the baseline
+/// (no outlier detection) serves it at once.
 #[tokio::test]
-#[ignore = "open: the hold answers gRPC with a trailers-only UNAVAILABLE that mulligan never sees"]
 async fn after_a_cut_stream_the_next_grpc_call_is_served_as_on_the_baseline() {
     let rig = Rig::start(&[("a", ProtoState::Ready)], &[H2C]).await;
     for addr in [rig.front, rig.baseline] {
         let cut = protocols::grpc_call(addr, "/test.Echo/Cut", &[4]).await;
         assert!(cut.reset);
+        if addr == rig.front {
+            rig.until_ejected().await;
+        }
         let next = protocols::grpc_call(addr, "/test.Echo/Unary", b"next").await;
         assert_whole(&next, &[b"next".to_vec()]);
+    }
+    assert!(
+        rig.envoy
+            .stat("http.mulligan_hold.downstream_rq_total")
+            .await
+            >= 1,
+        "the call went to the hold"
+    );
+    assert!(rig.mulligan.answers("retry_after_hold").await >= 1.0);
+}
+
+/// A gRPC call through a real gRPC client (tonic): `Code::Unavailable`, or
+/// the reply itself when the call succeeded.
+async fn tonic_call(addr: SocketAddr) -> Result<Vec<u8>, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to Envoy");
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.expect("channel ready");
+    // The pod echoes the message; `Vec<u8>` is protobuf's BytesValue.
+    client
+        .unary(
+            tonic::Request::new(b"nothing".to_vec()),
+            http::uri::PathAndQuery::from_static("/test.Echo/Unary"),
+            tonic_prost::ProstCodec::<Vec<u8>, Vec<u8>>::default(),
+        )
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Nothing can serve (the only pod is gone): a gRPC call is held like an
+/// HTTP request, and at `rescue.deadline` ends as the hold's 503 with
+/// `grpc-status: 14` and `Retry-After`, no body, which a gRPC client reads
+/// as UNAVAILABLE, the code of the baseline's trailers-only answer (HTTP
+/// 200, `grpc-status: 14`).
+#[tokio::test]
+async fn a_grpc_call_nothing_can_serve_is_held_then_ends_unavailable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(&cfg, "[rescue]\ndeadline = \"1s\"\n").expect("config");
+    let args = ["--config", cfg.to_str().expect("path")];
+    let mut rig = Rig::start_with(&[("a", ProtoState::Ready)], &[H2C], &args).await;
+    rig.pods.clear();
+    let front = protocols::grpc_call(rig.front, "/test.Echo/Unary", b"x").await;
+    assert_eq!(front.status, 503, "{}", outcome(&front));
+    assert_eq!(front.grpc_status(), Some("14"), "{}", outcome(&front));
+    assert_eq!(
+        front.header("grpc-message"),
+        Some("no healthy upstream"),
+        "{}",
+        outcome(&front)
+    );
+    assert!(front.messages.is_empty(), "{}", outcome(&front));
+    assert!(front.header("retry-after").is_some(), "{}", outcome(&front));
+    assert!(
+        rig.mulligan.answers("held_too_long").await >= 1.0,
+        "the call was held until its deadline"
+    );
+    let baseline = protocols::grpc_call(rig.baseline, "/test.Echo/Unary", b"x").await;
+    assert_eq!(baseline.status, 200, "{}", outcome(&baseline));
+    assert_eq!(baseline.grpc_status(), Some("14"), "{}", outcome(&baseline));
+    for addr in [rig.front, rig.baseline] {
+        let status = tonic_call(addr).await.expect_err("nothing can serve");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     }
 }
 

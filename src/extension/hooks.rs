@@ -187,9 +187,14 @@ impl Hooks {
             upsert(&mut resp.clusters, mulligan, |b| {
                 Cluster::decode(b).ok().map(|c| c.name)
             });
-            upsert(&mut resp.listeners, wiring::hold_listener(), |b| {
-                Listener::decode(b).ok().map(|l| l.name)
+            upsert(&mut resp.clusters, wiring::hold_answer_cluster(), |b| {
+                Cluster::decode(b).ok().map(|c| c.name)
             });
+            for hold in [wiring::hold_listener(), wiring::hold_answer_listener()] {
+                upsert(&mut resp.listeners, hold, |b| {
+                    Listener::decode(b).ok().map(|l| l.name)
+                });
+            }
         }
         wired_routes
     }

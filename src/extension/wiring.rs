@@ -9,13 +9,19 @@ use std::time::Duration;
 use envoy_types::pb::{
     envoy::{
         config::{
+            accesslog::v3::{
+                access_log_filter::FilterSpecifier, comparison_filter, AccessLogFilter,
+                ComparisonFilter, HeaderFilter, StatusCodeFilter,
+            },
             cluster::v3::{
                 circuit_breakers::Thresholds, cluster::CommonLbConfig, Cluster, OutlierDetection,
             },
             core::v3::{
-                address, envoy_internal_address::AddressNameSpecifier, grpc_service,
-                socket_address, Address, EnvoyInternalAddress, GrpcService, HeaderValue,
-                Http1ProtocolOptions, Http2ProtocolOptions, SocketAddress, TypedExtensionConfig,
+                address, data_source, envoy_internal_address::AddressNameSpecifier, grpc_service,
+                header_value_option::HeaderAppendAction, socket_address, Address, DataSource,
+                EnvoyInternalAddress, GrpcService, HeaderValue, HeaderValueOption,
+                Http1ProtocolOptions, Http2ProtocolOptions, RuntimeUInt32, SocketAddress,
+                TypedExtensionConfig,
             },
             endpoint::v3::{
                 cluster_load_assignment::Policy, lb_endpoint, ClusterLoadAssignment, Endpoint,
@@ -24,14 +30,15 @@ use envoy_types::pb::{
             listener::v3::{filter, listener, Filter, FilterChain, Listener},
             route::v3::{
                 header_matcher::HeaderMatchSpecifier, retry_policy, route, route_action,
-                DirectResponseAction, HeaderMatcher, RetryPolicy, Route, RouteConfiguration,
-                RouteMatch, VirtualHost,
+                route_match, DirectResponseAction, HeaderMatcher, RetryPolicy, Route, RouteAction,
+                RouteConfiguration, RouteMatch, VirtualHost,
             },
         },
         extensions::{
             common::matching::v3::ExtensionWithMatcher,
             filters::{
                 http::{
+                    buffer::v3::Buffer,
                     composite::v3::{Composite, ExecuteFilterAction},
                     ext_proc::v3::{ExternalProcessor, ProcessingMode},
                     header_mutation::v3::{HeaderMutation, Mutations},
@@ -40,7 +47,7 @@ use envoy_types::pb::{
                 },
                 network::http_connection_manager::v3::{
                     http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager,
-                    HttpFilter,
+                    HttpFilter, LocalReplyConfig, ResponseMapper,
                 },
             },
             retry::host::previous_hosts::v3::PreviousHostsPredicate,
@@ -90,9 +97,27 @@ pub const STRIP_FILTER: &str = "mulligan.strip";
 pub const FINAL_FILTER: &str = "mulligan.final";
 /// mulligan's own gRPC cluster, which both ext_proc filters call.
 pub const MULLIGAN_CLUSTER: &str = "mulligan";
-/// The internal listener answering "no healthy upstream" as the
-/// priority-1 endpoint of every wired cluster.
+/// The internal listener behind the priority-1 hold endpoint of every wired
+/// cluster; it forwards to [`HOLD_ANSWER`].
 pub const HOLD_LISTENER: &str = "mulligan_hold";
+/// The internal listener (and the cluster to it) answering for the hold
+/// endpoint: a 503 that is an upstream answer to [`HOLD_LISTENER`].
+pub const HOLD_ANSWER: &str = "mulligan_hold_answer";
+/// The request header that makes Envoy answer a request the gRPC way
+/// (`application/grpc...`), which the hold endpoint removes.
+const GRPC_MARKER_HEADER: &str = "content-type";
+/// Tells the hold's answer that the request was gRPC (set by the hold
+/// endpoint, never taken from anyone else).
+const HOLD_GRPC_HEADER: &str = "x-mulligan-hold-grpc";
+/// The hold's 503 body (`grpc-message` for gRPC), Envoy's own words.
+const HOLD_BODY: &str = "no healthy upstream";
+/// How much of a request body the hold's answer waits for (Envoy's default
+/// buffer limit, above which it does not retry anyway).
+const HOLD_BUFFER_BYTES: u32 = 1024 * 1024;
+/// How long the hold's answer waits for the whole request.
+const HOLD_REQUEST_TIMEOUT: Duration = Duration::from_millis(200);
+/// Connecting to an internal listener: never slow, only bounded.
+const HOLD_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The response header by which mulligan asks Envoy to retry an attempt.
 pub const RETRY_HEADER: &str = "x-mulligan-retry";
 /// Headers no client may send: one would choose an endpoint (Envoy's
@@ -162,6 +187,7 @@ pub const FINAL_ATTRIBUTES: [&str; 7] = [
 
 const UPSTREAM_CODEC: &str = "envoy.filters.http.upstream_codec";
 const ROUTER: &str = "envoy.filters.http.router";
+const BUFFER: &str = "envoy.filters.http.buffer";
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
@@ -749,49 +775,197 @@ pub fn mulligan_cluster(addr: &MulliganAddress) -> Cluster {
     }
 }
 
-/// The internal listener behind the hold endpoint: a direct 503 "no healthy
-/// upstream", which mulligan.attempt hands to mulligan to hold.
+/// The internal listener behind the hold endpoint. It only forwards, to
+/// [`HOLD_ANSWER`]: Envoy turns a local reply to a gRPC request (the direct
+/// 503 included) into a trailers-only HTTP 200 that mulligan.attempt never
+/// sees, deciding on the request's `content-type` before any filter runs; an
+/// upstream 503 passes on as it is. A gRPC request goes without its
+/// `content-type` and with [`HOLD_GRPC_HEADER`], so its answer still reads as
+/// gRPC's.
 pub fn hold_listener() -> Listener {
-    let route_config = RouteConfiguration {
-        name: HOLD_LISTENER.to_string(),
-        virtual_hosts: vec![VirtualHost {
-            name: HOLD_LISTENER.to_string(),
-            domains: vec!["*".to_string()],
-            routes: vec![Route {
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(
-                        envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier::Prefix(
-                            "/".to_string(),
-                        ),
-                    ),
+    let forward = || {
+        route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                HOLD_ANSWER.to_string(),
+            )),
+            ..Default::default()
+        })
+    };
+    let mut grpc = catch_all(forward());
+    if let Some(m) = grpc.r#match.as_mut() {
+        m.grpc = Some(route_match::GrpcRouteMatchOptions {});
+    }
+    grpc.request_headers_to_remove = vec![GRPC_MARKER_HEADER.to_string()];
+    grpc.request_headers_to_add = vec![set_header(HOLD_GRPC_HEADER, "1")];
+    let mut other = catch_all(forward());
+    other.request_headers_to_remove = vec![HOLD_GRPC_HEADER.to_string()];
+    internal_listener(HOLD_LISTENER, hold_hcm(HOLD_LISTENER, vec![grpc, other]))
+}
+
+/// The hold's answer: 503 "no healthy upstream"; to a gRPC request, 503
+/// with `grpc-status: 14` and no body (a gRPC client reads UNAVAILABLE).
+/// It answers once the whole request is in: over HTTP/2, an answer ending
+/// before its request makes the hold reset the stream, and that reset
+/// ends the request at once while mulligan.attempt holds the 503. A request
+/// larger or slower than [`HOLD_BUFFER_BYTES`] / [`HOLD_REQUEST_TIMEOUT`]
+/// gets the 503 at once.
+pub fn hold_answer_listener() -> Listener {
+    let action = route::Action::DirectResponse(DirectResponseAction {
+        status: 503,
+        body: Some(inline(HOLD_BODY)),
+        ..Default::default()
+    });
+    let mut hcm = hold_hcm(HOLD_ANSWER, vec![catch_all(action)]);
+    hcm.request_timeout = Some(duration(HOLD_REQUEST_TIMEOUT));
+    hcm.local_reply_config = Some(hold_answer_replies());
+    let buffer = Buffer {
+        max_request_bytes: u32v(HOLD_BUFFER_BYTES),
+    };
+    hcm.http_filters
+        .insert(0, http_filter(BUFFER, pack(&buffer)));
+    internal_listener(HOLD_ANSWER, hcm)
+}
+
+/// Every local reply of the hold's answer (a request too large or too slow
+/// included) is the hold's 503, the gRPC form to a gRPC request.
+fn hold_answer_replies() -> LocalReplyConfig {
+    let grpc = ResponseMapper {
+        filter: Some(AccessLogFilter {
+            filter_specifier: Some(FilterSpecifier::HeaderFilter(HeaderFilter {
+                header: Some(HeaderMatcher {
+                    name: HOLD_GRPC_HEADER.to_string(),
+                    header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
                     ..Default::default()
                 }),
-                action: Some(route::Action::DirectResponse(DirectResponseAction {
-                    status: 503,
-                    body: Some(envoy_types::pb::envoy::config::core::v3::DataSource {
-                        specifier: Some(
-                            envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineString(
-                                "no healthy upstream".to_string(),
-                            ),
-                        ),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })),
+            })),
+        }),
+        status_code: u32v(503),
+        body: Some(inline("")),
+        headers_to_add: vec![
+            set_header("grpc-status", "14"),
+            set_header("grpc-message", HOLD_BODY),
+        ],
+        ..Default::default()
+    };
+    let comparison = ComparisonFilter {
+        op: comparison_filter::Op::Ge as i32,
+        value: Some(RuntimeUInt32 {
+            default_value: 400,
+            runtime_key: format!("{HOLD_ANSWER}.min_status"),
+        }),
+    };
+    let other = ResponseMapper {
+        filter: Some(AccessLogFilter {
+            filter_specifier: Some(FilterSpecifier::StatusCodeFilter(StatusCodeFilter {
+                comparison: Some(comparison),
+            })),
+        }),
+        status_code: u32v(503),
+        body: Some(inline(HOLD_BODY)),
+        ..Default::default()
+    };
+    LocalReplyConfig {
+        mappers: vec![grpc, other],
+        ..Default::default()
+    }
+}
+
+/// `text` as an inline data source.
+fn inline(text: &str) -> DataSource {
+    DataSource {
+        specifier: Some(data_source::Specifier::InlineString(text.to_string())),
+        ..Default::default()
+    }
+}
+
+/// Header `key: value`, replacing any `key` already there.
+fn set_header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// The cluster from the hold endpoint to [`hold_answer_listener`].
+pub fn hold_answer_cluster() -> Cluster {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    let address = Address {
+        address: Some(address::Address::EnvoyInternalAddress(
+            EnvoyInternalAddress {
+                address_name_specifier: Some(AddressNameSpecifier::ServerListenerName(
+                    HOLD_ANSWER.to_string(),
+                )),
+                ..Default::default()
+            },
+        )),
+    };
+    let endpoint = LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: Some(address),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    Cluster {
+        name: HOLD_ANSWER.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        connect_timeout: Some(duration(HOLD_CONNECT_TIMEOUT)),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: HOLD_ANSWER.to_string(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![endpoint],
                 ..Default::default()
             }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A route taking every path.
+fn catch_all(action: route::Action) -> Route {
+    Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_string())),
+            ..Default::default()
+        }),
+        action: Some(action),
+        ..Default::default()
+    }
+}
+
+/// An HTTP connection manager with one virtual host of `routes`, and the
+/// router.
+fn hold_hcm(name: &str, routes: Vec<Route>) -> HttpConnectionManager {
+    let route_config = RouteConfiguration {
+        name: name.to_string(),
+        virtual_hosts: vec![VirtualHost {
+            name: name.to_string(),
+            domains: vec!["*".to_string()],
+            routes,
             ..Default::default()
         }],
         ..Default::default()
     };
-    let hcm = HttpConnectionManager {
-        stat_prefix: HOLD_LISTENER.to_string(),
+    HttpConnectionManager {
+        stat_prefix: name.to_string(),
         route_specifier: Some(RouteSpecifier::RouteConfig(route_config)),
         http_filters: vec![http_filter(ROUTER, pack(&Router::default()))],
         ..Default::default()
-    };
+    }
+}
+
+/// An internal listener `name` (no address) running `hcm`.
+fn internal_listener(name: &str, hcm: HttpConnectionManager) -> Listener {
     Listener {
-        name: HOLD_LISTENER.to_string(),
+        name: name.to_string(),
         listener_specifier: Some(listener::ListenerSpecifier::InternalListener(
             listener::InternalListenerConfig {},
         )),

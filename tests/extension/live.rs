@@ -475,6 +475,50 @@ async fn with_no_app_endpoint_left_the_request_waits_at_the_hold_then_is_served(
     assert_eq!(gw.mulligan.answers("final").await, 0.0);
 }
 
+/// The same for a gRPC request (its `content-type`: Envoy answers a local
+/// reply to one the gRPC way, as a 200 that mulligan.attempt would never
+/// see): the hold's answer still reaches mulligan as a 503, and the request
+/// is held, then served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_request_with_no_app_endpoint_left_waits_at_the_hold_then_is_served() {
+    let only = Pod::start("only", PodState::Gone).await;
+    let gw = Gateway::start(&[only.addr], &[]).await;
+    let front = gw.front;
+    let request = tokio::spawn(async move {
+        HttpClient::new(Proto::Http1)
+            .send(
+                Method::POST,
+                front,
+                "/echo",
+                &[HOST[0], ("content-type", "application/grpc")],
+                full("held".to_string()),
+            )
+            .await
+            .expect("request")
+    });
+    gw.mulligan
+        .wait_metric(
+            "mulligan_rescue_held",
+            1.0,
+            Duration::from_secs(5),
+            "the gRPC request held",
+        )
+        .await;
+    assert!(
+        gw.envoy
+            .stat("http.mulligan_hold_answer.downstream_rq_completed")
+            .await
+            >= 1,
+        "the hold's answer answered"
+    );
+    only.set_state(PodState::Ready).await;
+    let r = request.await.expect("request task");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body, "held".as_bytes(), "the held POST arrived whole");
+    assert_eq!(only.served(), 1);
+    assert!(gw.mulligan.answers("retry_after_hold").await >= 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_behind_the_wired_gateway_shows_the_client_no_503() {
     let old = [

@@ -155,25 +155,35 @@ async fn the_server_installs_the_reference_bootstraps_wiring() {
         vhost.include_request_attempt_count,
         want_vhost.include_request_attempt_count
     );
-    let hold = |ls: &[Listener]| {
-        ls.iter()
-            .find(|l| l.name == "mulligan_hold")
-            .map(|l| {
-                xds::to_json(
-                    "envoy.config.route.v3.RouteConfiguration",
-                    match &hcm(l).route_specifier {
-                        Some(RouteSpecifier::RouteConfig(r)) => r,
-                        _ => panic!("hold routes"),
-                    },
-                )
-            })
-            .expect("hold listener")
+    // The hold endpoint and its answer: the same connection managers (routes,
+    // filters, timeout, local replies), and the same cluster between them.
+    for name in ["mulligan_hold", "mulligan_hold_answer"] {
+        let manager = |ls: &[Listener]| {
+            ls.iter()
+                .find(|l| l.name == name)
+                .map(|l| {
+                    xds::to_json(
+                        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        &hcm(l),
+                    )
+                })
+                .unwrap_or_else(|| panic!("{name}: no listener"))
+        };
+        assert_eq!(
+            manager(&resp.listeners),
+            manager(&resources.listeners),
+            "{name}'s connection manager"
+        );
+    }
+    let cluster = |cs: &[Cluster]| {
+        cs.iter()
+            .find(|c| c.name == "mulligan_hold_answer")
+            .map(|c| xds::to_json("envoy.config.cluster.v3.Cluster", c))
+            .expect("the hold's answer cluster")
     };
-    let ours = hold(&resp.listeners);
-    let theirs = hold(&resources.listeners);
     assert_eq!(
-        ours["virtualHosts"][0]["routes"][0]["directResponse"],
-        theirs["virtualHosts"][0]["routes"][0]["directResponse"],
-        "the hold's 503"
+        cluster(&resp.clusters),
+        cluster(&resources.clusters),
+        "the hold's answer cluster"
     );
 }

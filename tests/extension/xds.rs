@@ -121,6 +121,7 @@ pub fn pool() -> &'static DescriptorPool {
             "envoy.config.bootstrap.v3.Bootstrap",
             "envoy.extensions.bootstrap.internal_listener.v3.InternalListener",
             "envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+            "envoy.extensions.filters.http.buffer.v3.Buffer",
             "envoy.extensions.filters.http.composite.v3.Composite",
             "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
