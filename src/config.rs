@@ -218,6 +218,18 @@ pub struct Hold {
     /// usable endpoint of their cluster, so a pod that just came back is not
     /// handed every held request at once.
     pub release_per_endpoint: u32,
+    /// Envoy's `max_message_timeout` on mulligan's ext_proc filters (the
+    /// reference wiring's `${MAX_MESSAGE_TIMEOUT:-14s}`). mulligan asks Envoy
+    /// to wait `rescue.deadline` plus [`Hold::ANSWER_MARGIN`] for a held
+    /// answer; Envoy ignores a longer wait and lets the 503 through at
+    /// `message_timeout`, so `check-config` compares the two.
+    #[serde(with = "humantime_serde")]
+    pub envoy_max_message_timeout: Duration,
+}
+
+impl Hold {
+    /// Time mulligan asks for beyond the deadline, to send its answer in.
+    pub(crate) const ANSWER_MARGIN: Duration = Duration::from_millis(200);
 }
 
 impl Default for Hold {
@@ -226,6 +238,7 @@ impl Default for Hold {
             interval: Duration::from_millis(100),
             settle: Duration::from_millis(50),
             release_per_endpoint: 200,
+            envoy_max_message_timeout: Duration::from_secs(14),
         }
     }
 }

@@ -349,7 +349,8 @@ async fn an_absurd_deadline_in_the_config_does_not_take_a_rescue_down() {
     let cfg = dir.path().join("m.toml");
     std::fs::write(
         &cfg,
-        "[rescue]\ndeadline = \"500000000000years\"\nbackoff_max = \"500000000000years\"\n",
+        "[rescue]\ndeadline = \"500000000000years\"\nbackoff_max = \"500000000000years\"\n\
+         [hold]\nenvoy_max_message_timeout = \"500000000001years\"\n",
     )
     .expect("write");
     let m = Mulligan::start(&["--config", cfg.to_str().expect("path")]).await;

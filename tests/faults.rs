@@ -113,10 +113,13 @@ async fn sigkill_under_load_costs_no_request_and_a_restart_serves_within_a_secon
 /// (told over its lifecycle API), so a rejected request has nowhere to go
 /// and is held.
 async fn streams_and_holds(mulligan_toml: &str) -> Stack {
+    // Holds that outlast the test: mulligan and Envoy agree on how long
+    // Envoy waits for a held answer.
+    let toml = format!("{mulligan_toml}\n[hold]\nenvoy_max_message_timeout = \"31s\"\n");
     let stack = Stack::with_config(
         &[("slow", PodState::Ready), ("drain", PodState::Draining)],
-        mulligan_toml,
-        &[],
+        &toml,
+        &[("MAX_MESSAGE_TIMEOUT", "31s".into())],
     )
     .await;
     stack.pod("drain").set_drain_header(true);

@@ -84,7 +84,7 @@ impl Config {
     }
 
     fn check_durations(&self, p: &mut Problems) {
-        let nonzero: [(&str, Duration, &str); 7] = [
+        let nonzero: [(&str, Duration, &str); 8] = [
             ("probe.interval", self.probe.interval, "would panic"),
             (
                 "hold.interval",
@@ -110,6 +110,11 @@ impl Config {
                 "rescue.deadline",
                 self.rescue.deadline,
                 "no rescue could start",
+            ),
+            (
+                "hold.envoy_max_message_timeout",
+                self.hold.envoy_max_message_timeout,
+                "Envoy would never wait for a held answer",
             ),
             (
                 "health.penalty_base",
@@ -214,10 +219,33 @@ impl Config {
 
     /// Listeners, discovery sources and TLS: what the server wires up.
     fn check_wiring(&self, p: &mut Problems) {
+        self.check_message_timeout(p);
         self.check_listeners(p);
         self.check_static(p);
         self.check_tls(p);
         self.check_kubernetes(p);
+    }
+
+    /// A hold (or a legacy rescue) keeps Envoy's ext_proc message open until
+    /// the deadline: past Envoy's `max_message_timeout`, Envoy would refuse
+    /// the extension and let the 503 through after `message_timeout`.
+    fn check_message_timeout(&self, p: &mut Problems) {
+        let asked = self
+            .rescue
+            .deadline
+            .saturating_add(super::Hold::ANSWER_MARGIN);
+        let max = self.hold.envoy_max_message_timeout;
+        if asked > max {
+            p.add(
+                "rescue.deadline",
+                format!(
+                    "{asked:?} (with {:?} to answer in) is over Envoy's max_message_timeout \
+                     ({max:?}, hold.envoy_max_message_timeout): Envoy would let held 503s \
+                     through; lower the deadline or raise both",
+                    super::Hold::ANSWER_MARGIN
+                ),
+            );
+        }
     }
 
     fn check_listeners(&self, p: &mut Problems) {
@@ -391,6 +419,13 @@ mod tests {
             ("[[kubernetes.services]]\nname = \"\"\n", (2, 8), "kubernetes.services.0.name"),
             ("[grpc_tls]\ncert_file = \"c.pem\"\n", (1, 1), "grpc_tls.key_file"),
             ("[health]\npenalty_base = \"500000000000years\"\n", (2, 16), "health.penalty_base"),
+            ("[rescue]\ndeadline = \"14s\"\n", (2, 12), "rescue.deadline"),
+            (
+                "[rescue]\ndeadline = \"20s\"\n[hold]\nenvoy_max_message_timeout = \"20s\"\n",
+                (2, 12),
+                "rescue.deadline",
+            ),
+            ("[hold]\nenvoy_max_message_timeout = \"0s\"\n", (2, 29), "hold.envoy_max_message_timeout"),
             (
                 "[endpoints]\nstatic = [\"127.0.0.1:1\"]\n[endpoints.clusters]\napp = [\"127.0.0.1:2\"]\n",
                 (2, 10),
@@ -408,6 +443,14 @@ mod tests {
                 .to_string()
                 .starts_with(&format!("m.toml:{}:{}: ", at.0, at.1)));
         }
+    }
+
+    #[test]
+    fn a_deadline_under_envoys_max_message_timeout_is_accepted() {
+        let text = "[rescue]\ndeadline = \"20s\"\n[hold]\nenvoy_max_message_timeout = \"21s\"\n";
+        Config::parse("m.toml", text).expect("20.2 s fits in 21 s");
+        Config::parse("m.toml", "[rescue]\ndeadline = \"13800ms\"\n")
+            .expect("13.8 s + 0.2 s = 14 s");
     }
 
     #[test]

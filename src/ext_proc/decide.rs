@@ -2,8 +2,6 @@
 //! response) out of Envoy's message, asks [`crate::decide`] for a verdict,
 //! and writes it back as Envoy understands it.
 
-use std::time::Duration;
-
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingResponse};
 
 use super::{attributes::Attributes, header_value, reply};
@@ -90,7 +88,10 @@ pub(crate) fn on_response_headers(
         Verdict::Hold => {
             // Envoy must wait for the hold: extend its message timeout to
             // the hold's deadline, plus a margin to answer in.
-            let wait = decider.cfg.deadline + Duration::from_millis(200);
+            let wait = decider
+                .cfg
+                .deadline
+                .saturating_add(crate::config::Hold::ANSWER_MARGIN);
             return Reply {
                 now: reply::extend_timeout(wait),
                 hold: Some(HoldJob {
