@@ -251,6 +251,10 @@ fn describe() {
         crate::endpoints::registry::UNKNOWN_CLUSTER_METRIC,
         "Lookups of an Envoy cluster mulligan knows no endpoints for: no target, the request passes through"
     );
+    describe_gauge!(
+        crate::endpoints::registry::COMING_UP_METRIC,
+        "Pods of a cluster's Service coming up with no address yet (Kubernetes): a hold is worth it while above zero"
+    );
     describe_counter!(
         "mulligan_ext_proc_streams_total",
         "ext_proc streams opened by Envoy (one per HTTP request)"

@@ -175,6 +175,10 @@ pub struct Cluster {
 /// Counts lookups of a cluster the registry does not know (Prometheus).
 pub const UNKNOWN_CLUSTER_METRIC: &str = "mulligan_unknown_cluster_total";
 
+/// Pods coming up that no endpoint stands for yet, per cluster (Prometheus
+/// gauge; see `ComingUp`).
+pub const COMING_UP_METRIC: &str = "mulligan_pods_coming_up";
+
 #[derive(Debug, Default)]
 struct Snapshot {
     clusters: BTreeMap<Arc<str>, Arc<Cluster>>,
@@ -193,6 +197,15 @@ impl Snapshot {
         Self { clusters, by_addr }
     }
 }
+
+/// Pods per cluster that discovery knows are on their way but that no
+/// endpoint stands for yet: Pending (scheduled, pulling its image: no IP),
+/// or with an IP no EndpointSlice lists yet. Without this count a scale
+/// from zero, or a Recreate rollout with every old pod gone, looks like a
+/// cluster nothing can come back to, and the 503 comes at once although a
+/// pod is on its way. Written by the Pod watch, read lock-free by holds.
+#[derive(Debug, Default)]
+struct ComingUp(ArcSwap<BTreeMap<Arc<str>, usize>>);
 
 /// Every known cluster and its endpoints.
 #[derive(Debug)]
@@ -214,6 +227,7 @@ pub struct Registry {
     sweeping: Mutex<()>,
     /// The clusters each discovery source published last (`replace_source`).
     sources: Mutex<HashMap<String, BTreeSet<Arc<str>>>>,
+    coming_up: ComingUp,
     penalty_base: Duration,
     penalty_max: Duration,
 }
@@ -261,6 +275,7 @@ impl Registry {
             next_expiry_ms: AtomicU64::new(u64::MAX),
             sweeping: Mutex::new(()),
             sources: Mutex::new(HashMap::new()),
+            coming_up: ComingUp::default(),
             penalty_base: health.penalty_base,
             penalty_max: health.penalty_max.max(health.penalty_base),
         }
@@ -411,6 +426,55 @@ impl Registry {
 
     fn notify(&self) {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Sets how many pods of `cluster` are coming up that no endpoint
+    /// stands for yet (see `ComingUp`); a change wakes the holds.
+    #[cfg(feature = "kubernetes")]
+    pub(crate) fn set_coming_up(&self, cluster: &str, pods: usize) {
+        if self.coming_up.0.load().get(cluster).copied().unwrap_or(0) == pods {
+            return;
+        }
+        let name: Arc<str> = Arc::from(cluster);
+        let before = self.coming_up.0.rcu(|m| {
+            let mut m = BTreeMap::clone(m);
+            if pods == 0 {
+                m.remove(&name);
+            } else {
+                m.insert(name.clone(), pods);
+            }
+            m
+        });
+        if before.get(&name).copied().unwrap_or(0) != pods {
+            metrics::gauge!(COMING_UP_METRIC, "cluster" => cluster.to_string()).set(pods as f64);
+            self.notify();
+        }
+    }
+
+    /// The addresses (IPs) of cluster `name`'s endpoints, whatever their
+    /// state; none for a cluster the registry does not know.
+    #[cfg(feature = "kubernetes")]
+    pub(crate) fn ips_of(&self, name: &str) -> Vec<std::net::IpAddr> {
+        let snap = self.snapshot.load();
+        snap.clusters.get(name).map_or_else(Vec::new, |c| {
+            c.endpoints.iter().map(|e| e.addr.ip()).collect()
+        })
+    }
+
+    /// Pods of cluster `name` coming up that no endpoint stands for yet.
+    /// `None` means the only cluster, as in [`Registry::cluster`].
+    pub(crate) fn coming_up(&self, name: Option<&str>) -> usize {
+        let counts = self.coming_up.0.load();
+        match name {
+            Some(n) => counts.get(n).copied().unwrap_or(0),
+            None => {
+                let snap = self.snapshot.load();
+                let only = (snap.clusters.len() == 1)
+                    .then(|| snap.clusters.keys().next())
+                    .flatten();
+                only.and_then(|n| counts.get(n)).copied().unwrap_or(0)
+            }
+        }
     }
 
     /// Every endpoint, or those of one cluster.
@@ -647,6 +711,25 @@ mod tests {
             ..Default::default()
         };
         Registry::from_config(&cfg, &config::Health::default())
+    }
+
+    #[test]
+    #[cfg(feature = "kubernetes")]
+    fn pods_coming_up_count_per_cluster_and_every_change_wakes_holds() {
+        let r = registry();
+        let mut rx = r.subscribe();
+        r.set_coming_up("app", 2);
+        assert!(rx.has_changed().expect("open"), "held requests must wake");
+        rx.borrow_and_update();
+        assert_eq!(r.coming_up(Some("app")), 2);
+        assert_eq!(r.coming_up(Some("static")), 0, "another cluster's pods");
+        r.set_coming_up("app", 2);
+        assert!(!rx.has_changed().expect("open"), "no change, no wake");
+        // Down to zero wakes too: a hold that was plausible only for these
+        // pods must end at once.
+        r.set_coming_up("app", 0);
+        assert!(rx.has_changed().expect("open"));
+        assert_eq!(r.coming_up(Some("app")), 0);
     }
 
     #[test]
