@@ -73,12 +73,19 @@ impl Holds {
 
     /// Whether an endpoint of cluster `name` could serve soon: one that is
     /// not leaving (ready, starting, or refusing connections at an address
-    /// the configuration still lists: a restart may bring it back). A
-    /// cluster whose endpoints are all draining, or that has none (discovery
-    /// removes pods that are gone), is not worth waiting for: the client
-    /// gets its 503 and `Retry-After` at once.
+    /// the configuration still lists: a restart may bring it back), or a pod
+    /// discovery shows coming up that no endpoint stands for yet (the
+    /// cluster scaling up). A cluster whose endpoints are all draining, or that has
+    /// none (discovery removes pods that are gone) and no pod on its way, is
+    /// not worth waiting for: the client gets its 503 and `Retry-After` at
+    /// once.
     pub fn plausible(&self, name: Option<&str>) -> bool {
-        self.registry.cluster(name).is_some_and(|c| coming(&c))
+        self.plausible_with(name, self.registry.cluster(name).as_deref())
+    }
+
+    /// [`Holds::plausible`] with `cluster` already looked up.
+    fn plausible_with(&self, name: Option<&str>, cluster: Option<&Cluster>) -> bool {
+        cluster.is_some_and(coming) || self.registry.coming_up(name) > 0
     }
 
     /// Whether an endpoint of `cluster` other than `except` is ready (by
@@ -114,9 +121,11 @@ impl Holds {
         loop {
             changes.borrow_and_update();
             members.borrow_and_update();
-            let Some(cluster) = self.registry.cluster(name).filter(|c| coming(c)) else {
+            let cluster = self.registry.cluster(name);
+            if !self.plausible_with(name, cluster.as_deref()) {
                 return Err(Unheld::NothingComing);
-            };
+            }
+            let cluster = cluster.unwrap_or_default();
             if self.reachable(&cluster).await {
                 let ready = self.release_slot(name, &cluster, Instant::now() + settle);
                 tokio::time::sleep_until(ready.min(deadline)).await;
