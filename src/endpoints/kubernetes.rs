@@ -55,7 +55,7 @@ pub(crate) async fn spawn(
         tasks.push(tokio::spawn(watch_slices(
             Api::namespaced(client.clone(), &cfg.namespace),
             svc.clone(),
-            cluster,
+            cluster.clone(),
             Arc::clone(&registry),
             Arc::clone(&drain),
         )));
@@ -63,6 +63,7 @@ pub(crate) async fn spawn(
             client.clone(),
             cfg.namespace.clone(),
             svc.name.clone(),
+            cluster.clone(),
             Arc::clone(&registry),
         )));
     }
@@ -190,55 +191,123 @@ pub(crate) fn endpoints(
         .collect()
 }
 
-/// Marks a Service's pods draining as soon as they get a deletionTimestamp.
-async fn watch_pods(client: Client, namespace: String, service: String, registry: Arc<Registry>) {
-    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    // The Service's selector names its pods; retried until the Service exists.
-    let selector = loop {
-        match services.get(&service).await {
+/// The Service's Pods that are not leaving (not being deleted, not
+/// finished), by name, with their addresses: none while Pending.
+type Live = BTreeMap<String, Vec<IpAddr>>;
+
+/// Follows a Service's Pods: a Pod with a `deletionTimestamp` is draining
+/// at once, and Pods that are not leaving but that no endpoint of `cluster`
+/// stands for yet are counted as coming up (`Registry::set_coming_up`). The
+/// count is taken again whenever the cluster's endpoints change, so a pod
+/// stops counting once its EndpointSlice lists it.
+async fn watch_pods(
+    client: Client,
+    namespace: String,
+    service: String,
+    cluster: String,
+    registry: Arc<Registry>,
+) {
+    let Some(selector) = selector(&Api::namespaced(client.clone(), &namespace), &service).await
+    else {
+        return;
+    };
+    let pods: Api<Pod> = Api::namespaced(client, &namespace);
+    let mut events = watcher(pods, watcher::Config::default().labels(&selector))
+        .default_backoff()
+        .boxed();
+    let mut members = registry.membership();
+    let mut live = Live::new();
+    let mut relist: Option<Live> = None;
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Ok(event)) => on_pod_event(&registry, &mut live, &mut relist, event),
+                Some(Err(e)) => {
+                    tracing::warn!(service, error = %e, "kubernetes: Pod watch (retrying)");
+                }
+                None => return,
+            },
+            changed = members.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        if relist.is_none() {
+            let known = registry.ips_of(&cluster);
+            let up = live
+                .values()
+                .filter(|ips| !ips.iter().any(|ip| known.contains(ip)))
+                .count();
+            registry.set_coming_up(&cluster, up);
+        }
+    }
+}
+
+/// One Pod watch event into `live` (or the relist under way).
+fn on_pod_event(
+    registry: &Registry,
+    live: &mut Live,
+    relist: &mut Option<Live>,
+    event: watcher::Event<Pod>,
+) {
+    match event {
+        watcher::Event::Init => *relist = Some(Live::new()),
+        watcher::Event::InitApply(p) => note_pod(registry, relist.as_mut().unwrap_or(live), &p),
+        watcher::Event::InitDone => *live = relist.take().unwrap_or_default(),
+        watcher::Event::Apply(p) => note_pod(registry, live, &p),
+        watcher::Event::Delete(p) => {
+            live.remove(&p.metadata.name.unwrap_or_default());
+        }
+    }
+}
+
+/// The Service's selector as a label selector, retried until the Service
+/// exists; `None` for a Service that selects no pods.
+async fn selector(services: &Api<Service>, service: &str) -> Option<String> {
+    loop {
+        match services.get(service).await {
             Ok(s) => {
                 let sel = s.spec.and_then(|s| s.selector).unwrap_or_default();
-                break sel
+                let sel = sel
                     .iter()
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()
                     .join(",");
+                return (!sel.is_empty()).then_some(sel);
             }
             Err(e) => {
                 tracing::warn!(service, error = %e, "kubernetes: reading the Service (retrying)");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         }
-    };
-    if selector.is_empty() {
-        return;
     }
-    let pods: Api<Pod> = Api::namespaced(client, &namespace);
-    let mut events = watcher(pods, watcher::Config::default().labels(&selector))
-        .default_backoff()
-        .boxed();
-    while let Some(event) = events.next().await {
-        let pod = match event {
-            Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => p,
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::warn!(service, error = %e, "kubernetes: Pod watch (retrying)");
-                continue;
-            }
-        };
-        if pod.metadata.deletion_timestamp.is_none() {
-            continue;
+}
+
+/// One Pod as the API server shows it: a deleting pod's addresses drain
+/// and it leaves `live`, as does a finished one (`Failed`, `Succeeded`);
+/// any other pod is in `live` with its addresses.
+fn note_pod(registry: &Registry, live: &mut Live, pod: &Pod) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let status = pod.status.clone().unwrap_or_default();
+    let finished = matches!(status.phase.as_deref(), Some("Failed" | "Succeeded"));
+    let ips: Vec<IpAddr> = status
+        .pod_ips
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.ip)
+        .chain(status.pod_ip)
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .collect();
+    if pod.metadata.deletion_timestamp.is_some() {
+        for ip in &ips {
+            registry.drain_ip(*ip, "kubernetes: pod deleting");
         }
-        let status = pod.status.unwrap_or_default();
-        let ips = status
-            .pod_ips
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| p.ip)
-            .chain(status.pod_ip);
-        for ip in ips.filter_map(|ip| ip.parse::<IpAddr>().ok()) {
-            registry.drain_ip(ip, "kubernetes: pod deleting");
-        }
+        live.remove(&name);
+    } else if finished {
+        live.remove(&name);
+    } else {
+        live.insert(name, ips);
     }
 }
 
@@ -256,6 +325,45 @@ mod tests {
         }))
         .expect("slice");
         [("backend-abc".to_string(), s)].into()
+    }
+
+    fn pod(phase: &str, ip: Option<&str>, deleting: bool) -> Pod {
+        let mut p = serde_json::json!({
+            "metadata": {"name": "backend-1"},
+            "status": {"phase": phase},
+        });
+        if let Some(ip) = ip {
+            p["status"]["podIP"] = ip.into();
+        }
+        if deleting {
+            p["metadata"]["deletionTimestamp"] = "2026-11-22T09:00:00Z".into();
+        }
+        serde_json::from_value(p).expect("pod")
+    }
+
+    #[test]
+    fn a_pod_is_live_until_it_is_deleting_or_finished() {
+        let registry =
+            Registry::from_config(&config::Endpoints::default(), &config::Health::default());
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let mut live = Live::new();
+        note_pod(&registry, &mut live, &pod("Pending", None, false));
+        assert_eq!(live.get("backend-1"), Some(&Vec::new()), "pending: no IP");
+        note_pod(
+            &registry,
+            &mut live,
+            &pod("Running", Some("10.0.0.7"), false),
+        );
+        assert_eq!(live.get("backend-1"), Some(&vec![ip]));
+        note_pod(
+            &registry,
+            &mut live,
+            &pod("Running", Some("10.0.0.7"), true),
+        );
+        assert!(live.is_empty(), "deleting: not coming up");
+        note_pod(&registry, &mut live, &pod("Pending", None, false));
+        note_pod(&registry, &mut live, &pod("Failed", None, false));
+        assert!(live.is_empty(), "finished: not coming up");
     }
 
     #[test]
