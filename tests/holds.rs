@@ -30,7 +30,7 @@ use rig::{
     client::{self, HttpClient, Proto, Reply},
     eds::{gateway_health, EdsFile},
     envoy::Envoy,
-    kube_api::{endpoint_slice, service, KubeApi},
+    kube_api::{endpoint_slice, pending_pod, pod, service, KubeApi},
     mulligan::Mulligan,
     payload,
     pods::{Pod, PodState},
@@ -286,6 +286,28 @@ impl Kube {
         until_state(&self.mulligan, addr, state).await;
     }
 
+    /// The pod `name` at `addr` is gone: its EndpointSlice is deleted,
+    /// mulligan forgets the endpoint, then EDS follows.
+    async fn remove(&mut self, name: &str, addr: SocketAddr) {
+        self.api
+            .delete("endpointslices", &format!("backend-{name}"));
+        self.pods.remove(name);
+        until_state(&self.mulligan, addr, "").await;
+        self.push_eds();
+    }
+
+    /// Waits until mulligan counts `n` pods of cluster `app` coming up.
+    async fn until_coming_up(&self, n: usize) {
+        self.mulligan
+            .wait_metric(
+                r#"mulligan_pods_coming_up{cluster="app"}"#,
+                n as f64,
+                Duration::from_secs(10),
+                "pods coming up",
+            )
+            .await;
+    }
+
     /// Envoy Gateway's part: EDS for every pod's current conditions.
     fn push_eds(&self) {
         let listed: Vec<_> = self
@@ -345,6 +367,68 @@ async fn kubernetes_a_held_request_is_served_by_a_pod_that_appears_later() {
         stuck.served() + stuck.rejected(),
         0,
         "the booting pod got a request"
+    );
+}
+
+/// Item 6, the cluster scaling up: the Service's only pod is gone (its
+/// EndpointSlice deleted, EDS empty) and its replacement exists but is
+/// Pending (no IP: scheduled, pulling its image), as in a scale from zero
+/// or a Recreate rollout. No endpoint is known, but a pod is on its way, so
+/// requests are held, not failed at once. The Pod then gets its IP (before
+/// any EndpointSlice lists it, as in Kubernetes: it still counts as coming
+/// up), is ready in its slice and then in EDS, and the held requests are
+/// served by it, each once. Without pods coming up counted, the 503 came at
+/// once and no request was ever held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_a_request_is_held_while_a_pending_pod_comes_up() {
+    let mut k = Kube::start().await;
+    let old = Pod::start("old", PodState::Ready).await;
+    k.set("old", old.addr, READY, "ready").await;
+    k.remove("old", old.addr).await;
+    k.api.apply("pods", pending_pod("new", "backend"));
+    k.until_coming_up(1).await;
+    let tasks = held(&k.mulligan, k.front, 2).await;
+    let new = Pod::start("new", PodState::Ready).await;
+    k.api
+        .apply("pods", pod("new", "backend", "127.0.0.1", false));
+    k.set("new", new.addr, READY, "ready").await;
+    k.until_coming_up(0).await;
+    served_once_by(&new, tasks).await;
+    assert_eq!(
+        old.served() + old.rejected(),
+        0,
+        "the gone pod got a request"
+    );
+    assert_eq!(k.mulligan.answers("nothing_coming").await, 0.0);
+}
+
+/// The converse: the only pod is gone and no pod is coming up (the one that
+/// was Pending is deleted too: a scale to zero), so nothing is known and
+/// nothing is on its way. The 503 comes with `Retry-After` at once: the
+/// hold ends as "nothing coming", never held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_with_no_pod_known_or_coming_up_the_503_is_not_held() {
+    let mut k = Kube::start().await;
+    let old = Pod::start("old", PodState::Ready).await;
+    k.set("old", old.addr, READY, "ready").await;
+    k.api.apply("pods", pending_pod("new", "backend"));
+    k.until_coming_up(1).await;
+    k.api.delete("pods", "new");
+    k.until_coming_up(0).await;
+    k.remove("old", old.addr).await;
+    let (id, r) = request(k.front, 0).await;
+    assert_eq!(r.status, 503, "{id}: {:?}", r.body);
+    assert!(
+        r.headers.contains_key("retry-after"),
+        "{id}: {:?}",
+        r.headers
+    );
+    assert!(k.mulligan.answers("nothing_coming").await >= 1.0);
+    assert_eq!(k.mulligan.answers("held_too_long").await, 0.0);
+    assert_eq!(
+        old.served() + old.rejected(),
+        0,
+        "the gone pod got a request"
     );
 }
 

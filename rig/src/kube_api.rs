@@ -193,6 +193,16 @@ pub fn pod(name: &str, app: &str, ip: &str, deleting: bool) -> Value {
     p
 }
 
+/// A Pod of `app` that is scheduled but not started (pulling its image):
+/// Pending, with no IP yet.
+pub fn pending_pod(name: &str, app: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]},
+    })
+}
+
 fn matches(object: &Value, selector: Option<&str>) -> bool {
     selector.is_none_or(|sel| {
         sel.split(',')
