@@ -180,11 +180,27 @@ async fn a_post_the_app_may_have_processed_is_not_replayed() {
     assert_eq!(unsafe_posts as usize, count(&posts, 503));
 }
 
-/// Waits until mulligan reports `n` held requests.
+/// Waits until mulligan reports `n` held requests; if they never are, says
+/// whether Envoy gave up on mulligan (its message timeout) or mulligan let
+/// the 503s through, and why.
 async fn until_held(stack: &Stack, n: f64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while stack.mulligan.metric("mulligan_rescue_held").await < n {
-        assert!(Instant::now() < deadline, "requests were not held");
+        if Instant::now() >= deadline {
+            let outcomes: Vec<String> = stack
+                .mulligan
+                .metrics()
+                .await
+                .lines()
+                .filter(|l| l.starts_with("mulligan_rescues_total"))
+                .map(str::to_string)
+                .collect();
+            panic!(
+                "requests were not held: Envoy message timeouts {}, fallbacks {}; {outcomes:?}",
+                stack.ext_proc_stat("message_timeouts").await,
+                stack.ext_proc_stat("failure_mode_allowed").await,
+            );
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
