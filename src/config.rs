@@ -238,7 +238,9 @@ impl Default for Hold {
             interval: Duration::from_millis(100),
             settle: Duration::from_millis(50),
             release_per_endpoint: 200,
-            envoy_max_message_timeout: Duration::from_secs(14),
+            // What both shipped wirings give Envoy: envoy.yaml's default and
+            // the Extension Server's when a policy names none.
+            envoy_max_message_timeout: crate::extension::policy::DEFAULT_MAX_HOLD,
         }
     }
 }
