@@ -196,6 +196,15 @@ impl Snapshot {
         }
         Self { clusters, by_addr }
     }
+
+    /// Cluster `name`, or with `None` the only cluster there is.
+    fn named(&self, name: Option<&str>) -> Option<(&Arc<str>, &Arc<Cluster>)> {
+        match name {
+            Some(n) => self.clusters.get_key_value(n),
+            None if self.clusters.len() == 1 => self.clusters.iter().next(),
+            None => None,
+        }
+    }
 }
 
 /// Pods per cluster that discovery knows are on their way but that no
@@ -294,15 +303,11 @@ impl Registry {
     /// can be meant; otherwise none.
     pub fn cluster(&self, name: Option<&str>) -> Option<Arc<Cluster>> {
         let snap = self.snapshot.load();
-        let found = match name {
-            Some(n) => snap.clusters.get(n),
-            None if snap.clusters.len() == 1 => snap.clusters.values().next(),
-            None => None,
-        };
+        let found = snap.named(name).map(|(_, c)| Arc::clone(c));
         if found.is_none() {
             metrics::counter!(UNKNOWN_CLUSTER_METRIC).increment(1);
         }
-        found.cloned()
+        found
     }
 
     /// Every distinct endpoint address (for probing).
@@ -465,15 +470,14 @@ impl Registry {
     /// `None` means the only cluster, as in [`Registry::cluster`].
     pub(crate) fn coming_up(&self, name: Option<&str>) -> usize {
         let counts = self.coming_up.0.load();
+        let count = |n: &str| counts.get(n).copied().unwrap_or(0);
         match name {
-            Some(n) => counts.get(n).copied().unwrap_or(0),
-            None => {
-                let snap = self.snapshot.load();
-                let only = (snap.clusters.len() == 1)
-                    .then(|| snap.clusters.keys().next())
-                    .flatten();
-                only.and_then(|n| counts.get(n)).copied().unwrap_or(0)
-            }
+            Some(n) => count(n),
+            None => self
+                .snapshot
+                .load()
+                .named(None)
+                .map_or(0, |(n, _)| count(n)),
         }
     }
 
