@@ -821,6 +821,34 @@ async fn the_patched_gateway_retries_failed_attempts_and_asks_mulligan_only_abou
     );
 }
 
+/// A pod that runs each request and then fails it (a plain 503, no drain
+/// signal): a POST it ran is not run again, whoever would retry it (the
+/// route's triggers have no 5xx, mulligan does not ask, and the gate would
+/// stop a retry Envoy made on its own); its 503 stands, as with Envoy
+/// alone. (A GET may be retried: running it twice is safe.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_the_app_ran_and_failed_is_not_run_again() {
+    let failing = Pod::start("failing", PodState::Failing).await;
+    let ready = Pod::start("ready", PodState::Ready).await;
+    let gw = Gateway::start(&[failing.addr, ready.addr]).await;
+    for i in 0..40 {
+        let (method, id) = if i % 2 == 0 {
+            (Method::POST, format!("post-{i}"))
+        } else {
+            (Method::GET, format!("get-{i}"))
+        };
+        let (status, pod) = gw.send(method, "/echo", &id).await;
+        let want = if pod == "ready" { 200 } else { 503 };
+        assert_eq!(status, want, "{id}, answered by {pod:?}");
+    }
+    let twice: Vec<_> = run_twice(&[&failing, &ready])
+        .into_iter()
+        .filter(|(id, _)| id.starts_with("post-"))
+        .collect();
+    assert_eq!(twice, vec![], "a POST ran twice");
+    assert!(failing.served() > 0, "no request reached the failing pod");
+}
+
 /// Envoy Gateway forwards WebSocket upgrades on every route; Envoy 1.40
 /// crashes when an upstream ext_proc sees the 5xx answer to one. The
 /// patched matchers leave upgrades to Envoy alone: Envoy stays up.
@@ -857,6 +885,13 @@ async fn with_no_pod_left_a_request_waits_at_the_patched_hold_then_is_served() {
     let answered = "http.mulligan_hold_answer.downstream_rq_completed";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while gw.envoy.stat(answered).await == 0 {
+        if request.is_finished() {
+            let (status, _) = request.await.expect("request task");
+            panic!(
+                "answered {status} before the hold did: {}",
+                gw.answer_counts().await
+            );
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
             "the hold never answered within 20s: {}\n{}",
