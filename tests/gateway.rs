@@ -208,6 +208,24 @@ impl Translation {
         Translation { resources }
     }
 
+    /// One of the fixtures' `xds/<name>.*.yaml` sets: Envoy Gateway's
+    /// translator output for a test of its own.
+    fn xds(name: &str) -> Translation {
+        let part = |kind: &str| -> Vec<Value> {
+            let path = fixtures().join(format!("xds/{name}.{kind}.yaml"));
+            match yaml_docs(path).remove(0) {
+                Value::Array(items) => items.into_iter().map(snake).collect(),
+                other => panic!("{name}.{kind}: a list, not {other}"),
+            }
+        };
+        let mut resources = BTreeMap::new();
+        resources.insert(LISTENER_TYPE, part("listeners"));
+        resources.insert(ROUTE_TYPE, part("routes"));
+        resources.insert(CLUSTER_TYPE, part("clusters"));
+        resources.insert(ENDPOINT_TYPE, part("endpoints"));
+        Translation { resources }
+    }
+
     /// The resource of `type_url` called `name` (a load assignment is
     /// called by its `cluster_name`), as Envoy Gateway finds it.
     fn find_mut(&mut self, type_url: &str, name: &str) -> Option<&mut Value> {
@@ -571,6 +589,57 @@ fn a_policy_whose_names_do_not_fit_is_reported_patch_by_patch() {
     assert!(t.clone_find(LISTENER_TYPE, "mulligan_hold").is_some());
     // The cluster's patches did apply: they name it, not the listener.
     assert!(t.get(CLUSTER_TYPE, CLUSTER)["outlier_detection"].is_object());
+}
+
+/// For another Gateway, the names the policy's header lists are all a user
+/// changes: here Envoy Gateway's own retry test translation (a listener
+/// `first-listener`, two virtual hosts, three routes to one cluster with
+/// BackendTrafficPolicy retry policies). Every patch fits; every route to
+/// the cluster gets mulligan's retry policy whole (the 5xx-style triggers,
+/// the retry priority that would send retries to the hold, gone); Envoy
+/// accepts the result.
+#[test]
+fn with_its_names_changed_the_policy_fits_another_gateway() {
+    let mut t = Translation::xds("retry");
+    let text = patch_policy()
+        .to_string()
+        .replace(VHOST, "first-listener/foo")
+        .replace(LISTENER, "first-listener")
+        .replace(CLUSTER, "first-route-dest");
+    let policy: Value = serde_json::from_str(&text).expect("json");
+    let errors = EnvoyGateway::apply(&policy, &mut t);
+    assert!(errors.is_empty(), "{errors:#?}");
+    let shipped = patch_policy()["spec"]["jsonPatches"]
+        .as_array()
+        .expect("patches")
+        .iter()
+        .find(|p| p["operation"]["path"] == "/retry_policy")
+        .map(|p| p["operation"]["value"].clone())
+        .expect("the retry policy patch");
+    let routes = t.get(ROUTE_TYPE, "first-listener");
+    let mut wired = 0;
+    for vhost in routes["virtual_hosts"].as_array().expect("vhosts") {
+        for route in vhost["routes"].as_array().expect("routes") {
+            assert_eq!(route["route"]["retry_policy"], shipped, "{}", route["name"]);
+            wired += 1;
+        }
+        let gated = vhost["name"] == "first-listener/foo";
+        assert_eq!(
+            vhost["include_request_attempt_count"]
+                .as_bool()
+                .unwrap_or(false),
+            gated,
+            "{}",
+            vhost["name"]
+        );
+    }
+    assert_eq!(wired, 3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("retry.json");
+    std::fs::write(&path, bootstrap(&t).to_string()).expect("write");
+    if let Err(e) = rig::envoy::validate(&path) {
+        panic!("Envoy rejected the patched translation:\n{e}");
+    }
 }
 
 // ------------------------------------------------------------ Envoy runs it
