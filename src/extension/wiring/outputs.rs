@@ -1,0 +1,1 @@
+//! The files generated from the wiring (`make wiring`).
