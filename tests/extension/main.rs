@@ -2,6 +2,7 @@
 //! real translation output (`shared/fixtures/envoy-gateway`), over real gRPC
 //! to the real binary, and the result run by real Envoy.
 
+mod generated;
 mod hostile;
 mod live;
 mod manifests;
@@ -417,7 +418,10 @@ async fn every_translation_is_deterministic_and_idempotent() {
         // (envoy-patch-policy's translation has an empty route configuration.)
         let has_routes = !route_names(&t.request).is_empty();
         assert_eq!(
-            first.clusters.iter().any(|c| c.name == "mulligan"),
+            first
+                .clusters
+                .iter()
+                .any(|c| c.name == mulligan::names::CLUSTER),
             has_routes,
             "{}: wired?",
             t.name

@@ -55,7 +55,10 @@ use envoy_types::pb::{
         string_matcher::MatchPattern,
     },
 };
-use mulligan::extension::api::{PostTranslateModifyRequest, PostTranslateModifyResponse};
+use mulligan::{
+    extension::api::{PostTranslateModifyRequest, PostTranslateModifyResponse},
+    names,
+};
 use prost::Message;
 
 const HPO: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -134,11 +137,7 @@ fn check_routes(req: &PostTranslateModifyRequest, resp: &PostTranslateModifyResp
                     .split_off(rb.request_headers_to_remove.len());
                 assert_eq!(
                     added,
-                    [
-                        "x-gateway-destination-endpoint",
-                        "x-mulligan-retry",
-                        "x-mulligan-attempt"
-                    ],
+                    names::header::FROM_CLIENTS_REMOVED,
                     "{}: client-sent headers removed",
                     rb.name
                 );
@@ -158,7 +157,7 @@ fn check_routes(req: &PostTranslateModifyRequest, resp: &PostTranslateModifyResp
                 assert_eq!(p.num_retries.map(|n| n.value), Some(e.num_retries));
                 assert_eq!(p.retriable_headers.len(), 1);
                 let h = &p.retriable_headers[0];
-                assert_eq!(h.name, "x-mulligan-retry");
+                assert_eq!(h.name, names::RETRY_HEADER);
                 let Some(HeaderMatchSpecifier::StringMatch(m)) = &h.header_match_specifier else {
                     panic!("header match")
                 };
@@ -345,17 +344,21 @@ fn check_attempt_filter(f: &HttpFilter, max_hold_s: i64) {
     );
     assert_eq!(
         (m[0].header.as_str(), m[0].side),
-        ("x-envoy-attempt-count", "request")
+        (names::header::ATTEMPT_COUNT, "request")
     );
     assert_eq!(regex(&m[0].pattern), "[2-9]|[1-9][0-9]+");
-    check_ext_proc(&m[0].ext_proc, "retry", Some(max_hold_s), 1);
-    assert_eq!(m[0].ext_proc.request_attributes, ["request.id"]);
+    check_ext_proc(&m[0].ext_proc, names::phase::RETRY, Some(max_hold_s), 1);
+    assert_eq!(
+        m[0].ext_proc.request_attributes,
+        names::attribute::RETRY_REQUEST
+    );
     // The full list is compared with the reference bootstrap's in
     // reference.rs; here, what the safety rule cannot do without.
     let attributes = &m[0].ext_proc.response_attributes;
     for needed in [
-        "upstream.request_attempt_count",
-        "request.headers['idempotency-key']",
+        names::attribute::REQUEST_METHOD,
+        names::attribute::REQUEST_ID,
+        names::attribute::IDEMPOTENCY_KEY,
     ] {
         assert!(
             attributes.iter().any(|a| a == needed),
@@ -364,7 +367,7 @@ fn check_attempt_filter(f: &HttpFilter, max_hold_s: i64) {
     }
     assert_eq!((m[1].header.as_str(), m[1].side), (":status", "response"));
     assert_eq!(m[1].pattern, MatchPattern::Prefix("5".into()));
-    check_ext_proc(&m[1].ext_proc, "attempt", Some(max_hold_s), 2);
+    check_ext_proc(&m[1].ext_proc, names::phase::ATTEMPT, Some(max_hold_s), 2);
     assert!(m[1].ext_proc.request_attributes.is_empty());
     assert_eq!(&m[1].ext_proc.response_attributes, attributes);
 }
@@ -376,15 +379,15 @@ fn check_final_filter(f: &HttpFilter) {
     assert!(!m[0].unless_upgrade, "mulligan.final sees every 5xx");
     assert_eq!((m[0].header.as_str(), m[0].side), (":status", "response"));
     assert_eq!(m[0].pattern, MatchPattern::Prefix("5".into()));
-    check_ext_proc(&m[0].ext_proc, "final", None, 2);
+    check_ext_proc(&m[0].ext_proc, names::phase::FINAL, None, 2);
     assert!(m[0].ext_proc.request_attributes.is_empty());
     // The full list is compared with the reference bootstrap's in
-    // reference.rs; here, what tells Envoy's own 503 from the app's.
+    // reference.rs; here, what mulligan learns from: the status and the
+    // endpoint that answered.
     let attributes = &m[0].ext_proc.response_attributes;
     for needed in [
-        "response.code_details",
-        "response.flags",
-        "upstream.address",
+        names::attribute::RESPONSE_CODE,
+        names::attribute::UPSTREAM_ADDRESS,
     ] {
         assert!(
             attributes.iter().any(|a| a == needed),
@@ -399,14 +402,14 @@ fn check_ext_proc(p: &ExternalProcessor, phase: &str, max_hold_s: Option<i64>, r
     let Some(TargetSpecifier::EnvoyGrpc(g)) = &grpc.target_specifier else {
         panic!("envoy_grpc")
     };
-    assert_eq!(g.cluster_name, "mulligan");
+    assert_eq!(g.cluster_name, names::CLUSTER);
     assert_eq!(grpc.initial_metadata.len(), 1);
     assert_eq!(
         (
             grpc.initial_metadata[0].key.as_str(),
             grpc.initial_metadata[0].value.as_str()
         ),
-        ("x-mulligan-phase", phase)
+        (names::phase::HEADER, phase)
     );
     assert!(p.failure_mode_allow);
     assert_eq!(
@@ -460,7 +463,7 @@ fn check_clusters(
     }
     check_hold_answer_cluster(resp.clusters.last().expect("hold answer cluster"));
     let m = &resp.clusters[resp.clusters.len() - 2];
-    assert_eq!(m.name, "mulligan");
+    assert_eq!(m.name, names::CLUSTER);
     use envoy_types::pb::envoy::config::cluster::v3::cluster::{
         ClusterDiscoveryType, DiscoveryType,
     };
@@ -524,8 +527,8 @@ fn check_cluster(before: &Cluster, after: &Cluster, e: &Expect) {
         .collect();
     want.extend(
         [
-            "mulligan.attempt",
-            "mulligan.strip",
+            names::filter::ATTEMPT,
+            names::filter::STRIP,
             "envoy.filters.http.upstream_codec",
         ]
         .map(String::from),
@@ -533,7 +536,7 @@ fn check_cluster(before: &Cluster, after: &Cluster, e: &Expect) {
     assert_eq!(names, want, "{}: upstream filters", before.name);
     let at = names
         .iter()
-        .position(|n| *n == "mulligan.attempt")
+        .position(|n| *n == names::filter::ATTEMPT)
         .expect("attempt");
     check_attempt_filter(&options.http_filters[at], e.max_hold_s);
     let strip = HeaderMutation::decode(typed_any(&options.http_filters[at + 1]).value.as_slice())
@@ -543,11 +546,11 @@ fn check_cluster(before: &Cluster, after: &Cluster, e: &Expect) {
     assert_eq!(m.request_mutations.len(), 1);
     assert_eq!(
         format!("{:?}", m.request_mutations[0].action),
-        r#"Some(Remove("x-envoy-attempt-count"))"#
+        format!("Some(Remove({:?}))", names::header::ATTEMPT_COUNT)
     );
     assert_eq!(
         format!("{:?}", m.response_mutations[0].action),
-        r#"Some(Remove("x-mulligan-retry"))"#
+        format!("Some(Remove({:?}))", names::RETRY_HEADER)
     );
     // Beyond the filters, the options are Envoy Gateway's (HTTP/1.1 when it had none).
     options.http_filters.retain(|f| {
@@ -673,7 +676,7 @@ pub fn assert_hold(before: &ClusterLoadAssignment, after: &ClusterLoadAssignment
     assert_eq!(
         internal.address_name_specifier,
         Some(AddressNameSpecifier::ServerListenerName(
-            "mulligan_hold".into()
+            names::hold::LISTENER.into()
         ))
     );
     assert_eq!(
@@ -729,8 +732,11 @@ fn without_final(l: &Listener) -> Listener {
             if let Some(filter::ConfigType::TypedConfig(a)) = &mut f.config_type {
                 if f.name == "envoy.filters.network.http_connection_manager" {
                     let mut h = HttpConnectionManager::decode(a.value.as_slice()).expect("hcm");
-                    if h.http_filters.iter().any(|x| x.name == "mulligan.final") {
-                        h.http_filters.retain(|x| x.name != "mulligan.final");
+                    if h.http_filters
+                        .iter()
+                        .any(|x| x.name == names::filter::FINAL)
+                    {
+                        h.http_filters.retain(|x| x.name != names::filter::FINAL);
                         a.value = h.encode_to_vec();
                     }
                 }
@@ -757,7 +763,11 @@ fn check_listeners(
         }
         let wired: Vec<_> = hcms(a)
             .into_iter()
-            .filter(|h| h.http_filters.iter().any(|f| f.name == "mulligan.final"))
+            .filter(|h| {
+                h.http_filters
+                    .iter()
+                    .any(|f| f.name == names::filter::FINAL)
+            })
             .collect();
         assert_eq!(wired.len(), 1, "{}: one HCM wired", b.name);
         let names: Vec<&str> = wired[0]
@@ -767,7 +777,7 @@ fn check_listeners(
             .collect();
         let at = names
             .iter()
-            .position(|n| *n == "mulligan.final")
+            .position(|n| *n == names::filter::FINAL)
             .expect("final");
         assert_eq!(
             names[at + 1],
@@ -775,7 +785,10 @@ fn check_listeners(
             "{}: final right before the router",
             b.name
         );
-        assert_eq!(names.iter().filter(|n| **n == "mulligan.final").count(), 1);
+        assert_eq!(
+            names.iter().filter(|n| **n == names::filter::FINAL).count(),
+            1
+        );
         check_final_filter(&wired[0].http_filters[at]);
         let routes = match &wired[0].route_specifier {
             Some(RouteSpecifier::Rds(r)) => r.route_config_name.clone(),
@@ -837,8 +850,8 @@ fn forwards_to(r: &Route) -> Option<ClusterSpecifier> {
 /// `content-type` (what makes Envoy answer the gRPC way) and marked
 /// `x-mulligan-hold-grpc: 1`, any other without that mark.
 fn check_hold_listeners(hold: &Listener, answer: &Listener) {
-    let to_answer = Some(ClusterSpecifier::Cluster("mulligan_hold_answer".into()));
-    let (_, routes) = internal_hcm(hold, "mulligan_hold");
+    let to_answer = Some(ClusterSpecifier::Cluster(names::hold::ANSWER.into()));
+    let (_, routes) = internal_hcm(hold, names::hold::LISTENER);
     assert_eq!(routes.len(), 2);
     let (grpc, other) = (&routes[0], &routes[1]);
     assert!(grpc.r#match.as_ref().is_some_and(|m| m.grpc.is_some()));
@@ -856,12 +869,15 @@ fn check_hold_listeners(hold: &Listener, answer: &Listener) {
                 .map(|h| (h.key.clone(), h.value.clone(), o.append_action))
         })
         .collect();
-    assert_eq!(marks, vec![("x-mulligan-hold-grpc".into(), "1".into(), 2)]);
+    assert_eq!(
+        marks,
+        vec![(names::hold::GRPC_HEADER.into(), "1".into(), 2)]
+    );
     assert!(other.r#match.as_ref().is_some_and(|m| m.grpc.is_none()));
     assert_eq!(forwards_to(other), to_answer);
     assert_eq!(
         other.request_headers_to_remove,
-        vec!["x-mulligan-hold-grpc".to_string()]
+        vec![names::hold::GRPC_HEADER.to_string()]
     );
     check_hold_answer(answer);
 }
@@ -870,7 +886,7 @@ fn check_hold_listeners(hold: &Listener, answer: &Listener) {
 /// (buffer filter, 1 MiB, 0.2 s), every local reply mapped to 503, the
 /// gRPC form (`grpc-status: 14`, no body) to a marked request.
 fn check_hold_answer(answer: &Listener) {
-    let (h, routes) = internal_hcm(answer, "mulligan_hold_answer");
+    let (h, routes) = internal_hcm(answer, names::hold::ANSWER);
     assert_eq!(routes.len(), 1);
     let Some(route::Action::DirectResponse(d)) = &routes[0].action else {
         panic!("direct response")
@@ -929,7 +945,7 @@ fn check_hold_answer_cluster(c: &Cluster) {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::{
         ClusterDiscoveryType, DiscoveryType,
     };
-    assert_eq!(c.name, "mulligan_hold_answer");
+    assert_eq!(c.name, names::hold::ANSWER);
     assert_eq!(
         c.cluster_discovery_type,
         Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32))
@@ -950,7 +966,7 @@ fn check_hold_answer_cluster(c: &Cluster) {
     assert_eq!(
         a.address_name_specifier,
         Some(AddressNameSpecifier::ServerListenerName(
-            "mulligan_hold_answer".into()
+            names::hold::ANSWER.into()
         ))
     );
 }

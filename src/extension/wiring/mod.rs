@@ -10,7 +10,8 @@
 //! - [`cluster`]: the app cluster's outlier, panic and circuit breaker
 //!   settings, and mulligan's own cluster;
 //! - [`hold`]: the hold endpoint and its internal listeners;
-//! - [`outputs`]: the files generated from all of the above.
+//! - [`outputs`]: the files generated from all of the above, and
+//!   [`standalone`]: the reference bootstrap, one of them.
 //!
 //! Each `install_*` function is idempotent: it finds what it installed
 //! before by name and replaces it, so output fed back in comes out equal.
@@ -23,6 +24,7 @@ pub mod final_filter;
 pub mod hold;
 pub mod outputs;
 pub mod retry_policy;
+pub mod standalone;
 
 use std::time::Duration;
 
