@@ -13,12 +13,12 @@
 //! clusters of HTTPRoute policies from the same translation, and those of
 //! Gateway policies from the previous one.
 //!
-//! Resources arrive as bytes ([`api::raw`]); one that is not changed goes
+//! Resources arrive as bytes ([`super::api::raw`]); one that is not changed goes
 //! back as the very bytes that came, and one that does not decode is
 //! passed through untouched.
 //!
-//! One file per hook: [`post_route`], [`post_endpoints`],
-//! [`post_translate`].
+//! One file per hook: `post_route.rs`, `post_endpoints.rs`,
+//! `post_translate.rs`.
 
 mod post_endpoints;
 mod post_route;
