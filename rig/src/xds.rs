@@ -244,7 +244,8 @@ pub fn to_json<M: Message>(type_name: &str, m: &M) -> Value {
 
 /// A message (`type_name`, encoded) as the YAML of an Envoy bootstrap:
 /// proto JSON with the proto field names (snake_case, as Envoy's docs and
-/// hand-written bootstraps spell them) and 64-bit numbers as numbers.
+/// hand-written bootstraps spell them), fields in the proto's order, and
+/// 64-bit numbers as numbers.
 pub fn bootstrap_yaml(type_name: &str, bytes: &[u8]) -> String {
     let desc = pool()
         .get_message_by_name(type_name)
@@ -253,10 +254,11 @@ pub fn bootstrap_yaml(type_name: &str, bytes: &[u8]) -> String {
     let options = prost_reflect::SerializeOptions::new()
         .use_proto_field_name(true)
         .stringify_64_bit_integers(false);
-    let json = dynamic
-        .serialize_with_options(serde_json::value::Serializer, &options)
-        .expect("json");
-    serde_yaml_ng::to_string(&json).expect("yaml")
+    let mut out = Vec::new();
+    dynamic
+        .serialize_with_options(&mut serde_yaml_ng::Serializer::new(&mut out), &options)
+        .expect("yaml");
+    String::from_utf8(out).expect("YAML is UTF-8")
 }
 
 fn yaml(path: &Path) -> Value {
