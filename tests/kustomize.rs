@@ -89,7 +89,10 @@ fn mulligan_itself() -> Vec<(String, String)> {
 fn expected(dir: &str) -> Vec<(String, String)> {
     match dir {
         "kubernetes" => mulligan_itself(),
-        "crds" => vec![obj("CustomResourceDefinition", "/mulliganpolicies.mulligan.dev")],
+        "crds" => vec![obj(
+            "CustomResourceDefinition",
+            "/mulliganpolicies.mulligan.dev",
+        )],
         "extension-server" => {
             let mut v = mulligan_itself();
             v.extend([
