@@ -110,7 +110,7 @@ fn expected(dir: &str) -> Vec<(String, String)> {
             v.extend([
                 obj("Role", "default/mulligan-discovery"),
                 obj("RoleBinding", "default/mulligan-discovery"),
-                obj("EnvoyExtensionPolicy", "default/mulligan"),
+                obj("EnvoyPatchPolicy", "default/mulligan"),
             ]);
             v
         }
