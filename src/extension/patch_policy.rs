@@ -83,7 +83,10 @@ pub fn output() -> Output {
         port: grpc.port(),
     };
     let added = [
-        ("mulligan_cluster", Encoded::of(&mulligan_cluster(&mulligan))),
+        (
+            "mulligan_cluster",
+            Encoded::of(&mulligan_cluster(&mulligan)),
+        ),
         ("hold_listener", Encoded::of(&hold::hold_listener())),
         (
             "hold_answer_listener",
@@ -136,9 +139,9 @@ fn route_regions(settings: &Settings) -> Vec<Region> {
     install_attempt_count(&mut vhost);
     let mut out = vec![region("retry_policy", Encoded::of(&retry))];
     let headers = CLIENT_HEADERS.iter().zip(&route.request_headers_to_remove);
-    out.extend(headers.map(|(name, h)| {
-        region(name, Encoded::of(&StringValue { value: h.clone() }))
-    }));
+    out.extend(
+        headers.map(|(name, h)| region(name, Encoded::of(&StringValue { value: h.clone() }))),
+    );
     out.push(region(
         "attempt_count",
         Encoded::of(&BoolValue {
