@@ -83,7 +83,7 @@ async fn send(
 
 #[tokio::test]
 async fn healthy_requests_open_no_stream_and_match_the_baseline() {
-    let stack = Stack::decide(&[("a", PodState::Ready), ("b", PodState::Ready)], &[], &[]).await;
+    let stack = Stack::start(&[("a", PodState::Ready), ("b", PodState::Ready)], &[], &[]).await;
     let body = payload(4096);
     for i in 0..50 {
         let (method, path) = if i % 2 == 0 {
@@ -107,7 +107,7 @@ async fn healthy_requests_open_no_stream_and_match_the_baseline() {
 
 #[tokio::test]
 async fn a_draining_pod_is_retried_away_from_for_every_method() {
-    let stack = Stack::decide(
+    let stack = Stack::start(
         &[("a", PodState::Draining), ("b", PodState::Ready)],
         &[],
         &[],
@@ -178,7 +178,7 @@ async fn the_routes_own_retries_never_run_a_post_twice() {
 /// arrive whole once it starts.
 #[tokio::test]
 async fn held_requests_arrive_whole_once_a_pod_starts() {
-    let stack = Stack::decide(&[("a", PodState::Gone)], &[], &[]).await;
+    let stack = Stack::start(&[("a", PodState::Gone)], &[], &[]).await;
     let body = payload(30_000);
     let front = stack.front;
     let mut tasks = Vec::new();
@@ -317,7 +317,7 @@ async fn bodies_over_the_buffer_limit_behave_as_without_mulligan() {
 /// No per-try timeout: a 7 s request is served, not cut and retried.
 #[tokio::test]
 async fn a_slow_request_is_not_cut() {
-    let stack = Stack::decide(&[("a", PodState::Ready), ("b", PodState::Ready)], &[], &[]).await;
+    let stack = Stack::start(&[("a", PodState::Ready), ("b", PodState::Ready)], &[], &[]).await;
     let r = client::get(stack.front, "/delay/7000")
         .await
         .expect("slow GET");
@@ -375,7 +375,7 @@ async fn a_hold_that_finds_nothing_ends_with_retry_after() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("m.toml");
     std::fs::write(&cfg, "[rescue]\ndeadline = \"1s\"\n").expect("config");
-    let stack = Stack::decide(
+    let stack = Stack::start(
         &[("a", PodState::Gone)],
         &["--config", cfg.to_str().expect("path")],
         &[],
@@ -404,7 +404,7 @@ async fn a_hold_that_finds_nothing_ends_with_retry_after() {
 /// one names nothing to deduplicate on.
 #[tokio::test]
 async fn only_a_non_empty_idempotency_key_lets_a_post_be_retried() {
-    let stack = Stack::decide(
+    let stack = Stack::start(
         &[("a", PodState::Draining), ("b", PodState::Ready)],
         &[],
         &[],
@@ -448,7 +448,7 @@ async fn only_a_non_empty_idempotency_key_lets_a_post_be_retried() {
 /// `Retry-After` (before, it came at `rescue.deadline`, 10 s later).
 #[tokio::test]
 async fn with_nothing_coming_back_the_503_is_not_held() {
-    let stack = Stack::decide(&[("a", PodState::Draining)], &[], &[]).await;
+    let stack = Stack::start(&[("a", PodState::Draining)], &[], &[]).await;
     let addr = stack.pod("a").addr;
     let r = client::post(stack.mulligan.admin, &format!("/v1/endpoints/{addr}/drain"))
         .await

@@ -77,29 +77,9 @@ pub struct Stack {
 
 impl Stack {
     /// Starts `pods`, mulligan (with `--endpoints` set to the pods, plus
-    /// `mulligan_args`), and Envoy with the legacy rescue bootstrap and
-    /// `overrides` (the tests of replay-based rescue).
+    /// `mulligan_args`), and Envoy on the reference bootstrap (the decide
+    /// wiring, as shipped) with `overrides`.
     pub async fn start(
-        pods: &[(&str, pods::PodState)],
-        mulligan_args: &[&str],
-        overrides: &[(&'static str, String)],
-    ) -> Stack {
-        Stack::start_with(render::legacy_rescue, pods, mulligan_args, overrides).await
-    }
-
-    /// Like [`Stack::start`], with the reference bootstrap (the decide wiring).
-    pub async fn decide(
-        pods: &[(&str, pods::PodState)],
-        mulligan_args: &[&str],
-        overrides: &[(&'static str, String)],
-    ) -> Stack {
-        Stack::start_with(render::standalone, pods, mulligan_args, overrides).await
-    }
-
-    /// Like [`Stack::start`], with Envoy rendered by `bootstrap` (e.g.
-    /// [`render::steer`]).
-    pub async fn start_with(
-        bootstrap: render::Bootstrap,
         pods: &[(&str, pods::PodState)],
         mulligan_args: &[&str],
         overrides: &[(&'static str, String)],
@@ -108,16 +88,34 @@ impl Stack {
         for (name, state) in pods {
             started.push(pods::Pod::start(name, *state).await);
         }
-        let addrs: Vec<_> = started.iter().map(|p| p.addr).collect();
+        Stack::around(started, mulligan_args, overrides, |_| {}).await
+    }
+
+    /// Like [`Stack::start`], around pods already started (TLS pods, for
+    /// one), with the rendered bootstrap changed by `edit` first (a route's
+    /// rewrite, a transport socket: see [`render::route`] and
+    /// [`render::cluster`]).
+    pub async fn around(
+        pods: Vec<std::sync::Arc<pods::Pod>>,
+        mulligan_args: &[&str],
+        overrides: &[(&'static str, String)],
+        edit: impl FnOnce(&mut serde_yaml_ng::Value),
+    ) -> Stack {
+        let addrs: Vec<_> = pods.iter().map(|p| p.addr).collect();
         let list = endpoint_list(&addrs);
         let mut args = vec!["--endpoints", list.as_str()];
         args.extend_from_slice(mulligan_args);
         let mulligan = mulligan::Mulligan::start(&args).await;
-        let envoy = envoy::Envoy::start(&bootstrap(&addrs, mulligan.grpc.port(), overrides)).await;
+        let yaml = render::standalone(&addrs, mulligan.grpc.port(), overrides);
+        let mut v: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&yaml).expect("bootstrap is YAML");
+        edit(&mut v);
+        let yaml = serde_yaml_ng::to_string(&v).expect("bootstrap as YAML");
+        let envoy = envoy::Envoy::start(&yaml).await;
         let front = envoy.listener("mulligan").await;
         let baseline = envoy.listener("baseline").await;
         Stack {
-            pods: started,
+            pods,
             mulligan,
             envoy,
             front,

@@ -69,25 +69,6 @@ pub fn standalone(
     bootstrap("envoy.yaml", app, mulligan_grpc_port, overrides)
 }
 
-/// The legacy rescue bootstrap (`legacy-rescue.yaml`: an ext_proc stream per
-/// request, mulligan replays), likewise.
-pub fn legacy_rescue(
-    app: &[SocketAddr],
-    mulligan_grpc_port: u16,
-    overrides: &[(&'static str, String)],
-) -> String {
-    bootstrap("legacy-rescue.yaml", app, mulligan_grpc_port, overrides)
-}
-
-/// The steer-mode bootstrap (`steer.yaml`), likewise.
-pub fn steer(
-    app: &[SocketAddr],
-    mulligan_grpc_port: u16,
-    overrides: &[(&'static str, String)],
-) -> String {
-    bootstrap("steer.yaml", app, mulligan_grpc_port, overrides)
-}
-
 fn bootstrap(
     file: &str,
     app: &[SocketAddr],
@@ -110,4 +91,26 @@ fn bootstrap(
         vars.insert(k, v.clone());
     }
     render(&template, &vars).unwrap_or_else(|e| panic!("rendering {}: {e}", path.display()))
+}
+
+/// The mulligan listener's route in a rendered bootstrap, for a test to
+/// change as a user's route would be (a rewrite, a header policy).
+pub fn route(v: &mut serde_yaml_ng::Value) -> &mut serde_yaml_ng::Value {
+    &mut v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0]["routes"][0]
+}
+
+/// The cluster named `name` in a rendered bootstrap.
+pub fn cluster<'a>(v: &'a mut serde_yaml_ng::Value, name: &str) -> &'a mut serde_yaml_ng::Value {
+    v["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .expect("clusters")
+        .iter_mut()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no cluster {name}"))
+}
+
+/// A YAML literal (a test's edit to a bootstrap).
+pub fn yaml(text: &str) -> serde_yaml_ng::Value {
+    serde_yaml_ng::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"))
 }

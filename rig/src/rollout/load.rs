@@ -13,6 +13,7 @@ use std::{
 use http::Method;
 use tokio::{task::JoinSet, time::Instant};
 
+use super::proxies::Variant;
 use crate::{
     client::{self, HttpClient, Proto},
     payload,
@@ -110,10 +111,11 @@ pub struct Sample {
 }
 
 /// Runs the load against `target` until `spec.duration_s`, tagging every
-/// request with `x-harness-variant: letter`.
+/// request with `x-harness-variant: INDEX` (which the pods count) and an
+/// `x-harness-id` that starts with the variant's name.
 pub async fn run(
     target: SocketAddr,
-    letter: &'static str,
+    variant: Variant,
     spec: &Spec,
     start: Instant,
     progress: Arc<Mutex<Vec<u64>>>,
@@ -123,6 +125,7 @@ pub async fn run(
     let interval = Duration::from_secs_f64(1.0 / spec.rate);
     let keepalive = HttpClient::new(Proto::Http1);
     let body = bytes::Bytes::from(payload(spec.post_bytes));
+    let (name, index) = (variant.name(), variant.index().to_string());
     let mut tasks = JoinSet::new();
     let mut out = Vec::with_capacity(n as usize);
     for i in 0..n {
@@ -141,6 +144,7 @@ pub async fn run(
         };
         let body = body.clone();
         let progress = Arc::clone(&progress);
+        let index = index.clone();
         tasks.spawn(async move {
             let (method, path, req_body) = if post {
                 (Method::POST, format!("/echo?ms={ms}"), client::full(body))
@@ -148,13 +152,13 @@ pub async fn run(
                 (Method::GET, format!("/?ms={ms}"), client::empty())
             };
             // A unique id per request: the pods count how often each ran.
-            let id = format!("{letter}-{i}");
+            let id = format!("{name}-{i}");
             let r = http
                 .send(
                     method,
                     target,
                     &path,
-                    &[("x-harness-variant", letter), ("x-harness-id", &id)],
+                    &[("x-harness-variant", &index), ("x-harness-id", &id)],
                     req_body,
                 )
                 .await;

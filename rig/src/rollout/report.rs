@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{
     load::{ErrorCause, Sample},
+    proxies::Variant,
     resources::Series,
 };
 
@@ -64,7 +65,8 @@ pub struct VariantResult {
     /// for its error.
     pub p99_failed_ms: f64,
     pub mulligan: Option<ProcStats>,
-    pub rescued: Option<f64>,
+    /// Failed attempts Envoy retried at mulligan's word.
+    pub retried: Option<f64>,
     pub budget_exhausted: Option<f64>,
     /// Client-visible errors per second of the run.
     pub errors_per_second: Vec<u64>,
@@ -117,7 +119,7 @@ impl VariantResult {
             max_ms: ms(h.max()),
             p99_failed_ms: ms(failed.value_at_quantile(0.99)),
             mulligan: None,
-            rescued: None,
+            retried: None,
             budget_exhausted: None,
             errors_per_second: per_second,
         }
@@ -187,15 +189,10 @@ impl ScenarioResult {
             out.push_str(&format!("\n{line}\n"));
         }
         for v in &self.variants {
-            if let (Some(r), Some(b)) = (v.rescued, v.budget_exhausted) {
-                let what = if v.variant == "E" {
-                    "failed attempts retried (by Envoy, at mulligan's word)"
-                } else {
-                    "responses rescued"
-                };
+            if let (Some(r), Some(b)) = (v.retried, v.budget_exhausted) {
                 out.push_str(&format!(
-                    "\n{}: {r:.0} {what}, {b:.0} left alone because the retry budget was spent.",
-                    v.variant
+                    "\n{}: {r:.0} failed attempts retried (by Envoy, at mulligan's word), {b:.0} left alone because the retry budget was spent.",
+                    v.label
                 ));
             }
         }
@@ -204,13 +201,13 @@ impl ScenarioResult {
         out
     }
 
-    /// One line on what mulligan changed: Envoy Gateway's retries (B)
-    /// against the default wiring (E), when both ran.
+    /// One line on what mulligan changed: Envoy Gateway's retries against
+    /// mulligan, when both ran.
     pub fn verdict(&self) -> Option<String> {
-        let by = |l: &str| self.variants.iter().find(|v| v.variant == l);
-        let (b, e) = (by("B")?, by("E")?);
+        let by = |v: Variant| self.variants.iter().find(|r| r.variant == v.name());
+        let (b, e) = (by(Variant::GatewayRetries)?, by(Variant::Mulligan)?);
         Some(format!(
-            "**With Envoy Gateway's retries (B), {} of {} requests failed (p99 wait for the error {:.0} ms) and {} ran twice; with mulligan (E), {} failed (p99 wait {:.0} ms) and {} ran twice.**",
+            "**With Envoy Gateway's retries, {} of {} requests failed (p99 wait for the error {:.0} ms) and {} ran twice; with mulligan, {} failed (p99 wait {:.0} ms) and {} ran twice.**",
             b.errors, b.requests, b.p99_failed_ms, b.ran_twice, e.errors, e.p99_failed_ms, e.ran_twice
         ))
     }
