@@ -64,6 +64,40 @@ pub fn envoy_gateway_fixtures() -> std::path::PathBuf {
     dir
 }
 
+/// A bound for what takes moments on a quiet machine (a process starting,
+/// requests reaching a hold) and may take seconds on a loaded 2-core one.
+pub const LOADED: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Waits until `mulligan` holds `n` requests, up to [`LOADED`]. When they
+/// never all show, it says what Envoy and mulligan saw instead: Envoy timing
+/// mulligan out or failing open (`message_timeouts`, `failure_mode_allowed`)
+/// versus mulligan answering otherwise (`mulligan_answers_total`).
+pub async fn wait_held(mulligan: &mulligan::Mulligan, envoy: &envoy::Envoy, n: usize) {
+    let sample = "mulligan_rescue_held";
+    let until = tokio::time::Instant::now() + LOADED;
+    loop {
+        let held = mulligan.metric(sample).await;
+        if held == n as f64 {
+            return;
+        }
+        if tokio::time::Instant::now() > until {
+            let answers: Vec<String> = mulligan
+                .metrics()
+                .await
+                .lines()
+                .filter(|l| l.starts_with("mulligan_answers_total") && !l.ends_with(" 0"))
+                .map(str::to_string)
+                .collect();
+            panic!(
+                "{n} requests held: {sample} is {held} after {LOADED:?}; mulligan's answers: {answers:?}; \
+                 Envoy's ext_proc stats:\n{}",
+                envoy.stats("ext_proc").await
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Pods, mulligan and Envoy (reference bootstrap) wired together.
 pub struct Stack {
     pub pods: Vec<std::sync::Arc<pods::Pod>>,
@@ -150,6 +184,11 @@ impl Stack {
     /// Requests that reached any pod's application.
     pub fn served(&self) -> u64 {
         self.pods.iter().map(|p| p.served()).sum()
+    }
+
+    /// Waits until mulligan holds `n` requests (see [`wait_held`]).
+    pub async fn wait_held(&self, n: usize) {
+        wait_held(&self.mulligan, &self.envoy, n).await;
     }
 
     /// An ext_proc stat of the mulligan listener, e.g. `failure_mode_allowed`.
