@@ -364,15 +364,15 @@ async fn kubernetes_a_held_request_is_served_by_a_pod_that_appears_later() {
     );
 }
 
-/// Item 6, the cluster scaling up: the Service's only pod is gone (its
+/// The cluster scaling up: the Service's only pod is gone (its
 /// EndpointSlice deleted, EDS empty) and its replacement exists but is
 /// Pending (no IP: scheduled, pulling its image), as in a scale from zero
 /// or a Recreate rollout. No endpoint is known, but a pod is on its way, so
 /// requests are held, not failed at once. The Pod then gets its IP (before
 /// any EndpointSlice lists it, as in Kubernetes: it still counts as coming
 /// up), is ready in its slice and then in EDS, and the held requests are
-/// served by it, each once. Without pods coming up counted, the 503 came at
-/// once and no request was ever held.
+/// served by it, each once. (Were pods coming up not counted, the 503 would
+/// come at once and no request would be held.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_a_request_is_held_while_a_pending_pod_comes_up() {
     let mut k = Kube::start().await;
@@ -426,7 +426,7 @@ async fn kubernetes_with_no_pod_known_or_coming_up_the_503_is_not_held() {
     );
 }
 
-/// Item 6: held requests go back to a pod that just became ready at
+/// Held requests go back to a pod that just became ready at
 /// `hold.release_per_endpoint` per second, not all at once. With rate `r`
 /// and one endpoint, release slots are `1/r` apart and none is before the
 /// pod became ready, so the k-th request (from 0) to reach the pod arrives
@@ -584,7 +584,7 @@ async fn a_hold_that_finds_nothing_ends_with_retry_after() {
 
 /// A total outage does not make clients wait for nothing: with every
 /// endpoint draining, no hold begins; the 503 comes at once, with
-/// `Retry-After` (before, it came at `rescue.deadline`, 10 s later).
+/// `Retry-After`, not at the hold's deadline.
 #[tokio::test]
 async fn with_nothing_coming_back_the_503_is_not_held() {
     let stack = Stack::start(&[("a", PodState::Draining)], &[], &[]).await;
@@ -609,8 +609,8 @@ async fn with_nothing_coming_back_the_503_is_not_held() {
 }
 
 /// A held request is served by an endpoint discovered after the hold began
-/// (before, a hold only ever looked at the endpoints it started with, and
-/// this request waited out its deadline).
+/// (from an EDS file mulligan and Envoy both read), not only by the
+/// endpoints known when it began.
 #[tokio::test]
 async fn a_held_request_is_served_by_an_endpoint_discovered_later() {
     let dir = tempfile::tempdir().expect("tempdir");

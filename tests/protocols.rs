@@ -344,6 +344,11 @@ async fn websocket_upgrades_echo_through_both_listeners() {
         }
     }
     assert_eq!(rig.pods[0].served(), 2);
+    assert_eq!(
+        rig.mulligan.streams().await,
+        0.0,
+        "a healthy upgrade opens no stream"
+    );
 }
 
 /// The status line and answering pod of `n` upgrades to `path`, sorted;

@@ -171,28 +171,28 @@ fn envoy_bootstrap(variant: Variant, eds: &Path) -> String {
         .as_array_mut()
         .expect("listeners");
     listeners.retain(|l| l["name"] == "baseline");
-    if variant == Variant::GatewayRetries {
-        let retry = envoy_gateway_retry_policy();
-        for l in listeners.iter_mut() {
-            for f in l["filter_chains"][0]["filters"]
-                .as_array_mut()
-                .into_iter()
-                .flatten()
-            {
-                let vhs = f["typed_config"]["route_config"]["virtual_hosts"].as_array_mut();
-                for vh in vhs.into_iter().flatten() {
-                    for r in vh["routes"].as_array_mut().into_iter().flatten() {
+    // The baseline listener's route goes to Envoy Gateway's cluster (named
+    // `app`, as the EDS file names it), with Envoy Gateway's retries for
+    // that variant; nothing of mulligan's is left.
+    let retry = (variant == Variant::GatewayRetries).then(envoy_gateway_retry_policy);
+    for l in listeners.iter_mut() {
+        for f in l["filter_chains"][0]["filters"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            let vhs = f["typed_config"]["route_config"]["virtual_hosts"].as_array_mut();
+            for vh in vhs.into_iter().flatten() {
+                for r in vh["routes"].as_array_mut().into_iter().flatten() {
+                    r["route"]["cluster"] = json!("app");
+                    if let Some(retry) = &retry {
                         r["route"]["retry_policy"] = retry.clone();
                     }
                 }
             }
         }
     }
-    // The baseline listener's route goes to `app_baseline`: Envoy Gateway's
-    // cluster takes that name, and nothing of mulligan's is left.
-    let mut cluster = envoy_gateway_cluster(eds);
-    cluster["name"] = json!("app_baseline");
-    v["static_resources"]["clusters"] = json!([cluster]);
+    v["static_resources"]["clusters"] = json!([envoy_gateway_cluster(eds)]);
     v.to_string()
 }
 
