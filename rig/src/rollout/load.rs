@@ -13,7 +13,6 @@ use std::{
 use http::Method;
 use tokio::{task::JoinSet, time::Instant};
 
-use super::proxies::Variant;
 use crate::{
     client::{self, HttpClient, Proto},
     payload,
@@ -111,11 +110,11 @@ pub struct Sample {
 }
 
 /// Runs the load against `target` until `spec.duration_s`, tagging every
-/// request with `x-harness-variant: INDEX` (which the pods count) and an
-/// `x-harness-id` that starts with the variant's name.
+/// request with `x-harness-variant: TAG` (the pods count each numeric tag:
+/// see [`super::proxies::Variant::tag`]) and an `x-harness-id` of `TAG-N`.
 pub async fn run(
     target: SocketAddr,
-    variant: Variant,
+    tag: &'static str,
     spec: &Spec,
     start: Instant,
     progress: Arc<Mutex<Vec<u64>>>,
@@ -125,7 +124,6 @@ pub async fn run(
     let interval = Duration::from_secs_f64(1.0 / spec.rate);
     let keepalive = HttpClient::new(Proto::Http1);
     let body = bytes::Bytes::from(payload(spec.post_bytes));
-    let (name, index) = (variant.name(), variant.index().to_string());
     let mut tasks = JoinSet::new();
     let mut out = Vec::with_capacity(n as usize);
     for i in 0..n {
@@ -144,7 +142,6 @@ pub async fn run(
         };
         let body = body.clone();
         let progress = Arc::clone(&progress);
-        let index = index.clone();
         tasks.spawn(async move {
             let (method, path, req_body) = if post {
                 (Method::POST, format!("/echo?ms={ms}"), client::full(body))
@@ -152,13 +149,13 @@ pub async fn run(
                 (Method::GET, format!("/?ms={ms}"), client::empty())
             };
             // A unique id per request: the pods count how often each ran.
-            let id = format!("{name}-{i}");
+            let id = format!("{tag}-{i}");
             let r = http
                 .send(
                     method,
                     target,
                     &path,
-                    &[("x-harness-variant", &index), ("x-harness-id", &id)],
+                    &[("x-harness-variant", tag), ("x-harness-id", &id)],
                     req_body,
                 )
                 .await;

@@ -36,10 +36,16 @@ impl Variant {
         Variant::Mulligan,
     ];
 
-    /// Its place in [`Variant::ALL`]: the value of `x-harness-variant` on
-    /// its requests, by which the pods count what each proxy sent.
+    /// Its place in [`Variant::ALL`].
     pub fn index(self) -> usize {
         self as usize
+    }
+
+    /// [`Variant::index`] as text: the `x-harness-variant` of its requests,
+    /// by which the pods count what each proxy sent, and the prefix of their
+    /// `x-harness-id`.
+    pub fn tag(self) -> &'static str {
+        ["0", "1", "2"][self.index()]
     }
 
     /// A short name for the command line, request ids and process names.

@@ -198,10 +198,10 @@ pub async fn script(name: &str, cluster: Arc<Cluster>, until: Instant, roll_ever
     }
 }
 
-/// Of variant `name`'s requests: how many some app ran more than once,
+/// Of the requests tagged `tag`: how many some app ran more than once,
 /// and how many runs the apps made in all.
-fn executions(cluster: &Cluster, name: &str) -> (u64, u64) {
-    let prefix = format!("{name}-");
+fn executions(cluster: &Cluster, tag: &str) -> (u64, u64) {
+    let prefix = format!("{tag}-");
     let mut runs: std::collections::HashMap<String, u32> = Default::default();
     for pod in cluster.all_pods() {
         for (id, n) in pod.executions() {
@@ -349,10 +349,16 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
             }
         })
     });
-    let loads = proxies
-        .iter()
-        .enumerate()
-        .map(|(i, p)| load::run(p.front, p.variant, &lspec, start, Arc::clone(&progress), i));
+    let loads = proxies.iter().enumerate().map(|(i, p)| {
+        load::run(
+            p.front,
+            p.variant.tag(),
+            &lspec,
+            start,
+            Arc::clone(&progress),
+            i,
+        )
+    });
     let samples = futures::future::join_all(loads).await;
     controller.abort();
     if let Some(r) = reporter {
@@ -376,7 +382,7 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
             arrivals,
             lspec.duration_s,
         );
-        let (twice, runs) = executions(&cluster, p.variant.name());
+        let (twice, runs) = executions(&cluster, p.variant.tag());
         v.ran_twice = twice;
         v.processed = runs as f64 / v.requests.max(1) as f64;
         if let Some(m) = &p.mulligan {
