@@ -447,7 +447,7 @@ async fn an_envoy_hot_restart_releases_the_old_envoys_holds() {
     )
     .expect("write");
     let m = Mulligan::start(&["--config", cfg.to_str().expect("path")]).await;
-    let yaml = render::standalone(
+    let yaml = render::tolerant(
         &[gone.addr],
         m.grpc.port(),
         &[("MAX_MESSAGE_TIMEOUT", "31s".into())],

@@ -162,7 +162,7 @@ async fn static_a_held_request_is_served_once_the_probe_sees_the_pod_ready() {
     )
     .await;
     until_state(&m, pod.addr, "not_ready").await;
-    let envoy = Envoy::start(&render::standalone(&[pod.addr], m.grpc.port(), &[])).await;
+    let envoy = Envoy::start(&render::tolerant(&[pod.addr], m.grpc.port(), &[])).await;
     let tasks = held(&m, &envoy, 2).await;
     assert_eq!(pod.rejected(), 2, "each first attempt met the booting pod");
     pod.set_state(PodState::Ready).await;
@@ -185,7 +185,7 @@ async fn static_a_held_request_is_served_once_the_lifecycle_api_says_ready() {
         )
         .await;
         until_state(&m, pod.addr, "not_ready").await;
-        let envoy = Envoy::start(&render::standalone(&[pod.addr], m.grpc.port(), &[])).await;
+        let envoy = Envoy::start(&render::tolerant(&[pod.addr], m.grpc.port(), &[])).await;
         let tasks = held(&m, &envoy, 2).await;
         pod.set_state(PodState::Ready).await;
         if via == "admin" {
@@ -447,7 +447,7 @@ async fn held_requests_are_released_at_the_configured_pace() {
     )
     .await;
     until_state(&m, pod.addr, "not_ready").await;
-    let envoy = Envoy::start(&render::standalone(&[pod.addr], m.grpc.port(), &[])).await;
+    let envoy = Envoy::start(&render::tolerant(&[pod.addr], m.grpc.port(), &[])).await;
     let tasks = held(&m, &envoy, N).await;
     let became_ready = Instant::now();
     pod.set_ready(true);
@@ -628,7 +628,7 @@ async fn a_held_request_is_served_by_an_endpoint_discovered_later() {
     )
     .expect("config");
     let mulligan = Mulligan::start(&["--config", cfg.to_str().expect("path")]).await;
-    let text = render::standalone(&[], mulligan.grpc.port(), &[]);
+    let text = render::tolerant(&[], mulligan.grpc.port(), &[]);
     let mut v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("bootstrap is YAML");
     let app = render::cluster(&mut v, "app");
     let obj = app.as_mapping_mut().expect("cluster");

@@ -497,7 +497,7 @@ async fn a_stream_with_a_missing_or_unknown_phase_is_refused_and_counted() {
 async fn through_envoy_an_unknown_phase_is_refused_and_the_request_ends_as_envoy_alone() {
     let draining = Pod::start("a", PodState::Draining).await;
     let m = Mulligan::start(&["--endpoints", &draining.addr.to_string()]).await;
-    let yaml = render::standalone(&[draining.addr], m.grpc.port(), &[])
+    let yaml = render::tolerant(&[draining.addr], m.grpc.port(), &[])
         .replace("value: attempt }", "value: bogus }");
     assert!(
         yaml.contains("value: bogus }"),
@@ -798,7 +798,7 @@ impl Pki {
 /// The reference bootstrap with the `mulligan` cluster speaking TLS: Envoy
 /// presents its client certificate and checks mulligan's against the CA.
 fn bootstrap_with_tls(pki: &Pki, app: &[std::net::SocketAddr], grpc_port: u16) -> String {
-    let yaml = rig::render::standalone(app, grpc_port, &[]);
+    let yaml = rig::render::tolerant(app, grpc_port, &[]);
     let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).expect("bootstrap");
     let tls: serde_yaml_ng::Value = serde_yaml_ng::from_str(&format!(
         r#"

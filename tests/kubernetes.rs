@@ -254,7 +254,7 @@ async fn a_pod_announced_terminating_has_its_503s_retried_on_another_pod() {
     let want_ref: Vec<(&str, &str)> = want.iter().map(|(a, s)| (a.as_str(), *s)).collect();
     until_endpoints(&m, "app", &want_ref).await;
     let addrs: Vec<_> = pods.iter().map(|p| p.addr).collect();
-    let envoy = rig::envoy::Envoy::start(&render::standalone(&addrs, m.grpc.port(), &[])).await;
+    let envoy = rig::envoy::Envoy::start(&render::tolerant(&addrs, m.grpc.port(), &[])).await;
     let front = envoy.listener("mulligan").await;
     let http = HttpClient::new(Proto::Http1);
     for _ in 0..30 {

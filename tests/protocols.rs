@@ -46,12 +46,7 @@ impl Rig {
         let mulligan = Mulligan::start(&all).await;
         let overrides: Vec<(&'static str, String)> =
             overrides.iter().map(|(k, v)| (*k, v.to_string())).collect();
-        let envoy = Envoy::start(&render::standalone(
-            &addrs,
-            mulligan.grpc.port(),
-            &overrides,
-        ))
-        .await;
+        let envoy = Envoy::start(&render::tolerant(&addrs, mulligan.grpc.port(), &overrides)).await;
         let front = envoy.listener("mulligan").await;
         let baseline = envoy.listener("baseline").await;
         Rig {

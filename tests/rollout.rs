@@ -15,6 +15,12 @@ async fn a_rolling_update_with_eds_lag_leaks_nothing_through_mulligan() {
         duration_s: Some(8.0),
         rate: Some(100.0),
         progress: false,
+        // The harness's figures use the shipped values; this test is about
+        // mulligan's answers on a loaded machine (see render::tolerant).
+        envoy_overrides: vec![(
+            "MESSAGE_TIMEOUT",
+            rig::render::LOADED_MESSAGE_TIMEOUT.to_string(),
+        )],
         ..Options::default()
     };
     let result = scenario::run("eds-lag", &opts).await;
@@ -75,6 +81,12 @@ async fn the_soak_mode_rolls_on_a_clock_and_samples_memory_and_fds() {
         sample_every_s: Some(0.5),
         variants: vec![Variant::Mulligan],
         progress: false,
+        // The harness's figures use the shipped values; this test is about
+        // mulligan's answers on a loaded machine (see render::tolerant).
+        envoy_overrides: vec![(
+            "MESSAGE_TIMEOUT",
+            rig::render::LOADED_MESSAGE_TIMEOUT.to_string(),
+        )],
         ..Options::default()
     };
     let result = scenario::run("soak", &opts).await;

@@ -112,7 +112,8 @@ pub struct Stack {
 impl Stack {
     /// Starts `pods`, mulligan (with `--endpoints` set to the pods, plus
     /// `mulligan_args`), and Envoy on the reference bootstrap (the decide
-    /// wiring, as shipped) with `overrides`.
+    /// wiring, as shipped, with a message timeout a loaded machine meets:
+    /// [`render::tolerant`]) with `overrides`.
     pub async fn start(
         pods: &[(&str, pods::PodState)],
         mulligan_args: &[&str],
@@ -140,7 +141,7 @@ impl Stack {
         let mut args = vec!["--endpoints", list.as_str()];
         args.extend_from_slice(mulligan_args);
         let mulligan = mulligan::Mulligan::start(&args).await;
-        let yaml = render::standalone(&addrs, mulligan.grpc.port(), overrides);
+        let yaml = render::tolerant(&addrs, mulligan.grpc.port(), overrides);
         let mut v: serde_yaml_ng::Value =
             serde_yaml_ng::from_str(&yaml).expect("bootstrap is YAML");
         edit(&mut v);

@@ -59,6 +59,28 @@ pub fn lb_endpoints(addrs: &[SocketAddr]) -> String {
 /// A bootstrap renderer: app endpoints, mulligan's gRPC port, overrides.
 pub type Bootstrap = fn(&[SocketAddr], u16, &[(&'static str, String)]) -> String;
 
+/// How long Envoy waits for each of mulligan's answers in the tests whose
+/// subject is the answer (a retry, a hold), instead of the shipped 200 ms.
+/// On a loaded 2-core machine a debug-build mulligan can miss 200 ms, and
+/// Envoy then fails open (the request ends as Envoy alone: proven with the
+/// shipped value in `tests/fail_open_and_shutdown.rs`); a test expecting a
+/// hold or a retry would then see the 503 pass and fail for the load, not
+/// for mulligan.
+pub const LOADED_MESSAGE_TIMEOUT: &str = "2s";
+
+/// [`standalone`] with [`LOADED_MESSAGE_TIMEOUT`] unless `overrides` set
+/// `MESSAGE_TIMEOUT` themselves: the reference bootstrap as the tests of
+/// mulligan's answers run it.
+pub fn tolerant(
+    app: &[SocketAddr],
+    mulligan_grpc_port: u16,
+    overrides: &[(&'static str, String)],
+) -> String {
+    let mut all = vec![("MESSAGE_TIMEOUT", LOADED_MESSAGE_TIMEOUT.to_string())];
+    all.extend(overrides.iter().cloned());
+    standalone(app, mulligan_grpc_port, &all)
+}
+
 /// The reference bootstrap with `overrides` on top of the rig's defaults:
 /// every port 0 (Envoy picks), the given app endpoints and mulligan port.
 pub fn standalone(

@@ -139,8 +139,12 @@ fn eds_config(eds: &Path) -> Value {
 /// app cluster on EDS (`eds` holds the hold endpoint at priority 1, as the
 /// static file does) with Envoy Gateway's load balancing and buffer limit;
 /// its own retry policy, not Envoy Gateway's.
-fn mulligan_bootstrap(eds: &Path, mulligan_grpc_port: u16) -> String {
-    let yaml = render::standalone(&[], mulligan_grpc_port, &[]);
+fn mulligan_bootstrap(
+    eds: &Path,
+    mulligan_grpc_port: u16,
+    overrides: &[(&'static str, String)],
+) -> String {
+    let yaml = render::standalone(&[], mulligan_grpc_port, overrides);
     let mut v: Value = serde_yaml_ng::from_str(&yaml).expect("reference bootstrap is YAML");
     v["node"] = json!({"id": "rollout-mulligan", "cluster": "rollout"});
     let listeners = v["static_resources"]["listeners"]
@@ -202,10 +206,16 @@ fn envoy_bootstrap(variant: Variant, eds: &Path) -> String {
     v.to_string()
 }
 
-/// The bootstrap for `variant`, every one on EDS.
-pub fn bootstrap(variant: Variant, eds: &Path, mulligan_grpc_port: u16) -> String {
+/// The bootstrap for `variant`, every one on EDS; `overrides` fill the
+/// reference bootstrap's placeholders (e.g. `MESSAGE_TIMEOUT`).
+pub fn bootstrap(
+    variant: Variant,
+    eds: &Path,
+    mulligan_grpc_port: u16,
+    overrides: &[(&'static str, String)],
+) -> String {
     match variant {
-        Variant::Mulligan => mulligan_bootstrap(&hold_eds(eds), mulligan_grpc_port),
+        Variant::Mulligan => mulligan_bootstrap(&hold_eds(eds), mulligan_grpc_port, overrides),
         Variant::EnvoyAlone | Variant::GatewayRetries => envoy_bootstrap(variant, eds),
     }
 }
@@ -226,6 +236,7 @@ impl Proxy {
         envoy_eds: &Path,
         mulligan_eds: &Path,
         mulligan_toml: &str,
+        overrides: &[(&'static str, String)],
     ) -> Proxy {
         let mulligan = if variant == Variant::Mulligan {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -241,7 +252,7 @@ impl Proxy {
             None
         };
         let port = mulligan.as_ref().map_or(1, |m| m.grpc.port());
-        let envoy = Envoy::start(&bootstrap(variant, envoy_eds, port)).await;
+        let envoy = Envoy::start(&bootstrap(variant, envoy_eds, port, overrides)).await;
         let name = if mulligan.is_some() {
             "mulligan"
         } else {

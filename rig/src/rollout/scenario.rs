@@ -73,6 +73,9 @@ pub struct Options {
     pub variants: Vec<Variant>,
     /// Extra mulligan config (TOML) for the variants that run it.
     pub mulligan_toml: String,
+    /// Placeholders of the reference bootstrap to fill otherwise than as
+    /// shipped (a test on a loaded machine: `MESSAGE_TIMEOUT`).
+    pub envoy_overrides: Vec<(&'static str, String)>,
     /// Print progress to stderr every few seconds.
     pub progress: bool,
 }
@@ -90,6 +93,7 @@ impl Default for Options {
             sample_every_s: None,
             variants: Variant::available(),
             mulligan_toml: "[probe]\npath = \"/ready\"\ninterval = \"200ms\"\n".into(),
+            envoy_overrides: Vec::new(),
             progress: true,
         }
     }
@@ -251,6 +255,7 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
             cluster.envoy_eds(),
             cluster.mulligan_eds(),
             &opts.mulligan_toml,
+            &opts.envoy_overrides,
         )
         .await;
         if let Some(m) = &p.mulligan {
