@@ -222,9 +222,9 @@ async fn an_empty_message_is_counted_and_the_stream_carries_on_on_every_role() {
     for role in ROLES {
         let mut c = open_as(m.grpc, role).await;
         c.send(ProcessingRequest::default()).await;
-        c.send(response(&[])).await;
-        // The first reply is for the response headers: none for the empty one.
-        assert_eq!(phase(&c.reply().await), "response_headers", "{role}");
+        c.send(msg(Request::RequestBody(body(b"x", false)))).await;
+        // The first reply is for the body: none for the empty message.
+        assert_eq!(phase(&c.reply().await), "request_body", "{role}");
     }
     let empty = m
         .metric(r#"mulligan_ext_proc_errors_total{kind="empty_message"}"#)
