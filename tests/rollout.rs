@@ -46,14 +46,20 @@ async fn a_rolling_update_with_eds_lag_leaks_nothing_through_mulligan() {
         "the harness must see the 503s Envoy alone leaks during a rollout"
     );
     assert!(gateway.requests >= 790, "the load ran: {gateway:?}");
+    // Through mulligan, no rollout 503 reaches a client, with one exception
+    // the first law demands: a POST whose connection broke after it was
+    // sent (the app may have run it) is never sent again, so its 503
+    // stands, as through Envoy alone. A loaded machine makes that race (a
+    // pod closing a connection as Envoy reuses it) show up now and then.
+    let unsafe_resets = m.post_errors_by_cause.get("reset").copied().unwrap_or(0);
     assert_eq!(
-        m.rollout_errors, 0,
-        "mulligan must leave no rollout 503: {:?}",
-        m.errors_by_cause
+        m.errors, unsafe_resets,
+        "mulligan must leave no 5xx but a POST cut after it was sent: all {:?}, POSTs {:?}",
+        m.errors_by_cause, m.post_errors_by_cause
     );
-    assert_eq!(
-        m.errors, 0,
-        "no 5xx at all through mulligan: {:?}",
+    assert!(
+        unsafe_resets <= 2,
+        "more than a race: {:?}",
         m.errors_by_cause
     );
     assert!(m.amplification < 1.5, "amplification {}", m.amplification);

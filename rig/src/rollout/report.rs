@@ -49,6 +49,9 @@ pub struct VariantResult {
     /// Client-visible errors caused by draining, gone or not-ready pods.
     pub rollout_errors: u64,
     pub errors_by_cause: BTreeMap<&'static str, u64>,
+    /// The same, of POSTs only: a POST the app may have run is never sent
+    /// again (by Envoy alone or with mulligan), so its failure stands.
+    pub post_errors_by_cause: BTreeMap<&'static str, u64>,
     /// Requests that reached a pod (rejected ones included) per client request.
     pub amplification: f64,
     /// Requests an app ran more than once (the pods count each request id).
@@ -83,6 +86,7 @@ impl VariantResult {
         let mut h = Histogram::<u64>::new(3).expect("histogram");
         let mut failed = Histogram::<u64>::new(3).expect("histogram");
         let mut by_cause: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut post_by_cause: BTreeMap<&'static str, u64> = BTreeMap::new();
         let seconds = duration_s.ceil() as usize + 1;
         let mut per_second = vec![0u64; seconds];
         let mut rollout_errors = 0;
@@ -91,6 +95,9 @@ impl VariantResult {
             if let Some(c) = s.error {
                 let _ = failed.record(s.latency_us.max(1));
                 *by_cause.entry(c.as_str()).or_default() += 1;
+                if s.post {
+                    *post_by_cause.entry(c.as_str()).or_default() += 1;
+                }
                 if c.is_rollout() {
                     rollout_errors += 1;
                 }
@@ -110,6 +117,7 @@ impl VariantResult {
             errors: samples.iter().filter(|s| s.error.is_some()).count() as u64,
             rollout_errors,
             errors_by_cause: by_cause,
+            post_errors_by_cause: post_by_cause,
             amplification: arrivals as f64 / requests.max(1) as f64,
             ran_twice: 0,
             processed: 0.0,
