@@ -394,10 +394,8 @@ async fn runtime_worker_threads_is_applied() {
         // Workers may still be starting when the ports are announced: the
         // count settles within moments (and never exceeds the setting).
         let mut seen = tokio_workers(m.pid());
-        for _ in 0..100 {
-            if seen >= threads {
-                break;
-            }
+        let until = std::time::Instant::now() + rig::LOADED;
+        while seen < threads && std::time::Instant::now() < until {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             seen = tokio_workers(m.pid());
         }
