@@ -454,7 +454,7 @@ async fn a_stream_with_a_missing_or_unknown_phase_is_refused_and_counted() {
         Some(""),
         Some("gate"),
         Some("Attempt"),
-        Some("rescue"),
+        Some("retries"),
     ];
     for role in refused {
         let status = match open_as_on(&mut client, role).await {
