@@ -2,7 +2,8 @@
 //! reference wiring (`envoy-config/standalone/envoy.yaml`) while pods drain,
 //! side by side with the baseline listener (the same route without
 //! mulligan): every call either succeeds or ends exactly as it does without
-//! mulligan, never with a rescued reply whose body or trailers are broken.
+//! mulligan, never with a retried reply whose body or trailers are broken;
+//! healthy calls and upgrades open no ext_proc stream.
 use std::{net::SocketAddr, sync::Arc};
 
 use rig::{
