@@ -28,8 +28,7 @@ impl Hooks {
                         policy,
                     );
                     if policy.mode == Mode::Decide {
-                        let clusters = wiring::install_route(&mut route, &policy.settings);
-                        self.pending().extend(clusters);
+                        wiring::install_route(&mut route, &policy.settings);
                     }
                     Some(route.encode_to_vec())
                 }
