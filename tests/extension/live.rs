@@ -124,7 +124,7 @@ fn to_pods(cla: &mut ClusterLoadAssignment, pods: &[SocketAddr]) {
 
 /// An Envoy bootstrap holding the translation as static resources: EDS
 /// clusters become STATIC with `endpoints` (already through the hook).
-fn bootstrap(
+pub(super) fn bootstrap(
     resp: &PostTranslateModifyResponse,
     endpoints: &[ClusterLoadAssignment],
     pods: &[SocketAddr],
@@ -248,7 +248,7 @@ async fn every_wired_translation_passes_envoy_validate() {
 
 /// The Envoy Gateway cluster of HTTPRoute `backend`, which the live tests'
 /// pods stand behind.
-const CLUSTER: &str = "httproute/default/backend/rule/0";
+pub(super) const CLUSTER: &str = "httproute/default/backend/rule/0";
 
 /// Pods, the real mulligan (knowing the pods as the endpoints of
 /// [`CLUSTER`]), the Extension Server pointing Envoy Gateway's translation
@@ -265,7 +265,7 @@ struct Gateway {
 /// mulligan learns readiness from the pods' readiness probe, as it would
 /// from Kubernetes: healthy requests open no stream, so it never sees a
 /// success that would clear what it learnt from failures.
-const MULLIGAN_TOML: &str = "[probe]\npath = \"/ready\"\ninterval = \"100ms\"\n";
+pub(super) const MULLIGAN_TOML: &str = "[probe]\npath = \"/ready\"\ninterval = \"100ms\"\n";
 
 impl Gateway {
     async fn start(pods: &[SocketAddr], mulligan_args: &[&str]) -> Gateway {
@@ -345,7 +345,7 @@ impl Gateway {
     }
 }
 
-const HOST: [(&str, &str); 1] = [("host", "www.example.com")];
+pub(super) const HOST: [(&str, &str); 1] = [("host", "www.example.com")];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wired_gateway_retries_failed_attempts_and_asks_mulligan_only_about_them() {

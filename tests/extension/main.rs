@@ -3,6 +3,7 @@
 //! to the real binary, and the result run by real Envoy.
 
 mod checks;
+mod gateways;
 mod generated;
 mod hooks;
 mod hostile;
