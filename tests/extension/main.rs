@@ -5,6 +5,7 @@
 mod checks;
 mod gateways;
 mod generated;
+mod grpc;
 mod hooks;
 mod hostile;
 mod live;
