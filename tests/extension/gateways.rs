@@ -166,4 +166,3 @@ async fn two_gateways_translated_in_turn_or_at_once_keep_the_hold_of_the_one_wit
         a_holds(&format!("concurrent round {i}"), &mulligan, &only, a).await;
     }
 }
-
