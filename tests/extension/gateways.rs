@@ -1,10 +1,11 @@
 //! Envoy Gateway translates each Gateway on its own, calls the hooks
 //! concurrently, and may run several replicas of the server: a Gateway's
 //! wiring, its hold included, must follow from its own translation alone.
-//! Gateway A has a policy, Gateway B (the same HTTPRoute, attached to both)
-//! has none; after every round of translations, an Envoy running A's
-//! latest output holds a request while its only pod is gone and serves it
-//! once the pod is back.
+//! Gateway A has a policy; Gateway B (the same HTTPRoute, attached to both,
+//! so the same cluster names) has none, nor has a third of other routes.
+//! After every round of translations, an Envoy running A's latest output
+//! holds a request while its only pod is gone and serves it once the pod
+//! is back.
 
 use std::net::SocketAddr;
 
@@ -149,14 +150,17 @@ async fn two_gateways_translated_in_turn_or_at_once_keep_the_hold_of_the_one_wit
         "B, without a policy, is not wired"
     );
 
-    // At once: both Gateways translated concurrently, several times over.
+    // At once: A, B and a third Gateway of other routes and clusters (no
+    // policy) translated concurrently, several times over.
+    let other = super::the_fixture("xds/retry");
     let rounds = (0..4).map(|_| {
-        let (mut ca, mut cb) = (client.clone(), client.clone());
-        let t = &t;
+        let (mut ca, mut cb, mut cc) = (client.clone(), client.clone(), client.clone());
+        let (t, other) = (&t, &other);
         async move {
-            let (a, _) = tokio::join!(
+            let (a, _, _) = tokio::join!(
                 translation(&mut ca, t, true),
-                translation(&mut cb, t, false)
+                translation(&mut cb, t, false),
+                translation(&mut cc, other, false)
             );
             a
         }
