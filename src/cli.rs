@@ -53,11 +53,15 @@ struct ServeArgs {
     /// Log format [default: text]; the level comes from RUST_LOG.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
-    /// Turn on the legacy wiring's replay (`rescue.replay`): only for
-    /// legacy-rescue.yaml and steer.yaml.
-    #[arg(long)]
+    /// Not a setting: refused with the reason (see `REPLAY_FLAG`).
+    #[arg(long, hide = true)]
     replay: bool,
 }
+
+/// Why `serve --replay` is refused: a script written for an older mulligan
+/// learns that the flag has no counterpart, not just that it is unknown.
+const REPLAY_FLAG: &str = "--replay is no longer a flag: mulligan sends no request itself, \
+     Envoy makes every attempt (envoy-config/standalone/envoy.yaml)";
 
 pub fn main() -> ExitCode {
     match Cli::parse().command {
@@ -118,7 +122,14 @@ fn config_for_serve(args: ServeArgs) -> Result<Config, crate::config::ConfigErro
     if let Some(addr) = args.grpc_listen {
         cfg.listen.grpc = addr;
     }
-    cfg.rescue.replay |= args.replay;
+    if args.replay {
+        return Err(crate::config::ConfigError {
+            file: "(command line)".into(),
+            line: 0,
+            column: 0,
+            message: REPLAY_FLAG.into(),
+        });
+    }
     if let Some(addr) = args.admin_listen {
         cfg.listen.admin = addr;
     }

@@ -55,10 +55,7 @@ pub mod fuzzing;
 mod labels;
 pub mod metrics;
 pub mod policy;
-pub(crate) mod replay;
-pub(crate) mod rescue;
 pub(crate) mod server;
-pub(crate) mod steer;
 pub(crate) mod telemetry;
 
 /// mulligan's own control API (`proto/mulligan/v1`).

@@ -33,7 +33,7 @@ use crate::{
 pub enum Unheld {
     /// The deadline came first.
     TooLong,
-    /// `rescue.max_held` requests are held already.
+    /// `hold.max_held` requests are held already.
     Limit,
     /// No endpoint of the cluster could come back: none is ready or
     /// starting (all draining or gone, or the cluster is empty).
@@ -58,12 +58,12 @@ pub struct Holds {
 }
 
 impl Holds {
-    pub fn new(registry: Arc<Registry>, metrics: Metrics, max_held: usize, cfg: &Hold) -> Self {
+    pub fn new(registry: Arc<Registry>, metrics: Metrics, cfg: &Hold) -> Self {
         Self {
             registry,
             metrics,
             held: AtomicUsize::new(0),
-            max_held,
+            max_held: cfg.max_held,
             interval: cfg.interval.max(Duration::from_millis(1)),
             seen: Mutex::new(HashMap::new()),
             release_rate: f64::from(cfg.release_per_endpoint.max(1)),
@@ -238,4 +238,13 @@ impl Drop for Held<'_> {
         self.0.held.fetch_sub(1, Ordering::AcqRel);
         self.0.metrics.held(-1.0);
     }
+}
+
+/// `start + d`, but never past a year from `start`: durations come from the
+/// config, which is input too, and an `Instant` that overflows panics (a
+/// `hold.max_hold` of a billion years would otherwise take the stream down
+/// on its first hold).
+pub(crate) fn later(start: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    start.checked_add(d.min(FAR)).unwrap_or(start)
 }

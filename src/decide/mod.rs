@@ -54,6 +54,8 @@ pub enum Role {
 
 impl Role {
     pub const METADATA_KEY: &'static str = "x-mulligan-phase";
+    /// The values [`Role::METADATA_KEY`] may take, for error messages.
+    pub const ACCEPTED: &'static str = "retry, attempt, final";
 
     pub(crate) fn parse(value: &[u8]) -> Option<Role> {
         match value {
@@ -125,8 +127,8 @@ const REPEATED_FAILURES: u8 = 3;
 /// Shared by every stream.
 #[derive(Debug)]
 pub struct Decider {
-    pub cfg: config::Rescue,
-    hold_cfg: config::Hold,
+    pub cfg: config::Retry,
+    pub hold_cfg: config::Hold,
     registry: Arc<Registry>,
     metrics: Metrics,
     budget: Budget,
@@ -142,14 +144,9 @@ impl Decider {
                 cfg.budget.min_per_second,
                 cfg.budget.window,
             ),
-            memory: Memory::new(cfg.rescue.deadline.max(Duration::from_secs(1))),
-            holds: Holds::new(
-                Arc::clone(&registry),
-                metrics.clone(),
-                cfg.rescue.max_held,
-                &cfg.hold,
-            ),
-            cfg: cfg.rescue.clone(),
+            memory: Memory::new(cfg.hold.max_hold.max(Duration::from_secs(1))),
+            holds: Holds::new(Arc::clone(&registry), metrics.clone(), &cfg.hold),
+            cfg: cfg.retry.clone(),
             hold_cfg: cfg.hold.clone(),
             registry,
             metrics,
@@ -173,7 +170,7 @@ impl Decider {
         let verdict = self.verdict(f, cause);
         let decision = match verdict {
             Verdict::Stand(d) => d,
-            _ => Decision::Rescue,
+            _ => Decision::Retry,
         };
         self.metrics.decision(cause, decision);
         (cause, verdict)
@@ -198,7 +195,7 @@ impl Decider {
             return Verdict::Stand(Decision::Unsafe);
         }
         let decision = policy::decide(cause, f.facts, self.cfg.retry_plain_503);
-        if decision != Decision::Rescue {
+        if decision != Decision::Retry {
             return Verdict::Stand(decision);
         }
         if adds_load(cause, reached) && !self.budget.try_withdraw() {
@@ -241,8 +238,13 @@ impl Decider {
             .settle
             .saturating_mul(2u32.saturating_pow(note.releases.into()))
             .min(Duration::from_secs(1));
-        let deadline = crate::rescue::later(Instant::now(), self.cfg.deadline);
-        match self.holds.wait(cluster, settle, deadline).await {
+        let started = Instant::now();
+        let deadline = hold::later(started, self.hold_cfg.max_hold);
+        let waited = self.holds.wait(cluster, settle, deadline).await;
+        if waited != Err(Unheld::Limit) && waited != Err(Unheld::NothingComing) {
+            self.metrics.hold_ended(started.elapsed().as_secs_f64());
+        }
+        match waited {
             Ok(()) => {
                 self.memory
                     .update(request_id, |n| n.releases = n.releases.saturating_add(1));

@@ -7,7 +7,6 @@
 //! everything it holds is dropped at once.
 
 mod attributes;
-mod capture;
 mod decide;
 mod exchange;
 mod headers;
@@ -24,15 +23,15 @@ use tonic::{Request, Response, Status, Streaming};
 
 #[cfg(feature = "fuzzing")]
 pub(crate) use attributes::Attributes;
+pub use crate::decide::Role;
 pub use exchange::Exchange;
 pub(crate) use headers::header_value;
 
 use crate::{
-    decide::{Decider, Role},
+    decide::Decider,
     drain::{Drain, StreamGuard},
     endpoints::Registry,
     metrics::{Metrics, StreamError},
-    rescue::Rescuer,
 };
 
 /// The gRPC service name Envoy calls, also used for gRPC health.
@@ -44,10 +43,8 @@ pub struct Context {
     pub metrics: Metrics,
     pub drain: Arc<Drain>,
     pub registry: Arc<Registry>,
-    pub rescuer: Rescuer,
-    /// The decide wiring: verdicts on failed attempts.
+    /// Verdicts on failed attempts, the gate and the holds.
     pub decider: Decider,
-    pub steer: crate::config::Steer,
     /// `limits.max_streams`.
     pub max_streams: usize,
 }
@@ -62,9 +59,7 @@ impl Context {
         drain: Arc<Drain>,
     ) -> Self {
         Self {
-            rescuer: Rescuer::new(cfg, Arc::clone(&registry), metrics.clone()),
             decider: Decider::new(cfg, Arc::clone(&registry), metrics.clone()),
-            steer: cfg.steer.clone(),
             max_streams: cfg.limits.max_streams,
             metrics,
             drain,
@@ -114,6 +109,20 @@ impl ExternalProcessor for ExtProc {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
+        let role = request
+            .metadata()
+            .get(Role::METADATA_KEY)
+            .and_then(|v| Role::parse(v.as_bytes()));
+        let Some(role) = role else {
+            // Envoy's failure_mode_allow carries this request on untouched;
+            // mulligan never guesses which filter is asking.
+            self.ctx.metrics.error(StreamError::UnknownRole);
+            return Err(Status::invalid_argument(format!(
+                "gRPC metadata {} must be one of {}: it names the filter that opened the stream",
+                Role::METADATA_KEY,
+                Role::ACCEPTED
+            )));
+        };
         let Some(guard) = self.ctx.drain.admit() else {
             // Envoy's failure_mode_allow lets this request through untouched.
             self.ctx.metrics.error(StreamError::Draining);
@@ -126,14 +135,9 @@ impl ExternalProcessor for ExtProc {
                 "mulligan is at its stream limit",
             ));
         }
-        // The decide wiring names its filter; the legacy wiring says nothing.
-        let role = request
-            .metadata()
-            .get(Role::METADATA_KEY)
-            .and_then(|v| Role::parse(v.as_bytes()));
         let stream = StreamState {
             inbound: request.into_inner(),
-            exchange: Exchange::new(Arc::clone(&self.ctx)).with_role(role),
+            exchange: Exchange::new(Arc::clone(&self.ctx), role),
             _scope: StreamScope::new(Arc::clone(&self.ctx), guard),
             idle_timeout: self.idle_timeout,
             done: false,
