@@ -97,9 +97,18 @@ mod tests {
     #[test]
     fn a_moved_key_names_the_key_that_replaced_it() {
         let cases = [
-            ("[rescue]\ndeadline = \"5s\"\n", "m.toml:2:1: rescue.deadline is now hold.max_hold"),
-            ("[rescue]\nmax_held = 3\n", "m.toml:2:1: rescue.max_held is now hold.max_held"),
-            ("[rescue]\nenabled = false\n", "m.toml:2:1: rescue.enabled is now retry.enabled"),
+            (
+                "[rescue]\ndeadline = \"5s\"\n",
+                "m.toml:2:1: rescue.deadline is now hold.max_hold",
+            ),
+            (
+                "[rescue]\nmax_held = 3\n",
+                "m.toml:2:1: rescue.max_held is now hold.max_held",
+            ),
+            (
+                "[rescue]\nenabled = false\n",
+                "m.toml:2:1: rescue.enabled is now retry.enabled",
+            ),
             (
                 "[rescue]\ndrain_header = \"x-d\"\n",
                 "m.toml:2:1: rescue.drain_header is now retry.drain_header",
@@ -135,10 +144,19 @@ mod tests {
             assert!(err.contains("Envoy makes every attempt"), "{err}");
         }
         let err = refused("[steer]\nenabled = true\n");
-        assert!(err.starts_with("m.toml:2:1: steer.enabled is no longer a setting: "), "{err}");
+        assert!(
+            err.starts_with("m.toml:2:1: steer.enabled is no longer a setting: "),
+            "{err}"
+        );
         let err = refused("[steer]\n");
-        assert!(err.starts_with("m.toml:1:2: [steer] is no longer a section"), "{err}");
+        assert!(
+            err.starts_with("m.toml:1:2: [steer] is no longer a section"),
+            "{err}"
+        );
         let err = refused("[limits]\nmax_buffered_bytes = 1000\n");
-        assert!(err.contains("limits.max_buffered_bytes is no longer a setting"), "{err}");
+        assert!(
+            err.contains("limits.max_buffered_bytes is no longer a setting"),
+            "{err}"
+        );
     }
 }

@@ -418,8 +418,7 @@ mod tests {
     fn a_max_hold_under_envoys_max_message_timeout_is_accepted() {
         let text = "[hold]\nmax_hold = \"20s\"\nenvoy_max_message_timeout = \"21s\"\n";
         Config::parse("m.toml", text).expect("20.2 s fits in 21 s");
-        Config::parse("m.toml", "[hold]\nmax_hold = \"13800ms\"\n")
-            .expect("13.8 s + 0.2 s = 14 s");
+        Config::parse("m.toml", "[hold]\nmax_hold = \"13800ms\"\n").expect("13.8 s + 0.2 s = 14 s");
     }
 
     #[test]

@@ -549,7 +549,6 @@ impl Registry {
         e.failures.store(0, Ordering::Release);
         e.penalty_until_ms.swap(0, Ordering::AcqRel) != 0
     }
-
 }
 
 /// For unit tests: `n` static endpoints, 127.0.0.1 ports 1..=n.
@@ -671,7 +670,8 @@ mod tests {
         assert!(first > 0);
         r.observe_failure(a);
         assert!(e.penalty_until_ms.load(Ordering::Acquire) > first);
-        r.set_state(a, None, State::NotReady, "probe").expect("known");
+        r.set_state(a, None, State::NotReady, "probe")
+            .expect("known");
         let rx = r.subscribe();
         r.set_state(a, None, State::Ready, "lifecycle: ready")
             .expect("known");

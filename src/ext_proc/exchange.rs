@@ -106,9 +106,7 @@ impl Exchange {
                     Role::Retry => decide::on_retry(&self.ctx.decider, attrs),
                     // The attempt and final filters skip the request
                     // headers; a peer that sends them anyway gets them back.
-                    Role::Attempt | Role::Final => {
-                        reply::continue_request_headers()
-                    }
+                    Role::Attempt | Role::Final => reply::continue_request_headers(),
                 }
             }
             Request::RequestBody(chunk) => {
@@ -122,7 +120,10 @@ impl Exchange {
             Request::ResponseHeaders(headers) => {
                 metrics.phase(Phase::ResponseHeaders);
                 let r = decide::on_response_headers(&self.ctx.decider, self.role, &headers, attrs);
-                self.hold = r.hold;
+                // Envoy ignores every reply in observability mode: a hold
+                // would keep a place in `max_held` for an answer no one
+                // reads.
+                self.hold = r.hold.filter(|_| !self.observability);
                 r.now
             }
             Request::ResponseBody(chunk) => {

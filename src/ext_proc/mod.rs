@@ -21,9 +21,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+pub use crate::decide::Role;
 #[cfg(feature = "fuzzing")]
 pub(crate) use attributes::Attributes;
-pub use crate::decide::Role;
 pub use exchange::Exchange;
 pub(crate) use headers::header_value;
 
@@ -99,6 +99,26 @@ impl ExtProc {
     }
 }
 
+/// The role a stream's metadata names, or the status that refuses the
+/// stream at once (counted): mulligan never guesses which filter is asking,
+/// and Envoy's failure_mode_allow carries the request on untouched.
+pub(crate) fn role_of(
+    metadata: &tonic::metadata::MetadataMap,
+    metrics: &Metrics,
+) -> Result<Role, Status> {
+    let role = metadata
+        .get(Role::METADATA_KEY)
+        .and_then(|v| Role::parse(v.as_bytes()));
+    role.ok_or_else(|| {
+        metrics.error(StreamError::UnknownRole);
+        Status::invalid_argument(format!(
+            "gRPC metadata {} must be one of {}: it names the filter that opened the stream",
+            Role::METADATA_KEY,
+            Role::ACCEPTED
+        ))
+    })
+}
+
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -109,20 +129,7 @@ impl ExternalProcessor for ExtProc {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        let role = request
-            .metadata()
-            .get(Role::METADATA_KEY)
-            .and_then(|v| Role::parse(v.as_bytes()));
-        let Some(role) = role else {
-            // Envoy's failure_mode_allow carries this request on untouched;
-            // mulligan never guesses which filter is asking.
-            self.ctx.metrics.error(StreamError::UnknownRole);
-            return Err(Status::invalid_argument(format!(
-                "gRPC metadata {} must be one of {}: it names the filter that opened the stream",
-                Role::METADATA_KEY,
-                Role::ACCEPTED
-            )));
-        };
+        let role = role_of(request.metadata(), &self.ctx.metrics)?;
         let Some(guard) = self.ctx.drain.admit() else {
             // Envoy's failure_mode_allow lets this request through untouched.
             self.ctx.metrics.error(StreamError::Draining);

@@ -102,10 +102,7 @@ mod tests {
             idempotency_key: true,
             ..POST
         };
-        assert_eq!(
-            decide(Cause::ResetAfterSend, keyed, false),
-            Decision::Retry
-        );
+        assert_eq!(decide(Cause::ResetAfterSend, keyed, false), Decision::Retry);
     }
 
     #[test]
