@@ -88,11 +88,14 @@ fn search(labels: fn(&[u8]) -> Vec<String>, n: usize) -> Vec<Vec<u8>> {
         let input = mutate(&mut rng, input, &pool);
         let got = labels(&input);
         let pairs = got.windows(2).map(|w| format!("{}>{}", w[0], w[1]));
-        let fresh = got
+        // Every label is recorded: no short cut past the first new one.
+        let new = got
             .iter()
             .cloned()
             .chain(pairs)
-            .fold(false, |fresh, l| seen.insert(l) || fresh);
+            .filter(|l| seen.insert(l.clone()))
+            .count();
+        let fresh = new > 0;
         if fresh {
             pool.push(input);
         }

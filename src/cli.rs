@@ -158,3 +158,37 @@ fn config_for_serve(args: ServeArgs) -> Result<Config, crate::config::ConfigErro
     cfg.validate(&file, text.as_deref())?;
     Ok(cfg)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let argv = ["mulligan", "serve"].iter().chain(args);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Serve(a) => a,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn serve_refuses_the_replay_flag_saying_why() {
+        let err = config_for_serve(serve_args(&["--replay"])).expect_err("refused");
+        assert!(
+            err.to_string()
+                .starts_with("(command line):0:0: --replay is no longer a flag: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn serve_with_endpoints_and_no_file_is_valid() {
+        let cfg = config_for_serve(serve_args(&[
+            "--endpoints",
+            "127.0.0.1:8081,127.0.0.1:8082",
+        ]))
+        .expect("the defaults fit the shipped envoy.yaml");
+        assert_eq!(cfg.endpoints.default.len(), 2);
+        assert_eq!(cfg.endpoints.static_cluster, "app");
+    }
+}

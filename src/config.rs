@@ -124,7 +124,7 @@ impl Default for Retry {
     }
 }
 
-/// Holding a failed attempt until an endpoint can serve (the decide wiring).
+/// Holding a failed attempt until an endpoint can serve.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Hold {

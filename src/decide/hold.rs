@@ -228,7 +228,7 @@ fn coming(cluster: &Cluster) -> bool {
 
 /// Whether an endpoint may serve, as far as a hold is concerned: ready by
 /// its sources (configuration, discovery, lifecycle, probes). Passive
-/// penalties do not count here: with the decide wiring mulligan sees only
+/// penalties do not count here: mulligan sees only
 /// failures, never the successes that would clear them, and Envoy, not
 /// mulligan, picks the endpoint; the TCP check and Envoy's own retry judge
 /// whether it really serves.

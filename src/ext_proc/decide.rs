@@ -1,4 +1,4 @@
-//! The protocol side of the decide wiring: reads a failed attempt (or final
+//! The protocol side of a verdict: reads a failed attempt (or final
 //! response) out of Envoy's message, asks [`crate::decide`] for a verdict,
 //! and writes it back as Envoy understands it.
 
