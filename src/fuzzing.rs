@@ -710,8 +710,9 @@ struct Stream {
     announced: Option<(i32, i32)>,
     retry_enabled: bool,
     max_hold: Duration,
-    /// An earlier stream of this input had a failed attempt judged: only
-    /// then can the gate know of a request it must stop.
+    /// A failed attempt was judged before (on this stream or an earlier
+    /// one of this input): only then can the gate know of a request it
+    /// must stop.
     judged_before: bool,
 }
 
@@ -907,10 +908,6 @@ pub fn ext_proc_sequence(data: &[u8]) -> Trace {
                 MessageIn::Encoded(bytes) => ProcessingRequest::decode(bytes.as_slice()).ok(),
             })
             .collect();
-        let judges = role != Role::Final
-            && messages
-                .iter()
-                .any(|m| matches!(m.request, Some(Request::ResponseHeaders(_))));
         let mut stream = Stream {
             role,
             announced: None,
@@ -928,7 +925,7 @@ pub fn ext_proc_sequence(data: &[u8]) -> Trace {
             0,
             "a request still held after its stream"
         );
-        judged_before |= judges;
+        judged_before = stream.judged_before;
     }
     trace
 }
@@ -946,6 +943,11 @@ async fn drive(
         let resumed = exchange.resume().await;
         trace.extend(reply.iter().chain(&resumed).map(label));
         stream.check(&sent, reply, resumed);
+        // Response headers are judged whatever the mode: from here on the
+        // gate may know of a request to stop.
+        if sent.phase == Some(Phase::ResponseHeaders) && stream.role != Role::Final {
+            stream.judged_before = true;
+        }
     }
 }
 
