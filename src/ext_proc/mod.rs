@@ -1,10 +1,13 @@
-//! The ext_proc gRPC service: Envoy opens one bidirectional stream per HTTP
-//! request and sends a message per phase it was configured to send.
+//! The ext_proc gRPC service: one of mulligan's filters in Envoy opens a
+//! bidirectional stream per question (a failed attempt, a retry about to
+//! leave, a failed response), names itself in the stream's
+//! `x-mulligan-phase` metadata, and sends a message per phase it was
+//! configured to send.
 //!
-//! hyper already runs each HTTP/2 stream on its own task, so the per-request
+//! hyper already runs each HTTP/2 stream on its own task, so the per-stream
 //! state ([`Exchange`]) lives inside the response stream that task polls: no
-//! extra task or channel per request, and when Envoy hangs up the stream and
-//! everything it holds is dropped at once.
+//! extra task or channel per stream, and when Envoy hangs up the stream and
+//! everything it holds (a hold included) is dropped at once.
 
 mod attributes;
 mod decide;
