@@ -58,9 +58,9 @@ struct ServeArgs {
     replay: bool,
 }
 
-/// Why `serve --replay` is refused: a script written for an older mulligan
-/// learns that the flag has no counterpart, not just that it is unknown.
-const REPLAY_FLAG: &str = "--replay is no longer a flag: mulligan sends no request itself, \
+/// Why `serve --replay` is refused: a script that passes it learns why the
+/// flag has no counterpart, not just that it is unknown.
+const REPLAY_FLAG: &str = "--replay is not a flag: mulligan sends no request itself, \
      Envoy makes every attempt (envoy-config/standalone/envoy.yaml)";
 
 pub fn main() -> ExitCode {
@@ -176,7 +176,7 @@ mod tests {
         let err = config_for_serve(serve_args(&["--replay"])).expect_err("refused");
         assert!(
             err.to_string()
-                .starts_with("(command line):0:0: --replay is no longer a flag: "),
+                .starts_with("(command line):0:0: --replay is not a flag: "),
             "{err}"
         );
     }

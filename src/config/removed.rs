@@ -1,13 +1,13 @@
-//! Keys mulligan does not read any more, and what a config that sets one
-//! should say instead. Refused with a message of its own, not serde's
-//! "unknown field": a file written for an older mulligan is told where its
-//! setting went, or why it has no counterpart.
+//! Keys of settings mulligan does not have, each with where the setting
+//! lives or why there is none. Refused with a message of its own, not
+//! serde's "unknown field": a file that sets one learns which key to use
+//! instead, or why Envoy owns that choice.
 
 use toml::de::{DeTable, DeValue};
 
-/// Where a key's setting went.
+/// Where a key's setting lives.
 enum Fate {
-    /// The same setting, under another key.
+    /// The same setting, under this key.
     Moved(&'static str),
     /// No counterpart; why not.
     Gone(&'static str),
@@ -22,7 +22,7 @@ const ENVOY_ATTEMPTS: &str = "mulligan sends no request itself: Envoy makes ever
 const ENVOY_PICKS: &str =
     "mulligan lists no endpoints for Envoy: Envoy picks the endpoint of every attempt";
 
-/// Removed keys by section, then key (`*`: every key of the section).
+/// Refused keys by section, then key (`*`: every key of the section).
 const REMOVED: &[(&str, &str, Fate)] = &[
     ("rescue", "enabled", Fate::Moved("retry.enabled")),
     ("rescue", "drain_header", Fate::Moved("retry.drain_header")),
@@ -43,7 +43,7 @@ const REMOVED: &[(&str, &str, Fate)] = &[
     ("limits", "max_buffered_bytes", Fate::Gone(ENVOY_ATTEMPTS)),
 ];
 
-/// The first removed key `text` sets: its path, the byte offset of the key,
+/// The first refused key `text` sets: its path, the byte offset of the key,
 /// and what to tell the user.
 pub(super) fn find(text: &str) -> Option<(String, usize, String)> {
     let doc = DeTable::parse(text).ok()?;
@@ -61,14 +61,14 @@ pub(super) fn find(text: &str) -> Option<(String, usize, String)> {
             };
             let path = format!("{section_name}.{key_name}");
             let message = match fate {
-                Fate::Moved(to) => format!("{path} is now {to}"),
-                Fate::Gone(why) => format!("{path} is no longer a setting: {why}"),
+                Fate::Moved(to) => format!("{path}: use {to}"),
+                Fate::Gone(why) => format!("{path} is not a setting: {why}"),
             };
             return Some((path, key.span().start, message));
         }
         if keys.is_empty() {
             if let Some(Fate::Gone(why)) = fate(section_name, "*") {
-                let message = format!("[{section_name}] is no longer a section: {why}");
+                let message = format!("[{section_name}] is not a section: {why}");
                 return Some((section_name.to_string(), section.span().start, message));
             }
         }
@@ -90,7 +90,7 @@ mod tests {
 
     fn refused(text: &str) -> String {
         Config::parse("m.toml", text)
-            .expect_err("a removed key must be refused")
+            .expect_err("the key must be refused")
             .to_string()
     }
 
@@ -99,27 +99,27 @@ mod tests {
         let cases = [
             (
                 "[rescue]\ndeadline = \"5s\"\n",
-                "m.toml:2:1: rescue.deadline is now hold.max_hold",
+                "m.toml:2:1: rescue.deadline: use hold.max_hold",
             ),
             (
                 "[rescue]\nmax_held = 3\n",
-                "m.toml:2:1: rescue.max_held is now hold.max_held",
+                "m.toml:2:1: rescue.max_held: use hold.max_held",
             ),
             (
                 "[rescue]\nenabled = false\n",
-                "m.toml:2:1: rescue.enabled is now retry.enabled",
+                "m.toml:2:1: rescue.enabled: use retry.enabled",
             ),
             (
                 "[rescue]\ndrain_header = \"x-d\"\n",
-                "m.toml:2:1: rescue.drain_header is now retry.drain_header",
+                "m.toml:2:1: rescue.drain_header: use retry.drain_header",
             ),
             (
                 "[rescue]\nretry_plain_503 = true\n",
-                "m.toml:2:1: rescue.retry_plain_503 is now retry.retry_plain_503",
+                "m.toml:2:1: rescue.retry_plain_503: use retry.retry_plain_503",
             ),
             (
                 "[listen]\n[rescue]\nretry_after_seconds = 2\n",
-                "m.toml:3:1: rescue.retry_after_seconds is now retry.retry_after_seconds",
+                "m.toml:3:1: rescue.retry_after_seconds: use retry.retry_after_seconds",
             ),
         ];
         for (text, want) in cases {
@@ -140,22 +140,22 @@ mod tests {
             "replay_http2 = true",
         ] {
             let err = refused(&format!("[rescue]\n{key}\n"));
-            assert!(err.contains("is no longer a setting"), "{err}");
+            assert!(err.contains("is not a setting"), "{err}");
             assert!(err.contains("Envoy makes every attempt"), "{err}");
         }
         let err = refused("[steer]\nenabled = true\n");
         assert!(
-            err.starts_with("m.toml:2:1: steer.enabled is no longer a setting: "),
+            err.starts_with("m.toml:2:1: steer.enabled is not a setting: "),
             "{err}"
         );
         let err = refused("[steer]\n");
         assert!(
-            err.starts_with("m.toml:1:2: [steer] is no longer a section"),
+            err.starts_with("m.toml:1:2: [steer] is not a section"),
             "{err}"
         );
         let err = refused("[limits]\nmax_buffered_bytes = 1000\n");
         assert!(
-            err.contains("limits.max_buffered_bytes is no longer a setting"),
+            err.contains("limits.max_buffered_bytes is not a setting"),
             "{err}"
         );
     }
