@@ -54,6 +54,8 @@ pub enum Role {
 
 impl Role {
     pub const METADATA_KEY: &'static str = "x-mulligan-phase";
+    /// The values [`Role::METADATA_KEY`] may take, for error messages.
+    pub const ACCEPTED: &'static str = "retry, attempt, final";
 
     pub(crate) fn parse(value: &[u8]) -> Option<Role> {
         match value {
@@ -125,8 +127,8 @@ const REPEATED_FAILURES: u8 = 3;
 /// Shared by every stream.
 #[derive(Debug)]
 pub struct Decider {
-    pub cfg: config::Rescue,
-    hold_cfg: config::Hold,
+    pub cfg: config::Retry,
+    pub hold_cfg: config::Hold,
     registry: Arc<Registry>,
     metrics: Metrics,
     budget: Budget,
@@ -142,14 +144,9 @@ impl Decider {
                 cfg.budget.min_per_second,
                 cfg.budget.window,
             ),
-            memory: Memory::new(cfg.rescue.deadline.max(Duration::from_secs(1))),
-            holds: Holds::new(
-                Arc::clone(&registry),
-                metrics.clone(),
-                cfg.rescue.max_held,
-                &cfg.hold,
-            ),
-            cfg: cfg.rescue.clone(),
+            memory: Memory::new(cfg.hold.max_hold.max(Duration::from_secs(1))),
+            holds: Holds::new(Arc::clone(&registry), metrics.clone(), &cfg.hold),
+            cfg: cfg.retry.clone(),
             hold_cfg: cfg.hold.clone(),
             registry,
             metrics,
@@ -173,7 +170,7 @@ impl Decider {
         let verdict = self.verdict(f, cause);
         let decision = match verdict {
             Verdict::Stand(d) => d,
-            _ => Decision::Rescue,
+            _ => Decision::Retry,
         };
         self.metrics.decision(cause, decision);
         (cause, verdict)
@@ -198,7 +195,7 @@ impl Decider {
             return Verdict::Stand(Decision::Unsafe);
         }
         let decision = policy::decide(cause, f.facts, self.cfg.retry_plain_503);
-        if decision != Decision::Rescue {
+        if decision != Decision::Retry {
             return Verdict::Stand(decision);
         }
         if adds_load(cause, reached) && !self.budget.try_withdraw() {
@@ -241,8 +238,13 @@ impl Decider {
             .settle
             .saturating_mul(2u32.saturating_pow(note.releases.into()))
             .min(Duration::from_secs(1));
-        let deadline = crate::rescue::later(Instant::now(), self.cfg.deadline);
-        match self.holds.wait(cluster, settle, deadline).await {
+        let started = Instant::now();
+        let deadline = hold::later(started, self.hold_cfg.max_hold);
+        let waited = self.holds.wait(cluster, settle, deadline).await;
+        if waited != Err(Unheld::Limit) && waited != Err(Unheld::NothingComing) {
+            self.metrics.hold_ended(started.elapsed().as_secs_f64());
+        }
+        match waited {
             Ok(()) => {
                 self.memory
                     .update(request_id, |n| n.releases = n.releases.saturating_add(1));
@@ -283,4 +285,203 @@ impl Decider {
 /// rollout cannot exhaust it.
 fn adds_load(cause: Cause, reached: Reached) -> bool {
     reached == Reached::Maybe && !matches!(cause, Cause::UpstreamDraining | Cause::UpstreamNotReady)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::Config, endpoints::State};
+
+    const A: &str = "127.0.0.1:1";
+    const B: &str = "127.0.0.1:2";
+
+    fn addr(a: &str) -> SocketAddr {
+        a.parse().expect("an address")
+    }
+
+    /// Cluster `app` of A and B, both ready, with `change` applied.
+    fn decider(change: impl FnOnce(&mut Config)) -> Decider {
+        let mut cfg = Config::default();
+        cfg.endpoints
+            .clusters
+            .insert("app".into(), vec![addr(A), addr(B)]);
+        cfg.retry.retry_plain_503 = true;
+        change(&mut cfg);
+        let registry = Arc::new(Registry::from_config(&cfg.endpoints, &cfg.health));
+        Decider::new(&cfg, registry, Metrics::new())
+    }
+
+    /// How the failed response said why it failed.
+    #[derive(Clone, Copy)]
+    enum Signal {
+        Plain,
+        /// The drain header: the app refused it unprocessed.
+        Drain,
+        /// `connection: close`: a pod on its way out.
+        Close,
+    }
+
+    const GET: RequestFacts = RequestFacts {
+        idempotent_method: true,
+        idempotency_key: false,
+    };
+    const POST: RequestFacts = RequestFacts {
+        idempotent_method: false,
+        idempotency_key: false,
+    };
+    const KEYED_POST: RequestFacts = RequestFacts {
+        idempotent_method: false,
+        idempotency_key: true,
+    };
+
+    fn attempt(
+        status: u16,
+        signal: Signal,
+        facts: RequestFacts,
+        upstream: Upstream,
+        id: &'static str,
+    ) -> Failed<'static> {
+        Failed {
+            response: Observed {
+                status,
+                flags: 0,
+                details: "",
+                connection_close: matches!(signal, Signal::Close),
+                drain_header: matches!(signal, Signal::Drain),
+                overloaded: false,
+                endpoint: None,
+            },
+            upstream,
+            cluster: Some("app"),
+            request_id: Some(id),
+            facts,
+        }
+    }
+
+    fn from_a(
+        status: u16,
+        signal: Signal,
+        facts: RequestFacts,
+        id: &'static str,
+    ) -> Failed<'static> {
+        attempt(status, signal, facts, Upstream::Endpoint(addr(A)), id)
+    }
+
+    /// Guards: `policy::decide` (cause) and `safety::is_safe` (the verdict's
+    /// own safety check).
+    #[tokio::test(start_paused = true)]
+    async fn the_verdict_follows_the_cause_and_the_requests_safety() {
+        use Signal::*;
+        let d = decider(|_| {});
+        let stand = Verdict::Stand;
+        let cases = [
+            (503, Drain, POST, Verdict::Retry, "never reached the app"),
+            (503, Close, GET, Verdict::Retry, "a leaving pod, idempotent"),
+            (
+                503,
+                Close,
+                POST,
+                stand(Decision::Unsafe),
+                "a leaving pod may have run it",
+            ),
+            (503, Close, KEYED_POST, Verdict::Retry, "an idempotency key"),
+            (503, Plain, GET, Verdict::Retry, "retry_plain_503 on"),
+            (
+                503,
+                Plain,
+                POST,
+                stand(Decision::Unsafe),
+                "a plain 503 may have run it",
+            ),
+            (
+                500,
+                Plain,
+                GET,
+                stand(Decision::NotRetriable),
+                "another 5xx",
+            ),
+            (429, Plain, GET, stand(Decision::NotRetriable), "overload"),
+        ];
+        for (i, (status, signal, facts, want, why)) in cases.into_iter().enumerate() {
+            let id = ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7"][i];
+            let (_, got) = d.judge(&from_a(status, signal, facts, id));
+            assert_eq!(got, want, "{status} {why}");
+        }
+        let off = decider(|c| c.retry.retry_plain_503 = false);
+        let (cause, got) = off.judge(&from_a(503, Plain, GET, "p"));
+        assert_eq!((cause, got), (Cause::App503, stand(Decision::NotRetriable)));
+        let disabled = decider(|c| c.retry.enabled = false);
+        let (_, got) = disabled.judge(&from_a(503, Drain, GET, "d"));
+        assert_eq!(got, stand(Decision::Disabled));
+    }
+
+    /// Guard: the hold-or-retry choice at the end of `verdict`.
+    #[tokio::test(start_paused = true)]
+    async fn hold_when_no_other_endpoint_can_serve_else_retry() {
+        let d = decider(|_| {});
+        let (_, got) = d.judge(&from_a(503, Signal::Drain, GET, "1"));
+        assert_eq!(got, Verdict::Retry, "B is ready");
+        d.registry
+            .set_state(addr(B), None, State::Draining, "test")
+            .expect("known");
+        let (_, got) = d.judge(&from_a(503, Signal::Drain, GET, "2"));
+        assert_eq!(got, Verdict::Hold, "B is leaving: only A, which failed");
+        let hold = attempt(503, Signal::Plain, POST, Upstream::Hold, "3");
+        let (cause, got) = d.judge(&hold);
+        assert_eq!((cause, got), (Cause::NoHealthyUpstream, Verdict::Hold));
+        let mut elsewhere = from_a(503, Signal::Drain, GET, "4");
+        elsewhere.cluster = Some("not-known");
+        let (_, got) = d.judge(&elsewhere);
+        assert_eq!(
+            got,
+            Verdict::Retry,
+            "no cluster to hold for: Envoy's own retry"
+        );
+    }
+
+    /// Guard: `lagging` (the third-failure rule) in `verdict`.
+    #[tokio::test(start_paused = true)]
+    async fn the_third_failure_of_one_request_is_held() {
+        let d = decider(|_| {});
+        let fail = || d.judge(&from_a(503, Signal::Drain, GET, "same")).1;
+        assert_eq!(fail(), Verdict::Retry);
+        assert_eq!(fail(), Verdict::Retry);
+        assert_eq!(fail(), Verdict::Hold, "Envoy's view lags: give it time");
+        let (_, other) = d.judge(&from_a(503, Signal::Drain, GET, "other"));
+        assert_eq!(other, Verdict::Retry, "another request has its own count");
+    }
+
+    /// Guard: the taint check at the top of `verdict` (and `may_retry`).
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_that_may_have_run_taints_every_later_one() {
+        let d = decider(|_| {});
+        let (_, first) = d.judge(&from_a(503, Signal::Close, POST, "post"));
+        assert_eq!(first, Verdict::Stand(Decision::Unsafe));
+        assert!(!d.may_retry(Some("post")), "the gate stops any retry of it");
+        // A later attempt that never reached an app would be safe on its
+        // own: not after one that may have run it.
+        let (_, later) = d.judge(&from_a(503, Signal::Drain, POST, "post"));
+        assert_eq!(later, Verdict::Stand(Decision::Unsafe));
+        assert!(d.may_retry(Some("another")));
+        assert!(d.may_retry(None), "no id: nothing known against it");
+    }
+
+    /// Guards: `adds_load` and the budget withdrawal in `verdict`.
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_stops_only_retries_that_add_load_and_refills() {
+        let d = decider(|c| {
+            c.budget.ratio = 0.0;
+            c.budget.min_per_second = 1;
+            c.budget.window = Duration::from_secs(1);
+        });
+        let plain = |id| d.judge(&from_a(503, Signal::Plain, GET, id)).1;
+        assert_eq!(plain("1"), Verdict::Retry, "the floor: one a second");
+        assert_eq!(plain("2"), Verdict::Stand(Decision::BudgetSpent));
+        for (signal, id) in [(Signal::Close, "3"), (Signal::Drain, "4")] {
+            let (_, got) = d.judge(&from_a(503, signal, GET, id));
+            assert_eq!(got, Verdict::Retry, "away from a leaving pod: free");
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(plain("5"), Verdict::Retry, "a second later");
+    }
 }

@@ -1,4 +1,4 @@
-//! The protocol side of the decide wiring: reads a failed attempt (or final
+//! The protocol side of a verdict: reads a failed attempt (or final
 //! response) out of Envoy's message, asks [`crate::decide`] for a verdict,
 //! and writes it back as Envoy understands it.
 
@@ -42,9 +42,6 @@ fn failed<'a>(decider: &Decider, headers: &'a HttpHeaders, attrs: Attributes<'a>
             idempotency_key: attrs
                 .str("request.headers['idempotency-key']")
                 .is_some_and(|k| !k.trim().is_empty()),
-            // Envoy keeps the body for its own retries; when it could not
-            // (over its buffer limit) it does not retry, whatever we say.
-            body_replayable: true,
         },
     }
 }
@@ -87,10 +84,10 @@ pub(crate) fn on_response_headers(
         }
         Verdict::Hold => {
             // Envoy must wait for the hold: extend its message timeout to
-            // the hold's deadline, plus a margin to answer in.
+            // `max_hold`, plus a margin to answer in.
             let wait = decider
-                .cfg
-                .deadline
+                .hold_cfg
+                .max_hold
                 .saturating_add(crate::config::Hold::ANSWER_MARGIN);
             return Reply {
                 now: reply::extend_timeout(wait),
@@ -111,7 +108,7 @@ pub(crate) fn on_response_headers(
 pub(crate) fn on_retry(decider: &Decider, attrs: Attributes<'_>) -> ProcessingResponse {
     let id = attrs.str("request.id").filter(|id| !id.is_empty());
     if decider.may_retry(id) {
-        reply::continue_request_headers(None, reply::Mutation::default())
+        reply::continue_request_headers()
     } else {
         reply::refuse(
             "not retried: an earlier attempt may have run this request\n",
