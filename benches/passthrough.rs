@@ -80,7 +80,7 @@ async fn main() {
         ("b", PodState::Ready),
         ("c", PodState::Ready),
     ];
-    let stack = Stack::decide(&pods, &[], &[]).await;
+    let stack = Stack::start(&pods, &[], &[]).await;
     let targets = [
         ("Envoy alone", stack.baseline),
         ("Envoy + mulligan", stack.front),

@@ -551,13 +551,13 @@ async fn held_requests_arrive_whole_once_a_pod_starts() {
     }
 }
 
-/// Nothing comes back: a held request ends at `rescue.deadline` with the 503
+/// Nothing comes back: a held request ends at `hold.max_hold` with the 503
 /// and `Retry-After`, never later.
 #[tokio::test]
 async fn a_hold_that_finds_nothing_ends_with_retry_after() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("m.toml");
-    std::fs::write(&cfg, "[rescue]\ndeadline = \"1s\"\n").expect("config");
+    std::fs::write(&cfg, "[hold]\nmax_hold = \"1s\"\n").expect("config");
     let stack = Stack::start(
         &[("a", PodState::Gone)],
         &["--config", cfg.to_str().expect("path")],

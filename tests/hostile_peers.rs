@@ -40,7 +40,7 @@ use rig::{
 };
 
 const IN_FLIGHT: &str = "mulligan_ext_proc_streams_in_flight";
-const HELD: &str = "mulligan_rescue_held";
+const HELD: &str = "mulligan_held";
 /// A bound for what a loaded 2-core machine does in moments.
 const LOADED: Duration = Duration::from_secs(20);
 
@@ -395,7 +395,7 @@ async fn a_stalled_stream_ends_with_deadline_exceeded_and_others_carry_on_on_eve
 async fn a_peer_that_leaves_or_talks_in_the_middle_of_a_hold_loses_nothing() {
     // An endpoint the configuration lists but that refuses connections (a
     // pod restarting): worth waiting for, and never ready in this test.
-    let m = start("[rescue]\ndeadline = \"1s\"\n[endpoints]\nstatic = [\"127.0.0.1:1\"]\n").await;
+    let m = start("[hold]\nmax_hold = \"1s\"\n[endpoints]\nstatic = [\"127.0.0.1:1\"]\n").await;
     // Reset mid-hold.
     let mut c = open_as(m.grpc, "attempt").await;
     c.send(from_the_hold()).await;
@@ -427,7 +427,7 @@ async fn a_peer_that_leaves_or_talks_in_the_middle_of_a_hold_loses_nothing() {
 #[tokio::test]
 async fn an_absurd_hold_deadline_in_the_config_takes_nothing_down() {
     let m = start(
-        "[rescue]\ndeadline = \"500000000000years\"\n\
+        "[hold]\nmax_hold = \"500000000000years\"\n\
          [hold]\nenvoy_max_message_timeout = \"500000000001years\"\n\
          [endpoints]\nstatic = [\"127.0.0.1:1\"]\n",
     )

@@ -284,7 +284,7 @@ async fn a_pod_announced_terminating_has_its_503s_retried_on_another_pod() {
     assert!(pods[1].rejected() > 0, "Envoy still sent requests to b");
     assert_eq!(pods[1].served(), served_before, "b ran a request");
     assert!(
-        m.metric(r#"mulligan_decisions_total{cause="upstream_draining",decision="rescue"}"#)
+        m.metric(r#"mulligan_decisions_total{cause="upstream_draining",decision="retry"}"#)
             .await
             > 0.0,
         "b's 503s were judged as a draining pod's"

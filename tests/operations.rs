@@ -326,8 +326,8 @@ fn check_config_and_serve_refuse_what_would_fail_at_run_time() {
         ),
         ("[probe]\npath = \"ready\"\n", ":2:8: probe.path"),
         (
-            "[rescue]\ndrain_header = \"connection\"\n",
-            ":2:16: rescue.drain_header",
+            "[retry]\ndrain_header = \"connection\"\n",
+            ":2:16: retry.drain_header",
         ),
         // In milliseconds it does not fit the registry's u64 clock: the
         // first failure would get a truncated, meaningless penalty.

@@ -289,7 +289,7 @@ async fn tonic_call(addr: SocketAddr) -> Result<Vec<u8>, tonic::Status> {
 }
 
 /// Nothing can serve (the only pod is gone): a gRPC call is held like an
-/// HTTP request, and at `rescue.deadline` ends as the hold's 503 with
+/// HTTP request, and at `hold.max_hold` ends as the hold's 503 with
 /// `grpc-status: 14` and `Retry-After`, no body, which a gRPC client reads
 /// as UNAVAILABLE, the code of the baseline's trailers-only answer (HTTP
 /// 200, `grpc-status: 14`).
@@ -297,7 +297,7 @@ async fn tonic_call(addr: SocketAddr) -> Result<Vec<u8>, tonic::Status> {
 async fn a_grpc_call_nothing_can_serve_is_held_then_ends_unavailable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("m.toml");
-    std::fs::write(&cfg, "[rescue]\ndeadline = \"1s\"\n").expect("config");
+    std::fs::write(&cfg, "[hold]\nmax_hold = \"1s\"\n").expect("config");
     let args = ["--config", cfg.to_str().expect("path")];
     let mut rig = Rig::start_with(&[("a", ProtoState::Ready)], &[H2C], &args).await;
     rig.pods.clear();

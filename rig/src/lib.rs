@@ -74,7 +74,7 @@ pub const LOADED: std::time::Duration = std::time::Duration::from_secs(20);
 /// mulligan out or failing open (`message_timeouts`, `failure_mode_allowed`)
 /// versus mulligan answering otherwise (`mulligan_answers_total`).
 pub async fn wait_held(mulligan: &mulligan::Mulligan, envoy: &envoy::Envoy, n: usize) {
-    let sample = "mulligan_rescue_held";
+    let sample = "mulligan_held";
     let until = tokio::time::Instant::now() + LOADED;
     loop {
         let held = mulligan.metric(sample).await;

@@ -89,7 +89,7 @@ async fn a_holds(
     });
     mulligan
         .wait_metric(
-            "mulligan_rescue_held",
+            "mulligan_held",
             1.0,
             std::time::Duration::from_secs(10),
             &format!("{round}: Gateway A's request held"),

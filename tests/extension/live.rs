@@ -482,7 +482,7 @@ async fn held_then_served(headers: &[(&'static str, &'static str)], answered: &s
     });
     gw.mulligan
         .wait_metric(
-            "mulligan_rescue_held",
+            "mulligan_held",
             1.0,
             Duration::from_secs(5),
             "the request held",
