@@ -153,7 +153,6 @@ soak: envoy release
 
 bench: envoy release
 	cargo bench --bench passthrough
-	cargo bench --bench rescue
 	cargo bench --bench hot_path
 	$(ROLLOUT) all
 

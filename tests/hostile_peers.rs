@@ -236,7 +236,7 @@ async fn an_empty_message_is_counted_and_the_stream_carries_on_on_every_role() {
 /// OUT_OF_RANGE; a stream beside it on the same connection carries on.
 #[tokio::test]
 async fn an_oversized_message_fails_only_its_stream_on_every_role() {
-    // The smallest limit every config accepts (a response body must fit).
+    // A limit well under what Envoy sends in one message here.
     let m = start("[limits]\nmax_message_bytes = 4194304\n").await;
     for role in ROLES {
         let mut client = connect(m.grpc).await;
