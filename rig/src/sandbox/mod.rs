@@ -13,6 +13,7 @@
 
 pub mod bootstrap;
 pub mod control;
+pub mod driver;
 pub mod view;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

@@ -170,3 +170,108 @@ async fn one(http: &HttpClient, addr: SocketAddr, post: bool) -> bool {
         matches!(r, Ok(r) if r.status.is_success())
     }
 }
+
+/// One listener's figures in a view frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Figures {
+    /// Answered ok in the last second.
+    pub ok: u64,
+    /// Failed in the last second.
+    pub failed: u64,
+    /// Sent and not answered yet.
+    pub waiting: u64,
+    /// Failed since the start.
+    pub failed_in_all: u64,
+}
+
+/// One second of the view, as printed (for whoever reads the sandbox's
+/// output: its test, a script).
+#[derive(Clone, Debug, Default)]
+pub struct Frame {
+    /// Each pod and its state, as printed.
+    pub pods: String,
+    pub gateway: Figures,
+    pub mulligan: Figures,
+    /// mulligan's answers since the start.
+    pub retried: u64,
+    pub held: u64,
+    pub stood: u64,
+    /// The frame's three lines.
+    pub text: String,
+}
+
+impl Frame {
+    /// Parses a frame from its three lines; `None` if they are not one.
+    pub fn parse(lines: &[String]) -> Option<Frame> {
+        let [head, gateway, mulligan] = lines else {
+            return None;
+        };
+        let pods = head.split_once("] pods: ")?.1.to_string();
+        let gateway = figures(gateway.trim_start().strip_prefix(GATEWAY_LABEL)?)?;
+        let rest = mulligan.trim_start().strip_prefix(MULLIGAN_LABEL)?;
+        let answers = rest.split_once("| answers: ")?.1;
+        let n: Vec<u64> = answers
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let [retried, held, stood] = n[..] else {
+            return None;
+        };
+        Some(Frame {
+            pods,
+            gateway,
+            mulligan: figures(rest)?,
+            retried,
+            held,
+            stood,
+            text: lines.join("\n"),
+        })
+    }
+}
+
+/// `  47 ok    3 failed    0 waiting |  12 failed in all ...`
+fn figures(text: &str) -> Option<Figures> {
+    let w: Vec<&str> = text.split_whitespace().collect();
+    match w[..] {
+        [ok, "ok", failed, "failed", waiting, "waiting", "|", all, "failed", "in", "all", ..] => {
+            Some(Figures {
+                ok: ok.parse().ok()?,
+                failed: failed.parse().ok()?,
+                waiting: waiting.parse().ok()?,
+                failed_in_all: all.parse().ok()?,
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_printed_frame_parses_back() {
+        let g = Tally::default();
+        let m = Tally::default();
+        g.ok.store(47, Ordering::Release);
+        g.failed.store(3, Ordering::Release);
+        m.ok.store(50, Ordering::Release);
+        m.waiting.store(2, Ordering::Release);
+        let lines = vec![
+            "[ 12s] pods: a ready, b draining".to_string(),
+            format!("  {}", line(GATEWAY_LABEL, &g, &mut Seen::default())),
+            format!(
+                "  {} | answers: 31 retried, 4 held, 1 stood",
+                line(MULLIGAN_LABEL, &m, &mut Seen::default())
+            ),
+        ];
+        let f = Frame::parse(&lines).expect("a frame");
+        assert_eq!(f.pods, "a ready, b draining");
+        assert_eq!(
+            (f.gateway.ok, f.gateway.failed, f.gateway.failed_in_all),
+            (47, 3, 3)
+        );
+        assert_eq!((f.mulligan.ok, f.mulligan.waiting), (50, 2));
+        assert_eq!((f.retried, f.held, f.stood), (31, 4, 1));
+    }
+}
