@@ -53,9 +53,9 @@ struct Output {
     frames: Vec<Frame>,
 }
 
-/// A running sandbox binary; killed when dropped.
+/// A running sandbox binary; stopped when dropped.
 pub struct Driver {
-    _child: Child,
+    child: Child,
     /// The control port the printed commands call.
     pub control: SocketAddr,
     /// Everything printed before the readiness line.
@@ -116,7 +116,7 @@ impl Driver {
             }
         });
         Driver {
-            _child: child,
+            child,
             control,
             intro,
             output,
@@ -187,6 +187,28 @@ impl Driver {
                 "{what}: not seen within {limit:?}; the last frames:\n{}",
                 self.recent(8)
             ),
+        }
+    }
+}
+
+impl Drop for Driver {
+    /// SIGTERM, as Ctrl-C would: the sandbox stops Envoy and mulligan
+    /// before it exits (a SIGKILL would leave them running). SIGKILL
+    /// (`kill_on_drop`) only if it has not exited within ten seconds.
+    fn drop(&mut self) {
+        let Some(pid) = self.child.id() else {
+            return;
+        };
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            // Exit has no signal to wait on from a synchronous drop.
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
