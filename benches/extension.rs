@@ -8,10 +8,6 @@
 //! wiring happened.
 //!
 //! `cargo bench --bench extension [-- --routes N --calls N]`
-// The tests' reader of Envoy Gateway's fixtures; the bench uses part of it.
-#[allow(dead_code)]
-#[path = "../tests/extension/xds.rs"]
-mod xds;
 
 use std::{sync::Arc, time::Instant};
 
@@ -31,11 +27,16 @@ use rig::bench::{arg, header, histogram, row};
 /// The fixture's HTTP route and its cluster, copied `n` times under new
 /// names; the other listeners, routes and clusters as they were.
 fn grown(n: usize) -> PostTranslateModifyRequest {
-    let t = xds::translations()
+    let t = rig::xds::translations()
         .into_iter()
         .find(|t| t.name.starts_with("from-gateway-api-to-xds"))
         .expect("fixture");
-    let mut req = t.request;
+    let mut req = PostTranslateModifyRequest {
+        clusters: t.clusters,
+        listeners: t.listeners,
+        routes: t.routes,
+        ..Default::default()
+    };
     const CLUSTER: &str = "httproute/default/backend/rule/0";
     let template_cluster = req
         .clusters

@@ -54,6 +54,7 @@ pub mod extension;
 pub mod fuzzing;
 mod labels;
 pub mod metrics;
+pub mod names;
 pub mod policy;
 pub(crate) mod replay;
 pub(crate) mod rescue;

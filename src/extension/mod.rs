@@ -5,8 +5,8 @@
 //! - [`api`]: the hook messages and service (`envoygateway.extension`);
 //! - [`policy`]: the `MulliganPolicy` resource, parsed and validated;
 //! - [`select`]: which routes a policy selects, with which settings;
-//! - [`wiring`]: the wiring itself, as pure xDS transforms, and every
-//!   name and number it uses;
+//! - [`wiring`]: the wiring itself, as pure xDS transforms, one file per
+//!   part (the names it shares with Envoy are in [`crate::names`]);
 //! - [`hooks`]: what each hook does, without gRPC;
 //! - [`server`]: the gRPC server and the `extension-server` subcommand.
 //!
@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod hooks;
+pub mod patch_policy;
 pub mod policy;
 pub mod select;
 pub mod server;

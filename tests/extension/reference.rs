@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::{
 };
 use serde_json::{json, Value};
 
+use mulligan::names;
 use rig::render;
 
 use super::{decode, gateway_ref, policy, server::ExtensionServer, translate, xds};
@@ -124,14 +125,43 @@ async fn the_server_installs_the_reference_bootstraps_wiring() {
         upstream_filters(app),
         "mulligan.attempt, mulligan.strip, upstream_codec"
     );
+    // An EDS cluster's endpoints are its app member's: the endpoint health
+    // settings are there; the retry breaker is the aggregate's, the router's.
+    let member = resp
+        .clusters
+        .iter()
+        .find(|c| c.name == "httproute/default/backend/rule/0/mulligan_app")
+        .expect("the aggregate's app member");
+    assert_eq!(member.outlier_detection, app.outlier_detection);
+    assert_eq!(
+        member
+            .common_lb_config
+            .as_ref()
+            .map(|c| c.healthy_panic_threshold),
+        app.common_lb_config
+            .as_ref()
+            .map(|c| c.healthy_panic_threshold),
+        "no panic routing among the app's endpoints"
+    );
+    assert_eq!(wired.circuit_breakers, app.circuit_breakers);
+    assert_eq!(
+        wired
+            .common_lb_config
+            .as_ref()
+            .map(|c| c.healthy_panic_threshold),
+        app.common_lb_config
+            .as_ref()
+            .map(|c| c.healthy_panic_threshold),
+        "no panic routing between the app and the hold"
+    );
     let listener = resp
         .listeners
         .iter()
         .find(|l| l.name == "default/eg/http")
         .expect("http listener");
     assert_eq!(
-        named(&hcm(listener).http_filters, "mulligan.final"),
-        named(&front.http_filters, "mulligan.final")
+        named(&hcm(listener).http_filters, names::filter::FINAL),
+        named(&front.http_filters, names::filter::FINAL)
     );
     let config = resp
         .routes
@@ -147,7 +177,7 @@ async fn the_server_installs_the_reference_bootstraps_wiring() {
         "the retry policy (default budget)"
     );
     assert_eq!(
-        route.request_headers_to_remove, routes.request_headers_to_remove,
+        route.request_headers_to_remove, want_vhost.routes[0].request_headers_to_remove,
         "what no client may send"
     );
     assert!(want_vhost.include_request_attempt_count);
@@ -157,7 +187,7 @@ async fn the_server_installs_the_reference_bootstraps_wiring() {
     );
     // The hold endpoint and its answer: the same connection managers (routes,
     // filters, timeout, local replies), and the same cluster between them.
-    for name in ["mulligan_hold", "mulligan_hold_answer"] {
+    for name in [names::hold::LISTENER, names::hold::ANSWER] {
         let manager = |ls: &[Listener]| {
             ls.iter()
                 .find(|l| l.name == name)
@@ -177,7 +207,7 @@ async fn the_server_installs_the_reference_bootstraps_wiring() {
     }
     let cluster = |cs: &[Cluster]| {
         cs.iter()
-            .find(|c| c.name == "mulligan_hold_answer")
+            .find(|c| c.name == names::hold::ANSWER)
             .map(|c| xds::to_json("envoy.config.cluster.v3.Cluster", c))
             .expect("the hold's answer cluster")
     };

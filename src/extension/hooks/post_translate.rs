@@ -1,131 +1,25 @@
-//! What each hook does to Envoy Gateway's resources, without gRPC.
-//!
-//! PostTranslateModify does the work: it sees every route, cluster and
-//! listener at once, so it can wire a route together with its cluster and
-//! its listener. PostRouteModify only carries HTTPRoute policies forward
-//! (Envoy Gateway gives them to that hook alone). PostEndpointsModify adds
-//! the hold endpoint to EDS clusters, whose endpoints PostTranslateModify
-//! never sees. The other hooks return their input.
-//!
-//! Within one translation Envoy Gateway calls, per route, PostRouteModify
-//! and then PostEndpointsModify for the route's clusters, and
-//! PostTranslateModify once at the end. So the Endpoints hook knows the
-//! clusters of HTTPRoute policies from the same translation, and those of
-//! Gateway policies from the previous one.
-//!
-//! Resources arrive as bytes ([`api::raw`]); one that is not changed goes
-//! back as the very bytes that came, and one that does not decode is
-//! passed through untouched.
+//! PostTranslateModify: sees every route, cluster and listener at once,
+//! so it wires a route together with its clusters and its listener, and
+//! adds mulligan's cluster and the hold's listeners.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::{
     cluster::v3::{cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster},
-    endpoint::v3::ClusterLoadAssignment,
     listener::v3::Listener,
-    route::v3::{Route, RouteConfiguration},
+    route::v3::RouteConfiguration,
 };
 use prost::Message;
 
-use super::{
+use super::Hooks;
+use crate::extension::{
     api::raw,
-    policy::{Mode, Settings},
+    policy::Settings,
     select::{self, Choice, Policies},
-    wiring::{self, MulliganAddress},
-    ExtensionMetrics,
+    wiring,
 };
 
-/// The hooks' shared state: where mulligan is, and which EDS clusters the
-/// last translation wired (for PostEndpointsModify, which has no context).
-pub struct Hooks {
-    mulligan: MulliganAddress,
-    /// EDS clusters the last PostTranslateModify wired.
-    eds_wired: ArcSwap<BTreeSet<String>>,
-    /// Clusters of routes PostRouteModify wired since then.
-    routes_wired: std::sync::Mutex<BTreeSet<String>>,
-    metrics: ExtensionMetrics,
-}
-
 impl Hooks {
-    pub fn new(mulligan: MulliganAddress) -> Self {
-        Self {
-            mulligan,
-            eds_wired: ArcSwap::from_pointee(BTreeSet::new()),
-            routes_wired: Default::default(),
-            metrics: ExtensionMetrics::new(),
-        }
-    }
-
-    fn policies<'a>(&self, resources: impl IntoIterator<Item = &'a [u8]>) -> Policies {
-        let metrics = &self.metrics;
-        Policies::read(resources, &mut |id, reason| {
-            tracing::warn!(
-                policy = id,
-                reason,
-                "invalid MulliganPolicy: its routes are left as Envoy Gateway made them"
-            );
-            metrics.invalid_policy();
-        })
-    }
-
-    /// Carries an HTTPRoute policy's decision on the route (a marker in its
-    /// metadata) and installs the route's retry policy.
-    pub fn post_route(&self, req: raw::PostRouteModifyRequest) -> raw::PostRouteModifyResponse {
-        let resources = req.post_route_context.iter().flat_map(|c| {
-            c.extension_policies
-                .iter()
-                .chain(&c.extension_resources)
-                .map(|r| r.unstructured_bytes.as_slice())
-        });
-        let policies = self.policies(resources);
-        let route = match (req.route, policies.for_route()) {
-            (Some(bytes), Some(Ok(policy))) => match Route::decode(bytes.as_slice()) {
-                Ok(mut route) => {
-                    select::write_marker(
-                        route.metadata.get_or_insert_with(Default::default),
-                        policy,
-                    );
-                    if policy.mode == Mode::Decide {
-                        let clusters = wiring::install_route(&mut route, &policy.settings);
-                        self.pending().extend(clusters);
-                    }
-                    Some(route.encode_to_vec())
-                }
-                Err(_) => Some(bytes),
-            },
-            (route, _) => route,
-        };
-        raw::PostRouteModifyResponse { route }
-    }
-
-    /// The clusters PostRouteModify wired in this translation (a poisoned
-    /// lock only means another hook panicked: the set is still usable).
-    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
-        self.routes_wired.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Adds the hold endpoint to an EDS cluster that is wired (see the
-    /// module's note on ordering).
-    pub fn post_endpoints(&self, assignment: Option<Vec<u8>>) -> Option<Vec<u8>> {
-        let bytes = assignment?;
-        let wired = self.eds_wired.load();
-        if wired.is_empty() && self.pending().is_empty() {
-            return Some(bytes);
-        }
-        match ClusterLoadAssignment::decode(bytes.as_slice()) {
-            Ok(mut cla)
-                if wired.contains(&cla.cluster_name)
-                    || self.pending().contains(&cla.cluster_name) =>
-            {
-                wiring::install_hold_endpoint(&mut cla);
-                Some(cla.encode_to_vec())
-            }
-            _ => Some(bytes),
-        }
-    }
-
     /// Installs the wiring for every route a policy selects.
     pub fn post_translate(
         &self,
@@ -153,9 +47,7 @@ impl Hooks {
             .map(|b| RouteConfiguration::decode(b.as_slice()).ok())
             .collect();
         let plan = plan(&policies, &configs);
-        self.pending().clear();
         let wired = if plan.routes.is_empty() {
-            self.eds_wired.store(Arc::new(BTreeSet::new()));
             self.metrics.routes_ungated(0);
             0
         } else {
@@ -187,9 +79,11 @@ impl Hooks {
             upsert(&mut resp.clusters, mulligan, |b| {
                 Cluster::decode(b).ok().map(|c| c.name)
             });
-            upsert(&mut resp.clusters, wiring::hold_answer_cluster(), |b| {
-                Cluster::decode(b).ok().map(|c| c.name)
-            });
+            for hold in [wiring::hold_cluster(), wiring::hold_answer_cluster()] {
+                upsert(&mut resp.clusters, hold, |b| {
+                    Cluster::decode(b).ok().map(|c| c.name)
+                });
+            }
             for hold in [wiring::hold_listener(), wiring::hold_answer_listener()] {
                 upsert(&mut resp.listeners, hold, |b| {
                     Listener::decode(b).ok().map(|l| l.name)
@@ -199,15 +93,16 @@ impl Hooks {
         wired_routes
     }
 
-    /// Wires the planned clusters; returns those that could not be wired.
+    /// Wires the planned clusters (an EDS one becomes an aggregate with the
+    /// hold, its app member added); returns those that could not be wired.
     fn install_clusters(
         &self,
-        clusters: &mut [Vec<u8>],
+        clusters: &mut Vec<Vec<u8>>,
         plan: &BTreeMap<String, Settings>,
     ) -> BTreeSet<String> {
         let mut missing: BTreeSet<String> = plan.keys().cloned().collect();
         let mut failed = BTreeSet::new();
-        let mut eds = BTreeSet::new();
+        let mut members = Vec::new();
         for bytes in clusters.iter_mut() {
             let Ok(mut cluster) = Cluster::decode(bytes.as_slice()) else {
                 continue;
@@ -216,23 +111,30 @@ impl Hooks {
                 continue;
             };
             missing.remove(&cluster.name);
-            match wiring::install_cluster(&mut cluster, settings) {
-                Ok(()) => {
-                    if is_eds(&cluster) {
-                        eds.insert(cluster.name.clone());
-                    }
-                    *bytes = cluster.encode_to_vec();
-                }
+            let done = if is_eds(&cluster) || wiring::is_aggregate(&cluster) {
+                wiring::install_eds_cluster(&cluster, settings).map(|w| {
+                    members.extend(w.app);
+                    w.aggregate
+                })
+            } else {
+                wiring::install_cluster(&mut cluster, settings).map(|()| cluster)
+            };
+            match done {
+                Ok(wired) => *bytes = wired.encode_to_vec(),
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster left as Envoy Gateway made it");
                     self.metrics.wiring_error();
-                    failed.insert(cluster.name);
+                    failed.insert(e.cluster().to_string());
                 }
             }
         }
+        for member in members {
+            upsert(clusters, member, |b| {
+                Cluster::decode(b).ok().map(|c| c.name)
+            });
+        }
         // A cluster a route names but the translation lacks cannot be wired.
         failed.extend(missing);
-        self.eds_wired.store(Arc::new(eds));
         failed
     }
 }
