@@ -1,5 +1,8 @@
 # The two commands a newcomer needs:
-#   make run    build, install Envoy if missing, start Envoy + mulligan + two pods
+#   make run    build, install Envoy if missing, start Envoy (a listener with mulligan
+#               beside one with Envoy Gateway's default retries) + mulligan + three pods,
+#               and print the curl commands that drain, kill, restart and scale them;
+#               make run LOAD=1 also shows, every second, what each listener served and failed
 #   make test   install Envoy, cargo-deny and Prometheus if missing, fmt check, clippy -D warnings
 #               (fuzzing feature on), cargo-deny (licenses, bans, sources), the alerting rules
 #               through promtool, all tests, and a build without the default kubernetes
@@ -31,8 +34,12 @@ ROLLOUT       := MULLIGAN_BIN=$(MULLIGAN_BIN) $(CURDIR)/target/release/rollout
 release:
 	cargo build --release -p mulligan -p mulligan-rig --bins
 
+# LOAD=1 (or a rate: LOAD=100) sends that load through both listeners and
+# prints the view; without it the sandbox waits for your own curls.
+LOAD          ?=
 run: envoy release
-	MULLIGAN_BIN=$(MULLIGAN_BIN) $(CURDIR)/target/release/sandbox
+	MULLIGAN_BIN=$(MULLIGAN_BIN) $(CURDIR)/target/release/sandbox \
+		$(if $(filter-out 1,$(LOAD)),--load $(LOAD),$(if $(LOAD),--load))
 
 test: envoy deny kubectl prometheus
 	cargo fmt --all -- --check

@@ -29,6 +29,7 @@ pub mod pods;
 pub mod protocols;
 pub mod render;
 pub mod rollout;
+pub mod sandbox;
 pub mod tls;
 pub mod xds;
 
