@@ -220,7 +220,7 @@ async fn killed_under_load_every_request_ends_as_envoy_alone_and_a_restart_serve
 /// does to mulligan ends them.
 async fn holding(n: usize, mulligan_toml: &str) -> (Stack, Vec<tokio::task::JoinHandle<Reply>>) {
     let toml = format!(
-        "[hold]\nmax_hold = \"30s\"\n[hold]\nenvoy_max_message_timeout = \"31s\"\n{mulligan_toml}"
+        "[hold]\nmax_hold = \"30s\"\nenvoy_max_message_timeout = \"31s\"\n{mulligan_toml}"
     );
     let stack = Stack::with_config(
         &[("a", PodState::Gone)],
@@ -440,7 +440,7 @@ async fn an_envoy_hot_restart_releases_the_old_envoys_holds() {
     std::fs::write(
         &cfg,
         format!(
-            "[hold]\nmax_hold = \"30s\"\n[hold]\nenvoy_max_message_timeout = \"31s\"\n\
+            "[hold]\nmax_hold = \"30s\"\nenvoy_max_message_timeout = \"31s\"\n\
              [endpoints]\nstatic = [\"{}\"]\n",
             gone.addr
         ),

@@ -428,7 +428,7 @@ async fn a_peer_that_leaves_or_talks_in_the_middle_of_a_hold_loses_nothing() {
 async fn an_absurd_hold_deadline_in_the_config_takes_nothing_down() {
     let m = start(
         "[hold]\nmax_hold = \"500000000000years\"\n\
-         [hold]\nenvoy_max_message_timeout = \"500000000001years\"\n\
+         envoy_max_message_timeout = \"500000000001years\"\n\
          [endpoints]\nstatic = [\"127.0.0.1:1\"]\n",
     )
     .await;
