@@ -178,7 +178,15 @@ async fn a_bootstrap_of_the_users_runs_as_one_more_variant() {
         alone.errors_by_cause,
         mine.errors_by_cause
     );
-    assert!(mine.errors_per_second.iter().sum::<u64>() == mine.errors);
+    // Within noise: the two loads are independent, the rollout and the EDS
+    // lag the same (about 100 each in this run; a factor of two is far
+    // outside what timing alone moves).
+    let (a, m) = (alone.rollout_errors, mine.rollout_errors);
+    assert!(
+        m <= 2 * a && a <= 2 * m,
+        "the user's copy of Envoy alone leaks as Envoy alone does: alone {a}, mine {m}"
+    );
+    assert_eq!(mine.errors_per_second.iter().sum::<u64>(), mine.errors);
     assert!(mine.mulligan.is_none(), "no mulligan runs beside it");
 }
 
