@@ -117,14 +117,16 @@ impl OwnBootstrap {
                 missing.join(" or ")
             ));
         }
-        if !found.contains("EDS_FILE") && !found.contains("HOLD_EDS_FILE") {
-            let hint = if found.contains("APP_ENDPOINTS") {
-                "a static ${APP_ENDPOINTS} list cannot follow a rollout, which replaces every pod; "
+        let eds = found.contains("EDS_FILE") || found.contains("HOLD_EDS_FILE");
+        if !eds || found.contains("APP_ENDPOINTS") {
+            let what = if found.contains("APP_ENDPOINTS") {
+                "lists ${APP_ENDPOINTS}: a static list cannot follow a rollout, which replaces \
+                 every pod; "
             } else {
-                ""
+                "has no ${EDS_FILE}: "
             };
             return Err(format!(
-                "{file} has no ${{EDS_FILE}}: {hint}put the app cluster on filesystem EDS \
+                "{file} {what}put the app cluster on filesystem EDS \
                  (type: EDS; eds_cluster_config.eds_config.path_config_source.path: ${{EDS_FILE}}, \
                  watched_directory.path: ${{EDS_DIR}}; cluster or service_name ${{EDS_CLUSTER}}), \
                  as envoy-config/standalone/examples/envoy-alone.yaml does"
