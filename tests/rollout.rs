@@ -4,6 +4,7 @@
 //! them, and run no request twice.
 
 use rig::rollout::{
+    own::OwnBootstrap,
     proxies::Variant,
     scenario::{self, Options},
 };
@@ -126,4 +127,115 @@ async fn the_soak_mode_rolls_on_a_clock_and_samples_memory_and_fds() {
     result.plot_resources(&svg).expect("plot");
     let text = std::fs::read_to_string(&svg).expect("svg written");
     assert!(text.contains("RSS MiB") && text.contains("open fds"));
+}
+
+/// The example of a user's bootstrap: the reference one without mulligan.
+fn envoy_alone_example() -> std::path::PathBuf {
+    rig::repo_root().join("envoy-config/standalone/examples/envoy-alone.yaml")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_of_the_users_runs_as_one_more_variant() {
+    // The reference bootstrap without mulligan's filters, as a user would
+    // pass it: `--bootstrap mine=envoy-alone.yaml`.
+    let arg = format!("mine={}", envoy_alone_example().display());
+    let own = OwnBootstrap::parse(&arg).expect("the example has every placeholder");
+    own.validate().expect("Envoy accepts the rendered example");
+    let opts = Options {
+        duration_s: Some(8.0),
+        rate: Some(100.0),
+        progress: false,
+        variants: vec![Variant::EnvoyAlone],
+        bootstraps: vec![own],
+        ..Options::default()
+    };
+    let result = scenario::run("eds-lag", &opts).await;
+    let table = result.markdown();
+    println!("{table}");
+    let by = |name: &str| {
+        result
+            .variants
+            .iter()
+            .find(|r| r.variant == name)
+            .unwrap_or_else(|| panic!("variant {name} ran: {table}"))
+    };
+    let (alone, mine) = (by(Variant::EnvoyAlone.name()), by("mine"));
+    assert!(
+        mine.label.starts_with("mine (") && table.contains(&format!("| {} |", mine.label)),
+        "the table names the user's variant: {table}"
+    );
+    assert!(mine.requests >= 790, "the load ran through it: {mine:?}");
+    // Its requests reached the pods under its own tag, once each.
+    assert!(
+        mine.amplification >= 0.9 && mine.amplification < 1.5,
+        "the pods counted its requests: {mine:?}"
+    );
+    assert_eq!(mine.ran_twice, 0, "no retries: nothing ran twice");
+    // The same configuration as Envoy alone leaks as Envoy alone does.
+    assert!(
+        alone.rollout_errors > 0 && mine.rollout_errors > 0,
+        "both leak the rollout's 503s: alone {:?}, mine {:?}",
+        alone.errors_by_cause,
+        mine.errors_by_cause
+    );
+    // Within noise: the two loads are independent, the rollout and the EDS
+    // lag the same (about 100 each in this run; a factor of two is far
+    // outside what timing alone moves).
+    let (a, m) = (alone.rollout_errors, mine.rollout_errors);
+    assert!(
+        m <= 2 * a && a <= 2 * m,
+        "the user's copy of Envoy alone leaks as Envoy alone does: alone {a}, mine {m}"
+    );
+    assert_eq!(mine.errors_per_second.iter().sum::<u64>(), mine.errors);
+    assert!(mine.mulligan.is_none(), "no mulligan runs beside it");
+}
+
+#[test]
+fn a_bootstrap_the_harness_cannot_run_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+    let example = std::fs::read_to_string(envoy_alone_example()).expect("example");
+
+    let no_listen = write("no-listen.yaml", &example.replace("${LISTEN_PORT}", "8080"));
+    let e = OwnBootstrap::parse(&no_listen).expect_err("no ${LISTEN_PORT}");
+    assert!(e.contains("${LISTEN_PORT}"), "{e}");
+
+    // The reference bootstrap as shipped lists its endpoints statically:
+    // a rollout replaces every pod, so the harness asks for EDS.
+    let reference = rig::repo_root().join("envoy-config/standalone/envoy.yaml");
+    let e = OwnBootstrap::parse(&reference.display().to_string()).expect_err("static endpoints");
+    assert!(
+        e.contains("${APP_ENDPOINTS}") && e.contains("${EDS_FILE}"),
+        "{e}"
+    );
+
+    // Every placeholder present, but Envoy would refuse the result.
+    let broken = write(
+        "broken.yaml",
+        &example.replace(
+            "connect_timeout: 1s",
+            "connect_timeout: 1s\n    no_such_field: 1",
+        ),
+    );
+    let own = OwnBootstrap::parse(&format!("broken={broken}")).expect("placeholders are there");
+    assert_eq!(own.name, "broken");
+    let e = own
+        .validate()
+        .expect_err("envoy --mode validate refuses it");
+    assert!(e.contains("no_such_field"), "{e}");
+
+    // A placeholder with neither a value nor a default.
+    let hole = write(
+        "hole.yaml",
+        &example.replace("timeout: 15s", "timeout: ${TIMEOUT}"),
+    );
+    let e = OwnBootstrap::parse(&hole)
+        .expect("placeholders are there")
+        .validate()
+        .expect_err("a hole");
+    assert!(e.contains("${TIMEOUT}"), "{e}");
 }

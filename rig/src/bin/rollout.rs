@@ -10,11 +10,15 @@
 //! `SCENARIO.svg` (errors per second over the run) and
 //! `SCENARIO-resources.svg` (RSS and open fds of mulligan and Envoy) to
 //! `--out`.
+//!
+//! `--bootstrap [NAME=]FILE` adds a bootstrap of the user's as one more
+//! variant (placeholders: `rig/src/rollout/own.rs`).
 
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use rig::rollout::{
+    own::{self, OwnBootstrap},
     proxies::Variant,
     scenario::{self, Options, SCENARIOS},
 };
@@ -56,6 +60,16 @@ struct Cli {
     /// mulligan (default: all; `soak`: mulligan).
     #[arg(long)]
     variants: Option<String>,
+    /// A bootstrap of yours, run as one more variant beside the others
+    /// (`NAME=FILE`, or `FILE` named after its stem); repeatable, up to 5.
+    /// The harness fills ${ADMIN_PORT} and ${LISTEN_PORT} (the listener the
+    /// load goes to), both required, and the app cluster's filesystem EDS:
+    /// ${EDS_FILE}, ${EDS_DIR}, ${EDS_CLUSTER} (or ${HOLD_EDS_FILE} and
+    /// ${HOLD_EDS_DIR}, with mulligan's hold endpoint); ${MULLIGAN_GRPC_PORT}
+    /// runs a mulligan beside it. Any other ${NAME} needs a default
+    /// (${NAME:-default}). See envoy-config/standalone/examples/envoy-alone.yaml.
+    #[arg(long = "bootstrap", value_name = "[NAME=]FILE")]
+    bootstraps: Vec<String>,
     /// Where the JSON and SVG files go.
     #[arg(long, default_value = "target/rollout")]
     out: PathBuf,
@@ -98,7 +112,28 @@ impl Cli {
         Ok(chosen)
     }
 
-    fn options(&self, variants: Vec<Variant>) -> Options {
+    /// The user's bootstraps, read, checked and validated by Envoy, or an
+    /// error saying what is wrong with which.
+    fn bootstraps(&self) -> Result<Vec<OwnBootstrap>, String> {
+        if self.bootstraps.len() > own::MAX {
+            return Err(format!("at most {} --bootstrap files in one run", own::MAX));
+        }
+        let mut chosen: Vec<OwnBootstrap> = Vec::new();
+        for arg in &self.bootstraps {
+            let b = OwnBootstrap::parse(arg)?;
+            if Variant::named(&b.name).is_some() || chosen.iter().any(|c| c.name == b.name) {
+                return Err(format!(
+                    "--bootstrap {arg}: the name {} is taken; name it (NAME=FILE)",
+                    b.name
+                ));
+            }
+            b.validate()?;
+            chosen.push(b);
+        }
+        Ok(chosen)
+    }
+
+    fn options(&self, variants: Vec<Variant>, bootstraps: Vec<OwnBootstrap>) -> Options {
         Options {
             duration_s: self.duration_s,
             rate: self.rate,
@@ -109,6 +144,7 @@ impl Cli {
             roll_every_s: self.roll_every_s,
             sample_every_s: self.sample_every_s,
             variants,
+            bootstraps,
             ..Options::default()
         }
     }
@@ -130,7 +166,12 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let opts = cli.options(variants);
+    // Before any pod starts: a bootstrap the harness cannot run is refused.
+    let bootstraps = cli.bootstraps().unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    });
+    let opts = cli.options(variants, bootstraps);
     if let Err(e) = std::fs::create_dir_all(&cli.out) {
         eprintln!("error: cannot create {}: {e}", cli.out.display());
         std::process::exit(1);

@@ -111,10 +111,10 @@ pub struct Sample {
 
 /// Runs the load against `target` until `spec.duration_s`, tagging every
 /// request with `x-harness-variant: TAG` (the pods count each numeric tag:
-/// see [`super::proxies::Variant::tag`]) and an `x-harness-id` of `TAG-N`.
+/// see [`super::proxies::Proxy::tag`]) and an `x-harness-id` of `TAG-N`.
 pub async fn run(
     target: SocketAddr,
-    tag: &'static str,
+    tag: String,
     spec: &Spec,
     start: Instant,
     progress: Arc<Mutex<Vec<u64>>>,
@@ -142,6 +142,7 @@ pub async fn run(
         };
         let body = body.clone();
         let progress = Arc::clone(&progress);
+        let tag = tag.clone();
         tasks.spawn(async move {
             let (method, path, req_body) = if post {
                 (Method::POST, format!("/echo?ms={ms}"), client::full(body))
@@ -155,7 +156,7 @@ pub async fn run(
                     method,
                     target,
                     &path,
-                    &[("x-harness-variant", tag), ("x-harness-id", &id)],
+                    &[("x-harness-variant", &tag), ("x-harness-id", &id)],
                     req_body,
                 )
                 .await;

@@ -4,7 +4,9 @@
 //! - Envoy alone, with no retries;
 //! - Envoy with the retries Envoy Gateway configures by default (taken
 //!   from its own xDS output in `shared/fixtures/envoy-gateway`);
-//! - Envoy with mulligan, wired as shipped (`envoy.yaml`).
+//! - Envoy with mulligan, wired as shipped (`envoy.yaml`);
+//! - any bootstrap of the user's (`rollout --bootstrap`): what their own
+//!   configuration leaks.
 //!
 //! All variants send to the same pods, which the same controller rolls, and
 //! each Envoy learns the endpoint set from the same EDS file (filesystem xDS)
@@ -12,6 +14,7 @@
 //!
 //! - [`cluster`]: pods, the controller and the EDS publisher;
 //! - [`proxies`]: the Envoy (and mulligan) behind each variant;
+//! - [`own`]: a bootstrap of the user's, its placeholders and checks;
 //! - [`load`]: the open-loop load generator;
 //! - [`report`]: tables, JSON and the SVG timeline;
 //! - [`resources`]: RSS and open fds of mulligan and Envoy over the run;
@@ -19,6 +22,7 @@
 
 pub mod cluster;
 pub mod load;
+pub mod own;
 pub mod proxies;
 pub mod report;
 pub mod resources;

@@ -12,6 +12,7 @@ use std::{net::SocketAddr, path::Path};
 
 use serde_json::{json, Value};
 
+use super::own::{EdsFiles, OwnBootstrap};
 use crate::{envoy::Envoy, mulligan::Mulligan, render};
 
 /// The proxies compared side by side.
@@ -79,7 +80,13 @@ impl Variant {
 
 /// A running proxy for one variant.
 pub struct Proxy {
-    pub variant: Variant,
+    /// [`Variant::name`], or the name of the user's bootstrap.
+    pub name: String,
+    /// What the report calls it.
+    pub label: String,
+    /// The pods' count for its `x-harness-variant` (0..8): built-in variants
+    /// take [`Variant::index`], the user's bootstraps the places after them.
+    pub index: usize,
     /// Kept for the run: dropping it stops Envoy.
     pub envoy: Envoy,
     pub mulligan: Option<Mulligan>,
@@ -239,15 +246,7 @@ impl Proxy {
         overrides: &[(&'static str, String)],
     ) -> Proxy {
         let mulligan = if variant == Variant::Mulligan {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let path = dir.path().join("mulligan.toml");
-            let toml = format!(
-                "[endpoints]\neds_file = {:?}\neds_file_poll = \"20ms\"\n{mulligan_toml}",
-                mulligan_eds.display().to_string()
-            );
-            std::fs::write(&path, toml).expect("mulligan config");
-            let m = Mulligan::start(&["--config", path.to_str().expect("path")]).await;
-            Some(m)
+            Some(start_mulligan(mulligan_eds, mulligan_toml).await)
         } else {
             None
         };
@@ -260,10 +259,66 @@ impl Proxy {
         };
         let front = envoy.listener(name).await;
         Proxy {
-            variant,
+            name: variant.name().to_string(),
+            label: variant.label().to_string(),
+            index: variant.index(),
             envoy,
             mulligan,
             front,
         }
     }
+
+    /// Starts the user's bootstrap `own` as the `slot`th of theirs, with a
+    /// mulligan beside it when the file names mulligan's port.
+    pub async fn start_own(
+        own: &OwnBootstrap,
+        slot: usize,
+        envoy_eds: &Path,
+        mulligan_eds: &Path,
+        mulligan_toml: &str,
+        overrides: &[(&'static str, String)],
+    ) -> Proxy {
+        let mulligan = if own.needs_mulligan() {
+            Some(start_mulligan(mulligan_eds, mulligan_toml).await)
+        } else {
+            None
+        };
+        let port = mulligan.as_ref().map_or(1, |m| m.grpc.port());
+        let files = EdsFiles {
+            eds: envoy_eds,
+            hold_eds: &hold_eds(envoy_eds),
+        };
+        let rendered = own
+            .render(&files, port, overrides)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let envoy = Envoy::start(&rendered.config).await;
+        let front = envoy.listener(&rendered.listener).await;
+        Proxy {
+            name: own.name.clone(),
+            label: own.label(),
+            index: Variant::ALL.len() + slot,
+            envoy,
+            mulligan,
+            front,
+        }
+    }
+
+    /// [`Proxy::index`] as text: the `x-harness-variant` of its requests,
+    /// by which the pods count what each proxy sent, and the prefix of their
+    /// `x-harness-id`.
+    pub fn tag(&self) -> String {
+        self.index.to_string()
+    }
+}
+
+/// A mulligan following `eds` (the cluster's EDS file for mulligan).
+async fn start_mulligan(eds: &Path, mulligan_toml: &str) -> Mulligan {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mulligan.toml");
+    let toml = format!(
+        "[endpoints]\neds_file = {:?}\neds_file_poll = \"20ms\"\n{mulligan_toml}",
+        eds.display().to_string()
+    );
+    std::fs::write(&path, toml).expect("mulligan config");
+    Mulligan::start(&["--config", path.to_str().expect("path")]).await
 }

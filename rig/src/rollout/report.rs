@@ -41,8 +41,8 @@ impl ProcStats {
 /// One variant's figures.
 #[derive(Clone, Debug, Serialize)]
 pub struct VariantResult {
-    pub variant: &'static str,
-    pub label: &'static str,
+    pub variant: String,
+    pub label: String,
     pub requests: u64,
     pub posts: u64,
     pub errors: u64,
@@ -77,8 +77,8 @@ pub struct VariantResult {
 
 impl VariantResult {
     pub fn new(
-        variant: &'static str,
-        label: &'static str,
+        variant: String,
+        label: String,
         samples: &[Sample],
         arrivals: u64,
         duration_s: f64,
@@ -360,7 +360,7 @@ impl ScenarioResult {
                         .map(|(s, e)| (s as u32, *e)),
                     color.stroke_width(2),
                 ))?
-                .label(v.label)
+                .label(v.label.clone())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                 });

@@ -12,6 +12,7 @@ use crate::mulligan::parse_metric;
 use super::{
     cluster::{Cluster, DrainMode, Spec as ClusterSpec},
     load::{self, Spec as LoadSpec},
+    own::OwnBootstrap,
     proxies::{Proxy, Variant},
     report::{ProcStats, ScenarioResult, VariantResult},
     resources,
@@ -71,6 +72,9 @@ pub struct Options {
     /// How often to read RSS and open fds of mulligan and Envoy.
     pub sample_every_s: Option<f64>,
     pub variants: Vec<Variant>,
+    /// The user's bootstraps, each run as one more variant after `variants`
+    /// (at most [`super::own::MAX`]).
+    pub bootstraps: Vec<OwnBootstrap>,
     /// Extra mulligan config (TOML) for the variants that run it.
     pub mulligan_toml: String,
     /// Placeholders of the reference bootstrap to fill otherwise than as
@@ -92,6 +96,7 @@ impl Default for Options {
             roll_every_s: None,
             sample_every_s: None,
             variants: Variant::available(),
+            bootstraps: Vec::new(),
             mulligan_toml: "[probe]\npath = \"/ready\"\ninterval = \"200ms\"\n".into(),
             envoy_overrides: Vec::new(),
             progress: true,
@@ -226,6 +231,28 @@ fn sum_matching(text: &str, labels: &str) -> f64 {
         .sum()
 }
 
+/// The proxies of every variant in `opts`, the user's bootstraps last.
+async fn start_proxies(cluster: &Cluster, opts: &Options) -> Vec<Proxy> {
+    assert!(
+        opts.bootstraps.len() <= super::own::MAX,
+        "at most {} bootstraps of the user's in one run",
+        super::own::MAX
+    );
+    let (eds, m_eds) = (cluster.envoy_eds(), cluster.mulligan_eds());
+    let (toml, overrides) = (&opts.mulligan_toml, &opts.envoy_overrides);
+    let mut proxies = Vec::new();
+    for v in &opts.variants {
+        proxies.push(Proxy::start(*v, eds, m_eds, toml, overrides).await);
+    }
+    for (slot, own) in opts.bootstraps.iter().enumerate() {
+        proxies.push(Proxy::start_own(own, slot, eds, m_eds, toml, overrides).await);
+    }
+    for m in proxies.iter().filter_map(|p| p.mulligan.as_ref()) {
+        cluster.add_mulligan(m.admin);
+    }
+    proxies
+}
+
 /// Runs scenario `name` against every variant in `opts`.
 pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
     let (mut cspec, mut lspec) = spec(name).unwrap_or_else(|| panic!("no scenario {name}"));
@@ -248,21 +275,7 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let cluster = Cluster::new(cspec.clone(), dir.path()).await;
-    let mut proxies = Vec::new();
-    for v in &opts.variants {
-        let p = Proxy::start(
-            *v,
-            cluster.envoy_eds(),
-            cluster.mulligan_eds(),
-            &opts.mulligan_toml,
-            &opts.envoy_overrides,
-        )
-        .await;
-        if let Some(m) = &p.mulligan {
-            cluster.add_mulligan(m.admin);
-        }
-        proxies.push(p);
-    }
+    let proxies = start_proxies(&cluster, opts).await;
     // Every proxy serves before the clock starts.
     for p in &proxies {
         let until = Instant::now() + Duration::from_secs(15);
@@ -271,15 +284,13 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
             if matches!(&r, Ok(r) if r.status == 200) {
                 break;
             }
-            assert!(
-                Instant::now() < until,
-                "{:?} never served: {r:?}",
-                p.variant
-            );
+            assert!(Instant::now() < until, "{} never served: {r:?}", p.name);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let arrivals_before: Vec<u64> = (0..Variant::ALL.len())
+    let arrivals_before: Vec<u64> = proxies
+        .iter()
+        .map(|p| p.index)
         .map(|i| cluster.all_pods().iter().map(|p| p.arrivals(i)).sum())
         .collect();
 
@@ -297,7 +308,7 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
     let watched: Vec<(String, u32)> = proxies
         .iter()
         .flat_map(|p| {
-            let l = p.variant.name();
+            let l = &p.name;
             let m = p
                 .mulligan
                 .as_ref()
@@ -320,7 +331,7 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
     let progress = Arc::new(Mutex::new(vec![0u64; proxies.len()]));
     let reporter = opts.progress.then(|| {
         let progress = Arc::clone(&progress);
-        let names: Vec<&str> = proxies.iter().map(|p| p.variant.name()).collect();
+        let names: Vec<String> = proxies.iter().map(|p| p.name.clone()).collect();
         let total = lspec.duration_s;
         let mulligans: Vec<(String, u32)> = watched
             .iter()
@@ -354,16 +365,10 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
             }
         })
     });
-    let loads = proxies.iter().enumerate().map(|(i, p)| {
-        load::run(
-            p.front,
-            p.variant.tag(),
-            &lspec,
-            start,
-            Arc::clone(&progress),
-            i,
-        )
-    });
+    let loads = proxies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| load::run(p.front, p.tag(), &lspec, start, Arc::clone(&progress), i));
     let samples = futures::future::join_all(loads).await;
     controller.abort();
     if let Some(r) = reporter {
@@ -372,22 +377,22 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
     let resources = sampler.await.unwrap_or_default();
 
     let mut variants = Vec::new();
-    for (p, s) in proxies.iter().zip(samples) {
-        let i = p.variant.index();
+    for ((p, s), before) in proxies.iter().zip(samples).zip(arrivals_before) {
+        let i = p.index;
         let arrivals: u64 = cluster
             .all_pods()
             .iter()
             .map(|pod| pod.arrivals(i))
             .sum::<u64>()
-            - arrivals_before[i];
+            - before;
         let mut v = VariantResult::new(
-            p.variant.name(),
-            p.variant.label(),
+            p.name.clone(),
+            p.label.clone(),
             &s,
             arrivals,
             lspec.duration_s,
         );
-        let (twice, runs) = executions(&cluster, p.variant.tag());
+        let (twice, runs) = executions(&cluster, &p.tag());
         v.ran_twice = twice;
         v.processed = runs as f64 / v.requests.max(1) as f64;
         if let Some(m) = &p.mulligan {
