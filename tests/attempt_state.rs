@@ -1,0 +1,216 @@
+//! What mulligan knows of a request's earlier attempts travels with the
+//! request, in Envoy's dynamic metadata, not in the memory of the mulligan
+//! process that judged them: through real Envoy, with the reference
+//! bootstrap's `mulligan` cluster holding two mulligan processes, a retry
+//! whose gate stream reaches the other process still knows what the
+//! failed attempt did.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use http::Method;
+use rig::{
+    client::{self, HttpClient, Proto, Reply},
+    envoy::Envoy,
+    mulligan::Mulligan,
+    payload,
+    pods::{Pod, PodState},
+    render,
+};
+use serde_yaml_ng::Value;
+
+/// Pods, mulligan processes behind one `mulligan` cluster, and Envoy on the
+/// reference bootstrap, edited by `edit`.
+struct Rig {
+    pods: Vec<Arc<Pod>>,
+    mulligans: Vec<Mulligan>,
+    envoy: Envoy,
+    front: SocketAddr,
+}
+
+impl Rig {
+    async fn start(
+        pods: Vec<Arc<Pod>>,
+        processes: usize,
+        mulligan_args: &[&str],
+        overrides: &[(&'static str, String)],
+        edit: impl FnOnce(&mut Value),
+    ) -> Rig {
+        let addrs: Vec<SocketAddr> = pods.iter().map(|p| p.addr).collect();
+        let list = rig::endpoint_list(&addrs);
+        let mut mulligans = Vec::new();
+        for _ in 0..processes {
+            let mut args = vec![
+                "serve",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--endpoints",
+                &list,
+            ];
+            args.extend_from_slice(mulligan_args);
+            mulligans.push(Mulligan::spawn(&args).await);
+        }
+        let yaml = render::standalone(&addrs, mulligans[0].grpc.port(), overrides);
+        let mut v: Value = serde_yaml_ng::from_str(&yaml).expect("bootstrap is YAML");
+        let grpc: Vec<SocketAddr> = mulligans.iter().map(|m| m.grpc).collect();
+        cluster(&mut v, "mulligan")["load_assignment"]["endpoints"][0]["lb_endpoints"] =
+            yaml_value(&render::lb_endpoints(&grpc));
+        edit(&mut v);
+        let envoy = Envoy::start(&serde_yaml_ng::to_string(&v).expect("YAML")).await;
+        let front = envoy.listener("mulligan").await;
+        Rig {
+            pods,
+            mulligans,
+            envoy,
+            front,
+        }
+    }
+
+    /// Streams each mulligan process was asked to judge, in order.
+    async fn streams(&self) -> Vec<f64> {
+        let mut seen = Vec::new();
+        for m in &self.mulligans {
+            seen.push(m.streams().await);
+        }
+        seen
+    }
+}
+
+/// The mulligan route of a rendered bootstrap.
+fn route(v: &mut Value) -> &mut Value {
+    &mut v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0]["routes"][0]
+}
+
+/// The cluster named `name`.
+fn cluster<'a>(v: &'a mut Value, name: &str) -> &'a mut Value {
+    v["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .expect("clusters")
+        .iter_mut()
+        .find(|c| c["name"] == name)
+        .expect("cluster")
+}
+
+fn yaml_value(text: &str) -> Value {
+    serde_yaml_ng::from_str(text).expect("YAML literal")
+}
+
+/// A 503 trigger added to the route's retry policy by hand, as a user (or
+/// Envoy Gateway's BackendTrafficPolicy) would.
+fn retry_503(v: &mut Value) {
+    let policy = &mut route(v)["route"]["retry_policy"];
+    let on = policy["retry_on"].as_str().expect("retry_on").to_string();
+    policy["retry_on"] = Value::from(format!("{on},retriable-status-codes"));
+    policy["retriable_status_codes"] = yaml_value("[503]");
+}
+
+async fn send(addr: SocketAddr, method: Method, path: &str, id: &str) -> Reply {
+    HttpClient::new(Proto::Http1)
+        .send(
+            method,
+            addr,
+            path,
+            &[("x-harness-id", id)],
+            client::full(payload(100)),
+        )
+        .await
+        .expect("request through Envoy")
+}
+
+/// Ids starting with `prefix` that ran more than once, over all pods.
+fn run_twice(pods: &[Arc<Pod>], prefix: &str) -> Vec<String> {
+    let mut runs: HashMap<String, u32> = HashMap::new();
+    for p in pods {
+        for (id, n) in p.executions() {
+            if !id.starts_with(prefix) {
+                continue;
+            }
+            *runs.entry(id).or_default() += n;
+        }
+    }
+    let mut twice: Vec<String> = runs
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(id, _)| id)
+        .collect();
+    twice.sort();
+    twice
+}
+
+/// A pod that runs a POST and answers a plain 503 beside a ready pod, the
+/// route retrying 503s on its own, two mulligan processes: the failed
+/// attempt is judged by one, the retry's gate by either. No POST runs
+/// twice, and the GETs (safe to run twice) still reach the ready pod.
+#[tokio::test]
+async fn a_retry_judged_by_another_mulligan_never_runs_a_post_twice() {
+    let pods = vec![
+        Pod::start("a", PodState::Failing).await,
+        Pod::start("b", PodState::Ready).await,
+    ];
+    let rig = Rig::start(pods, 2, &[], &[], retry_503).await;
+    let (mut stopped, mut served) = (0, 0);
+    for i in 0..40 {
+        let r = send(rig.front, Method::POST, "/echo", &format!("post-{i}")).await;
+        match r.status.as_u16() {
+            503 => stopped += 1,
+            200 => served += 1,
+            s => panic!("POST {i}: status {s}: {:?}", r.body),
+        }
+    }
+    for i in 0..20 {
+        let r = send(rig.front, Method::GET, "/", &format!("get-{i}")).await;
+        assert_eq!(r.status, 200, "GET {i}: {:?}", r.body);
+    }
+    let twice = run_twice(&rig.pods, "post-");
+    let failing = rig.pods[0]
+        .executions()
+        .keys()
+        .filter(|id| id.starts_with("post-"))
+        .count();
+    let streams = rig.streams().await;
+    eprintln!(
+        "POSTs run by the failing pod: {failing}; run twice: {}; stopped {stopped}, served {served}; streams per mulligan: {streams:?}",
+        twice.len()
+    );
+    assert!(
+        failing > 0,
+        "no POST reached the failing pod: the test proves nothing"
+    );
+    assert!(
+        streams.iter().all(|n| *n > 0.0),
+        "every mulligan process judged some attempt: {streams:?}"
+    );
+    assert_eq!(
+        twice,
+        Vec::<String>::new(),
+        "POSTs run twice (of {failing} that reached the failing pod)\n{}",
+        rig.envoy.log()
+    );
+}
+
+/// A GET (safe to run twice) that fails on the failing pod is retried to
+/// the ready one, whichever process sees the retry: the state carried
+/// with the request never stops a retry that is safe.
+#[tokio::test]
+async fn a_safe_retry_judged_by_another_mulligan_still_leaves() {
+    let pods = vec![
+        Pod::start("a", PodState::Failing).await,
+        Pod::start("b", PodState::Ready).await,
+    ];
+    let rig = Rig::start(pods, 2, &[], &[], retry_503).await;
+    for i in 0..20 {
+        let r = send(rig.front, Method::GET, "/", &format!("get-{i}")).await;
+        assert_eq!(r.status, 200, "GET {i}: {:?}", r.body);
+    }
+    assert!(rig.pods[0].executions().len() > 0, "the failing pod was tried");
+    let stopped: f64 = {
+        let mut n = 0.0;
+        for m in &rig.mulligans {
+            n += m.answers("stopped").await;
+        }
+        n
+    };
+    assert_eq!(stopped, 0.0, "a safe retry was stopped");
+}
