@@ -32,6 +32,36 @@ pub mod phase {
     pub const ALL: [&str; 3] = [RETRY, ATTEMPT, FINAL];
 }
 
+/// The hold budget: gRPC initial metadata each `mulligan.attempt` call
+/// carries, the same value as the filter's `max_message_timeout`. mulligan
+/// holds a failed attempt at most this long (less the time it keeps to
+/// answer in), so it never asks Envoy for more time than Envoy grants, and
+/// the budget is set in one place: the wiring.
+pub mod max_hold {
+    /// The metadata key; its value is a duration as the proto JSON mapping
+    /// writes one (`10s`, `2.500s`).
+    pub const HEADER: &str = "x-mulligan-max-hold";
+}
+
+/// What earlier attempts of a request did, carried with the request in
+/// Envoy's dynamic metadata (under [`NAMESPACE`](state::NAMESPACE)), not in
+/// the memory of whichever mulligan process judged them. Upstream filters
+/// read and write the downstream request's stream info, so what mulligan
+/// writes on one attempt's stream is forwarded to it (`metadata_context`)
+/// on the next attempt's, whichever mulligan process that stream reaches.
+pub mod state {
+    /// The dynamic metadata namespace: `mulligan.attempt` forwards it to
+    /// mulligan and accepts it back (`metadata_options`), nothing else.
+    pub const NAMESPACE: &str = "mulligan.attempts";
+    /// `true` once an attempt may have run a request that is not safe to
+    /// run twice: no later attempt may leave.
+    pub const MAY_HAVE_RUN: &str = "may_have_run";
+    /// Failed attempts mulligan has judged.
+    pub const FAILURES: &str = "failures";
+    /// Times a hold released the request.
+    pub const RELEASES: &str = "releases";
+}
+
 /// The Envoy attributes the wiring asks for and mulligan reads. Envoy
 /// sends only what the wiring asks for, so an attribute read but not asked
 /// for is always missing, and one asked for but not read costs every
