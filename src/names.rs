@@ -75,30 +75,25 @@ pub mod attribute {
     pub const CLUSTER_NAME: &str = "xds.cluster_name";
     /// The request's method (is another attempt safe?).
     pub const REQUEST_METHOD: &str = "request.method";
-    /// Envoy's request id: the same on every attempt of one request.
-    pub const REQUEST_ID: &str = "request.id";
     /// The client's Idempotency-Key (a POST with one is safe to retry).
     pub const IDEMPOTENCY_KEY: &str = "request.headers['idempotency-key']";
 
-    /// What mulligan needs to judge a failed attempt.
-    pub const ATTEMPT: [&str; 6] = [
+    /// What mulligan needs to judge a failed attempt. (What earlier
+    /// attempts did comes with the request's dynamic metadata, see
+    /// [`super::state`]; the gate needs nothing else.)
+    pub const ATTEMPT: [&str; 5] = [
         RESPONSE_CODE,
         UPSTREAM_ADDRESS,
         CLUSTER_NAME,
         REQUEST_METHOD,
-        REQUEST_ID,
         IDEMPOTENCY_KEY,
     ];
-    /// What the gate needs with a retry's request headers: the request id
-    /// that ties it to the attempts mulligan judged before.
-    pub const RETRY_REQUEST: [&str; 1] = [REQUEST_ID];
     /// What mulligan reads of the failed response the client gets.
-    pub const FINAL: [&str; 5] = [
+    pub const FINAL: [&str; 4] = [
         RESPONSE_CODE,
         UPSTREAM_ADDRESS,
         CLUSTER_NAME,
         REQUEST_METHOD,
-        REQUEST_ID,
     ];
 }
 

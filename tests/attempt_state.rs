@@ -183,6 +183,10 @@ async fn a_retry_judged_by_another_mulligan_never_runs_a_post_twice() {
         "every mulligan process judged some attempt: {streams:?}"
     );
     assert_eq!(
+        stopped, failing,
+        "every POST the failing pod ran got the gate's 503"
+    );
+    assert_eq!(
         twice,
         Vec::<String>::new(),
         "POSTs run twice (of {failing} that reached the failing pod)\n{}",
@@ -204,7 +208,10 @@ async fn a_safe_retry_judged_by_another_mulligan_still_leaves() {
         let r = send(rig.front, Method::GET, "/", &format!("get-{i}")).await;
         assert_eq!(r.status, 200, "GET {i}: {:?}", r.body);
     }
-    assert!(rig.pods[0].executions().len() > 0, "the failing pod was tried");
+    assert!(
+        rig.pods[0].executions().len() > 0,
+        "the failing pod was tried"
+    );
     let stopped: f64 = {
         let mut n = 0.0;
         for m in &rig.mulligans {

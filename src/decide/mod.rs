@@ -17,7 +17,7 @@
 //! for a retry Envoy would make through its own route.
 
 pub mod hold;
-pub mod memory;
+pub mod state;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -31,7 +31,7 @@ use crate::{
     policy::{self, Budget, Decision, RequestFacts},
 };
 use hold::{Holds, Unheld};
-use memory::Memory;
+pub use state::AttemptState;
 
 /// The response header that asks Envoy for another attempt. The route's
 /// retry policy retries on it (`retriable-headers`), and the wiring strips
@@ -102,8 +102,6 @@ pub struct Failed<'a> {
     pub response: Observed<'a>,
     pub upstream: Upstream,
     pub cluster: Option<&'a str>,
-    /// Envoy's request id: the same on every attempt of one request.
-    pub request_id: Option<&'a str>,
     pub facts: RequestFacts,
 }
 
@@ -130,7 +128,6 @@ pub struct Decider {
     registry: Arc<Registry>,
     metrics: Metrics,
     budget: Budget,
-    memory: Memory,
     pub holds: Holds,
 }
 
@@ -142,7 +139,6 @@ impl Decider {
                 cfg.budget.min_per_second,
                 cfg.budget.window,
             ),
-            memory: Memory::new(cfg.rescue.deadline.max(Duration::from_secs(1))),
             holds: Holds::new(
                 Arc::clone(&registry),
                 metrics.clone(),
@@ -156,8 +152,10 @@ impl Decider {
         }
     }
 
-    /// The verdict on one failed attempt; learns from it on the way.
-    pub(crate) fn judge(&self, f: &Failed<'_>) -> (Cause, Verdict) {
+    /// The verdict on one failed attempt of a request whose earlier
+    /// attempts left `state`; learns from it on the way, and updates
+    /// `state` for the attempts that follow.
+    pub(crate) fn judge(&self, f: &Failed<'_>, state: &mut AttemptState) -> (Cause, Verdict) {
         let cause = match f.upstream {
             Upstream::Hold => Cause::NoHealthyUpstream,
             _ => classify::classify(&Observed {
@@ -170,7 +168,7 @@ impl Decider {
             }),
         };
         self.learn(f.upstream, cause);
-        let verdict = self.verdict(f, cause);
+        let verdict = self.verdict(f, cause, state);
         let decision = match verdict {
             Verdict::Stand(d) => d,
             _ => Decision::Rescue,
@@ -179,22 +177,21 @@ impl Decider {
         (cause, verdict)
     }
 
-    fn verdict(&self, f: &Failed<'_>, cause: Cause) -> Verdict {
+    fn verdict(&self, f: &Failed<'_>, cause: Cause, state: &mut AttemptState) -> Verdict {
         if !self.cfg.enabled {
             return Verdict::Stand(Decision::Disabled);
         }
         self.budget.deposit();
         let reached = cause.reached_app();
-        let note = self
-            .memory
-            .update(f.request_id, |n| n.failures = n.failures.saturating_add(1));
-        if note.tainted {
+        state.failures = state.failures.saturating_add(1);
+        if state.may_have_run {
             return Verdict::Stand(Decision::Unsafe);
         }
         if !policy::safety::is_safe(reached, f.facts) {
             // Whatever happens next (the route's own retry policy may still
-            // try again), mulligan never blesses another attempt of it.
-            self.memory.update(f.request_id, |n| n.tainted = true);
+            // try again), no later attempt of it may leave: the gate reads
+            // this on the retry's stream, in whichever process it reaches.
+            state.may_have_run = true;
             return Verdict::Stand(Decision::Unsafe);
         }
         let decision = policy::decide(cause, f.facts, self.cfg.retry_plain_503);
@@ -212,7 +209,7 @@ impl Decider {
         // serve: Envoy's view lags (its endpoint list still shows pods that
         // are leaving). Holding gives it time to catch up before the next
         // attempt, instead of spending every retry on the same leavers.
-        let lagging = note.failures >= REPEATED_FAILURES;
+        let lagging = state.failures >= REPEATED_FAILURES;
         if f.upstream == Upstream::Hold || (cluster.is_some() && (!others || lagging)) {
             Verdict::Hold
         } else {
@@ -231,21 +228,25 @@ impl Decider {
     }
 
     /// Holds a request judged [`Verdict::Hold`] until an endpoint of its
-    /// cluster can serve; the answer that ends the hold.
-    pub(crate) async fn hold(&self, cluster: Option<&str>, request_id: Option<&str>) -> Answer {
-        let note = self.memory.get(request_id);
+    /// cluster can serve, for at most `max_hold`; the answer that ends the
+    /// hold (a release is counted in `state`).
+    pub(crate) async fn hold(
+        &self,
+        cluster: Option<&str>,
+        max_hold: Duration,
+        state: &mut AttemptState,
+    ) -> Answer {
         // A request back at the hold right after a release found Envoy
         // still without the endpoint: give Envoy's view longer to catch up.
         let settle = self
             .hold_cfg
             .settle
-            .saturating_mul(2u32.saturating_pow(note.releases.into()))
+            .saturating_mul(2u32.saturating_pow(state.releases.into()))
             .min(Duration::from_secs(1));
-        let deadline = crate::rescue::later(Instant::now(), self.cfg.deadline);
+        let deadline = crate::rescue::later(Instant::now(), max_hold);
         match self.holds.wait(cluster, settle, deadline).await {
             Ok(()) => {
-                self.memory
-                    .update(request_id, |n| n.releases = n.releases.saturating_add(1));
+                state.releases = state.releases.saturating_add(1);
                 Answer::RetryAfterHold
             }
             Err(Unheld::Limit) => Answer::HeldLimit,
@@ -254,12 +255,12 @@ impl Decider {
         }
     }
 
-    /// Whether a retry of request `id` may leave for a pod: not when an
-    /// earlier attempt may have run it and it is not safe to run twice,
-    /// whoever asked for the retry (mulligan, a connection failure, or a
-    /// retry policy of the route's own).
-    pub(crate) fn may_retry(&self, id: Option<&str>) -> bool {
-        let ok = !self.memory.get(id).tainted;
+    /// Whether a retry of a request whose earlier attempts left `state`
+    /// may leave for a pod: not when one of them may have run it and it is
+    /// not safe to run twice, whoever asked for the retry (mulligan, a
+    /// connection failure, or a retry policy of the route's own).
+    pub(crate) fn may_retry(&self, state: AttemptState) -> bool {
+        let ok = !state.may_have_run;
         self.metrics
             .answer(if ok { Answer::Pass } else { Answer::Stopped });
         ok

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     classify::{Cause, Observed},
-    decide::Role,
+    decide::{AttemptState, Role},
     metrics::{Phase, StreamError},
     policy::{self, Decision},
     rescue::{Ending, Job},
@@ -57,6 +57,8 @@ pub struct Exchange {
     role: Option<Role>,
     /// A hold decided on, to run when the stream next asks for a reply.
     hold: Option<decide::HoldJob>,
+    /// The hold budget the wiring gave this stream (`x-mulligan-max-hold`).
+    max_hold: Option<Duration>,
 }
 
 impl Exchange {
@@ -72,7 +74,14 @@ impl Exchange {
             steered: Vec::new(),
             role: None,
             hold: None,
+            max_hold: None,
         }
+    }
+
+    /// A stream whose wiring gave it the hold budget `max_hold`.
+    pub(crate) fn with_max_hold(mut self, max_hold: Option<Duration>) -> Self {
+        self.max_hold = max_hold;
+        self
     }
 
     /// A stream opened by a decide filter (`role`), or the legacy wiring.
@@ -101,7 +110,8 @@ impl Exchange {
             return None;
         };
         let attrs = message.attributes.remove(attributes::FILTER_KEY);
-        let reply = self.on_phase(phase, Attributes::from_struct(attrs.as_ref()));
+        let state = AttemptState::read(message.metadata_context.as_ref());
+        let reply = self.on_phase(phase, Attributes::from_struct(attrs.as_ref()), state);
         (!self.observability).then_some(reply)
     }
 
@@ -121,13 +131,18 @@ impl Exchange {
     }
 
     /// The reply to one phase.
-    fn on_phase(&mut self, phase: Request, attrs: Attributes<'_>) -> ProcessingResponse {
+    fn on_phase(
+        &mut self,
+        phase: Request,
+        attrs: Attributes<'_>,
+        state: AttemptState,
+    ) -> ProcessingResponse {
         let metrics = &self.ctx.metrics;
         match phase {
             Request::RequestHeaders(headers) => {
                 metrics.phase(Phase::RequestHeaders);
                 match self.role {
-                    Some(Role::Retry) => decide::on_retry(&self.ctx.decider, attrs),
+                    Some(Role::Retry) => decide::on_retry(&self.ctx.decider, state),
                     _ => self.on_request_headers(headers, attrs),
                 }
             }
@@ -147,7 +162,11 @@ impl Exchange {
                 let Some(role) = self.role else {
                     return self.on_response_headers(&headers, attrs);
                 };
-                let r = decide::on_response_headers(&self.ctx.decider, role, &headers, attrs);
+                let ctx = decide::Context {
+                    state,
+                    max_hold: self.max_hold,
+                };
+                let r = decide::on_response_headers(&self.ctx.decider, role, &headers, attrs, ctx);
                 self.hold = r.hold;
                 r.now
             }

@@ -7,6 +7,7 @@
 //! everything it holds is dropped at once.
 
 mod attributes;
+mod budget;
 mod capture;
 mod decide;
 mod exchange;
@@ -131,9 +132,15 @@ impl ExternalProcessor for ExtProc {
             .metadata()
             .get(Role::METADATA_KEY)
             .and_then(|v| Role::parse(v.as_bytes()));
+        let max_hold = request
+            .metadata()
+            .get(crate::names::max_hold::HEADER)
+            .and_then(|v| budget::parse(v.as_bytes()));
         let stream = StreamState {
             inbound: request.into_inner(),
-            exchange: Exchange::new(Arc::clone(&self.ctx)).with_role(role),
+            exchange: Exchange::new(Arc::clone(&self.ctx))
+                .with_role(role)
+                .with_max_hold(max_hold),
             _scope: StreamScope::new(Arc::clone(&self.ctx), guard),
             idle_timeout: self.idle_timeout,
             done: false,

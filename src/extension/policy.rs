@@ -26,7 +26,7 @@ pub const MAX_MAX_HOLD: Duration = Duration::from_secs(60);
 pub const MIN_MAX_HOLD: Duration = Duration::from_secs(1);
 /// The part of the hold budget mulligan keeps to send its answer in: it
 /// holds at most the budget less this, and asks Envoy to wait the budget.
-pub const ANSWER_MARGIN: Duration = Duration::from_millis(200);
+pub const ANSWER_MARGIN: Duration = crate::config::Hold::ANSWER_MARGIN;
 
 /// What the wiring of one route is tuned by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -32,7 +32,7 @@ pub fn attempt_filter(settings: &Settings) -> Any {
     let retry = Call {
         phase: names::phase::RETRY,
         request_headers: true,
-        request_attributes: &names::attribute::RETRY_REQUEST,
+        request_attributes: &[],
         response_attributes: &names::attribute::ATTEMPT,
         max_hold: Some(settings.max_hold),
         attempt_state: true,
