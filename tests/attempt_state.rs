@@ -209,7 +209,7 @@ async fn a_safe_retry_judged_by_another_mulligan_still_leaves() {
         assert_eq!(r.status, 200, "GET {i}: {:?}", r.body);
     }
     assert!(
-        rig.pods[0].executions().len() > 0,
+        !rig.pods[0].executions().is_empty(),
         "the failing pod was tried"
     );
     let stopped: f64 = {
