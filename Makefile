@@ -43,7 +43,8 @@ test: envoy deny kubectl prometheus
 	$(MAKE) --no-print-directory test-alerts
 
 # The wiring's generated parts (docs/decide.md): the marked regions of
-# envoy-config/standalone/envoy.yaml, written from the same Rust that the
+# envoy-config/standalone/envoy.yaml and envoy-config/gateway/patch-policy.yaml,
+# written from the same Rust that the
 # Extension Server installs. The suite fails until this has been run after
 # a change to the wiring.
 wiring:

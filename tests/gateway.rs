@@ -500,7 +500,7 @@ fn the_patch_policy_installs_the_reference_wiring_into_envoy_gateways_translatio
     );
     assert_eq!(
         route["request_headers_to_remove"],
-        front["route_config"]["request_headers_to_remove"]
+        ref_vhost["routes"][0]["request_headers_to_remove"]
     );
 
     // Cluster: upstream filters (and HTTP/1.1, the reference's default),

@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod hooks;
+pub mod patch_policy;
 pub mod policy;
 pub mod select;
 pub mod server;

@@ -31,7 +31,10 @@ pub const END: &str = "# mulligan:end ";
 
 /// Every generated file.
 pub fn outputs() -> Vec<Output> {
-    vec![standalone::output()]
+    vec![
+        standalone::output(),
+        crate::extension::patch_policy::output(),
+    ]
 }
 
 /// One generated file.
