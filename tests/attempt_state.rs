@@ -5,7 +5,12 @@
 //! whose gate stream reaches the other process still knows what the
 //! failed attempt did.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use http::Method;
 use rig::{
@@ -220,4 +225,57 @@ async fn a_safe_retry_judged_by_another_mulligan_still_leaves() {
         n
     };
     assert_eq!(stopped, 0.0, "a safe retry was stopped");
+}
+
+/// The hold budget a bootstrap (or a policy's `maxHold`) gives: Envoy's
+/// `max_message_timeout` and mulligan's hold are one value.
+const MAX_HOLD: Duration = Duration::from_secs(3);
+
+/// The held-requests gauge reads `want` within 10 s.
+async fn wait_held(m: &Mulligan, want: f64) {
+    m.wait_metric(HELD, want, Duration::from_secs(10), "requests held")
+        .await;
+}
+
+/// mulligan's gauge of requests held right now.
+const HELD: &str = "mulligan_rescue_held";
+
+/// A budget of 3 s (shorter than mulligan's own default of 10 s): a
+/// request with nothing to serve it is held about 3 s, then gets its 503
+/// with `Retry-After`; not at once, as when mulligan asked Envoy for more
+/// time than Envoy granted.
+#[tokio::test]
+async fn a_shorter_budget_holds_for_that_long() {
+    let pods = vec![Pod::start("a", PodState::Gone).await];
+    let budget = [("MAX_HOLD", "3s".to_string())];
+    let rig = Rig::start(pods, 1, &[], &budget, |_| {}).await;
+    let started = Instant::now();
+    let r = send(rig.front, Method::GET, "/", "held").await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+    assert!(
+        took >= MAX_HOLD - Duration::from_millis(500) && took < MAX_HOLD + Duration::from_secs(2),
+        "held {took:?}, the budget is {MAX_HOLD:?}"
+    );
+    assert_eq!(rig.mulligans[0].answers("held_too_long").await, 1.0);
+}
+
+/// The same budget, and the pod becomes ready within it: the held request
+/// is served.
+#[tokio::test]
+async fn a_shorter_budget_serves_a_request_once_a_pod_is_ready() {
+    let pods = vec![Pod::start("a", PodState::Gone).await];
+    let budget = [("MAX_HOLD", "3s".to_string())];
+    let rig = Rig::start(pods, 1, &[], &budget, |_| {}).await;
+    let front = rig.front;
+    let started = Instant::now();
+    let held = tokio::spawn(async move { send(front, Method::POST, "/echo", "held").await });
+    wait_held(&rig.mulligans[0], 1.0).await;
+    rig.pods[0].set_state(PodState::Ready).await;
+    let r = held.await.expect("request");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body, payload(100), "the held POST arrived whole");
+    assert!(started.elapsed() < MAX_HOLD, "served within the budget");
+    assert_eq!(rig.pods[0].executions().get("held"), Some(&1));
 }
