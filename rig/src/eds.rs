@@ -92,7 +92,7 @@ impl EdsFile {
     /// The reference bootstrap (`envoy.yaml`) with its `app` cluster fed
     /// from this file instead of a static list.
     pub fn bootstrap(&self, mulligan_grpc_port: u16) -> String {
-        let text = super::render::standalone(&[], mulligan_grpc_port, &[]);
+        let text = super::render::tolerant(&[], mulligan_grpc_port, &[]);
         let mut v: Value = serde_yaml_ng::from_str(&text).expect("bootstrap is YAML");
         let app = v["static_resources"]["clusters"]
             .as_sequence_mut()

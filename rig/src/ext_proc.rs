@@ -1,6 +1,7 @@
 //! A hand-made ext_proc client: one gRPC stream driven message by message,
-//! for the protocol cases Envoy will not produce on demand (observability
-//! mode, oversized or empty messages, stalls, resets, floods).
+//! for the protocol cases Envoy will not produce on demand (messages out of
+//! order, oversized or empty, made-up attributes, stalls, resets, floods,
+//! a missing or unknown role).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -44,21 +45,56 @@ pub async fn open_on(client: &mut Client) -> Result<Conversation, tonic::Status>
     Ok(Conversation { tx, rx })
 }
 
-/// A stream that names its role in the gRPC metadata `x-mulligan-phase`,
-/// as the decide wiring's filters do (`attempt`, `gate`, `final`).
+/// The gRPC metadata key by which each filter of the decide wiring names
+/// its role.
+pub const PHASE: &str = "x-mulligan-phase";
+
+/// The roles the decide wiring's filters name: `retry` (a retry about to
+/// leave, then its answer), `attempt` (a failed first attempt), `final`
+/// (the failed response on its way to the client).
+pub const ROLES: [&str; 3] = ["retry", "attempt", "final"];
+
+/// A stream, on a new connection, that names its role in `x-mulligan-phase`
+/// as the decide wiring's filters do.
 pub async fn open_as(grpc: SocketAddr, role: &str) -> Conversation {
+    open_as_on(&mut connect(grpc).await, role)
+        .await
+        .unwrap_or_else(|s| panic!("opening a {role} stream: {s}"))
+}
+
+/// A stream on an existing connection naming its role (`None`: no
+/// `x-mulligan-phase` at all); the error is mulligan's refusal.
+pub async fn open_as_on(
+    client: &mut Client,
+    role: impl Into<Option<&str>>,
+) -> Result<Conversation, tonic::Status> {
     let (tx, rx) = mpsc::channel(16);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request
-        .metadata_mut()
-        .insert("x-mulligan-phase", role.parse().expect("metadata value"));
-    let rx = connect(grpc)
-        .await
-        .process(request)
-        .await
-        .expect("open stream")
-        .into_inner();
-    Conversation { tx, rx }
+    if let Some(role) = role.into() {
+        let value = role.parse().map_err(|_| tonic::Status::internal("role"))?;
+        request.metadata_mut().insert(PHASE, value);
+    }
+    let rx = client.process(request).await?.into_inner();
+    Ok(Conversation { tx, rx })
+}
+
+/// `m` with ext_proc attributes, as Envoy attaches them to a message.
+pub fn with_attributes(
+    mut m: ProcessingRequest,
+    attrs: &[(&str, envoy_types::pb::google::protobuf::value::Kind)],
+) -> ProcessingRequest {
+    use envoy_types::pb::google::protobuf::{Struct, Value};
+    let mut s = Struct::default();
+    for (k, v) in attrs {
+        s.fields.insert(
+            (*k).to_string(),
+            Value {
+                kind: Some(v.clone()),
+            },
+        );
+    }
+    m.attributes.insert("envoy.filters.http.ext_proc".into(), s);
+    m
 }
 
 impl Conversation {
@@ -71,12 +107,13 @@ impl Conversation {
         self.tx = mpsc::channel(1).0;
     }
 
+    /// The next reply; a bound a loaded machine meets with room to spare.
     pub async fn reply(&mut self) -> ProcessingResponse {
-        tokio::time::timeout(Duration::from_secs(5), self.rx.message())
+        tokio::time::timeout(Duration::from_secs(20), self.rx.message())
             .await
-            .expect("a reply within 5 s")
-            .expect("no gRPC error")
-            .expect("stream still open")
+            .expect("no reply within 20 s")
+            .unwrap_or_else(|s| panic!("a reply, not the gRPC status {s}"))
+            .expect("a reply, but the stream ended")
     }
 
     /// How the stream ends, within `limit`: `Ok(())` for a clean end (gRPC
@@ -92,7 +129,7 @@ impl Conversation {
             }
         })
         .await
-        .expect("the stream ends in time")
+        .unwrap_or_else(|_| panic!("the stream did not end within {limit:?}"))
     }
 }
 

@@ -65,6 +65,40 @@ pub fn envoy_gateway_fixtures() -> std::path::PathBuf {
     dir
 }
 
+/// A bound for what takes moments on a quiet machine (a process starting,
+/// requests reaching a hold) and may take seconds on a loaded 2-core one.
+pub const LOADED: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Waits until `mulligan` holds `n` requests, up to [`LOADED`]. When they
+/// never all show, it says what Envoy and mulligan saw instead: Envoy timing
+/// mulligan out or failing open (`message_timeouts`, `failure_mode_allowed`)
+/// versus mulligan answering otherwise (`mulligan_answers_total`).
+pub async fn wait_held(mulligan: &mulligan::Mulligan, envoy: &envoy::Envoy, n: usize) {
+    let sample = "mulligan_rescue_held";
+    let until = tokio::time::Instant::now() + LOADED;
+    loop {
+        let held = mulligan.metric(sample).await;
+        if held == n as f64 {
+            return;
+        }
+        if tokio::time::Instant::now() > until {
+            let answers: Vec<String> = mulligan
+                .metrics()
+                .await
+                .lines()
+                .filter(|l| l.starts_with("mulligan_answers_total") && !l.ends_with(" 0"))
+                .map(str::to_string)
+                .collect();
+            panic!(
+                "{n} requests held: {sample} is {held} after {LOADED:?}; mulligan's answers: {answers:?}; \
+                 Envoy's ext_proc stats:\n{}",
+                envoy.stats("ext_proc").await
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Pods, mulligan and Envoy (reference bootstrap) wired together.
 pub struct Stack {
     pub pods: Vec<std::sync::Arc<pods::Pod>>,
@@ -78,29 +112,10 @@ pub struct Stack {
 
 impl Stack {
     /// Starts `pods`, mulligan (with `--endpoints` set to the pods, plus
-    /// `mulligan_args`), and Envoy with the legacy rescue bootstrap and
-    /// `overrides` (the tests of replay-based rescue).
+    /// `mulligan_args`), and Envoy on the reference bootstrap (the decide
+    /// wiring, as shipped, with a message timeout a loaded machine meets:
+    /// [`render::tolerant`]) with `overrides`.
     pub async fn start(
-        pods: &[(&str, pods::PodState)],
-        mulligan_args: &[&str],
-        overrides: &[(&'static str, String)],
-    ) -> Stack {
-        Stack::start_with(render::legacy_rescue, pods, mulligan_args, overrides).await
-    }
-
-    /// Like [`Stack::start`], with the reference bootstrap (the decide wiring).
-    pub async fn decide(
-        pods: &[(&str, pods::PodState)],
-        mulligan_args: &[&str],
-        overrides: &[(&'static str, String)],
-    ) -> Stack {
-        Stack::start_with(render::standalone, pods, mulligan_args, overrides).await
-    }
-
-    /// Like [`Stack::start`], with Envoy rendered by `bootstrap` (e.g.
-    /// [`render::steer`]).
-    pub async fn start_with(
-        bootstrap: render::Bootstrap,
         pods: &[(&str, pods::PodState)],
         mulligan_args: &[&str],
         overrides: &[(&'static str, String)],
@@ -109,16 +124,34 @@ impl Stack {
         for (name, state) in pods {
             started.push(pods::Pod::start(name, *state).await);
         }
-        let addrs: Vec<_> = started.iter().map(|p| p.addr).collect();
+        Stack::around(started, mulligan_args, overrides, |_| {}).await
+    }
+
+    /// Like [`Stack::start`], around pods already started (TLS pods, for
+    /// one), with the rendered bootstrap changed by `edit` first (a route's
+    /// rewrite, a transport socket: see [`render::route`] and
+    /// [`render::cluster`]).
+    pub async fn around(
+        pods: Vec<std::sync::Arc<pods::Pod>>,
+        mulligan_args: &[&str],
+        overrides: &[(&'static str, String)],
+        edit: impl FnOnce(&mut serde_yaml_ng::Value),
+    ) -> Stack {
+        let addrs: Vec<_> = pods.iter().map(|p| p.addr).collect();
         let list = endpoint_list(&addrs);
         let mut args = vec!["--endpoints", list.as_str()];
         args.extend_from_slice(mulligan_args);
         let mulligan = mulligan::Mulligan::start(&args).await;
-        let envoy = envoy::Envoy::start(&bootstrap(&addrs, mulligan.grpc.port(), overrides)).await;
+        let yaml = render::tolerant(&addrs, mulligan.grpc.port(), overrides);
+        let mut v: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&yaml).expect("bootstrap is YAML");
+        edit(&mut v);
+        let yaml = serde_yaml_ng::to_string(&v).expect("bootstrap as YAML");
+        let envoy = envoy::Envoy::start(&yaml).await;
         let front = envoy.listener("mulligan").await;
         let baseline = envoy.listener("baseline").await;
         Stack {
-            pods: started,
+            pods,
             mulligan,
             envoy,
             front,
@@ -153,6 +186,11 @@ impl Stack {
     /// Requests that reached any pod's application.
     pub fn served(&self) -> u64 {
         self.pods.iter().map(|p| p.served()).sum()
+    }
+
+    /// Waits until mulligan holds `n` requests (see [`wait_held`]).
+    pub async fn wait_held(&self, n: usize) {
+        wait_held(&self.mulligan, &self.envoy, n).await;
     }
 
     /// An ext_proc stat of the mulligan listener, e.g. `failure_mode_allowed`.

@@ -18,10 +18,8 @@ pub struct Mulligan {
 }
 
 impl Mulligan {
-    /// `mulligan serve` on ports 0 with the legacy wiring's replay on
-    /// (`--replay`: the tests of rescue and steer need it; the decide wiring
-    /// never uses it) plus `extra` arguments; returns once its "listening"
-    /// line says both ports are bound.
+    /// `mulligan serve` on ports 0 plus `extra` arguments; returns once its
+    /// "listening" line says both ports are bound.
     pub async fn start(extra: &[&str]) -> Mulligan {
         let mut args = vec![
             "serve",
@@ -29,7 +27,6 @@ impl Mulligan {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
-            "--replay",
         ];
         args.extend_from_slice(extra);
         Self::spawn(&args).await

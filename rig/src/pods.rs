@@ -17,8 +17,8 @@
 //! `/v2/ROUTE` is the same as `/ROUTE` (where a route's prefix rewrite sends it).
 //!
 //! `?ms=N` on any route adds N milliseconds of service time. Requests that
-//! carry `x-harness-variant: A` (B, C, D) are counted per variant, so the
-//! rollout harness can tell which proxy sent them.
+//! carry `x-harness-variant: N` (a small number) are counted per variant,
+//! so the rollout harness can tell which proxy sent them.
 //!
 //! Every reply carries `x-pod: NAME`.
 
@@ -85,7 +85,7 @@ struct Shared {
     /// A draining pod marks its 503 with `x-mulligan-drain` (it rejected the
     /// request without processing it), as mulligan's docs ask apps to.
     drain_header: std::sync::atomic::AtomicBool,
-    /// Arrivals per `x-harness-variant` (A..E), rejected ones included.
+    /// Arrivals per `x-harness-variant` (0..8), rejected ones included.
     by_variant: [AtomicU64; 8],
     /// The first requests that reached the application, as they arrived.
     seen: Mutex<Vec<Seen>>,
@@ -222,7 +222,7 @@ impl Pod {
         self.shared.http2.load(Ordering::Acquire)
     }
 
-    /// Arrivals tagged with `x-harness-variant` (0 = A .. 3 = D).
+    /// Arrivals tagged with `x-harness-variant: variant`.
     pub fn arrivals(&self, variant: usize) -> u64 {
         self.shared.by_variant[variant].load(Ordering::Acquire)
     }
@@ -322,8 +322,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         shared.http2.fetch_add(1, Ordering::AcqRel);
     }
     if let Some(v) = req.headers().get("x-harness-variant") {
-        if let Some(i) = v.as_bytes().first().and_then(|b| b.checked_sub(b'A')) {
-            if let Some(c) = shared.by_variant.get(i as usize) {
+        let index = v.to_str().ok().and_then(|v| v.parse::<usize>().ok());
+        if let Some(i) = index {
+            if let Some(c) = shared.by_variant.get(i) {
                 c.fetch_add(1, Ordering::AcqRel);
             }
         }

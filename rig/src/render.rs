@@ -59,6 +59,28 @@ pub fn lb_endpoints(addrs: &[SocketAddr]) -> String {
 /// A bootstrap renderer: app endpoints, mulligan's gRPC port, overrides.
 pub type Bootstrap = fn(&[SocketAddr], u16, &[(&'static str, String)]) -> String;
 
+/// How long Envoy waits for each of mulligan's answers in the tests whose
+/// subject is the answer (a retry, a hold), instead of the shipped 200 ms.
+/// On a loaded 2-core machine a debug-build mulligan can miss 200 ms, and
+/// Envoy then fails open (the request ends as Envoy alone: proven with the
+/// shipped value in `tests/fail_open_and_shutdown.rs`); a test expecting a
+/// hold or a retry would then see the 503 pass and fail for the load, not
+/// for mulligan.
+pub const LOADED_MESSAGE_TIMEOUT: &str = "2s";
+
+/// [`standalone`] with [`LOADED_MESSAGE_TIMEOUT`] unless `overrides` set
+/// `MESSAGE_TIMEOUT` themselves: the reference bootstrap as the tests of
+/// mulligan's answers run it.
+pub fn tolerant(
+    app: &[SocketAddr],
+    mulligan_grpc_port: u16,
+    overrides: &[(&'static str, String)],
+) -> String {
+    let mut all = vec![("MESSAGE_TIMEOUT", LOADED_MESSAGE_TIMEOUT.to_string())];
+    all.extend(overrides.iter().cloned());
+    standalone(app, mulligan_grpc_port, &all)
+}
+
 /// The reference bootstrap with `overrides` on top of the rig's defaults:
 /// every port 0 (Envoy picks), the given app endpoints and mulligan port.
 pub fn standalone(
@@ -67,25 +89,6 @@ pub fn standalone(
     overrides: &[(&'static str, String)],
 ) -> String {
     bootstrap("envoy.yaml", app, mulligan_grpc_port, overrides)
-}
-
-/// The legacy rescue bootstrap (`legacy-rescue.yaml`: an ext_proc stream per
-/// request, mulligan replays), likewise.
-pub fn legacy_rescue(
-    app: &[SocketAddr],
-    mulligan_grpc_port: u16,
-    overrides: &[(&'static str, String)],
-) -> String {
-    bootstrap("legacy-rescue.yaml", app, mulligan_grpc_port, overrides)
-}
-
-/// The steer-mode bootstrap (`steer.yaml`), likewise.
-pub fn steer(
-    app: &[SocketAddr],
-    mulligan_grpc_port: u16,
-    overrides: &[(&'static str, String)],
-) -> String {
-    bootstrap("steer.yaml", app, mulligan_grpc_port, overrides)
 }
 
 fn bootstrap(
@@ -110,4 +113,26 @@ fn bootstrap(
         vars.insert(k, v.clone());
     }
     render(&template, &vars).unwrap_or_else(|e| panic!("rendering {}: {e}", path.display()))
+}
+
+/// The mulligan listener's route in a rendered bootstrap, for a test to
+/// change as a user's route would be (a rewrite, a header policy).
+pub fn route(v: &mut serde_yaml_ng::Value) -> &mut serde_yaml_ng::Value {
+    &mut v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0]["routes"][0]
+}
+
+/// The cluster named `name` in a rendered bootstrap.
+pub fn cluster<'a>(v: &'a mut serde_yaml_ng::Value, name: &str) -> &'a mut serde_yaml_ng::Value {
+    v["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .expect("clusters")
+        .iter_mut()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no cluster {name}"))
+}
+
+/// A YAML literal (a test's edit to a bootstrap).
+pub fn yaml(text: &str) -> serde_yaml_ng::Value {
+    serde_yaml_ng::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"))
 }

@@ -1,7 +1,6 @@
 //! The rollout harness: what a client sees while a deployment rolls, through
-//! Envoy without retries (A), with Envoy Gateway's retries (B), with mulligan
-//! rescue (C), steer + rescue (D) and the decide wiring (E), side by side in
-//! one run. See `rig/src/rollout/mod.rs`.
+//! Envoy alone, Envoy with Envoy Gateway's retries, and Envoy with mulligan,
+//! side by side in one run. See `rig/src/rollout/mod.rs`.
 //!
 //! `cargo run --release -p mulligan-rig --bin rollout -- --help`; it runs
 //! `$MULLIGAN_BIN` (the Makefile's `demo`, `soak` and `bench` set it to a
@@ -53,7 +52,8 @@ struct Cli {
     /// Read RSS and open fds this often, in seconds.
     #[arg(long = "sample-every")]
     sample_every_s: Option<f64>,
-    /// Which variants, as letters from ABCDE (default: all; `soak`: C and D).
+    /// Which variants, comma-separated: envoy-alone, gateway-retries,
+    /// mulligan (default: all; `soak`: mulligan).
     #[arg(long)]
     variants: Option<String>,
     /// Where the JSON and SVG files go.
@@ -78,16 +78,22 @@ impl Cli {
     }
 
     fn variants(&self) -> Result<Vec<Variant>, String> {
-        let chosen: Vec<Variant> = match &self.variants {
-            Some(letters) => Variant::available()
-                .into_iter()
-                .filter(|v| letters.contains(v.letter()))
-                .collect(),
-            None if self.scenario == "soak" => vec![Variant::C, Variant::D],
-            None => Variant::available(),
+        let Some(names) = &self.variants else {
+            return Ok(if self.scenario == "soak" {
+                vec![Variant::Mulligan]
+            } else {
+                Variant::available()
+            });
         };
+        let mut chosen = Vec::new();
+        for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let v = Variant::named(name).ok_or_else(|| {
+                format!("unknown variant {name}; --variants takes envoy-alone, gateway-retries, mulligan")
+            })?;
+            chosen.push(v);
+        }
         if chosen.is_empty() {
-            return Err("--variants takes letters from ABCDE".into());
+            return Err("--variants takes envoy-alone, gateway-retries, mulligan".into());
         }
         Ok(chosen)
     }

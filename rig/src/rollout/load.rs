@@ -110,10 +110,11 @@ pub struct Sample {
 }
 
 /// Runs the load against `target` until `spec.duration_s`, tagging every
-/// request with `x-harness-variant: letter`.
+/// request with `x-harness-variant: TAG` (the pods count each numeric tag:
+/// see [`super::proxies::Variant::tag`]) and an `x-harness-id` of `TAG-N`.
 pub async fn run(
     target: SocketAddr,
-    letter: &'static str,
+    tag: &'static str,
     spec: &Spec,
     start: Instant,
     progress: Arc<Mutex<Vec<u64>>>,
@@ -148,13 +149,13 @@ pub async fn run(
                 (Method::GET, format!("/?ms={ms}"), client::empty())
             };
             // A unique id per request: the pods count how often each ran.
-            let id = format!("{letter}-{i}");
+            let id = format!("{tag}-{i}");
             let r = http
                 .send(
                     method,
                     target,
                     &path,
-                    &[("x-harness-variant", letter), ("x-harness-id", &id)],
+                    &[("x-harness-variant", tag), ("x-harness-id", &id)],
                     req_body,
                 )
                 .await;

@@ -1,12 +1,10 @@
 //! The rollout harness: a simulated Kubernetes deployment rolling under
 //! load, seen through several proxies side by side in one run:
 //!
-//! - A: Envoy with no retries;
-//! - B: Envoy with the retries Envoy Gateway configures by default (taken
+//! - Envoy alone, with no retries;
+//! - Envoy with the retries Envoy Gateway configures by default (taken
 //!   from its own xDS output in `shared/fixtures/envoy-gateway`);
-//! - C: B plus mulligan (rescue);
-//! - D: steer + rescue (mulligan lists healthy endpoints per request; Envoy's
-//!   router walks the list; rescue catches what still fails).
+//! - Envoy with mulligan, wired as shipped (`envoy.yaml`).
 //!
 //! All variants send to the same pods, which the same controller rolls, and
 //! each Envoy learns the endpoint set from the same EDS file (filesystem xDS)

@@ -5,7 +5,8 @@
 //! (`envoy-config/standalone/envoy.yaml`, the one source of mulligan's
 //! ext_proc settings) and Envoy Gateway's own xDS output for the retry
 //! policy and the cluster (`shared/fixtures/envoy-gateway/xds/retry.*`), so
-//! B is what Envoy Gateway would run, not an imitation of it.
+//! the Envoy Gateway variant is what Envoy Gateway would run, not an
+//! imitation of it.
 
 use std::{net::SocketAddr, path::Path};
 
@@ -13,44 +14,66 @@ use serde_json::{json, Value};
 
 use crate::{envoy::Envoy, mulligan::Mulligan, render};
 
-/// The variants compared side by side.
+/// The proxies compared side by side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Variant {
-    /// Envoy, no retries.
-    A,
-    /// Envoy with Envoy Gateway's default retries.
-    B,
-    /// B + mulligan rescue.
-    C,
-    /// Steer + rescue.
-    D,
-    /// The decide wiring (`envoy.yaml`): Envoy makes every attempt, mulligan
-    /// judges the failed ones and holds when nothing can serve.
-    E,
+    /// Envoy with no retries: what a rollout costs with nothing in the way.
+    EnvoyAlone,
+    /// Envoy with the retries Envoy Gateway configures by default: what a
+    /// user of Envoy Gateway gets without mulligan.
+    GatewayRetries,
+    /// Envoy with mulligan, wired as shipped (`envoy.yaml`): Envoy makes
+    /// every attempt, mulligan judges the failed ones and holds when
+    /// nothing can serve.
+    Mulligan,
 }
 
 impl Variant {
+    /// Every variant, in the order the report lists them.
+    pub const ALL: [Variant; 3] = [
+        Variant::EnvoyAlone,
+        Variant::GatewayRetries,
+        Variant::Mulligan,
+    ];
+
+    /// Its place in [`Variant::ALL`].
     pub fn index(self) -> usize {
         self as usize
     }
 
-    pub fn letter(self) -> &'static str {
-        ["A", "B", "C", "D", "E"][self.index()]
+    /// [`Variant::index`] as text: the `x-harness-variant` of its requests,
+    /// by which the pods count what each proxy sent, and the prefix of their
+    /// `x-harness-id`.
+    pub fn tag(self) -> &'static str {
+        ["0", "1", "2"][self.index()]
     }
 
+    /// A short name for the command line, request ids and process names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::EnvoyAlone => "envoy-alone",
+            Variant::GatewayRetries => "gateway-retries",
+            Variant::Mulligan => "mulligan",
+        }
+    }
+
+    /// What the report calls it.
     pub fn label(self) -> &'static str {
         match self {
-            Variant::A => "A: Envoy, no retries",
-            Variant::B => "B: Envoy + Envoy Gateway retries",
-            Variant::C => "C: B + mulligan rescue",
-            Variant::D => "D: steer + rescue",
-            Variant::E => "E: mulligan decide (envoy.yaml)",
+            Variant::EnvoyAlone => "Envoy alone, no retries",
+            Variant::GatewayRetries => "Envoy + Envoy Gateway retries",
+            Variant::Mulligan => "Envoy + mulligan",
         }
+    }
+
+    /// The variant called `name`.
+    pub fn named(name: &str) -> Option<Variant> {
+        Variant::ALL.into_iter().find(|v| v.name() == name)
     }
 
     /// Every variant.
     pub fn available() -> Vec<Variant> {
-        vec![Variant::A, Variant::B, Variant::C, Variant::D, Variant::E]
+        Variant::ALL.to_vec()
     }
 }
 
@@ -112,14 +135,18 @@ fn eds_config(eds: &Path) -> Value {
     })
 }
 
-/// E's bootstrap: the reference file as shipped, its app cluster on EDS
-/// (`eds` holds the hold endpoint at priority 1, as the static file does)
-/// with Envoy Gateway's load balancing and buffer limit; its own retry
-/// policy, not Envoy Gateway's.
-fn decide_bootstrap(eds: &Path, mulligan_grpc_port: u16) -> String {
-    let yaml = render::standalone(&[], mulligan_grpc_port, &[]);
+/// The mulligan variant's bootstrap: the reference file as shipped, its
+/// app cluster on EDS (`eds` holds the hold endpoint at priority 1, as the
+/// static file does) with Envoy Gateway's load balancing and buffer limit;
+/// its own retry policy, not Envoy Gateway's.
+fn mulligan_bootstrap(
+    eds: &Path,
+    mulligan_grpc_port: u16,
+    overrides: &[(&'static str, String)],
+) -> String {
+    let yaml = render::standalone(&[], mulligan_grpc_port, overrides);
     let mut v: Value = serde_yaml_ng::from_str(&yaml).expect("reference bootstrap is YAML");
-    v["node"] = json!({"id": "rollout-E", "cluster": "rollout"});
+    v["node"] = json!({"id": "rollout-mulligan", "cluster": "rollout"});
     let listeners = v["static_resources"]["listeners"]
         .as_array_mut()
         .expect("listeners");
@@ -141,64 +168,56 @@ fn decide_bootstrap(eds: &Path, mulligan_grpc_port: u16) -> String {
     v.to_string()
 }
 
-/// The bootstrap for `variant`: the reference file (`steer.yaml` for D) with
-/// the listener the variant needs, Envoy Gateway's retries (B, C, D) and
-/// cluster (A, B, C; D keeps steer's `override_host` cluster), all on EDS.
-pub fn bootstrap(variant: Variant, eds: &Path, mulligan_grpc_port: u16) -> String {
-    if variant == Variant::E {
-        return decide_bootstrap(&hold_eds(eds), mulligan_grpc_port);
-    }
-    let yaml = if variant == Variant::D {
-        render::steer(&[], mulligan_grpc_port, &[])
-    } else {
-        render::legacy_rescue(&[], mulligan_grpc_port, &[])
-    };
+/// The bootstrap of a variant without mulligan: the reference file's
+/// baseline listener alone (no mulligan filter anywhere), with Envoy
+/// Gateway's cluster on EDS and, for [`Variant::GatewayRetries`], Envoy
+/// Gateway's retry policy on its route.
+fn envoy_bootstrap(variant: Variant, eds: &Path) -> String {
+    let yaml = render::standalone(&[], 1, &[]);
     let mut v: Value = serde_yaml_ng::from_str(&yaml).expect("reference bootstrap is YAML");
     // Filesystem xDS needs a node identity.
-    v["node"] = json!({"id": format!("rollout-{}", variant.letter()), "cluster": "rollout"});
-    let keep = if variant == Variant::A || variant == Variant::B {
-        "baseline"
-    } else {
-        "mulligan"
-    };
+    v["node"] = json!({"id": format!("rollout-{}", variant.name()), "cluster": "rollout"});
     let listeners = v["static_resources"]["listeners"]
         .as_array_mut()
         .expect("listeners");
-    listeners.retain(|l| l["name"] == keep);
-    if variant != Variant::A {
-        let retry = envoy_gateway_retry_policy();
-        for l in listeners.iter_mut() {
-            for f in l["filter_chains"][0]["filters"]
-                .as_array_mut()
-                .into_iter()
-                .flatten()
-            {
-                let vhs = f["typed_config"]["route_config"]["virtual_hosts"].as_array_mut();
-                for vh in vhs.into_iter().flatten() {
-                    for r in vh["routes"].as_array_mut().into_iter().flatten() {
+    listeners.retain(|l| l["name"] == "baseline");
+    // The baseline listener's route goes to Envoy Gateway's cluster (named
+    // `app`, as the EDS file names it), with Envoy Gateway's retries for
+    // that variant; nothing of mulligan's is left.
+    let retry = (variant == Variant::GatewayRetries).then(envoy_gateway_retry_policy);
+    for l in listeners.iter_mut() {
+        for f in l["filter_chains"][0]["filters"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            let vhs = f["typed_config"]["route_config"]["virtual_hosts"].as_array_mut();
+            for vh in vhs.into_iter().flatten() {
+                for r in vh["routes"].as_array_mut().into_iter().flatten() {
+                    r["route"]["cluster"] = json!("app");
+                    if let Some(retry) = &retry {
                         r["route"]["retry_policy"] = retry.clone();
                     }
                 }
             }
         }
     }
-    let clusters = v["static_resources"]["clusters"]
-        .as_array_mut()
-        .expect("clusters");
-    if variant == Variant::D {
-        let app = clusters
-            .iter_mut()
-            .find(|c| c["name"] == "app")
-            .expect("steer.yaml has the app cluster");
-        let obj = app.as_object_mut().expect("cluster object");
-        obj.remove("load_assignment");
-        obj.insert("type".into(), json!("EDS"));
-        obj.insert("eds_cluster_config".into(), eds_config(eds));
-    } else {
-        clusters.retain(|c| c["name"] != "app");
-        clusters.push(envoy_gateway_cluster(eds));
-    }
+    v["static_resources"]["clusters"] = json!([envoy_gateway_cluster(eds)]);
     v.to_string()
+}
+
+/// The bootstrap for `variant`, every one on EDS; `overrides` fill the
+/// reference bootstrap's placeholders (e.g. `MESSAGE_TIMEOUT`).
+pub fn bootstrap(
+    variant: Variant,
+    eds: &Path,
+    mulligan_grpc_port: u16,
+    overrides: &[(&'static str, String)],
+) -> String {
+    match variant {
+        Variant::Mulligan => mulligan_bootstrap(&hold_eds(eds), mulligan_grpc_port, overrides),
+        Variant::EnvoyAlone | Variant::GatewayRetries => envoy_bootstrap(variant, eds),
+    }
 }
 
 /// Where the cluster writes Envoy's EDS with the hold endpoint added.
@@ -211,23 +230,19 @@ pub fn hold_eds(eds: &Path) -> std::path::PathBuf {
 }
 
 impl Proxy {
-    /// Starts the proxy for `variant`; mulligan (C, D) follows `mulligan_eds`.
+    /// Starts the proxy for `variant`; its mulligan follows `mulligan_eds`.
     pub async fn start(
         variant: Variant,
         envoy_eds: &Path,
         mulligan_eds: &Path,
         mulligan_toml: &str,
+        overrides: &[(&'static str, String)],
     ) -> Proxy {
-        let mulligan = if matches!(variant, Variant::C | Variant::D | Variant::E) {
+        let mulligan = if variant == Variant::Mulligan {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("mulligan.toml");
-            let steer = if variant == Variant::D {
-                "[steer]\nenabled = true\n"
-            } else {
-                ""
-            };
             let toml = format!(
-                "{steer}[endpoints]\neds_file = {:?}\neds_file_poll = \"20ms\"\n{mulligan_toml}",
+                "[endpoints]\neds_file = {:?}\neds_file_poll = \"20ms\"\n{mulligan_toml}",
                 mulligan_eds.display().to_string()
             );
             std::fs::write(&path, toml).expect("mulligan config");
@@ -237,7 +252,7 @@ impl Proxy {
             None
         };
         let port = mulligan.as_ref().map_or(1, |m| m.grpc.port());
-        let envoy = Envoy::start(&bootstrap(variant, envoy_eds, port)).await;
+        let envoy = Envoy::start(&bootstrap(variant, envoy_eds, port, overrides)).await;
         let name = if mulligan.is_some() {
             "mulligan"
         } else {

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{
     load::{ErrorCause, Sample},
+    proxies::Variant,
     resources::Series,
 };
 
@@ -48,6 +49,9 @@ pub struct VariantResult {
     /// Client-visible errors caused by draining, gone or not-ready pods.
     pub rollout_errors: u64,
     pub errors_by_cause: BTreeMap<&'static str, u64>,
+    /// The same, of POSTs only: a POST the app may have run is never sent
+    /// again (by Envoy alone or with mulligan), so its failure stands.
+    pub post_errors_by_cause: BTreeMap<&'static str, u64>,
     /// Requests that reached a pod (rejected ones included) per client request.
     pub amplification: f64,
     /// Requests an app ran more than once (the pods count each request id).
@@ -64,7 +68,8 @@ pub struct VariantResult {
     /// for its error.
     pub p99_failed_ms: f64,
     pub mulligan: Option<ProcStats>,
-    pub rescued: Option<f64>,
+    /// Failed attempts Envoy retried at mulligan's word.
+    pub retried: Option<f64>,
     pub budget_exhausted: Option<f64>,
     /// Client-visible errors per second of the run.
     pub errors_per_second: Vec<u64>,
@@ -81,6 +86,7 @@ impl VariantResult {
         let mut h = Histogram::<u64>::new(3).expect("histogram");
         let mut failed = Histogram::<u64>::new(3).expect("histogram");
         let mut by_cause: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut post_by_cause: BTreeMap<&'static str, u64> = BTreeMap::new();
         let seconds = duration_s.ceil() as usize + 1;
         let mut per_second = vec![0u64; seconds];
         let mut rollout_errors = 0;
@@ -89,6 +95,9 @@ impl VariantResult {
             if let Some(c) = s.error {
                 let _ = failed.record(s.latency_us.max(1));
                 *by_cause.entry(c.as_str()).or_default() += 1;
+                if s.post {
+                    *post_by_cause.entry(c.as_str()).or_default() += 1;
+                }
                 if c.is_rollout() {
                     rollout_errors += 1;
                 }
@@ -108,6 +117,7 @@ impl VariantResult {
             errors: samples.iter().filter(|s| s.error.is_some()).count() as u64,
             rollout_errors,
             errors_by_cause: by_cause,
+            post_errors_by_cause: post_by_cause,
             amplification: arrivals as f64 / requests.max(1) as f64,
             ran_twice: 0,
             processed: 0.0,
@@ -117,7 +127,7 @@ impl VariantResult {
             max_ms: ms(h.max()),
             p99_failed_ms: ms(failed.value_at_quantile(0.99)),
             mulligan: None,
-            rescued: None,
+            retried: None,
             budget_exhausted: None,
             errors_per_second: per_second,
         }
@@ -187,15 +197,10 @@ impl ScenarioResult {
             out.push_str(&format!("\n{line}\n"));
         }
         for v in &self.variants {
-            if let (Some(r), Some(b)) = (v.rescued, v.budget_exhausted) {
-                let what = if v.variant == "E" {
-                    "failed attempts retried (by Envoy, at mulligan's word)"
-                } else {
-                    "responses rescued"
-                };
+            if let (Some(r), Some(b)) = (v.retried, v.budget_exhausted) {
                 out.push_str(&format!(
-                    "\n{}: {r:.0} {what}, {b:.0} left alone because the retry budget was spent.",
-                    v.variant
+                    "\n{}: {r:.0} failed attempts retried (by Envoy, at mulligan's word), {b:.0} left alone because the retry budget was spent.",
+                    v.label
                 ));
             }
         }
@@ -204,13 +209,13 @@ impl ScenarioResult {
         out
     }
 
-    /// One line on what mulligan changed: Envoy Gateway's retries (B)
-    /// against the default wiring (E), when both ran.
+    /// One line on what mulligan changed: Envoy Gateway's retries against
+    /// mulligan, when both ran.
     pub fn verdict(&self) -> Option<String> {
-        let by = |l: &str| self.variants.iter().find(|v| v.variant == l);
-        let (b, e) = (by("B")?, by("E")?);
+        let by = |v: Variant| self.variants.iter().find(|r| r.variant == v.name());
+        let (b, e) = (by(Variant::GatewayRetries)?, by(Variant::Mulligan)?);
         Some(format!(
-            "**With Envoy Gateway's retries (B), {} of {} requests failed (p99 wait for the error {:.0} ms) and {} ran twice; with mulligan (E), {} failed (p99 wait {:.0} ms) and {} ran twice.**",
+            "**With Envoy Gateway's retries, {} of {} requests failed (p99 wait for the error {:.0} ms) and {} ran twice; with mulligan, {} failed (p99 wait {:.0} ms) and {} ran twice.**",
             b.errors, b.requests, b.p99_failed_ms, b.ran_twice, e.errors, e.p99_failed_ms, e.ran_twice
         ))
     }

@@ -49,7 +49,7 @@ pub const SCENARIOS: [(&str, &str); 9] = [
     ),
     (
         "soak",
-        "30 minutes at a fixed rate with a rolling update every minute; RSS and fds sampled throughout (C and D)",
+        "30 minutes at a fixed rate with a rolling update every minute; RSS and fds sampled throughout (mulligan)",
     ),
     (
         "demo",
@@ -73,6 +73,9 @@ pub struct Options {
     pub variants: Vec<Variant>,
     /// Extra mulligan config (TOML) for the variants that run it.
     pub mulligan_toml: String,
+    /// Placeholders of the reference bootstrap to fill otherwise than as
+    /// shipped (a test on a loaded machine: `MESSAGE_TIMEOUT`).
+    pub envoy_overrides: Vec<(&'static str, String)>,
     /// Print progress to stderr every few seconds.
     pub progress: bool,
 }
@@ -90,6 +93,7 @@ impl Default for Options {
             sample_every_s: None,
             variants: Variant::available(),
             mulligan_toml: "[probe]\npath = \"/ready\"\ninterval = \"200ms\"\n".into(),
+            envoy_overrides: Vec::new(),
             progress: true,
         }
     }
@@ -198,10 +202,10 @@ pub async fn script(name: &str, cluster: Arc<Cluster>, until: Instant, roll_ever
     }
 }
 
-/// Of variant `letter`'s requests: how many some app ran more than once,
+/// Of the requests tagged `tag`: how many some app ran more than once,
 /// and how many runs the apps made in all.
-fn executions(cluster: &Cluster, letter: &str) -> (u64, u64) {
-    let prefix = format!("{letter}-");
+fn executions(cluster: &Cluster, tag: &str) -> (u64, u64) {
+    let prefix = format!("{tag}-");
     let mut runs: std::collections::HashMap<String, u32> = Default::default();
     for pod in cluster.all_pods() {
         for (id, n) in pod.executions() {
@@ -251,6 +255,7 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
             cluster.envoy_eds(),
             cluster.mulligan_eds(),
             &opts.mulligan_toml,
+            &opts.envoy_overrides,
         )
         .await;
         if let Some(m) = &p.mulligan {
@@ -274,7 +279,7 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let arrivals_before: Vec<u64> = (0..5)
+    let arrivals_before: Vec<u64> = (0..Variant::ALL.len())
         .map(|i| cluster.all_pods().iter().map(|p| p.arrivals(i)).sum())
         .collect();
 
@@ -292,13 +297,13 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
     let watched: Vec<(String, u32)> = proxies
         .iter()
         .flat_map(|p| {
-            let l = p.variant.letter();
+            let l = p.variant.name();
             let m = p
                 .mulligan
                 .as_ref()
-                .map(|m| (format!("{l} mulligan"), m.pid()));
+                .map(|m| (format!("mulligan ({l})"), m.pid()));
             m.into_iter()
-                .chain(std::iter::once((format!("{l} envoy"), p.envoy.pid())))
+                .chain(std::iter::once((format!("envoy ({l})"), p.envoy.pid())))
         })
         .collect();
     let sampler = {
@@ -315,11 +320,11 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
     let progress = Arc::new(Mutex::new(vec![0u64; proxies.len()]));
     let reporter = opts.progress.then(|| {
         let progress = Arc::clone(&progress);
-        let letters: Vec<&str> = proxies.iter().map(|p| p.variant.letter()).collect();
+        let names: Vec<&str> = proxies.iter().map(|p| p.variant.name()).collect();
         let total = lspec.duration_s;
         let mulligans: Vec<(String, u32)> = watched
             .iter()
-            .filter(|(n, _)| n.ends_with("mulligan"))
+            .filter(|(n, _)| n.starts_with("mulligan"))
             .cloned()
             .collect();
         // Long runs report less often.
@@ -328,7 +333,7 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
             loop {
                 tokio::time::sleep(every).await;
                 let done = progress.lock().unwrap().clone();
-                let parts: Vec<String> = letters
+                let parts: Vec<String> = names
                     .iter()
                     .zip(done)
                     .map(|(l, n)| format!("{l} {n}"))
@@ -352,7 +357,7 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
     let loads = proxies.iter().enumerate().map(|(i, p)| {
         load::run(
             p.front,
-            p.variant.letter(),
+            p.variant.tag(),
             &lspec,
             start,
             Arc::clone(&progress),
@@ -376,34 +381,25 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
             .sum::<u64>()
             - arrivals_before[i];
         let mut v = VariantResult::new(
-            p.variant.letter(),
+            p.variant.name(),
             p.variant.label(),
             &s,
             arrivals,
             lspec.duration_s,
         );
-        let (twice, runs) = executions(&cluster, p.variant.letter());
+        let (twice, runs) = executions(&cluster, p.variant.tag());
         v.ran_twice = twice;
         v.processed = runs as f64 / v.requests.max(1) as f64;
         if let Some(m) = &p.mulligan {
             v.mulligan = Some(ProcStats::of(m.pid()));
-            let (rescued, budget) = if p.variant == Variant::E {
-                let text = m.metrics().await;
-                let retried = parse_metric(&text, r#"mulligan_answers_total{answer="retry"}"#)
-                    + parse_metric(
-                        &text,
-                        r#"mulligan_answers_total{answer="retry_after_hold"}"#,
-                    );
-                (retried, sum_matching(&text, r#"decision="budget_spent""#))
-            } else {
-                (
-                    m.metric(r#"mulligan_rescues_total{outcome="rescued"}"#)
-                        .await,
-                    m.metric(r#"mulligan_rescues_total{outcome="budget_exhausted"}"#)
-                        .await,
-                )
-            };
-            v.rescued = Some(rescued);
+            let text = m.metrics().await;
+            let retried = parse_metric(&text, r#"mulligan_answers_total{answer="retry"}"#)
+                + parse_metric(
+                    &text,
+                    r#"mulligan_answers_total{answer="retry_after_hold"}"#,
+                );
+            let budget = sum_matching(&text, r#"decision="budget_spent""#);
+            v.retried = Some(retried);
             v.budget_exhausted = Some(budget);
         }
         variants.push(v);

@@ -1,8 +1,10 @@
-//! Holding through real Envoy on the reference wiring (issue 13, items 5
-//! and 6): a request held while no endpoint can serve is served by an
-//! endpoint that appears, or becomes ready, after the hold began, through
-//! each discovery source; and held requests go back to a pod that just
-//! became ready at `hold.release_per_endpoint`, not all at once.
+//! Holding through real Envoy on the reference wiring: with no endpoint
+//! that can serve, a failed request waits instead of failing, and arrives
+//! whole once an endpoint can serve: one that appears, or becomes ready,
+//! after the hold began, through each discovery source; held requests go
+//! back to a pod that just became ready at `hold.release_per_endpoint`, not
+//! all at once; a hold ends at its deadline with `Retry-After`, and none
+//! begins when nothing can come back.
 //!
 //! Envoy must learn the endpoint too, and each test gives it the endpoint
 //! the way production does for that source:
@@ -16,8 +18,7 @@
 //!   the change: the control plane lags the API server. One test pushes
 //!   EDS only once a request mulligan released early has come back to the
 //!   hold, so that path is run every time.
-//! - The EDS file source (mulligan and Envoy reading one file) is
-//!   `tests/decide.rs` `a_held_request_is_served_by_an_endpoint_discovered_later`.
+//! - the EDS file source: mulligan and Envoy read one file.
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -34,7 +35,7 @@ use rig::{
     mulligan::Mulligan,
     payload,
     pods::{Pod, PodState},
-    render,
+    render, Stack,
 };
 use serde_json::Value;
 
@@ -67,7 +68,7 @@ async fn state_of(m: &Mulligan, addr: SocketAddr) -> String {
 
 /// Waits until mulligan's registry has `addr` in `state`.
 async fn until_state(m: &Mulligan, addr: SocketAddr, state: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + rig::LOADED;
     loop {
         let now = state_of(m, addr).await;
         if now == state {
@@ -103,21 +104,16 @@ async fn request(front: SocketAddr, i: usize) -> (String, Reply) {
     (id, r)
 }
 
-/// Sends `n` requests (see [`request`]) and waits until mulligan holds all
-/// of them.
+/// Sends `n` requests (see [`request`]) to `envoy` and waits until
+/// mulligan holds all of them.
 async fn held(
     m: &Mulligan,
-    front: SocketAddr,
+    envoy: &Envoy,
     n: usize,
 ) -> Vec<tokio::task::JoinHandle<(String, Reply)>> {
+    let front = envoy.listener("mulligan").await;
     let tasks = (0..n).map(|i| tokio::spawn(request(front, i))).collect();
-    m.wait_metric(
-        "mulligan_rescue_held",
-        n as f64,
-        Duration::from_secs(10),
-        "every request held",
-    )
-    .await;
+    rig::wait_held(m, envoy, n).await;
     tasks
 }
 
@@ -166,9 +162,8 @@ async fn static_a_held_request_is_served_once_the_probe_sees_the_pod_ready() {
     )
     .await;
     until_state(&m, pod.addr, "not_ready").await;
-    let envoy = Envoy::start(&render::standalone(&[pod.addr], m.grpc.port(), &[])).await;
-    let front = envoy.listener("mulligan").await;
-    let tasks = held(&m, front, 2).await;
+    let envoy = Envoy::start(&render::tolerant(&[pod.addr], m.grpc.port(), &[])).await;
+    let tasks = held(&m, &envoy, 2).await;
     assert_eq!(pod.rejected(), 2, "each first attempt met the booting pod");
     pod.set_state(PodState::Ready).await;
     served_once_by(&pod, tasks).await;
@@ -190,9 +185,8 @@ async fn static_a_held_request_is_served_once_the_lifecycle_api_says_ready() {
         )
         .await;
         until_state(&m, pod.addr, "not_ready").await;
-        let envoy = Envoy::start(&render::standalone(&[pod.addr], m.grpc.port(), &[])).await;
-        let front = envoy.listener("mulligan").await;
-        let tasks = held(&m, front, 2).await;
+        let envoy = Envoy::start(&render::tolerant(&[pod.addr], m.grpc.port(), &[])).await;
+        let tasks = held(&m, &envoy, 2).await;
         pod.set_state(PodState::Ready).await;
         if via == "admin" {
             let r = client::post(m.admin, &format!("/v1/endpoints/{}/ready", pod.addr))
@@ -223,7 +217,7 @@ struct Kube {
     api: KubeApi,
     eds: EdsFile,
     mulligan: Mulligan,
-    _envoy: Envoy,
+    envoy: Envoy,
     front: SocketAddr,
     /// Each pod's conditions (ready, serving, terminating), by slice name:
     /// loopback pods share 127.0.0.1, so each has a slice for its port.
@@ -249,7 +243,7 @@ impl Kube {
             api,
             eds,
             mulligan,
-            _envoy: envoy,
+            envoy,
             front,
             pods: BTreeMap::new(),
         }
@@ -302,7 +296,7 @@ impl Kube {
             .wait_metric(
                 r#"mulligan_pods_coming_up{cluster="app"}"#,
                 n as f64,
-                Duration::from_secs(10),
+                rig::LOADED,
                 "pods coming up",
             )
             .await;
@@ -334,7 +328,7 @@ async fn kubernetes_a_held_request_is_served_by_a_pod_that_becomes_ready() {
     let mut k = Kube::start().await;
     let pod = Pod::start("booted", PodState::Booting).await;
     k.set("booted", pod.addr, BOOTING, "not_ready").await;
-    let tasks = held(&k.mulligan, k.front, N).await;
+    let tasks = held(&k.mulligan, &k.envoy, N).await;
     pod.set_state(PodState::Ready).await;
     k.tell_api("booted", pod.addr, READY, "ready").await;
     // More releases than requests: one came back to the hold.
@@ -342,7 +336,7 @@ async fn kubernetes_a_held_request_is_served_by_a_pod_that_becomes_ready() {
         .wait_metric_above(
             r#"mulligan_answers_total{answer="retry_after_hold"}"#,
             N as f64,
-            Duration::from_secs(10),
+            rig::LOADED,
         )
         .await;
     k.push_eds();
@@ -359,7 +353,7 @@ async fn kubernetes_a_held_request_is_served_by_a_pod_that_appears_later() {
     let mut k = Kube::start().await;
     let stuck = Pod::start("stuck", PodState::Booting).await;
     k.set("stuck", stuck.addr, BOOTING, "not_ready").await;
-    let tasks = held(&k.mulligan, k.front, 2).await;
+    let tasks = held(&k.mulligan, &k.envoy, 2).await;
     let fresh = Pod::start("fresh", PodState::Ready).await;
     k.set("fresh", fresh.addr, READY, "ready").await;
     served_once_by(&fresh, tasks).await;
@@ -370,15 +364,15 @@ async fn kubernetes_a_held_request_is_served_by_a_pod_that_appears_later() {
     );
 }
 
-/// Item 6, the cluster scaling up: the Service's only pod is gone (its
+/// The cluster scaling up: the Service's only pod is gone (its
 /// EndpointSlice deleted, EDS empty) and its replacement exists but is
 /// Pending (no IP: scheduled, pulling its image), as in a scale from zero
 /// or a Recreate rollout. No endpoint is known, but a pod is on its way, so
 /// requests are held, not failed at once. The Pod then gets its IP (before
 /// any EndpointSlice lists it, as in Kubernetes: it still counts as coming
 /// up), is ready in its slice and then in EDS, and the held requests are
-/// served by it, each once. Without pods coming up counted, the 503 came at
-/// once and no request was ever held.
+/// served by it, each once. (Were pods coming up not counted, the 503 would
+/// come at once and no request would be held.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_a_request_is_held_while_a_pending_pod_comes_up() {
     let mut k = Kube::start().await;
@@ -387,7 +381,7 @@ async fn kubernetes_a_request_is_held_while_a_pending_pod_comes_up() {
     k.remove("old", old.addr).await;
     k.api.apply("pods", pending_pod("new", "backend"));
     k.until_coming_up(1).await;
-    let tasks = held(&k.mulligan, k.front, 2).await;
+    let tasks = held(&k.mulligan, &k.envoy, 2).await;
     let new = Pod::start("new", PodState::Ready).await;
     k.api
         .apply("pods", pod("new", "backend", "127.0.0.1", false));
@@ -432,7 +426,7 @@ async fn kubernetes_with_no_pod_known_or_coming_up_the_503_is_not_held() {
     );
 }
 
-/// Item 6: held requests go back to a pod that just became ready at
+/// Held requests go back to a pod that just became ready at
 /// `hold.release_per_endpoint` per second, not all at once. With rate `r`
 /// and one endpoint, release slots are `1/r` apart and none is before the
 /// pod became ready, so the k-th request (from 0) to reach the pod arrives
@@ -453,9 +447,8 @@ async fn held_requests_are_released_at_the_configured_pace() {
     )
     .await;
     until_state(&m, pod.addr, "not_ready").await;
-    let envoy = Envoy::start(&render::standalone(&[pod.addr], m.grpc.port(), &[])).await;
-    let front = envoy.listener("mulligan").await;
-    let tasks = held(&m, front, N).await;
+    let envoy = Envoy::start(&render::tolerant(&[pod.addr], m.grpc.port(), &[])).await;
+    let tasks = held(&m, &envoy, N).await;
     let became_ready = Instant::now();
     pod.set_ready(true);
     let r = client::post(m.admin, &format!("/v1/endpoints/{}/ready", pod.addr))
@@ -493,4 +486,173 @@ async fn held_requests_are_released_at_the_configured_pace() {
             "request {k} arrived {t:?} after the pod became ready, before its slot at {floor:?}: releases are not paced (all: {after:?})"
         );
     }
+}
+
+/// EDS for Envoy and mulligan alike, from one file (the hold endpoint in it
+/// too, as an internal address mulligan skips).
+fn eds_file(path: &std::path::Path, pods: &[SocketAddr]) {
+    let lb: Vec<serde_json::Value> = pods
+        .iter()
+        .map(|a| serde_json::json!({"endpoint": {"address": {"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}}}}))
+        .collect();
+    let doc = serde_json::json!({
+        "version_info": format!("{}", fastrand::u64(..)),
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            "cluster_name": "app",
+            "policy": {"overprovisioning_factor": 100000},
+            "endpoints": [
+                {"lb_endpoints": lb},
+                {"priority": 1, "lb_endpoints": [{"endpoint": {"address": {"envoy_internal_address": {"server_listener_name": "mulligan_hold"}}}}]},
+            ],
+        }],
+    });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, doc.to_string()).expect("write eds");
+    std::fs::rename(&tmp, path).expect("rename eds");
+}
+
+/// Nothing can serve: the only pod is gone. Held GETs and POSTs wait, and
+/// arrive whole once it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_arrive_whole_once_a_pod_starts() {
+    let stack = Stack::start(&[("a", PodState::Gone)], &[], &[]).await;
+    let body = payload(30_000);
+    let front = stack.front;
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let (method, path, b) = if i % 2 == 0 {
+                (Method::GET, "/", Vec::new())
+            } else {
+                (Method::POST, "/echo", body)
+            };
+            HttpClient::new(Proto::Http1)
+                .send(method, front, path, &[], client::full(b))
+                .await
+                .expect("request through Envoy")
+        }));
+    }
+    stack.wait_held(4).await;
+    stack.pod("a").set_state(PodState::Ready).await;
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.expect("request");
+        assert_eq!(r.status, 200, "{i}: {:?}", r.body);
+        if i % 2 == 1 {
+            assert_eq!(r.body, body, "the held POST's body arrived whole");
+        }
+    }
+    let seen = stack.pod("a").seen();
+    assert_eq!(seen.len(), 4);
+    for s in seen.iter().filter(|s| s.method == "POST") {
+        assert_eq!(s.body.as_ref(), body.as_slice());
+        assert_eq!(s.header("content-length"), Some("30000"));
+    }
+}
+
+/// Nothing comes back: a held request ends at `rescue.deadline` with the 503
+/// and `Retry-After`, never later.
+#[tokio::test]
+async fn a_hold_that_finds_nothing_ends_with_retry_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(&cfg, "[rescue]\ndeadline = \"1s\"\n").expect("config");
+    let stack = Stack::start(
+        &[("a", PodState::Gone)],
+        &["--config", cfg.to_str().expect("path")],
+        &[],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let r = client::get(stack.front, "/").await.expect("GET");
+    let took = started.elapsed();
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        r.headers.get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    // Well before the route's own timeout (15 s): the hold's deadline ended it.
+    assert!(took < Duration::from_secs(10), "held for {took:?}");
+    assert!(
+        stack
+            .mulligan
+            .metric("mulligan_answers_total{answer=\"held_too_long\"}")
+            .await
+            >= 1.0
+    );
+}
+
+/// A total outage does not make clients wait for nothing: with every
+/// endpoint draining, no hold begins; the 503 comes at once, with
+/// `Retry-After`, not at the hold's deadline.
+#[tokio::test]
+async fn with_nothing_coming_back_the_503_is_not_held() {
+    let stack = Stack::start(&[("a", PodState::Draining)], &[], &[]).await;
+    let addr = stack.pod("a").addr;
+    let r = client::post(stack.mulligan.admin, &format!("/v1/endpoints/{addr}/drain"))
+        .await
+        .expect("lifecycle drain");
+    assert!(r.status.is_success());
+    let started = std::time::Instant::now();
+    let r = client::get(stack.front, "/").await.expect("GET");
+    let took = started.elapsed();
+    assert_eq!(r.status, 503);
+    assert!(r.headers.contains_key("retry-after"));
+    // Well before the hold's deadline (10 s): no hold began.
+    assert!(took < Duration::from_secs(5), "held for {took:?}");
+    assert!(
+        stack
+            .mulligan
+            .metric("mulligan_answers_total{answer=\"nothing_coming\"}")
+            .await
+            >= 1.0
+    );
+}
+
+/// A held request is served by an endpoint discovered after the hold began
+/// (from an EDS file mulligan and Envoy both read), not only by the
+/// endpoints known when it began.
+#[tokio::test]
+async fn a_held_request_is_served_by_an_endpoint_discovered_later() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let eds = dir.path().join("eds").join("eds.json");
+    std::fs::create_dir_all(eds.parent().expect("dir")).expect("eds dir");
+    let gone = Pod::start("gone", PodState::Gone).await;
+    eds_file(&eds, &[gone.addr]);
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[endpoints]\neds_file = {:?}\neds_file_poll = \"20ms\"\n",
+            eds.display().to_string()
+        ),
+    )
+    .expect("config");
+    let mulligan = Mulligan::start(&["--config", cfg.to_str().expect("path")]).await;
+    let text = render::tolerant(&[], mulligan.grpc.port(), &[]);
+    let mut v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("bootstrap is YAML");
+    let app = render::cluster(&mut v, "app");
+    let obj = app.as_mapping_mut().expect("cluster");
+    obj.remove("load_assignment");
+    obj.insert("type".into(), serde_yaml_ng::Value::from("EDS"));
+    obj.insert(
+        "eds_cluster_config".into(),
+        render::yaml(&format!(
+            "{{eds_config: {{resource_api_version: V3, path_config_source: {{path: '{}', watched_directory: {{path: '{}'}}}}}}}}",
+            eds.display(),
+            eds.parent().expect("dir").display()
+        )),
+    );
+    let mut bootstrap = v;
+    bootstrap["node"] = render::yaml("{id: hold-test, cluster: hold-test}");
+    let envoy = Envoy::start(&serde_yaml_ng::to_string(&bootstrap).expect("YAML")).await;
+    let front = envoy.listener("mulligan").await;
+    let held = tokio::spawn(async move { client::get(front, "/").await });
+    rig::wait_held(&mulligan, &envoy, 1).await;
+    let fresh = Pod::start("fresh", PodState::Ready).await;
+    eds_file(&eds, &[fresh.addr]);
+    let r = held.await.expect("task").expect("GET");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body, "hello from fresh\n");
 }
