@@ -59,8 +59,8 @@ impl Rig {
         let yaml = render::standalone(&addrs, mulligans[0].grpc.port(), overrides);
         let mut v: Value = serde_yaml_ng::from_str(&yaml).expect("bootstrap is YAML");
         let grpc: Vec<SocketAddr> = mulligans.iter().map(|m| m.grpc).collect();
-        cluster(&mut v, "mulligan")["load_assignment"]["endpoints"][0]["lb_endpoints"] =
-            yaml_value(&render::lb_endpoints(&grpc));
+        render::cluster(&mut v, "mulligan")["load_assignment"]["endpoints"][0]["lb_endpoints"] =
+            render::yaml(&render::lb_endpoints(&grpc));
         edit(&mut v);
         let envoy = Envoy::start(&serde_yaml_ng::to_string(&v).expect("YAML")).await;
         let front = envoy.listener("mulligan").await;
@@ -82,33 +82,13 @@ impl Rig {
     }
 }
 
-/// The mulligan route of a rendered bootstrap.
-fn route(v: &mut Value) -> &mut Value {
-    &mut v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-        ["route_config"]["virtual_hosts"][0]["routes"][0]
-}
-
-/// The cluster named `name`.
-fn cluster<'a>(v: &'a mut Value, name: &str) -> &'a mut Value {
-    v["static_resources"]["clusters"]
-        .as_sequence_mut()
-        .expect("clusters")
-        .iter_mut()
-        .find(|c| c["name"] == name)
-        .expect("cluster")
-}
-
-fn yaml_value(text: &str) -> Value {
-    serde_yaml_ng::from_str(text).expect("YAML literal")
-}
-
 /// A 503 trigger added to the route's retry policy by hand, as a user (or
 /// Envoy Gateway's BackendTrafficPolicy) would.
 fn retry_503(v: &mut Value) {
-    let policy = &mut route(v)["route"]["retry_policy"];
+    let policy = &mut render::route(v)["route"]["retry_policy"];
     let on = policy["retry_on"].as_str().expect("retry_on").to_string();
     policy["retry_on"] = Value::from(format!("{on},retriable-status-codes"));
-    policy["retriable_status_codes"] = yaml_value("[503]");
+    policy["retriable_status_codes"] = render::yaml("[503]");
 }
 
 async fn send(addr: SocketAddr, method: Method, path: &str, id: &str) -> Reply {
