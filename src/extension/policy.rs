@@ -246,3 +246,52 @@ pub fn selects(
             Some(wanted) => section == Some(wanted),
         }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_max_hold(value: &str) -> Parsed {
+        let object = serde_json::json!({
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"namespace": "default", "name": "p"},
+            "spec": {
+                "targetRefs": [{"group": GATEWAY_API_GROUP, "kind": "Gateway", "name": "eg"}],
+                "budget": {"maxHold": value},
+            },
+        });
+        parse(object.to_string().as_bytes())
+    }
+
+    #[test]
+    fn a_hold_budget_that_can_work_is_the_routes_budget() {
+        for (value, want) in [
+            ("3s", Duration::from_secs(3)),
+            ("1s", MIN_MAX_HOLD),
+            ("1m", MAX_MAX_HOLD),
+        ] {
+            match with_max_hold(value) {
+                Parsed::Valid(p) => assert_eq!(p.settings.max_hold, want, "{value}"),
+                other => panic!("{value}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_hold_budget_that_cannot_work_is_refused_with_the_reason() {
+        for (value, why) in [
+            ("500ms", "to answer in"),
+            ("61s", "route timeout"),
+            ("2s 1us", "millisecond"),
+        ] {
+            match with_max_hold(value) {
+                Parsed::Invalid { reason, .. } => {
+                    assert!(reason.starts_with("spec.budget.maxHold"), "{reason}");
+                    assert!(reason.contains(why), "{value}: {reason}");
+                }
+                other => panic!("{value}: {other:?}"),
+            }
+        }
+    }
+}
