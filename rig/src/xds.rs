@@ -122,6 +122,7 @@ pub fn pool() -> &'static DescriptorPool {
         // a wired translation as a bootstrap Envoy reads).
         for name in [
             "envoy.config.bootstrap.v3.Bootstrap",
+            "envoy.extensions.clusters.aggregate.v3.ClusterConfig",
             "envoy.extensions.bootstrap.internal_listener.v3.InternalListener",
             "envoy.extensions.common.matching.v3.ExtensionWithMatcher",
             "envoy.extensions.filters.http.buffer.v3.Buffer",

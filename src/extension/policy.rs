@@ -13,6 +13,11 @@ use serde::Deserialize;
 pub const API_VERSION: &str = "mulligan.dev/v1alpha1";
 pub const KIND: &str = "MulliganPolicy";
 const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+/// The kinds a policy may target.
+pub const TARGET_KINDS: [&str; 3] = ["Gateway", "HTTPRoute", "GRPCRoute"];
+/// The route kinds among them: Envoy Gateway hands their policies to
+/// PostRouteModify.
+pub const ROUTE_KINDS: [&str; 2] = ["HTTPRoute", "GRPCRoute"];
 pub const DEFAULT_NUM_RETRIES: u32 = 10;
 pub const MAX_NUM_RETRIES: u32 = 20;
 /// The hold budget when a policy names none: the same as mulligan's own
@@ -60,7 +65,8 @@ pub enum Mode {
     Off,
 }
 
-/// What a policy attaches to; only Gateway API Gateways and HTTPRoutes.
+/// What a policy attaches to: a Gateway API Gateway (`sectionName`: one
+/// listener), HTTPRoute or GRPCRoute (`sectionName`: one named rule).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetRef {
@@ -188,9 +194,9 @@ fn validate(spec: &Spec) -> Result<(), String> {
         return Err("spec.targetRefs is empty".into());
     }
     for t in &spec.target_refs {
-        if t.group != GATEWAY_API_GROUP || !matches!(t.kind.as_str(), "Gateway" | "HTTPRoute") {
+        if t.group != GATEWAY_API_GROUP || !TARGET_KINDS.contains(&t.kind.as_str()) {
             return Err(format!(
-                "spec.targetRefs: {}/{} {} is not a Gateway or HTTPRoute of {GATEWAY_API_GROUP}",
+                "spec.targetRefs: {}/{} {} is not a Gateway, HTTPRoute or GRPCRoute of {GATEWAY_API_GROUP}",
                 t.group, t.kind, t.name
             ));
         }

@@ -3,11 +3,17 @@
 //! and virtual host (`filter_metadata["envoy-gateway"].resources`).
 //!
 //! Precedence, most specific first: a route marker left by PostRouteModify
-//! (an HTTPRoute policy), an HTTPRoute policy in the PostTranslate context,
-//! a Gateway policy on the route's listener (`sectionName`), then one on
-//! the whole Gateway. Among several policies at one level the first by
-//! `namespace/name` wins, so the choice does not depend on delivery order.
-//! An invalid policy at the deciding level leaves the route untouched.
+//! (an HTTPRoute or GRPCRoute policy: one on the route's rule, by
+//! `sectionName`, before one on the whole route), a route policy in the
+//! PostTranslate context (the same order), a Gateway policy on the route's
+//! listener (`sectionName`), then one on the whole Gateway. Among several
+//! policies at one level the first by `namespace/name` wins, so the choice
+//! does not depend on delivery order. An invalid policy at the deciding
+//! level leaves the route untouched.
+//!
+//! Envoy Gateway names a route's rule in the route's metadata
+//! (`sectionName`) only when the rule has a name; a policy on a rule
+//! selects only the routes built from that rule.
 
 use envoy_types::pb::{
     envoy::config::core::v3::Metadata,
@@ -77,8 +83,19 @@ impl Policies {
         self.valid.is_empty() && self.invalid.is_empty()
     }
 
-    /// For PostRouteModify, where every delivered policy targets the route.
-    pub fn for_route(&self) -> Option<Result<&Policy, ()>> {
+    /// For PostRouteModify, where every delivered policy targets the route
+    /// or its rule: one on the rule (`sectionName`, read from the route's
+    /// metadata) wins over one on the whole route. Without Envoy Gateway's
+    /// metadata to tell them apart, the first of all.
+    pub fn for_route(&self, route_meta: Option<&Metadata>) -> Option<Result<&Policy, ()>> {
+        let resources = eg_resources(route_meta);
+        for sectioned in [true, false] {
+            for kind in policy::ROUTE_KINDS {
+                if let Some(found) = self.find(kind, sectioned, &resources) {
+                    return Some(found);
+                }
+            }
+        }
         if !self.invalid.is_empty() {
             return Some(Err(()));
         }
@@ -88,6 +105,21 @@ impl Policies {
     /// The choice at one level: policies whose targets select `resources`,
     /// with a `sectionName` (`sectioned`) or without.
     fn choose(&self, kind: &str, sectioned: bool, resources: &[EgResource]) -> Option<Choice> {
+        let policy = self.find(kind, sectioned, resources)?;
+        Some(match policy {
+            Ok(p) => decided(p.mode, p.settings),
+            Err(()) => Choice::Invalid,
+        })
+    }
+
+    /// The policy deciding at one level (`Err` when an invalid one targets
+    /// it), if any targets it.
+    fn find(
+        &self,
+        kind: &str,
+        sectioned: bool,
+        resources: &[EgResource],
+    ) -> Option<Result<&Policy, ()>> {
         let hit = |ns: &str, t: &policy::TargetRef| {
             t.section_name.is_some() == sectioned
                 && resources.iter().any(|r| {
@@ -100,13 +132,12 @@ impl Policies {
             targets.iter().any(|t| hit(ns, t))
         });
         if invalid {
-            return Some(Choice::Invalid);
+            return Some(Err(()));
         }
-        let policy = self
-            .valid
+        self.valid
             .iter()
-            .find(|p| p.target_refs.iter().any(|t| hit(&p.namespace, t)))?;
-        Some(decided(policy.mode, policy.settings))
+            .find(|p| p.target_refs.iter().any(|t| hit(&p.namespace, t)))
+            .map(Ok)
     }
 }
 
@@ -133,7 +164,9 @@ pub fn choose(
     let vhost = eg_resources(vhost_meta);
     let levels = [
         ("HTTPRoute", true, &route),
+        ("GRPCRoute", true, &route),
         ("HTTPRoute", false, &route),
+        ("GRPCRoute", false, &route),
         ("Gateway", true, &vhost),
         ("Gateway", false, &vhost),
     ];

@@ -124,7 +124,7 @@ fn to_pods(cla: &mut ClusterLoadAssignment, pods: &[SocketAddr]) {
 
 /// An Envoy bootstrap holding the translation as static resources: EDS
 /// clusters become STATIC with `endpoints` (already through the hook).
-fn bootstrap(
+pub(super) fn bootstrap(
     resp: &PostTranslateModifyResponse,
     endpoints: &[ClusterLoadAssignment],
     pods: &[SocketAddr],
@@ -248,7 +248,7 @@ async fn every_wired_translation_passes_envoy_validate() {
 
 /// The Envoy Gateway cluster of HTTPRoute `backend`, which the live tests'
 /// pods stand behind.
-const CLUSTER: &str = "httproute/default/backend/rule/0";
+pub(super) const CLUSTER: &str = "httproute/default/backend/rule/0";
 
 /// Pods, the real mulligan (knowing the pods as the endpoints of
 /// [`CLUSTER`]), the Extension Server pointing Envoy Gateway's translation
@@ -265,7 +265,7 @@ struct Gateway {
 /// mulligan learns readiness from the pods' readiness probe, as it would
 /// from Kubernetes: healthy requests open no stream, so it never sees a
 /// success that would clear what it learnt from failures.
-const MULLIGAN_TOML: &str = "[probe]\npath = \"/ready\"\ninterval = \"100ms\"\n";
+pub(super) const MULLIGAN_TOML: &str = "[probe]\npath = \"/ready\"\ninterval = \"100ms\"\n";
 
 impl Gateway {
     async fn start(pods: &[SocketAddr], mulligan_args: &[&str]) -> Gateway {
@@ -328,12 +328,24 @@ impl Gateway {
             .join("\n")
     }
 
+    /// A stat of [`CLUSTER`], the aggregate the route forwards to: the
+    /// router's (requests, retries).
     async fn cluster_stat(&self, stat: &str) -> u64 {
         self.envoy.stat(&format!("cluster.{CLUSTER}.{stat}")).await
     }
+
+    /// A stat of the aggregate's app member, whose hosts the connections go
+    /// to (connections, their failures).
+    async fn app_stat(&self, stat: &str) -> u64 {
+        let app = format!(
+            "{CLUSTER}{}",
+            mulligan::extension::wiring::cluster::APP_MEMBER_SUFFIX
+        );
+        self.envoy.stat(&format!("cluster.{app}.{stat}")).await
+    }
 }
 
-const HOST: [(&str, &str); 1] = [("host", "www.example.com")];
+pub(super) const HOST: [(&str, &str); 1] = [("host", "www.example.com")];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wired_gateway_retries_failed_attempts_and_asks_mulligan_only_about_them() {
@@ -393,7 +405,7 @@ async fn the_wired_gateway_retries_failed_attempts_and_asks_mulligan_only_about_
     // refused by the gone pod never gets that far). The other streams are
     // failed first attempts: the healthy phase above opened none.
     let retries = gw.cluster_stat("upstream_rq_retry").await as f64;
-    let refused = gw.cluster_stat("upstream_cx_connect_fail").await as f64;
+    let refused = gw.app_stat("upstream_cx_connect_fail").await as f64;
     let passed = gw.mulligan.answers("pass").await;
     assert!(
         passed <= retries && passed >= retries - refused,
@@ -477,7 +489,7 @@ async fn held_then_served(headers: &[(&'static str, &'static str)], answered: &s
         )
         .await;
     assert!(gw.envoy.stat(answered).await >= 1, "the hold answered");
-    assert!(gw.cluster_stat("upstream_cx_connect_fail").await >= 1);
+    assert!(gw.app_stat("upstream_cx_connect_fail").await >= 1);
     only.set_state(PodState::Ready).await;
     let r = request.await.expect("request task");
     assert_eq!(r.status, 200, "{:?}", r.body);

@@ -3,7 +3,9 @@
 //! to the real binary, and the result run by real Envoy.
 
 mod checks;
+mod gateways;
 mod generated;
+mod grpc;
 mod hooks;
 mod hostile;
 mod live;

@@ -99,6 +99,30 @@ fn the_crd_and_the_server_accept_and_reject_the_same_policies() {
             false,
         ),
         (mk_policy("no-targets", json!([]), json!({})), false),
+        (
+            mk_policy(
+                "grpc-rule",
+                json!([{"group": "gateway.networking.k8s.io", "kind": "GRPCRoute", "name": "backend", "sectionName": "things"}]),
+                json!({}),
+            ),
+            true,
+        ),
+        (
+            mk_policy(
+                "http-rule",
+                json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "backend", "sectionName": "read"}]),
+                json!({}),
+            ),
+            true,
+        ),
+        (
+            mk_policy(
+                "tcp",
+                json!([{"group": "gateway.networking.k8s.io", "kind": "TCPRoute", "name": "backend"}]),
+                json!({}),
+            ),
+            false,
+        ),
     ]);
     for (doc, valid) in cases {
         let name = doc["metadata"]["name"].clone();

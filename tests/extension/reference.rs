@@ -125,7 +125,24 @@ async fn the_server_installs_the_reference_bootstraps_wiring() {
         upstream_filters(app),
         "mulligan.attempt, mulligan.strip, upstream_codec"
     );
-    assert_eq!(wired.outlier_detection, app.outlier_detection);
+    // An EDS cluster's endpoints are its app member's: the endpoint health
+    // settings are there; the retry breaker is the aggregate's, the router's.
+    let member = resp
+        .clusters
+        .iter()
+        .find(|c| c.name == "httproute/default/backend/rule/0/mulligan_app")
+        .expect("the aggregate's app member");
+    assert_eq!(member.outlier_detection, app.outlier_detection);
+    assert_eq!(
+        member
+            .common_lb_config
+            .as_ref()
+            .map(|c| c.healthy_panic_threshold),
+        app.common_lb_config
+            .as_ref()
+            .map(|c| c.healthy_panic_threshold),
+        "no panic routing among the app's endpoints"
+    );
     assert_eq!(wired.circuit_breakers, app.circuit_breakers);
     assert_eq!(
         wired
@@ -135,7 +152,7 @@ async fn the_server_installs_the_reference_bootstraps_wiring() {
         app.common_lb_config
             .as_ref()
             .map(|c| c.healthy_panic_threshold),
-        "no panic routing"
+        "no panic routing between the app and the hold"
     );
     let listener = resp
         .listeners

@@ -1,30 +1,14 @@
-//! PostEndpointsModify: the hold endpoint for EDS clusters, whose
-//! endpoints PostTranslateModify never sees.
-
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use prost::Message;
+//! PostEndpointsModify: the load assignment comes back as it came. The hold
+//! of an EDS cluster is the fallback member of an aggregate installed by
+//! PostTranslateModify (`wiring::install_eds_cluster`), so the endpoints
+//! need no change, and this hook, which is told nothing of the Gateway or
+//! its policies, decides nothing.
 
 use super::Hooks;
-use crate::extension::wiring;
 
 impl Hooks {
-    /// Adds the hold endpoint to an EDS cluster that is wired (see the
-    /// module's note on ordering).
+    /// Returns the load assignment untouched.
     pub fn post_endpoints(&self, assignment: Option<Vec<u8>>) -> Option<Vec<u8>> {
-        let bytes = assignment?;
-        let wired = self.eds_wired.load();
-        if wired.is_empty() && self.pending().is_empty() {
-            return Some(bytes);
-        }
-        match ClusterLoadAssignment::decode(bytes.as_slice()) {
-            Ok(mut cla)
-                if wired.contains(&cla.cluster_name)
-                    || self.pending().contains(&cla.cluster_name) =>
-            {
-                wiring::install_hold_endpoint(&mut cla);
-                Some(cla.encode_to_vec())
-            }
-            _ => Some(bytes),
-        }
+        assignment
     }
 }

@@ -1,5 +1,5 @@
-//! PostRouteModify: Envoy Gateway gives HTTPRoute policies to this hook
-//! alone, so it carries their decision on the route (a marker in its
+//! PostRouteModify: Envoy Gateway gives HTTPRoute and GRPCRoute policies
+//! (on a whole route, or on one rule by `sectionName`) to this hook alone, so it carries their decision on the route (a marker in its
 //! metadata, read again by PostTranslateModify) and installs the route's
 //! retry policy.
 
@@ -10,7 +10,7 @@ use super::Hooks;
 use crate::extension::{api::raw, policy::Mode, select, wiring};
 
 impl Hooks {
-    /// Carries an HTTPRoute policy's decision on the route (a marker in its
+    /// Carries a route policy's decision on the route (a marker in its
     /// metadata) and installs the route's retry policy.
     pub fn post_route(&self, req: raw::PostRouteModifyRequest) -> raw::PostRouteModifyResponse {
         let resources = req.post_route_context.iter().flat_map(|c| {
@@ -20,22 +20,26 @@ impl Hooks {
                 .map(|r| r.unstructured_bytes.as_slice())
         });
         let policies = self.policies(resources);
-        let route = match (req.route, policies.for_route()) {
-            (Some(bytes), Some(Ok(policy))) => match Route::decode(bytes.as_slice()) {
-                Ok(mut route) => {
+        if policies.is_empty() {
+            return raw::PostRouteModifyResponse { route: req.route };
+        }
+        let decoded = req.route.as_deref().map(Route::decode);
+        let route = match decoded {
+            Some(Ok(mut route)) => match policies.for_route(route.metadata.as_ref()) {
+                Some(Ok(policy)) => {
                     select::write_marker(
                         route.metadata.get_or_insert_with(Default::default),
                         policy,
                     );
                     if policy.mode == Mode::Decide {
-                        let clusters = wiring::install_route(&mut route, &policy.settings);
-                        self.pending().extend(clusters);
+                        wiring::install_route(&mut route, &policy.settings);
                     }
                     Some(route.encode_to_vec())
                 }
-                Err(_) => Some(bytes),
+                // An invalid policy decides (reported), or none applies.
+                Some(Err(())) | None => req.route,
             },
-            (route, _) => route,
+            _ => req.route,
         };
         raw::PostRouteModifyResponse { route }
     }

@@ -3,7 +3,6 @@
 //! adds mulligan's cluster and the hold's listeners.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::{
     cluster::v3::{cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster},
@@ -48,9 +47,7 @@ impl Hooks {
             .map(|b| RouteConfiguration::decode(b.as_slice()).ok())
             .collect();
         let plan = plan(&policies, &configs);
-        self.pending().clear();
         let wired = if plan.routes.is_empty() {
-            self.eds_wired.store(Arc::new(BTreeSet::new()));
             self.metrics.routes_ungated(0);
             0
         } else {
@@ -82,9 +79,11 @@ impl Hooks {
             upsert(&mut resp.clusters, mulligan, |b| {
                 Cluster::decode(b).ok().map(|c| c.name)
             });
-            upsert(&mut resp.clusters, wiring::hold_answer_cluster(), |b| {
-                Cluster::decode(b).ok().map(|c| c.name)
-            });
+            for hold in [wiring::hold_cluster(), wiring::hold_answer_cluster()] {
+                upsert(&mut resp.clusters, hold, |b| {
+                    Cluster::decode(b).ok().map(|c| c.name)
+                });
+            }
             for hold in [wiring::hold_listener(), wiring::hold_answer_listener()] {
                 upsert(&mut resp.listeners, hold, |b| {
                     Listener::decode(b).ok().map(|l| l.name)
@@ -94,15 +93,16 @@ impl Hooks {
         wired_routes
     }
 
-    /// Wires the planned clusters; returns those that could not be wired.
+    /// Wires the planned clusters (an EDS one becomes an aggregate with the
+    /// hold, its app member added); returns those that could not be wired.
     fn install_clusters(
         &self,
-        clusters: &mut [Vec<u8>],
+        clusters: &mut Vec<Vec<u8>>,
         plan: &BTreeMap<String, Settings>,
     ) -> BTreeSet<String> {
         let mut missing: BTreeSet<String> = plan.keys().cloned().collect();
         let mut failed = BTreeSet::new();
-        let mut eds = BTreeSet::new();
+        let mut members = Vec::new();
         for bytes in clusters.iter_mut() {
             let Ok(mut cluster) = Cluster::decode(bytes.as_slice()) else {
                 continue;
@@ -111,23 +111,30 @@ impl Hooks {
                 continue;
             };
             missing.remove(&cluster.name);
-            match wiring::install_cluster(&mut cluster, settings) {
-                Ok(()) => {
-                    if is_eds(&cluster) {
-                        eds.insert(cluster.name.clone());
-                    }
-                    *bytes = cluster.encode_to_vec();
-                }
+            let done = if is_eds(&cluster) || wiring::is_aggregate(&cluster) {
+                wiring::install_eds_cluster(&cluster, settings).map(|w| {
+                    members.extend(w.app);
+                    w.aggregate
+                })
+            } else {
+                wiring::install_cluster(&mut cluster, settings).map(|()| cluster)
+            };
+            match done {
+                Ok(wired) => *bytes = wired.encode_to_vec(),
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster left as Envoy Gateway made it");
                     self.metrics.wiring_error();
-                    failed.insert(cluster.name);
+                    failed.insert(e.cluster().to_string());
                 }
             }
         }
+        for member in members {
+            upsert(clusters, member, |b| {
+                Cluster::decode(b).ok().map(|c| c.name)
+            });
+        }
         // A cluster a route names but the translation lacks cannot be wired.
         failed.extend(missing);
-        self.eds_wired.store(Arc::new(eds));
         failed
     }
 }

@@ -1,13 +1,16 @@
 //! The app cluster's settings for the decide wiring (outlier detection on
 //! local-origin failures only, no panic routing, a retry circuit breaker
-//! that leaves the limit to mulligan's budget), and mulligan's own cluster.
+//! that leaves the limit to mulligan's budget), the aggregate that gives an
+//! EDS cluster its hold, and mulligan's own cluster.
 
 use std::time::Duration;
 
 use envoy_types::pb::envoy::{
     config::{
         cluster::v3::{
-            circuit_breakers::Thresholds, cluster::CommonLbConfig, Cluster, OutlierDetection,
+            circuit_breakers::Thresholds,
+            cluster::{ClusterDiscoveryType, CommonLbConfig, CustomClusterType, LbPolicy},
+            Cluster, OutlierDetection,
         },
         core::v3::{
             address, socket_address, Address, Http1ProtocolOptions, Http2ProtocolOptions,
@@ -17,7 +20,10 @@ use envoy_types::pb::envoy::{
             lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
         },
     },
-    extensions::upstreams::http::v3::{http_protocol_options, HttpProtocolOptions},
+    extensions::{
+        clusters::aggregate::v3::ClusterConfig,
+        upstreams::http::v3::{http_protocol_options, HttpProtocolOptions},
+    },
     r#type::v3::Percent,
 };
 use prost::Message;
@@ -38,6 +44,22 @@ pub const MULLIGAN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// panic threshold 0, the retry circuit breaker, and, for clusters with an
 /// inline load assignment, the hold endpoint.
 pub fn install_cluster(cluster: &mut Cluster, settings: &Settings) -> Result<(), WiringError> {
+    let mut options = protocol_options(cluster)?;
+    install_upstream_filters(&mut options.http_filters, settings);
+    cluster
+        .typed_extension_protocol_options
+        .insert(envoy::HTTP_PROTOCOL_OPTIONS.to_string(), pack(&options));
+    install_endpoint_health(cluster);
+    install_max_retries(cluster);
+    if let Some(assignment) = cluster.load_assignment.as_mut() {
+        hold::install_hold_endpoint(assignment);
+    }
+    Ok(())
+}
+
+/// The cluster's HttpProtocolOptions, HTTP/1.1 to the pods when it names
+/// no protocol.
+fn protocol_options(cluster: &Cluster) -> Result<HttpProtocolOptions, WiringError> {
     let mut options = match cluster
         .typed_extension_protocol_options
         .get(envoy::HTTP_PROTOCOL_OPTIONS)
@@ -53,20 +75,106 @@ pub fn install_cluster(cluster: &mut Cluster, settings: &Settings) -> Result<(),
     if options.upstream_protocol_options.is_none() {
         options.upstream_protocol_options = Some(explicit_http1());
     }
-    install_upstream_filters(&mut options.http_filters, settings);
-    cluster
-        .typed_extension_protocol_options
-        .insert(envoy::HTTP_PROTOCOL_OPTIONS.to_string(), pack(&options));
+    Ok(options)
+}
+
+/// Outlier detection on local-origin failures, and no panic routing: with
+/// no healthy endpoint the request goes to the hold.
+fn install_endpoint_health(cluster: &mut Cluster) {
     cluster.outlier_detection = Some(outlier_detection());
     let lb = cluster
         .common_lb_config
         .get_or_insert_with(CommonLbConfig::default);
     lb.healthy_panic_threshold = Some(Percent { value: 0.0 });
-    install_max_retries(cluster);
-    if let Some(assignment) = cluster.load_assignment.as_mut() {
-        hold::install_hold_endpoint(assignment);
+}
+
+/// The suffix of the name an EDS cluster keeps as the aggregate's app member
+/// (the aggregate takes the cluster's own name).
+pub const APP_MEMBER_SUFFIX: &str = "/mulligan_app";
+/// Envoy's name of the aggregate cluster type.
+const AGGREGATE: &str = "envoy.clusters.aggregate";
+
+/// An EDS cluster, wired: the aggregate, and the app member when the input
+/// was Envoy Gateway's cluster (not an aggregate installed before).
+pub struct EdsWired {
+    pub aggregate: Cluster,
+    pub app: Option<Cluster>,
+}
+
+/// Wires an EDS cluster without touching its endpoints: the cluster, renamed
+/// `NAME/mulligan_app` (still asking EDS for `NAME`), becomes the first
+/// member of an aggregate named `NAME`, the hold cluster its second. Routes,
+/// stats and `xds.cluster_name` keep the name `NAME`; the router runs the
+/// aggregate's upstream filters and retry circuit breaker (the route's
+/// cluster's), and the app member keeps its endpoints' health settings.
+pub fn install_eds_cluster(
+    cluster: &Cluster,
+    settings: &Settings,
+) -> Result<EdsWired, WiringError> {
+    let mut options = protocol_options(cluster)?;
+    if is_aggregate(cluster) {
+        let mut aggregate = cluster.clone();
+        install_upstream_filters(&mut options.http_filters, settings);
+        aggregate
+            .typed_extension_protocol_options
+            .insert(envoy::HTTP_PROTOCOL_OPTIONS.to_string(), pack(&options));
+        return Ok(EdsWired {
+            aggregate,
+            app: None,
+        });
     }
-    Ok(())
+    let mut app = cluster.clone();
+    app.name = format!("{}{APP_MEMBER_SUFFIX}", cluster.name);
+    let eds = app.eds_cluster_config.get_or_insert_with(Default::default);
+    if eds.service_name.is_empty() {
+        eds.service_name = cluster.name.clone();
+    }
+    app.typed_extension_protocol_options
+        .insert(envoy::HTTP_PROTOCOL_OPTIONS.to_string(), pack(&options));
+    install_endpoint_health(&mut app);
+    install_upstream_filters(&mut options.http_filters, settings);
+    let members = ClusterConfig {
+        clusters: vec![app.name.clone(), hold::HOLD_CLUSTER.to_string()],
+    };
+    let mut aggregate = Cluster {
+        name: cluster.name.clone(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::ClusterType(CustomClusterType {
+            name: AGGREGATE.to_string(),
+            typed_config: Some(pack(&members)),
+        })),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        connect_timeout: cluster.connect_timeout,
+        per_connection_buffer_limit_bytes: cluster.per_connection_buffer_limit_bytes,
+        circuit_breakers: cluster.circuit_breakers.clone(),
+        metadata: cluster.metadata.clone(),
+        typed_extension_protocol_options: [(
+            envoy::HTTP_PROTOCOL_OPTIONS.to_string(),
+            pack(&options),
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    };
+    install_endpoint_health(&mut aggregate);
+    aggregate.outlier_detection = None;
+    install_max_retries(&mut aggregate);
+    Ok(EdsWired {
+        aggregate,
+        app: Some(app),
+    })
+}
+
+/// Whether `cluster` is an aggregate this wiring installed (its last member
+/// the hold).
+pub fn is_aggregate(cluster: &Cluster) -> bool {
+    match &cluster.cluster_discovery_type {
+        Some(ClusterDiscoveryType::ClusterType(t)) if t.name == AGGREGATE => t
+            .typed_config
+            .as_ref()
+            .and_then(|any| ClusterConfig::decode(any.value.as_slice()).ok())
+            .is_some_and(|c| c.clusters.last().map(String::as_str) == Some(hold::HOLD_CLUSTER)),
+        _ => false,
+    }
 }
 
 fn explicit_http1() -> http_protocol_options::UpstreamProtocolOptions {

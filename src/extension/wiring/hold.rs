@@ -1,7 +1,15 @@
-//! The hold: a priority-1 endpoint in every wired cluster, taken when the
-//! cluster has no healthy endpoint. Its 503 is an upstream answer that
-//! reaches `mulligan.attempt` like any other, so mulligan can hold it until
-//! an endpoint can serve, then ask for a retry.
+//! The hold: where a wired cluster's request goes when the cluster has no
+//! healthy endpoint. Its 503 is an upstream answer that reaches
+//! `mulligan.attempt` like any other, so mulligan can hold it until an
+//! endpoint can serve, then ask for a retry.
+//!
+//! A cluster whose endpoints are in its own configuration gets the hold as
+//! a priority-1 endpoint ([`install_hold_endpoint`]). An EDS cluster's
+//! endpoints come from Envoy Gateway's EDS, which the Extension Server sees
+//! (PostEndpointsModify) without knowing whether the cluster is wired: so
+//! an EDS cluster becomes an aggregate of itself and [`hold_cluster`]
+//! (`super::cluster::install_eds_cluster`), decided from the translation in
+//! hand alone.
 
 use std::time::Duration;
 
@@ -38,6 +46,10 @@ use envoy_types::pb::envoy::{
 
 use super::{duration, envoy, http_filter, inline, pack, set_header, u32v};
 use crate::names::hold::{ANSWER, GRPC_HEADER, LISTENER};
+
+/// The cluster whose one endpoint is the hold listener: an aggregate's
+/// fallback member.
+pub const HOLD_CLUSTER: &str = "mulligan_hold";
 
 /// The request header that makes Envoy answer a request the gRPC way
 /// (`application/grpc...`), which the hold listener removes.
@@ -202,6 +214,19 @@ fn hold_answer_replies() -> LocalReplyConfig {
 
 /// The cluster from the hold endpoint to [`hold_answer_listener`].
 pub fn hold_answer_cluster() -> Cluster {
+    internal_cluster(ANSWER, ANSWER)
+}
+
+/// The hold as a cluster: its one endpoint is [`hold_listener`]. An
+/// aggregate lists it after the app's cluster, so it takes a request only
+/// when the app's endpoints cannot.
+pub fn hold_cluster() -> Cluster {
+    internal_cluster(HOLD_CLUSTER, LISTENER)
+}
+
+/// A static cluster `name` whose one endpoint is the internal listener
+/// `listener`.
+fn internal_cluster(name: &str, listener: &str) -> Cluster {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::{
         ClusterDiscoveryType, DiscoveryType,
     };
@@ -209,7 +234,7 @@ pub fn hold_answer_cluster() -> Cluster {
         address: Some(address::Address::EnvoyInternalAddress(
             EnvoyInternalAddress {
                 address_name_specifier: Some(AddressNameSpecifier::ServerListenerName(
-                    ANSWER.to_string(),
+                    listener.to_string(),
                 )),
                 ..Default::default()
             },
@@ -223,11 +248,11 @@ pub fn hold_answer_cluster() -> Cluster {
         ..Default::default()
     };
     Cluster {
-        name: ANSWER.to_string(),
+        name: name.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
         connect_timeout: Some(duration(HOLD_CONNECT_TIMEOUT)),
         load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: ANSWER.to_string(),
+            cluster_name: name.to_string(),
             endpoints: vec![LocalityLbEndpoints {
                 lb_endpoints: vec![endpoint],
                 ..Default::default()

@@ -9,7 +9,8 @@
 //!   filters of the app cluster;
 //! - [`cluster`]: the app cluster's outlier, panic and circuit breaker
 //!   settings, and mulligan's own cluster;
-//! - [`hold`]: the hold endpoint and its internal listeners;
+//! - [`hold`]: the hold (an endpoint, or an aggregate's member for EDS
+//!   clusters) and its internal listeners;
 //! - [`outputs`]: the files generated from all of the above, and
 //!   [`standalone`]: the reference bootstrap, one of them.
 //!
@@ -41,9 +42,11 @@ use envoy_types::pb::{
 use prost::{Message, Name};
 
 pub use attempt_filter::install_upstream_filters;
-pub use cluster::{install_cluster, mulligan_cluster};
+pub use cluster::{install_cluster, install_eds_cluster, is_aggregate, mulligan_cluster, EdsWired};
 pub use final_filter::install_listener;
-pub use hold::{hold_answer_cluster, hold_answer_listener, hold_listener, install_hold_endpoint};
+pub use hold::{
+    hold_answer_cluster, hold_answer_listener, hold_cluster, hold_listener, install_hold_endpoint,
+};
 pub use retry_policy::{forwarded_clusters, install_attempt_count, install_route};
 
 /// Envoy's own names of the extensions the wiring uses.
@@ -74,6 +77,15 @@ pub enum WiringError {
         cluster: String,
         source: prost::DecodeError,
     },
+}
+
+impl WiringError {
+    /// The cluster left unwired.
+    pub fn cluster(&self) -> &str {
+        match self {
+            Self::ProtocolOptions { cluster, .. } => cluster,
+        }
+    }
 }
 
 fn pack<M: Message + Name>(m: &M) -> Any {

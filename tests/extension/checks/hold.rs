@@ -177,10 +177,20 @@ pub(super) fn check_hold_answer(answer: &Listener) {
 /// A static cluster of one endpoint, the internal listener
 /// `mulligan_hold_answer`, over Envoy's default HTTP/1.1.
 pub(super) fn check_hold_answer_cluster(c: &Cluster) {
+    check_internal_cluster(c, names::hold::ANSWER, names::hold::ANSWER);
+}
+
+/// The aggregates' fallback member: a static cluster of one endpoint, the
+/// internal listener `mulligan_hold`.
+pub(super) fn check_hold_cluster(c: &Cluster) {
+    check_internal_cluster(c, "mulligan_hold", names::hold::LISTENER);
+}
+
+fn check_internal_cluster(c: &Cluster, name: &str, listener: &str) {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::{
         ClusterDiscoveryType, DiscoveryType,
     };
-    assert_eq!(c.name, names::hold::ANSWER);
+    assert_eq!(c.name, name);
     assert_eq!(
         c.cluster_discovery_type,
         Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32))
@@ -200,8 +210,6 @@ pub(super) fn check_hold_answer_cluster(c: &Cluster) {
     };
     assert_eq!(
         a.address_name_specifier,
-        Some(AddressNameSpecifier::ServerListenerName(
-            names::hold::ANSWER.into()
-        ))
+        Some(AddressNameSpecifier::ServerListenerName(listener.into()))
     );
 }

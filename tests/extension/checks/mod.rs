@@ -17,7 +17,7 @@ pub use hold::assert_hold;
 
 use clusters::check_clusters;
 use filters::{check_attempt_filter, check_final_filter};
-use hold::{check_hold_answer_cluster, check_hold_listeners};
+use hold::{check_hold_answer_cluster, check_hold_cluster, check_hold_listeners};
 use listeners::check_listeners;
 use listeners::hcms;
 use routes::check_routes;
