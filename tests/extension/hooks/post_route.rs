@@ -163,7 +163,7 @@ async fn a_grpcroute_policy_reaches_translation_through_post_route_modify() {
             clusters: &["grpcroute/default/backend/rule/0"],
             listeners: &["default/eg/grpc"],
             num_retries: 10,
-            max_hold_s: 14,
+            max_hold_s: 10,
             mulligan: ("127.0.0.1", 50051, false),
         },
     );
