@@ -1,16 +1,25 @@
-//! Micro benchmarks of what mulligan does per request, without the network:
-//! - `exchange/healthy`: a request headers and a 200 response headers message
-//!   through the per-request state machine (every request pays this);
-//! - `exchange/503_decided`: the same for a refused connection, up to the
-//!   rescue decision and the rebuilt request (only failures pay this);
-//! - `decide/classify_decide_pick`: classification, policy and endpoint choice;
-//! - `budget/deposit`: the budget's per-request cost;
+//! Micro benchmarks of what mulligan does per ext_proc stream, without the
+//! network. Healthy requests open no stream at all (the wiring asks only
+//! about 5xx), so every figure here is paid by a failure only:
+//! - `decide/attempt_retry`: a failed attempt (a 503 with the drain header)
+//!   through the attempt role's `Exchange`, judged retry;
+//! - `decide/gate_pass`: a retry's request headers through the gate, let
+//!   through;
+//! - `decide/final_503`: the 503 the client gets, through the final role,
+//!   answered with `Retry-After`;
+//! - `decide/classify_decide`: classification and policy alone;
 //! - `idle_guard/*`: waiting for Envoy's next message with and without the
 //!   `limits.stream_idle_timeout` timer around it (every message pays it).
 //!
 //! `cargo bench --bench hot_path`
 
-use std::{hint::black_box, sync::Arc};
+use std::{
+    hint::black_box,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use envoy_types::pb::{
@@ -24,8 +33,8 @@ use mulligan::{
     classify::{classify, Observed},
     config::Config,
     drain::Drain,
-    endpoints::{picker, Registry},
-    ext_proc::{Context, Exchange},
+    endpoints::Registry,
+    ext_proc::{Context, Exchange, Role},
     metrics::Metrics,
     policy::{decide, RequestFacts},
 };
@@ -38,28 +47,36 @@ fn header(k: &str, v: &str) -> HeaderValue {
     }
 }
 
-fn request_headers() -> ProcessingRequest {
+/// Envoy's attributes on a message of the reference wiring.
+fn attributes(code: Option<f64>, id: &str) -> Struct {
+    let mut attrs = Struct::default();
+    let mut put = |k: &str, v: Kind| {
+        attrs.fields.insert(k.into(), Value { kind: Some(v) });
+    };
+    if let Some(code) = code {
+        put("response.code", Kind::NumberValue(code));
+    }
+    put(
+        "upstream.address",
+        Kind::StringValue("127.0.0.1:8001".into()),
+    );
+    put("xds.cluster_name", Kind::StringValue("app".into()));
+    put("request.id", Kind::StringValue(id.into()));
+    put("request.method", Kind::StringValue("GET".into()));
+    attrs
+}
+
+/// A retry's request headers, as the gate sees them.
+fn retry_headers(id: &str) -> ProcessingRequest {
     let headers = [
         (":method", "GET"),
         (":path", "/projects/42/documents?page=3"),
         (":authority", "app.example.com"),
         (":scheme", "https"),
-        (
-            "user-agent",
-            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
-        ),
-        ("accept", "text/html,application/xhtml+xml"),
-        ("accept-encoding", "gzip, deflate, br"),
-        ("accept-language", "en-US,en;q=0.9"),
-        (
-            "cookie",
-            "_session=0123456789abcdef0123456789abcdef; theme=dark",
-        ),
-        ("x-forwarded-for", "203.0.113.7"),
-        ("x-forwarded-proto", "https"),
-        ("x-request-id", "6f1c2a4e-9d7b-4c1e-8a3f-2b5d7e9f1a3c"),
+        ("x-envoy-attempt-count", "2"),
+        ("x-request-id", id),
     ];
-    ProcessingRequest {
+    let mut r = ProcessingRequest {
         request: Some(Request::RequestHeaders(HttpHeaders {
             headers: Some(HeaderMap {
                 headers: headers.iter().map(|(k, v)| header(k, v)).collect(),
@@ -68,37 +85,33 @@ fn request_headers() -> ProcessingRequest {
             ..Default::default()
         })),
         ..Default::default()
-    }
+    };
+    r.attributes
+        .insert("envoy.filters.http.ext_proc".into(), attributes(None, id));
+    r
 }
 
-fn response_headers(code: f64, flags: f64, details: &str) -> ProcessingRequest {
-    let mut attrs = Struct::default();
-    let mut put = |k: &str, v: Kind| {
-        attrs.fields.insert(k.into(), Value { kind: Some(v) });
-    };
-    put("response.code", Kind::NumberValue(code));
-    put("response.flags", Kind::NumberValue(flags));
-    put("response.code_details", Kind::StringValue(details.into()));
-    put(
-        "upstream.address",
-        Kind::StringValue("127.0.0.1:8001".into()),
-    );
-    put("xds.cluster_name", Kind::StringValue("app".into()));
+/// A failed response's headers: a 503, with the drain header when `drained`.
+fn response_headers(id: &str, drained: bool) -> ProcessingRequest {
+    let mut headers = vec![
+        header(":status", "503"),
+        header("content-type", "text/plain"),
+        header("content-length", "19"),
+    ];
+    if drained {
+        headers.push(header("x-mulligan-drain", "1"));
+    }
     let mut r = ProcessingRequest {
         request: Some(Request::ResponseHeaders(HttpHeaders {
-            headers: Some(HeaderMap {
-                headers: vec![
-                    header(":status", &code.to_string()),
-                    header("content-type", "text/html; charset=utf-8"),
-                    header("cache-control", "no-store"),
-                ],
-            }),
+            headers: Some(HeaderMap { headers }),
             ..Default::default()
         })),
         ..Default::default()
     };
-    r.attributes
-        .insert("envoy.filters.http.ext_proc".into(), attrs);
+    r.attributes.insert(
+        "envoy.filters.http.ext_proc".into(),
+        attributes(Some(503.0), id),
+    );
     r
 }
 
@@ -112,63 +125,86 @@ fn context() -> Arc<Context> {
     Arc::new(Context::new(&cfg, registry, metrics, Drain::new()))
 }
 
-fn exchange(c: &mut Criterion) {
+/// A fresh request id per iteration: the verdict remembers each request's
+/// failures, and a request failing again and again is held, not retried.
+fn next_id() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "6f1c2a4e-9d7b-4c1e-8a3f-{:012x}",
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// One message through a fresh stream of `role`.
+fn one(c: &mut Criterion, name: &str, role: Role, message: fn(&str) -> ProcessingRequest) {
     let ctx = context();
-    let req = request_headers();
-    let ok = response_headers(200.0, 0.0, "via_upstream");
-    let refused = response_headers(
-        503.0,
-        32.0,
-        "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}",
-    );
-    let mut g = c.benchmark_group("exchange");
-    for (name, response) in [("healthy", &ok), ("503_decided", &refused)] {
-        g.bench_function(name, |b| {
-            b.iter_batched(
-                || (req.clone(), response.clone()),
-                |(rq, rs)| {
-                    futures::executor::block_on(async {
-                        let mut x = Exchange::new(Arc::clone(&ctx));
-                        black_box(x.on_message(rq).await);
-                        black_box(x.on_message(rs).await);
-                    })
-                },
-                BatchSize::SmallInput,
-            )
-        });
-    }
-    g.finish();
+    c.bench_function(name, |b| {
+        b.iter_batched(
+            || message(&next_id()),
+            |m| {
+                futures::executor::block_on(async {
+                    let mut x = Exchange::new(Arc::clone(&ctx), role);
+                    black_box(x.on_message(m).await)
+                })
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn streams(c: &mut Criterion) {
+    one(c, "decide/attempt_retry", Role::Attempt, |id| {
+        response_headers(id, true)
+    });
+    one(c, "decide/gate_pass", Role::Retry, retry_headers);
+    one(c, "decide/final_503", Role::Final, |id| {
+        response_headers(id, false)
+    });
+}
+
+/// Checks, once, that each bench measures the answer it names.
+fn answers() {
+    let ctx = context();
+    let set = |r: Option<envoy_types::pb::envoy::service::ext_proc::v3::ProcessingResponse>| {
+        format!("{r:?}")
+    };
+    futures::executor::block_on(async {
+        let mut x = Exchange::new(Arc::clone(&ctx), Role::Attempt);
+        let r = set(x.on_message(response_headers("a", true)).await);
+        assert!(r.contains("x-mulligan-retry"), "attempt_retry: {r}");
+        let mut x = Exchange::new(Arc::clone(&ctx), Role::Retry);
+        let r = set(x.on_message(retry_headers("a")).await);
+        assert!(
+            r.contains("RequestHeaders") && !r.contains("Immediate"),
+            "gate_pass: {r}"
+        );
+        let mut x = Exchange::new(Arc::clone(&ctx), Role::Final);
+        let r = set(x.on_message(response_headers("b", false)).await);
+        assert!(r.contains("retry-after"), "final_503: {r}");
+    });
 }
 
 fn decide_path(c: &mut Criterion) {
-    let ctx = context();
-    let cluster = ctx.registry.cluster(Some("app")).expect("cluster");
-    let failed = ["127.0.0.1:8001".parse().expect("addr")];
-    c.bench_function("decide/classify_decide_pick", |b| {
+    answers();
+    c.bench_function("decide/classify_decide", |b| {
         b.iter(|| {
             let cause = classify(black_box(&Observed {
                 status: 503,
-                flags: 32,
-                details: "upstream_reset_before_response_started{remote_connection_failure}",
+                details: "via_upstream",
+                drain_header: true,
                 ..Default::default()
             }));
-            let d = decide(
+            black_box(decide(
                 cause,
                 RequestFacts {
                     idempotent_method: true,
                     idempotency_key: false,
-                    body_replayable: true,
                 },
                 false,
-            );
-            black_box((d, picker::pick(&cluster, &failed, ctx.registry.now_ms())))
+            ))
         })
     });
-    c.bench_function("budget/deposit", |b| {
-        b.iter(|| ctx.rescuer.budget.deposit())
-    });
 }
-
 /// A message that arrives after the stream started waiting for it (the
 /// common case: Envoy's next phase comes later), awaited bare and inside
 /// the idle timeout, side by side in one run.
@@ -201,5 +237,5 @@ fn idle_guard(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, exchange, decide_path, idle_guard);
+criterion_group!(benches, decide_path, streams, idle_guard);
 criterion_main!(benches);

@@ -1,9 +1,7 @@
 //! Healthy-traffic overhead: the same requests to the same three pods,
-//! through Envoy alone (the reference bootstrap's baseline listener), Envoy
-//! with mulligan on the reference bootstrap (`envoy.yaml`, the decide
-//! wiring: mulligan is asked only about failed attempts) and Envoy with
-//! mulligan on the legacy rescue bootstrap (`legacy-rescue.yaml`: a stream
-//! per request), all interleaved so they see the same machine noise. Prints
+//! through Envoy alone (the reference bootstrap's baseline listener) and
+//! Envoy with mulligan (`envoy.yaml`: mulligan is asked only about failed
+//! attempts), interleaved so both see the same machine noise. Prints
 //! figures, and the ext_proc streams opened per 1,000 healthy requests;
 //! asserts nothing about speed.
 //!
@@ -82,14 +80,12 @@ async fn main() {
         ("b", PodState::Ready),
         ("c", PodState::Ready),
     ];
-    let decide = Stack::decide(&pods, &[], &[]).await;
-    let legacy = Stack::start(&pods, &[], &[]).await;
+    let stack = Stack::decide(&pods, &[], &[]).await;
     let targets = [
-        ("Envoy alone", decide.baseline),
-        ("Envoy + mulligan (envoy.yaml)", decide.front),
-        ("Envoy + mulligan (legacy rescue)", legacy.front),
+        ("Envoy alone", stack.baseline),
+        ("Envoy + mulligan", stack.front),
     ];
-    let mut sent = [0u64; 3];
+    let mut sent = [0u64; 2];
     let http = HttpClient::new(Proto::Http1);
     for (_, addr) in targets {
         for _ in 0..300 {
@@ -98,9 +94,9 @@ async fn main() {
     }
 
     // Sequential, interleaved: the latency of one request at a time.
-    let mut seq = [histogram(), histogram(), histogram()];
-    for i in 0..requests as usize * 3 {
-        let k = i % 3;
+    let mut seq = [histogram(), histogram()];
+    for i in 0..requests as usize * 2 {
+        let k = i % 2;
         let t = Instant::now();
         let r = http.get(targets[k].1, "/").await.expect("request");
         assert_eq!(r.status, 200);
@@ -112,9 +108,8 @@ async fn main() {
 
     // The Envoy (and mulligan) serving each target, for CPU per request.
     let procs = [
-        (decide.envoy.pid(), None),
-        (decide.envoy.pid(), Some(decide.mulligan.pid())),
-        (legacy.envoy.pid(), Some(legacy.mulligan.pid())),
+        (stack.envoy.pid(), None),
+        (stack.envoy.pid(), Some(stack.mulligan.pid())),
     ];
     let cpu = |k: usize| {
         let (envoy, mulligan) = procs[k];
@@ -122,8 +117,8 @@ async fn main() {
     };
 
     // Open loop at a fixed rate: the same load for every target.
-    let mut fixed = [histogram(), histogram(), histogram()];
-    let mut cpu_us = [(0.0f64, 0.0f64); 3];
+    let mut fixed = [histogram(), histogram()];
+    let mut cpu_us = [(0.0f64, 0.0f64); 2];
     for _ in 0..rounds {
         for (k, (_, addr)) in targets.iter().enumerate() {
             let before = cpu(k);
@@ -140,8 +135,8 @@ async fn main() {
 
     // Closed loop under concurrency, in alternating rounds so drift in the
     // machine's load hits every target alike.
-    let mut conc = [histogram(), histogram(), histogram()];
-    let mut rps = [0.0f64; 3];
+    let mut conc = [histogram(), histogram()];
+    let mut rps = [0.0f64; 2];
     for _ in 0..rounds {
         for (k, (_, addr)) in targets.iter().enumerate() {
             let (h, r) = closed_loop(*addr, concurrency, seconds).await;
@@ -166,37 +161,26 @@ async fn main() {
         );
     }
     println!(
-        "\nCPU per request at {rate}/s (µs): Envoy alone {:.0}; envoy.yaml: Envoy {:.0} + mulligan {:.0}; legacy rescue: Envoy {:.0} + mulligan {:.0}",
-        cpu_us[0].0, cpu_us[1].0, cpu_us[1].1, cpu_us[2].0, cpu_us[2].1
+        "\nCPU per request at {rate}/s (µs): Envoy alone {:.0}; with mulligan: Envoy {:.0} + mulligan {:.0}",
+        cpu_us[0].0, cpu_us[1].0, cpu_us[1].1
     );
     let p = |h: &Histogram<u64>, q| h.value_at_quantile(q) as i64;
     println!(
-        "throughput vs Envoy alone at saturation: envoy.yaml {:.2}, legacy rescue {:.2}",
-        rps[1] / rps[0],
-        rps[2] / rps[0]
+        "throughput vs Envoy alone at saturation: {:.2}",
+        rps[1] / rps[0]
     );
     println!(
-        "added latency, sequential p50/p99: envoy.yaml {:+}/{:+} µs, legacy rescue {:+}/{:+} µs",
+        "added latency, sequential p50/p99: {:+}/{:+} µs",
         p(&seq[1], 0.5) - p(&seq[0], 0.5),
         p(&seq[1], 0.99) - p(&seq[0], 0.99),
-        p(&seq[2], 0.5) - p(&seq[0], 0.5),
-        p(&seq[2], 0.99) - p(&seq[0], 0.99),
     );
-    let streams = |m: f64, n: u64| 1000.0 * m / n.max(1) as f64;
-    let (d, l) = (
-        decide
-            .mulligan
-            .metric("mulligan_ext_proc_streams_total")
-            .await,
-        legacy
-            .mulligan
-            .metric("mulligan_ext_proc_streams_total")
-            .await,
-    );
+    let streams = stack
+        .mulligan
+        .metric("mulligan_ext_proc_streams_total")
+        .await;
     println!(
-        "ext_proc streams per 1,000 healthy requests: envoy.yaml {:.1} ({d} in {}), legacy rescue {:.1}",
-        streams(d, sent[1]),
+        "ext_proc streams per 1,000 healthy requests: {:.1} ({streams} in {})",
+        1000.0 * streams / sent[1].max(1) as f64,
         sent[1],
-        streams(l, sent[2]),
     );
 }

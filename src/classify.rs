@@ -4,7 +4,7 @@
 //!
 //! The cause decides everything downstream: whether the request could have
 //! reached the application (and so whether a non-idempotent request may be
-//! replayed), whether retrying can help at all, and which endpoint to avoid.
+//! tried again), whether retrying can help at all, and which endpoint to avoid.
 
 use crate::endpoints::State;
 use crate::labels::labels;

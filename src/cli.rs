@@ -53,11 +53,15 @@ struct ServeArgs {
     /// Log format [default: text]; the level comes from RUST_LOG.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
-    /// Turn on the legacy wiring's replay (`rescue.replay`): only for
-    /// legacy-rescue.yaml and steer.yaml.
-    #[arg(long)]
+    /// Not a setting: refused with the reason (see `REPLAY_FLAG`).
+    #[arg(long, hide = true)]
     replay: bool,
 }
+
+/// Why `serve --replay` is refused: a script that passes it learns why the
+/// flag has no counterpart, not just that it is unknown.
+const REPLAY_FLAG: &str = "--replay is not a flag: mulligan sends no request itself, \
+     Envoy makes every attempt (envoy-config/standalone/envoy.yaml)";
 
 pub fn main() -> ExitCode {
     match Cli::parse().command {
@@ -118,7 +122,14 @@ fn config_for_serve(args: ServeArgs) -> Result<Config, crate::config::ConfigErro
     if let Some(addr) = args.grpc_listen {
         cfg.listen.grpc = addr;
     }
-    cfg.rescue.replay |= args.replay;
+    if args.replay {
+        return Err(crate::config::ConfigError {
+            file: "(command line)".into(),
+            line: 0,
+            column: 0,
+            message: REPLAY_FLAG.into(),
+        });
+    }
     if let Some(addr) = args.admin_listen {
         cfg.listen.admin = addr;
     }
@@ -146,4 +157,38 @@ fn config_for_serve(args: ServeArgs) -> Result<Config, crate::config::ConfigErro
         .and_then(|p| std::fs::read_to_string(p).ok());
     cfg.validate(&file, text.as_deref())?;
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let argv = ["mulligan", "serve"].iter().chain(args);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Serve(a) => a,
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn serve_refuses_the_replay_flag_saying_why() {
+        let err = config_for_serve(serve_args(&["--replay"])).expect_err("refused");
+        assert!(
+            err.to_string()
+                .starts_with("(command line):0:0: --replay is not a flag: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn serve_with_endpoints_and_no_file_is_valid() {
+        let cfg = config_for_serve(serve_args(&[
+            "--endpoints",
+            "127.0.0.1:8081,127.0.0.1:8082",
+        ]))
+        .expect("the defaults fit the shipped envoy.yaml");
+        assert_eq!(cfg.endpoints.default.len(), 2);
+        assert_eq!(cfg.endpoints.static_cluster, "app");
+    }
 }

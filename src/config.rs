@@ -9,6 +9,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 
 use serde::Deserialize;
 
+mod removed;
 mod validate;
 pub use validate::Problem;
 
@@ -23,12 +24,11 @@ pub struct Config {
     pub log: Log,
     pub limits: Limits,
     pub endpoints: Endpoints,
-    pub rescue: Rescue,
+    pub retry: Retry,
     pub hold: Hold,
     pub budget: Budget,
     pub health: Health,
     pub probe: Probe,
-    pub steer: Steer,
     pub kubernetes: Kubernetes,
     pub grpc_tls: GrpcTls,
 }
@@ -94,115 +94,48 @@ pub struct KubeService {
     pub port: Option<String>,
 }
 
-/// Steer: choosing healthy endpoints before the request leaves Envoy.
+/// Retry: which failed attempts mulligan asks Envoy to try again.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Steer {
-    /// Needs Envoy's `override_host` load balancing policy on the cluster
-    /// (`envoy-config/standalone/steer.yaml`) and `mutation_rules.allow_envoy`.
+pub struct Retry {
+    /// Off: mulligan only observes (classification and metrics still run);
+    /// every failed attempt stands.
     pub enabled: bool,
-    /// The header `override_host` reads the endpoint list from.
-    pub header: String,
-    /// Endpoints listed per request, in the order Envoy tries them.
-    pub max_endpoints: usize,
-    /// Ask for the response phase (so rescue can act) when fewer usable
-    /// endpoints than this are listed: a short list can run out, e.g. when
-    /// the pods on it start draining together.
-    pub observe_below: usize,
-    /// Ask for the response phase on one request in this many even when it
-    /// needs no rescue, to learn from what Envoy reports (0: never).
-    pub observe_one_in: u32,
-}
-
-impl Default for Steer {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            header: "x-gateway-destination-endpoint".into(),
-            max_endpoints: 3,
-            observe_below: 3,
-            observe_one_in: 16,
-        }
-    }
-}
-
-/// Rescue: replaying a retriable 503 to a healthy endpoint.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Rescue {
-    /// Off: mulligan only observes (classification and metrics still run).
-    pub enabled: bool,
-    /// The legacy wiring's replay (`legacy-rescue.yaml`, `steer.yaml`):
-    /// mulligan captures request bodies and sends a failed request again
-    /// itself. Off by default: a replay does not follow the route (rewrites,
-    /// header policies, upstream TLS), and with it on, anything that can open
-    /// an ext_proc stream can make mulligan fetch from an app and read the
-    /// answer. The decide wiring (`envoy.yaml`) never needs it.
-    pub replay: bool,
-    /// Replays per request, after the original attempt.
-    pub max_attempts: u32,
-    /// One replay may take this long, connect to last body byte.
-    #[serde(with = "humantime_serde")]
-    pub per_try_timeout: Duration,
-    /// The whole rescue (replays, backoff and holding) ends this long after
-    /// the request arrived; capped by `x-envoy-expected-rq-timeout-ms` when the
-    /// request carries it. Keep it below the route timeout.
-    #[serde(with = "humantime_serde")]
-    pub deadline: Duration,
-    /// First backoff before a second replay; doubles per replay, with full jitter.
-    #[serde(with = "humantime_serde")]
-    pub backoff_base: Duration,
-    /// Largest backoff.
-    #[serde(with = "humantime_serde")]
-    pub backoff_max: Duration,
     /// Response header an upstream sets on a 503 when it rejected the request
     /// without processing it (a draining app's shutdown middleware). Such a
-    /// 503 is safe to replay whatever the method.
+    /// 503 is safe to retry whatever the method.
     pub drain_header: String,
-    /// Replay a 503 from the application that carries no drain signal
+    /// Retry a 503 from the application that carries no drain signal
     /// (idempotent requests only).
     pub retry_plain_503: bool,
-    /// Request bodies up to this size are captured for replay; a larger body
-    /// is never replayed and never buffered.
-    pub max_request_body_bytes: usize,
-    /// A replayed response larger than this is not used: the client gets the
-    /// original response.
-    pub max_response_body_bytes: usize,
-    /// Requests held waiting for a ready endpoint, at most; past this the
-    /// original response passes through.
-    pub max_held: usize,
-    /// `Retry-After` (seconds) added to a 503 that could not be rescued in time.
+    /// `Retry-After` (seconds) added to a 503 the client gets: one held
+    /// until `hold.max_hold`, or one no endpoint could come back for.
     pub retry_after_seconds: u32,
-    /// Replay over HTTP/2 (prior knowledge, h2c) instead of HTTP/1.1, for
-    /// upstreams Envoy reaches over HTTP/2.
-    pub replay_http2: bool,
 }
 
-impl Default for Rescue {
+impl Default for Retry {
     fn default() -> Self {
         Self {
             enabled: true,
-            replay: false,
-            max_attempts: 3,
-            per_try_timeout: Duration::from_secs(5),
-            deadline: Duration::from_secs(10),
-            backoff_base: Duration::from_millis(5),
-            backoff_max: Duration::from_millis(250),
             drain_header: "x-mulligan-drain".into(),
             retry_plain_503: false,
-            max_request_body_bytes: 64 * 1024,
-            max_response_body_bytes: 4 * 1024 * 1024,
-            max_held: 10_000,
             retry_after_seconds: 1,
-            replay_http2: false,
         }
     }
 }
 
-/// Holding a failed attempt until an endpoint can serve (the decide wiring).
+/// Holding a failed attempt until an endpoint can serve.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Hold {
+    /// A hold ends this long after it began: the 503 stands, with
+    /// `Retry-After`. Envoy is asked to wait this long plus
+    /// [`Hold::ANSWER_MARGIN`], so it must fit in `envoy_max_message_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub max_hold: Duration,
+    /// Requests held at once, at most; past this a failed attempt that would
+    /// be held stands.
+    pub max_held: usize,
     /// How often a held request's cluster is checked: every usable endpoint
     /// gets a TCP connect at most this often, so an endpoint that comes back
     /// is noticed within about this long with no probe path configured.
@@ -220,7 +153,7 @@ pub struct Hold {
     pub release_per_endpoint: u32,
     /// Envoy's `max_message_timeout` on mulligan's ext_proc filters (the
     /// reference wiring's `${MAX_MESSAGE_TIMEOUT:-14s}`). mulligan asks Envoy
-    /// to wait `rescue.deadline` plus [`Hold::ANSWER_MARGIN`] for a held
+    /// to wait `max_hold` plus [`Hold::ANSWER_MARGIN`] for a held
     /// answer; Envoy ignores a longer wait and lets the 503 through at
     /// `message_timeout`, so `check-config` compares the two.
     #[serde(with = "humantime_serde")]
@@ -228,13 +161,15 @@ pub struct Hold {
 }
 
 impl Hold {
-    /// Time mulligan asks for beyond the deadline, to send its answer in.
+    /// Time mulligan asks for beyond `max_hold`, to send its answer in.
     pub(crate) const ANSWER_MARGIN: Duration = Duration::from_millis(200);
 }
 
 impl Default for Hold {
     fn default() -> Self {
         Self {
+            max_hold: Duration::from_secs(10),
+            max_held: 10_000,
             interval: Duration::from_millis(100),
             settle: Duration::from_millis(50),
             release_per_endpoint: 200,
@@ -245,8 +180,9 @@ impl Default for Hold {
     }
 }
 
-/// The retry budget shared by every stream: replays may add at most
-/// `ratio` of the requests seen plus `min_per_second`, over `window`.
+/// The retry budget shared by every stream: retries that may add load on
+/// the apps are at most `ratio` of the failed attempts judged plus
+/// `min_per_second`, over `window`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Budget {
@@ -327,11 +263,6 @@ pub struct Limits {
     /// Envoy); past this a new stream is refused (`RESOURCE_EXHAUSTED`) and
     /// Envoy's `failure_mode_allow` passes that request through untouched.
     pub max_streams: usize,
-    /// Body bytes held across all requests at once: request bodies captured
-    /// for replay (past it a body is not captured and that request is not
-    /// replayed) and replayed response bodies (past it the replayed response
-    /// is not used and the original passes through).
-    pub max_buffered_bytes: usize,
     /// A stream on which no message arrives for this long is ended with
     /// `DEADLINE_EXCEEDED` and everything it holds is freed, so a peer that
     /// opens streams and stalls cannot pin places under `max_streams`.
@@ -357,7 +288,6 @@ impl Default for Limits {
         Self {
             max_message_bytes: 64 * 1024 * 1024,
             max_streams: 10_000,
-            max_buffered_bytes: 256 * 1024 * 1024,
             stream_idle_timeout: Duration::from_secs(300),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
@@ -523,6 +453,15 @@ impl Config {
     }
 
     fn parse_only(file: &str, text: &str) -> Result<Self, ConfigError> {
+        if let Some((_, offset, message)) = removed::find(text) {
+            let (line, column) = line_column(text, offset);
+            return Err(ConfigError {
+                file: file.to_string(),
+                line,
+                column,
+                message,
+            });
+        }
         toml::from_str(text).map_err(|e| {
             let (line, column) = e
                 .span()

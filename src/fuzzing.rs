@@ -17,16 +17,13 @@ use arbitrary::{Arbitrary, Unstructured};
 use envoy_types::pb::{
     envoy::{
         config::core::v3::{HeaderMap, HeaderValue},
-        extensions::filters::http::ext_proc::v3::{
-            processing_mode::{BodySendMode, HeaderSendMode},
-            ProcessingMode,
-        },
+        extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode,
         service::ext_proc::v3::{
             body_mutation::Mutation as BodyChange,
             processing_request::{ClientWindowUpdate, Request},
             processing_response::Response,
-            HttpBody, HttpHeaders, HttpTrailers, ProcessingRequest, ProcessingResponse,
-            ProtocolConfiguration,
+            HttpBody, HttpHeaders, HttpTrailers, ImmediateResponse, ProcessingRequest,
+            ProcessingResponse, ProtocolConfiguration,
         },
     },
     google::protobuf::{value::Kind, ListValue, Struct, Value},
@@ -36,25 +33,28 @@ use prost::Message as _;
 use crate::{
     classify::{self, flags, Cause, Observed, Reached},
     config::Config,
+    decide::{Decider, Role, RETRY_HEADER},
     drain::Drain,
     endpoints::{Registry, State},
-    ext_proc::{header_value, Attributes, Context, Exchange},
+    ext_proc::{header_value, role_of, Attributes, Context, Exchange},
     metrics::{Metrics, Phase},
     policy::{self, safety, Decision, RequestFacts},
-    rescue::Rescuer,
 };
 
 /// Messages per stream, at most: every phase twice, and then some.
 const MAX_MESSAGES: usize = 16;
+/// Streams per input, at most: the attempts of a request, and its final
+/// response.
+const MAX_STREAMS: usize = 6;
 /// Header and body bytes of one input together, at most: huge headers are
 /// worth trying, exhausting the fuzzer's memory is not.
 const MAX_INPUT_BYTES: usize = 256 * 1024;
-/// Longer than any rescue can take under the fuzzing config (deadlines of at
+/// Longer than any hold can take under the fuzzing config (`max_hold` of at
 /// most 20 ms), by far.
 const HANG: Duration = Duration::from_secs(5);
 
-/// Loopback ports nothing listens on: every replay is refused at once, so no
-/// rescue can ever produce a response.
+/// Loopback ports nothing listens on: a hold's connect check is refused at
+/// once, so a hold ends at `max_hold` or when nothing can come back.
 const REFUSING: [SocketAddr; 3] = [
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1)),
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2)),
@@ -76,8 +76,7 @@ const NAMES: &[&str] = &[
     "x-envoy-expected-rq-timeout-ms",
     "host",
     "x-forwarded-host",
-    "x-gateway-destination-endpoint",
-    "x-mulligan-attempt",
+    "x-mulligan-retry",
     "transfer-encoding",
     "Content-Length",
     ":STATUS",
@@ -116,14 +115,16 @@ const VALUES: &[&[u8]] = &[
     b"x\0y",
 ];
 
-/// The attributes mulligan reads (`src/ext_proc/exchange.rs`).
+/// The attributes mulligan reads (`src/ext_proc/decide.rs`), and one it
+/// does not.
 const ATTRIBUTE_KEYS: &[&str] = &[
     "response.code",
-    "response.flags",
-    "response.code_details",
     "upstream.address",
     "xds.cluster_name",
-    "upstream.request_attempt_count",
+    "request.id",
+    "request.method",
+    "request.headers['idempotency-key']",
+    "response.flags",
 ];
 
 const NUMBERS: &[f64] = &[
@@ -167,6 +168,11 @@ const STRINGS: &[&str] = &[
     "127.0.0.1:2",
     "127.0.0.1:3",
     "[::1]:1",
+    "envoy://hold/",
+    "req-1",
+    "req-2",
+    "GET",
+    "POST",
     "app",
     "other",
     "503",
@@ -201,20 +207,16 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 // ---------------------------------------------------------------------------
-// ext_proc message sequences
+// ext_proc streams, every role
 
 /// The service's settings for one input; the rest is `Config::default()`.
 #[derive(Arbitrary, Debug)]
 struct Knobs {
-    steer: bool,
-    rescue_off: bool,
+    retry_off: bool,
     retry_plain_503: bool,
-    replay_http2: bool,
-    max_attempts: u8,
-    deadline_ms: u8,
-    backoff_ms: u8,
-    body_cap: u8,
-    buffered_cap: u8,
+    max_hold_ms: u8,
+    max_held: u8,
+    no_budget: bool,
     states: [u8; 3],
 }
 
@@ -225,17 +227,16 @@ impl Knobs {
         cfg.endpoints
             .clusters
             .insert("app".into(), REFUSING.to_vec());
-        cfg.rescue.enabled = !self.rescue_off;
-        cfg.rescue.replay = true;
-        cfg.rescue.retry_plain_503 = self.retry_plain_503;
-        cfg.rescue.replay_http2 = self.replay_http2;
-        cfg.rescue.max_attempts = u32::from(self.max_attempts % 5);
-        cfg.rescue.deadline = Duration::from_millis(1 + u64::from(self.deadline_ms % 20));
-        cfg.rescue.backoff_base = Duration::from_millis(u64::from(self.backoff_ms % 3));
-        cfg.rescue.backoff_max = Duration::from_millis(5);
-        cfg.rescue.max_request_body_bytes = pick(&[0, 1, 16, 64 * 1024], self.body_cap);
-        cfg.limits.max_buffered_bytes = pick(&[0, 8, 1024, 256 * 1024 * 1024], self.buffered_cap);
-        cfg.steer.enabled = self.steer;
+        cfg.retry.enabled = !self.retry_off;
+        cfg.retry.retry_plain_503 = self.retry_plain_503;
+        cfg.hold.max_hold = Duration::from_millis(1 + u64::from(self.max_hold_ms % 20));
+        cfg.hold.max_held = usize::from(self.max_held % 3);
+        cfg.hold.interval = Duration::from_millis(2);
+        cfg.hold.settle = Duration::from_millis(1);
+        if self.no_budget {
+            cfg.budget.ratio = 0.0;
+            cfg.budget.min_per_second = 0;
+        }
         let registry = Arc::new(Registry::from_config(&cfg.endpoints, &cfg.health));
         for (addr, s) in REFUSING.iter().zip(self.states) {
             let state = match s % 5 {
@@ -253,10 +254,45 @@ impl Knobs {
     }
 }
 
+/// Streams opened one after the other on one service, as Envoy opens them
+/// for the attempts of one request (or of several: the ids are few).
 #[derive(Arbitrary, Debug)]
 struct Sequence {
     knobs: Knobs,
+    streams: Vec<StreamIn>,
+}
+
+#[derive(Arbitrary, Debug)]
+struct StreamIn {
+    role: RoleIn,
     messages: Vec<MessageIn>,
+}
+
+/// The `x-mulligan-phase` metadata a stream opens with.
+#[derive(Arbitrary, Debug)]
+enum RoleIn {
+    Retry,
+    Attempt,
+    Final,
+    Missing,
+    Other(Vec<u8>),
+}
+
+impl RoleIn {
+    fn metadata(&self) -> tonic::metadata::MetadataMap {
+        let mut map = tonic::metadata::MetadataMap::new();
+        let value: &[u8] = match self {
+            RoleIn::Retry => b"retry",
+            RoleIn::Attempt => b"attempt",
+            RoleIn::Final => b"final",
+            RoleIn::Missing => return map,
+            RoleIn::Other(bytes) => bytes,
+        };
+        if let Ok(v) = tonic::metadata::AsciiMetadataValue::try_from(value) {
+            map.insert(Role::METADATA_KEY, v);
+        }
+        map
+    }
 }
 
 #[derive(Arbitrary, Debug)]
@@ -273,7 +309,7 @@ struct Built {
     observability: bool,
     window_update: bool,
     attributes: Option<Vec<(KeyIn, ValueIn)>>,
-    /// Start from the attributes of a refused connection to 127.0.0.1:1.
+    /// Start from the attributes of a POST that 127.0.0.1:1 answered 503.
     refused: bool,
     /// Filed under another filter's name: not mulligan's to read.
     elsewhere: bool,
@@ -292,7 +328,7 @@ enum PhaseIn {
 #[derive(Arbitrary, Debug)]
 struct HeadersIn {
     /// Start from what Envoy sends for a plain GET (request) or a 503
-    /// (response): a rescue needs several headers right at once, which
+    /// (response): a verdict needs several fields right at once, which
     /// random bytes alone take long to find.
     template: bool,
     headers: Option<Vec<HeaderIn>>,
@@ -527,13 +563,10 @@ impl Built {
         if self.refused {
             for (k, v) in [
                 ("response.code", Kind::NumberValue(503.0)),
-                ("response.flags", Kind::NumberValue(32.0)),
-                (
-                    "response.code_details",
-                    Kind::StringValue(STRINGS[2].into()),
-                ),
                 ("upstream.address", Kind::StringValue("127.0.0.1:1".into())),
                 ("xds.cluster_name", Kind::StringValue("app".into())),
+                ("request.id", Kind::StringValue("req-1".into())),
+                ("request.method", Kind::StringValue("POST".into())),
             ] {
                 s.fields.insert(k.into(), Value { kind: Some(v) });
             }
@@ -587,8 +620,6 @@ struct Sent {
     protocol: Option<(i32, i32)>,
     /// Response headers: the status as Envoy reported it, unclipped.
     status: Option<u64>,
-    /// Response headers: a sign of overload (never rescued).
-    overload: bool,
     /// A body chunk's bytes.
     body: Option<Vec<u8>>,
 }
@@ -596,7 +627,7 @@ struct Sent {
 impl Sent {
     fn of(m: &ProcessingRequest) -> Self {
         let attrs = Attributes::of(m);
-        let (mut status, mut overload, mut body) = (None, false, None);
+        let (mut status, mut body) = (None, None);
         match &m.request {
             Some(Request::ResponseHeaders(h)) => {
                 let fields = h.headers.as_ref();
@@ -604,13 +635,6 @@ impl Sent {
                     header_value(fields, ":status")
                         .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
                 });
-                let shedding = flags::UPSTREAM_OVERFLOW
-                    | flags::RATE_LIMITED
-                    | flags::OVERLOAD_MANAGER
-                    | flags::DROP_OVERLOAD;
-                overload = status == Some(429)
-                    || header_value(fields, "x-envoy-overloaded").is_some()
-                    || attrs.uint("response.flags").unwrap_or(0) & shedding != 0;
             }
             Some(Request::RequestBody(b) | Request::ResponseBody(b)) => body = Some(b.body.clone()),
             _ => {}
@@ -623,22 +647,27 @@ impl Sent {
                 .as_ref()
                 .map(|p| (p.request_body_mode, p.response_body_mode)),
             status,
-            overload,
             body,
         }
     }
+
+    /// A status Envoy could have sent on a failed attempt or response.
+    fn failed(&self) -> bool {
+        (500..=u64::from(u16::MAX)).contains(&self.status.unwrap_or(0))
+    }
 }
 
-/// A rescue ends in the response headers' own reply: no endpoint can
-/// answer (every one refuses connections).
-fn check_resumed(resumed: Option<ProcessingResponse>) {
-    let resumed = resumed.expect("a rescue ends with a reply");
-    match &resumed.response {
-        Some(Response::ResponseHeaders(_)) => {}
-        Some(Response::ImmediateResponse(r)) => {
-            panic!("rescued by an endpoint that refuses connections: {r:?}")
-        }
-        other => panic!("a rescue ended with {other:?}"),
+/// The headers a response-headers reply sets, by name.
+fn set_headers(r: &ProcessingResponse) -> Vec<&str> {
+    match &r.response {
+        Some(Response::ResponseHeaders(h)) => h
+            .response
+            .iter()
+            .flat_map(|c| c.header_mutation.iter())
+            .flat_map(|m| m.set_headers.iter())
+            .filter_map(|o| o.header.as_ref().map(|h| h.key.as_str()))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -674,14 +703,17 @@ fn duplex(mode: i32) -> bool {
 }
 
 /// What one stream has seen so far, for the checks that span messages.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Stream {
+    role: Role,
     /// The body modes of the first message (`(NONE, NONE)` when it had none).
     announced: Option<(i32, i32)>,
-    /// A request headers message arrived since the last rescue.
-    captured: bool,
-    rescue_enabled: bool,
-    deadline: Duration,
+    retry_enabled: bool,
+    max_hold: Duration,
+    /// A failed attempt was judged before (on this stream or an earlier
+    /// one of this input): only then can the gate know of a request it
+    /// must stop.
+    judged_before: bool,
 }
 
 impl Stream {
@@ -694,9 +726,6 @@ impl Stream {
         let announced = *self
             .announced
             .get_or_insert(sent.protocol.unwrap_or((0, 0)));
-        if sent.phase == Some(Phase::RequestHeaders) {
-            self.captured = true;
-        }
         let Some(phase) = sent.phase.filter(|_| !sent.observability) else {
             assert!(
                 reply.is_none() && resumed.is_none(),
@@ -705,21 +734,24 @@ impl Stream {
             return;
         };
         let reply = reply.unwrap_or_else(|| panic!("no reply to {sent:?}"));
-        if let Some(mode) = &reply.mode_override {
-            assert_eq!(phase, Phase::RequestHeaders, "mode override: {reply:?}");
-            self.check_mode(mode, announced);
-        }
+        assert!(reply.mode_override.is_none(), "a mode override: {reply:?}");
         let Some(response) = &reply.response else {
-            self.check_rescue(sent, phase, &reply);
-            check_resumed(resumed);
+            self.check_hold(sent, phase, &reply, resumed);
             return;
         };
-        assert!(resumed.is_none(), "resumed without a rescue: {resumed:?}");
+        assert!(resumed.is_none(), "resumed without a hold: {resumed:?}");
+        if let Response::ImmediateResponse(r) = response {
+            self.check_stop(phase, r);
+            return;
+        }
         assert_eq!(
             phase_of_response(response),
             Some(phase),
             "reply of another phase: {sent:?} -> {reply:?}"
         );
+        if phase == Phase::ResponseHeaders {
+            self.check_answer(sent, &reply);
+        }
         if let Some(sent_body) = &sent.body {
             let mode = if phase == Phase::RequestBody {
                 announced.0
@@ -730,65 +762,85 @@ impl Stream {
         }
     }
 
-    /// mulligan asks for a request body only where Envoy would not send
-    /// one, and leaves every other announced mode alone.
-    fn check_mode(&self, mode: &ProcessingMode, announced: (i32, i32)) {
-        let valid = |m: i32| BodySendMode::try_from(m).map_or(BodySendMode::None as i32, |_| m);
-        for h in [
-            mode.request_header_mode,
-            mode.response_header_mode,
-            mode.request_trailer_mode,
-            mode.response_trailer_mode,
-        ] {
-            assert!(HeaderSendMode::try_from(h).is_ok(), "header mode {h}");
-        }
-        assert_eq!(
-            mode.response_body_mode,
-            valid(announced.1),
-            "response body mode changed: {mode:?}"
-        );
-        let request = valid(announced.0);
-        if request == BodySendMode::None as i32 {
-            assert!(
-                [
-                    BodySendMode::None,
-                    BodySendMode::Streamed,
-                    BodySendMode::Buffered
-                ]
-                .map(|m| m as i32)
-                .contains(&mode.request_body_mode),
-                "request body mode: {mode:?}"
-            );
-        } else {
-            assert_eq!(mode.request_body_mode, request, "request body mode changed");
+    /// The answer on a response: a retry only for a failed attempt with
+    /// retries on, `Retry-After` only on a 503 or a failed attempt that
+    /// stands, and nothing else set.
+    fn check_answer(&self, sent: &Sent, reply: &ProcessingResponse) {
+        for name in set_headers(reply) {
+            match name {
+                RETRY_HEADER => {
+                    assert_ne!(
+                        self.role,
+                        Role::Final,
+                        "a retry asked of the final response"
+                    );
+                    assert!(self.retry_enabled, "a retry with retries off");
+                    assert!(sent.failed(), "a retry of status {:?}", sent.status);
+                }
+                "retry-after" => assert!(
+                    if self.role == Role::Final {
+                        sent.status == Some(503)
+                    } else {
+                        sent.failed()
+                    },
+                    "Retry-After on status {:?}",
+                    sent.status
+                ),
+                other => panic!("a response header mulligan never sets: {other:?}"),
+            }
         }
     }
 
-    /// A reply without a phase extends Envoy's timeout for a rescue: only
-    /// for a failed, non-overload response, once per captured request.
-    fn check_rescue(&mut self, sent: &Sent, phase: Phase, reply: &ProcessingResponse) {
-        assert_eq!(phase, Phase::ResponseHeaders, "a rescue in {phase:?}");
-        assert!(self.rescue_enabled, "a rescue with rescue off");
-        assert!(self.captured, "a rescue without a request to replay");
-        self.captured = false;
-        let status = sent.status.unwrap_or(0);
-        assert!(
-            (500..=u64::from(u16::MAX)).contains(&status),
-            "a rescue of status {status}"
-        );
-        assert!(!sent.overload, "a rescue of an overloaded response");
+    /// A reply without a phase extends Envoy's timeout for a hold: only for
+    /// a failed attempt with retries on, by `max_hold` and the margin; the
+    /// hold ends in an answer on the response headers.
+    fn check_hold(
+        &self,
+        sent: &Sent,
+        phase: Phase,
+        reply: &ProcessingResponse,
+        resumed: Option<ProcessingResponse>,
+    ) {
+        assert_eq!(phase, Phase::ResponseHeaders, "a hold in {phase:?}");
+        assert_ne!(self.role, Role::Final, "a hold of the final response");
+        assert!(self.retry_enabled, "a hold with retries off");
+        assert!(sent.failed(), "a hold of status {:?}", sent.status);
         let t = reply
             .override_message_timeout
             .as_ref()
-            .expect("a rescue extends Envoy's timeout");
+            .expect("a hold extends Envoy's timeout");
         let timeout = Duration::new(
             u64::try_from(t.seconds).expect("a timeout ahead"),
             u32::try_from(t.nanos).expect("a timeout ahead"),
         );
+        assert_eq!(timeout, self.max_hold + Duration::from_millis(200));
+        let resumed = resumed.expect("a hold ends with a reply");
         assert!(
-            timeout <= self.deadline + Duration::from_millis(200),
-            "timeout {timeout:?} past the deadline"
+            matches!(resumed.response, Some(Response::ResponseHeaders(_))),
+            "a hold ended with {resumed:?}"
         );
+        self.check_answer(sent, &resumed);
+    }
+
+    /// The one immediate response: the gate stopping a retry of a request
+    /// an earlier attempt may have run.
+    fn check_stop(&self, phase: Phase, r: &ImmediateResponse) {
+        assert_eq!(
+            phase,
+            Phase::RequestHeaders,
+            "an immediate response in {phase:?}"
+        );
+        assert_eq!(
+            self.role,
+            Role::Retry,
+            "an immediate response to {:?}",
+            self.role
+        );
+        assert!(
+            self.judged_before,
+            "a retry stopped with nothing judged before"
+        );
+        assert_eq!(r.status.as_ref().map(|s| s.code), Some(503), "{r:?}");
     }
 }
 
@@ -796,87 +848,107 @@ impl Stream {
 pub type Trace = Vec<&'static str>;
 
 fn label(r: &ProcessingResponse) -> &'static str {
+    let sets = set_headers(r);
     match &r.response {
-        None => "rescue",
-        Some(Response::RequestHeaders(h)) if r.mode_override.is_some() => {
-            if h.response.is_some() {
-                "request_headers_steered"
-            } else {
-                "request_headers_override"
-            }
-        }
+        None => "hold",
         Some(Response::RequestHeaders(_)) => "request_headers",
         Some(Response::RequestBody(b) | Response::ResponseBody(b)) if b.response.is_some() => {
             "body_echo"
         }
         Some(Response::RequestBody(_)) => "request_body",
         Some(Response::RequestTrailers(_)) => "request_trailers",
-        Some(Response::ResponseHeaders(h)) if h.response.is_some() => "retry_after",
+        Some(Response::ResponseHeaders(_)) if sets.contains(&RETRY_HEADER) => "retry",
+        Some(Response::ResponseHeaders(_)) if sets.contains(&"retry-after") => "retry_after",
         Some(Response::ResponseHeaders(_)) => "response_headers",
         Some(Response::ResponseBody(_)) => "response_body",
         Some(Response::ResponseTrailers(_)) => "response_trailers",
-        Some(Response::ImmediateResponse(_) | Response::StreamedImmediateResponse(_)) => {
-            "immediate"
-        }
+        Some(Response::ImmediateResponse(_) | Response::StreamedImmediateResponse(_)) => "stopped",
     }
 }
 
-/// A sequence of ext_proc messages, in any order, through one `Exchange`,
-/// driven as the stream handler drives it. Asserts: every message with a
-/// phase gets exactly one reply of that phase (none in observability mode,
-/// none without a phase); a rescue starts only for a failed response that
-/// is not overload, with a request captured and rescue on, and ends in a
-/// response-headers reply (never an immediate response: every endpoint
-/// refuses); body chunks are echoed unchanged exactly in the duplex modes;
-/// mode overrides change only a request body mode of NONE; the buffered
-/// bytes stay under the cap and are all released when the stream ends; no
-/// input takes longer than [`HANG`].
+/// Streams of every role (and none) through one service, each driven as
+/// the stream handler drives it: the role from the stream's metadata, then
+/// every message through one `Exchange` (`on_message`, then `resume`).
+/// Asserts: a stream without a known role is refused with
+/// INVALID_ARGUMENT naming the metadata key; every message with a phase
+/// gets exactly one reply of that phase (none in observability mode, none
+/// without a phase), no mode override ever; a hold (a reply with no phase)
+/// only for a failed attempt, never the final response, with retries on,
+/// asking Envoy for exactly `max_hold` plus the margin, and ending in an
+/// answer on the response headers; `x-mulligan-retry` only on a failed
+/// attempt with retries on; `Retry-After` only on a failed status; the one
+/// immediate response a 503 from the gate, after a failed attempt was
+/// judged; body chunks echoed unchanged exactly in the duplex modes; no
+/// request left held once its stream ends; no input takes longer than
+/// [`HANG`].
 pub fn ext_proc_sequence(data: &[u8]) -> Trace {
     let Some(input) = shape::<Sequence>(data) else {
         return Trace::new();
     };
     let mut left = Allowance(MAX_INPUT_BYTES);
-    let messages: Vec<ProcessingRequest> = input
-        .messages
-        .iter()
-        .take(MAX_MESSAGES)
-        .filter_map(|m| match m {
-            MessageIn::Built(b) => Some(b.build(&mut left)),
-            MessageIn::Encoded(bytes) => ProcessingRequest::decode(bytes.as_slice()).ok(),
-        })
-        .collect();
     let ctx = input.knobs.context();
-    let mut stream = Stream {
-        rescue_enabled: ctx.rescuer.cfg.enabled,
-        deadline: ctx.rescuer.cfg.deadline,
-        ..Default::default()
-    };
-    let trace = block_on(async {
-        tokio::time::timeout(HANG, drive(&ctx, messages, &mut stream))
-            .await
-            .unwrap_or_else(|_| panic!("hang: a sequence took over {HANG:?}"))
-    });
-    assert_eq!(
-        ctx.rescuer.buffered(),
-        0,
-        "buffered bytes still counted after the stream ended"
-    );
+    let mut trace = Trace::new();
+    let mut judged_before = false;
+    for s in input.streams.iter().take(MAX_STREAMS) {
+        let role = match role_of(&s.role.metadata(), &ctx.metrics) {
+            Ok(role) => role,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                assert!(status.message().contains(Role::METADATA_KEY), "{status:?}");
+                trace.push("unknown_role");
+                continue;
+            }
+        };
+        let messages: Vec<ProcessingRequest> = s
+            .messages
+            .iter()
+            .take(MAX_MESSAGES)
+            .filter_map(|m| match m {
+                MessageIn::Built(b) => Some(b.build(&mut left)),
+                MessageIn::Encoded(bytes) => ProcessingRequest::decode(bytes.as_slice()).ok(),
+            })
+            .collect();
+        let mut stream = Stream {
+            role,
+            announced: None,
+            retry_enabled: ctx.decider.cfg.enabled,
+            max_hold: ctx.decider.hold_cfg.max_hold,
+            judged_before,
+        };
+        block_on(async {
+            tokio::time::timeout(HANG, drive(&ctx, messages, &mut stream, &mut trace))
+                .await
+                .unwrap_or_else(|_| panic!("hang: a stream took over {HANG:?}"))
+        });
+        assert_eq!(
+            ctx.decider.holds.held(),
+            0,
+            "a request still held after its stream"
+        );
+        judged_before = stream.judged_before;
+    }
     trace
 }
 
-async fn drive(ctx: &Arc<Context>, messages: Vec<ProcessingRequest>, stream: &mut Stream) -> Trace {
-    let cap = ctx.rescuer.max_buffered();
-    let mut exchange = Exchange::new(Arc::clone(ctx));
-    let mut trace = Trace::new();
+async fn drive(
+    ctx: &Arc<Context>,
+    messages: Vec<ProcessingRequest>,
+    stream: &mut Stream,
+    trace: &mut Trace,
+) {
+    let mut exchange = Exchange::new(Arc::clone(ctx), stream.role);
     for m in messages {
         let sent = Sent::of(&m);
         let reply = exchange.on_message(m).await;
         let resumed = exchange.resume().await;
         trace.extend(reply.iter().chain(&resumed).map(label));
         stream.check(&sent, reply, resumed);
-        assert!(ctx.rescuer.buffered() <= cap, "buffered past the cap");
+        // Response headers are judged whatever the mode: from here on the
+        // gate may know of a request to stop.
+        if sent.phase == Some(Phase::ResponseHeaders) && stream.role != Role::Final {
+            stream.judged_before = true;
+        }
     }
-    trace
 }
 
 // ---------------------------------------------------------------------------
@@ -893,7 +965,6 @@ struct ObservedIn {
     endpoint: Option<u8>,
     idempotent_method: bool,
     idempotency_key: bool,
-    body_replayable: bool,
     retry_plain_503: bool,
 }
 
@@ -939,8 +1010,8 @@ const FLAGS: &[u64] = &[
 /// is; any sign of overload is `Overload`, and `Overload` needs one;
 /// "never reached the app" causes need the evidence for it (UH, UF or the
 /// reset details, the drain header on a 503); the 503-only causes need a
-/// 503; a rescue is decided only for a retriable cause, a request that is
-/// safe to send again and a body that was captured.
+/// 503; a retry is decided only for a retriable cause and a request that
+/// is safe to send again.
 pub fn classify(data: &[u8]) -> Option<Cause> {
     let input = shape::<ObservedIn>(data)?;
     let observed = input.build();
@@ -950,22 +1021,20 @@ pub fn classify(data: &[u8]) -> Option<Cause> {
     let facts = RequestFacts {
         idempotent_method: input.idempotent_method,
         idempotency_key: input.idempotency_key,
-        body_replayable: input.body_replayable,
     };
-    if policy::decide(cause, facts, input.retry_plain_503) == Decision::Rescue {
+    if policy::decide(cause, facts, input.retry_plain_503) == Decision::Retry {
         assert!(
             !matches!(
                 cause,
                 Cause::Success | Cause::Overload | Cause::Timeout | Cause::OtherError
             ),
-            "rescue of {cause:?}"
+            "retry of {cause:?}"
         );
         assert!(
             cause != Cause::App503 || input.retry_plain_503,
-            "plain 503 rescued"
+            "plain 503 retried"
         );
-        assert!(safety::is_safe(cause.reached_app(), facts), "unsafe rescue");
-        assert!(facts.body_replayable, "rescue without the body");
+        assert!(safety::is_safe(cause.reached_app(), facts), "unsafe retry");
     }
     Some(cause)
 }
@@ -1054,7 +1123,7 @@ fn check_cause(observed: &Observed<'_>, cause: Cause) {
 
 /// Config text through the parser, then through what `mulligan serve`
 /// builds from a config before it opens a socket (the endpoint registry,
-/// the rescuer and its budget). Asserts: an error names a line and column
+/// the decider with its budget and holds). Asserts: an error names a line and column
 /// that exist in the text (1-based, the column within its line) and says
 /// so in its message; a config that parses builds without a panic, and
 /// parses the same twice. Returns whether the text parsed.
@@ -1090,9 +1159,8 @@ pub fn config(data: &[u8]) -> bool {
                 "parses differently"
             );
             let registry = Arc::new(Registry::from_config(&cfg.endpoints, &cfg.health));
-            let rescuer = Rescuer::new(&cfg, Arc::clone(&registry), metrics());
-            rescuer.budget.deposit();
-            let _ = rescuer.budget.try_withdraw();
+            let decider = Decider::new(&cfg, Arc::clone(&registry), metrics());
+            let _ = decider.holds.plausible(None);
             let _ = registry.cluster(None);
             true
         }

@@ -1,29 +1,30 @@
 //! mulligan: an Envoy external processor that turns the 503s of rolling
 //! deploys, scale-downs and slow-booting pods into safe, bounded retries.
 //!
-//! Follow a request top-down through the modules:
+//! Envoy makes every attempt; mulligan is asked only about attempts that
+//! failed (and about a retry about to leave), and answers retry, hold or
+//! stand. Healthy requests never open a stream.
 //!
-//! 1. [`ext_proc`]: Envoy opens one gRPC stream per HTTP request; the stream
-//!    handler answers every phase (headers, bodies, trailers), and the
-//!    per-request `Exchange` dispatches each message to the module that owns
-//!    the decision (`decide` for the decide wiring; for the legacy wiring,
-//!    `capture` keeps the request, `rescue` judges and replays it, `steer`
-//!    writes Envoy's endpoint list).
-//! 2. [`classify`]: on a failed response, why it failed (a draining pod, a
-//!    refused connection, overload, ...).
-//! 3. [`policy`]: whether it may be sent again ([`policy::safety`]), whether
-//!    the platform can afford it ([`policy::budget`]) and when
-//!    ([`policy::backoff`]).
+//! Follow a failed attempt top-down through the modules:
+//!
+//! 1. [`ext_proc`]: Envoy opens one gRPC stream per question, from one of
+//!    three filters the wiring names in the stream's `x-mulligan-phase`
+//!    metadata: `attempt` (a failed attempt), `retry` (a retry: the gate
+//!    before it leaves, then its answer) and `final` (the failed response on
+//!    its way to the client). A stream naming none is refused. The
+//!    per-stream `Exchange` answers every phase Envoy sends.
+//! 2. [`classify`]: why the attempt failed (a draining pod, a refused
+//!    connection, overload, ...).
+//! 3. `decide`: the verdict. [`policy`] says whether it may be sent again
+//!    ([`policy::safety`]) and whether the platform can afford it
+//!    ([`policy::budget`]); `decide` remembers earlier attempts of the same
+//!    request (a taint that stops every later retry of a request that may
+//!    have run), and chooses: retry now, hold until an endpoint can serve
+//!    (`decide::hold`), or let the failure stand.
 //! 4. [`endpoints`]: the registry of upstream endpoints and their lifecycle
-//!    (ready, draining, gone), its sources (static config, the EDS file,
-//!    Kubernetes with the default `kubernetes` feature, the lifecycle API,
-//!    passive health, active probes) and the picker.
-//! 5. `decide` judges a failed attempt for the decide wiring (retry, hold,
-//!    or let it stand). On the legacy wiring, `rescue` drives `replay`:
-//!    send the request again to a healthy endpoint, or hold it until one is
-//!    ready, and answer Envoy with the response; or, on the request path,
-//!    `steer` hands Envoy an ordered list of healthy endpoints and retry
-//!    headers.
+//!    (ready, draining, gone) that a hold waits on, and its sources (static
+//!    config, the EDS file, Kubernetes with the default `kubernetes`
+//!    feature, the lifecycle API, passive health, active probes).
 //!
 //! Around the request path:
 //! - `server` wires the gRPC port (ext_proc, health), the `control` port
@@ -34,8 +35,9 @@
 //! - [`extension`] is the Envoy Gateway Extension Server (`mulligan
 //!   extension-server`), which installs mulligan's wiring into Envoy
 //!   Gateway's xDS;
-//! - `fuzzing` (feature `fuzzing`) feeds untrusted bytes to the protocol, the classifier and
-//!   the config parser, and checks what must hold whatever they are.
+//! - `fuzzing` (feature `fuzzing`) feeds untrusted bytes to the protocol
+//!   (every role), the classifier and the config parser, and checks what
+//!   must hold whatever they are.
 
 #![deny(clippy::too_many_lines)]
 
@@ -56,10 +58,7 @@ mod labels;
 pub mod metrics;
 pub mod names;
 pub mod policy;
-pub(crate) mod replay;
-pub(crate) mod rescue;
 pub(crate) mod server;
-pub(crate) mod steer;
 pub(crate) mod telemetry;
 
 /// mulligan's own control API (`proto/mulligan/v1`).

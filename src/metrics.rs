@@ -10,7 +10,7 @@ use metrics::{
     Gauge, Histogram,
 };
 
-use crate::{classify::Cause, labels::labels, policy::Decision, replay::Failure};
+use crate::{classify::Cause, labels::labels, policy::Decision};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// The process-wide Prometheus recorder; installed on first use.
@@ -52,6 +52,9 @@ labels! {
         StreamLimit => "stream_limit",
         /// No message arrived for `limits.stream_idle_timeout`.
         Idle => "idle",
+        /// A stream whose `x-mulligan-phase` metadata is missing or names no
+        /// role mulligan knows: refused before any message is read.
+        UnknownRole => "unknown_role",
     }
 }
 
@@ -66,7 +69,7 @@ labels! {
         Stand => "stand",
         /// Held until the deadline: the 503 stands, with `Retry-After`.
         HeldTooLong => "held_too_long",
-        /// `rescue.max_held` requests were held already: the 503 stands.
+        /// `hold.max_held` requests were held already: the 503 stands.
         HeldLimit => "held_limit",
         /// No endpoint could come back (all draining or gone, or none known):
         /// the 503 stands at once, with `Retry-After`.
@@ -80,49 +83,6 @@ labels! {
     }
 }
 
-labels! {
-    /// How a rescue ended.
-    pub enum Outcome {
-        /// A replay succeeded; the client got its response.
-        Rescued => "rescued",
-        /// The retry budget was spent: the original response passed through.
-        BudgetExhausted => "budget_exhausted",
-        /// No endpoint became ready before the deadline: 503 + Retry-After.
-        HeldTooLong => "held_too_long",
-        /// Too many requests already held: the original response passed through.
-        HeldLimit => "held_limit",
-        /// Every allowed replay failed.
-        AttemptsExhausted => "attempts_exhausted",
-        /// The replayed response was over the size cap: the original passed through.
-        ResponseTooLarge => "response_too_large",
-        /// A replay may have reached the app and the request is not idempotent:
-        /// no further replay; the original response passed through.
-        StoppedUnsafe => "stopped_unsafe",
-        /// The request could not be rebuilt for replay (a header HTTP cannot carry).
-        Unreplayable => "unreplayable",
-        /// The deadline had passed before the rescue could start.
-        NoTimeLeft => "no_time_left",
-        /// mulligan knows no endpoints for the request's Envoy cluster: nothing
-        /// to replay to (another cluster's endpoints never serve it), so the
-        /// original response passed through.
-        UnknownCluster => "unknown_cluster",
-    }
-}
-
-labels! {
-    /// What one replay attempt got.
-    pub enum AttemptResult {
-        /// A response that ends the rescue (any status the policy does not retry).
-        Response => "response",
-        /// A retriable response (a draining or not-ready endpoint's 503).
-        Retriable => "retriable",
-        /// The connection could not be made.
-        ConnectFailure => "connect_failure",
-        /// Timed out or broke after sending.
-        Failed => "failed",
-    }
-}
-
 /// Pre-registered handles for everything the request path counts.
 #[derive(Clone)]
 pub struct Metrics {
@@ -133,13 +93,8 @@ pub struct Metrics {
     /// Indexed by [`Cause`], then [`Decision`].
     decisions: Vec<[Counter; Decision::COUNT]>,
     answers: [Counter; Answer::COUNT],
-    outcomes: [Counter; Outcome::COUNT],
-    attempts: [Counter; AttemptResult::COUNT],
-    replay_failures: [Counter; Failure::COUNT],
     held: Gauge,
-    rescue_seconds: Histogram,
-    /// Steered requests: [listed endpoints, none usable] × [observed, not].
-    steered: [[Counter; 2]; 2],
+    hold_seconds: Histogram,
 }
 
 impl Metrics {
@@ -162,23 +117,8 @@ impl Metrics {
                 .collect(),
             answers: Answer::ALL
                 .map(|a| counter!("mulligan_answers_total", "answer" => a.as_str())),
-            outcomes: Outcome::ALL
-                .map(|o| counter!("mulligan_rescues_total", "outcome" => o.as_str())),
-            attempts: AttemptResult::ALL
-                .map(|a| counter!("mulligan_replay_attempts_total", "result" => a.as_str())),
-            replay_failures: Failure::ALL
-                .map(|f| counter!("mulligan_replay_failures_total", "why" => f.as_str())),
-            held: gauge!("mulligan_rescue_held"),
-            steered: [false, true].map(|empty| {
-                [true, false].map(|observe| {
-                    counter!(
-                        "mulligan_steered_total",
-                        "endpoints" => if empty { "none" } else { "listed" },
-                        "response_phase" => if observe { "observed" } else { "skipped" }
-                    )
-                })
-            }),
-            rescue_seconds: histogram!("mulligan_rescue_duration_seconds"),
+            held: gauge!("mulligan_held"),
+            hold_seconds: histogram!("mulligan_hold_duration_seconds"),
         }
     }
 
@@ -187,31 +127,17 @@ impl Metrics {
         self.decisions[cause as usize][decision as usize].increment(1);
     }
 
-    /// How mulligan answered a stream of the decide wiring.
+    /// How mulligan answered a stream.
     pub(crate) fn answer(&self, answer: Answer) {
         self.answers[answer as usize].increment(1);
     }
 
-    pub(crate) fn outcome(&self, outcome: Outcome, seconds: f64) {
-        self.outcomes[outcome as usize].increment(1);
-        self.rescue_seconds.record(seconds);
+    /// A hold ended after `seconds`, however it ended.
+    pub(crate) fn hold_ended(&self, seconds: f64) {
+        self.hold_seconds.record(seconds);
     }
 
-    pub(crate) fn attempt(&self, result: AttemptResult) {
-        self.attempts[result as usize].increment(1);
-    }
-
-    /// A replay that was sent and got no usable response, by why.
-    pub(crate) fn replay_failed(&self, why: Failure) {
-        self.attempts[AttemptResult::Failed as usize].increment(1);
-        self.replay_failures[why as usize].increment(1);
-    }
-
-    /// A request was steered (or found no usable endpoint to steer to).
-    pub(crate) fn steered(&self, no_endpoint: bool, observe: bool) {
-        self.steered[no_endpoint as usize][!observe as usize].increment(1);
-    }
-
+    /// Requests held right now, up or down by `delta`.
     pub(crate) fn held(&self, delta: f64) {
         self.held.increment(delta);
     }
@@ -273,31 +199,18 @@ fn describe() {
     );
     describe_counter!(
         "mulligan_decisions_total",
-        "failed responses (5xx, 429) by cause and what mulligan decided"
+        "failed attempts by cause and what mulligan decided"
     );
     describe_counter!(
         "mulligan_answers_total",
-        "answers on failed attempts and responses (the decide wiring), by kind"
-    );
-    describe_counter!("mulligan_rescues_total", "rescues started, by outcome");
-    describe_counter!(
-        "mulligan_replay_attempts_total",
-        "replays sent to an endpoint, by result"
-    );
-    describe_counter!(
-        "mulligan_replay_failures_total",
-        "replays sent that got no usable response, by why (timeout, broken, body_cut)"
-    );
-    describe_counter!(
-        "mulligan_steered_total",
-        "requests steered, by whether usable endpoints were listed and whether the response phase was kept"
+        "answers on failed attempts, retries at the gate and failed responses, by kind"
     );
     describe_gauge!(
-        "mulligan_rescue_held",
-        "requests held right now, waiting for a ready endpoint"
+        "mulligan_held",
+        "requests held right now, waiting for an endpoint that can serve"
     );
     describe_histogram!(
-        "mulligan_rescue_duration_seconds",
-        "time from the failed response to the rescue's end"
+        "mulligan_hold_duration_seconds",
+        "how long each hold lasted, from the failed attempt to the answer"
     );
 }

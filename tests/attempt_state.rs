@@ -218,7 +218,7 @@ async fn wait_held(m: &Mulligan, want: f64) {
 }
 
 /// mulligan's gauge of requests held right now.
-const HELD: &str = "mulligan_rescue_held";
+const HELD: &str = "mulligan_held";
 
 /// A budget of 3 s (shorter than mulligan's own default of 10 s): a
 /// request with nothing to serve it is held about 3 s, then gets its 503

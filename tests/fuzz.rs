@@ -42,13 +42,18 @@ fn ext_proc_sequence() {
         eprintln!("{}", path.display());
         seen.extend(fuzzing::ext_proc_sequence(&seed));
     }
-    // The seeds are worth their place: between them they reach a rescue,
-    // both body paths and a steered request.
+    // The seeds are worth their place: between them they reach every
+    // answer of every role (a retry, a hold, a 503 that stands with
+    // Retry-After, a retry stopped at the gate), a refused role and both
+    // body paths.
     for label in [
-        "rescue",
+        "retry",
+        "hold",
+        "retry_after",
+        "stopped",
+        "unknown_role",
         "body_echo",
         "request_body",
-        "request_headers_steered",
     ] {
         assert!(seen.contains(label), "no seed reaches {label}: {seen:?}");
     }
@@ -102,6 +107,8 @@ fn mutate(rng: &mut fastrand::Rng, seed: &[u8]) -> Vec<u8> {
         "\"\"\"",
         "[[kubernetes.services]]\nname = \"x\"\n",
         "window = \"1000000000s\"\n",
+        "[retry]\n",
+        "[hold]\n",
         "[rescue]\n",
         "ratio = -inf\n",
     ];

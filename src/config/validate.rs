@@ -15,8 +15,7 @@ pub struct Problem {
     pub message: String,
 }
 
-/// Largest protobuf message: an ImmediateResponse carrying a bigger body
-/// cannot be encoded at all.
+/// Largest protobuf message: a reply bigger than this cannot be encoded.
 const PROTOBUF_LIMIT: usize = i32::MAX as usize;
 
 /// Headers a drain signal must not be: hop-by-hop headers (a proxy removes
@@ -84,7 +83,7 @@ impl Config {
     }
 
     fn check_durations(&self, p: &mut Problems) {
-        let nonzero: [(&str, Duration, &str); 8] = [
+        let nonzero: [(&str, Duration, &str); 7] = [
             ("probe.interval", self.probe.interval, "would panic"),
             (
                 "hold.interval",
@@ -102,14 +101,9 @@ impl Config {
                 "would panic",
             ),
             (
-                "rescue.per_try_timeout",
-                self.rescue.per_try_timeout,
-                "no replay could succeed",
-            ),
-            (
-                "rescue.deadline",
-                self.rescue.deadline,
-                "no rescue could start",
+                "hold.max_hold",
+                self.hold.max_hold,
+                "every hold would end before it began",
             ),
             (
                 "hold.envoy_max_message_timeout",
@@ -168,19 +162,16 @@ impl Config {
                 "must start with '/' (or be empty to turn probing off)",
             );
         }
-        let drain = &self.rescue.drain_header;
+        let drain = &self.retry.drain_header;
         if !drain.is_empty() {
             if let Some(why) = header_name_problem(drain) {
-                p.add("rescue.drain_header", why);
+                p.add("retry.drain_header", why);
             } else if RESERVED_HEADERS.contains(&drain.as_str()) || drain.starts_with("x-envoy-") {
                 p.add(
-                    "rescue.drain_header",
+                    "retry.drain_header",
                     format!("{drain:?} is a standard, hop-by-hop or Envoy header: use one of your own, e.g. x-mulligan-drain"),
                 );
             }
-        }
-        if let Some(why) = header_name_problem(&self.steer.header) {
-            p.add("steer.header", why);
         }
     }
 
@@ -189,27 +180,6 @@ impl Config {
             p.add(
                 "limits.max_message_bytes",
                 "is above the 2 GiB protobuf message limit",
-            );
-        }
-        if self.rescue.max_response_body_bytes > self.limits.max_message_bytes {
-            p.add(
-                "rescue.max_response_body_bytes",
-                format!(
-                    "{} is above the gRPC message limit (limits.max_message_bytes = {}): a rescued response that size could not be sent to Envoy",
-                    self.rescue.max_response_body_bytes, self.limits.max_message_bytes
-                ),
-            );
-        }
-        if self.rescue.enabled && self.rescue.max_attempts == 0 {
-            p.add(
-                "rescue.max_attempts",
-                "must be at least 1 (or set rescue.enabled = false)",
-            );
-        }
-        if self.steer.enabled && self.steer.max_endpoints == 0 {
-            p.add(
-                "steer.max_endpoints",
-                "must be at least 1 while steer is enabled",
             );
         }
         if !(self.budget.ratio.is_finite() && self.budget.ratio >= 0.0) {
@@ -226,28 +196,28 @@ impl Config {
         self.check_kubernetes(p);
     }
 
-    /// A stream without a hold budget of its own (a wiring that sends no
-    /// `x-mulligan-max-hold`) is held for the deadline less the margin to
-    /// answer in, asking Envoy to wait the deadline: past Envoy's
-    /// `max_message_timeout`, Envoy would refuse the extension and let the
-    /// 503 through after `message_timeout`; within the margin, nothing is
-    /// held at all.
+    /// `max_hold` is the hold budget of a stream without one of its own (a
+    /// wiring that sends no `x-mulligan-max-hold`): mulligan asks Envoy to
+    /// wait that long and holds [`Hold::ANSWER_MARGIN`](super::Hold::ANSWER_MARGIN)
+    /// less. Past Envoy's `max_message_timeout`, Envoy would refuse the
+    /// extension and let the 503 through after `message_timeout`; within
+    /// the margin, nothing would be held at all.
     fn check_message_timeout(&self, p: &mut Problems) {
-        let asked = self.rescue.deadline;
+        let asked = self.hold.max_hold;
         let max = self.hold.envoy_max_message_timeout;
         let margin = super::Hold::ANSWER_MARGIN;
         if asked > max {
             p.add(
-                "rescue.deadline",
+                "hold.max_hold",
                 format!(
                     "{asked:?} is over Envoy's max_message_timeout ({max:?}, \
                      hold.envoy_max_message_timeout): Envoy would let held 503s through; \
-                     lower the deadline or raise both"
+                     lower max_hold or raise both"
                 ),
             );
-        } else if asked <= margin {
+        } else if !asked.is_zero() && asked <= margin {
             p.add(
-                "rescue.deadline",
+                "hold.max_hold",
                 format!("{asked:?} leaves nothing to hold: mulligan keeps {margin:?} of it to answer in"),
             );
         }
@@ -413,24 +383,24 @@ mod tests {
             ("[probe]\npath = \"/ready\"\ninterval = \"0s\"\n", (3, 12), "probe.interval"),
             ("[hold]\ninterval = \"0s\"\n", (2, 12), "hold.interval"),
             ("[probe]\npath = \"ready\"\n", (2, 8), "probe.path"),
-            ("[rescue]\ndrain_header = \"connection\"\n", (2, 16), "rescue.drain_header"),
-            ("[rescue]\ndrain_header = \"retry-after\"\n", (2, 16), "rescue.drain_header"),
-            ("[rescue]\ndrain_header = \"X-Drain\"\n", (2, 16), "rescue.drain_header"),
-            ("[rescue]\nper_try_timeout = \"0s\"\n", (2, 19), "rescue.per_try_timeout"),
-            ("[rescue]\nmax_response_body_bytes = 70000000\n", (2, 27), "rescue.max_response_body_bytes"),
+            ("[retry]\ndrain_header = \"connection\"\n", (2, 16), "retry.drain_header"),
+            ("[retry]\ndrain_header = \"retry-after\"\n", (2, 16), "retry.drain_header"),
+            ("[retry]\ndrain_header = \"X-Drain\"\n", (2, 16), "retry.drain_header"),
+            ("[hold]\nmax_hold = \"0s\"\n", (2, 12), "hold.max_hold"),
             ("[endpoints]\neds_file = \"x\"\neds_file_poll = \"0ms\"\n", (3, 17), "endpoints.eds_file_poll"),
             ("[listen]\ngrpc = \"127.0.0.1:7\"\nadmin = \"127.0.0.1:7\"\n", (3, 9), "listen.admin"),
             ("[kubernetes]\nenabled = true\n", (1, 1), "kubernetes.services"),
             ("[[kubernetes.services]]\nname = \"\"\n", (2, 8), "kubernetes.services.0.name"),
             ("[grpc_tls]\ncert_file = \"c.pem\"\n", (1, 1), "grpc_tls.key_file"),
             ("[health]\npenalty_base = \"500000000000years\"\n", (2, 16), "health.penalty_base"),
-            ("[rescue]\ndeadline = \"14s\"\n", (2, 12), "rescue.deadline"),
+            ("[hold]\nmax_hold = \"14s\"\n", (2, 12), "hold.max_hold"),
             (
-                "[rescue]\ndeadline = \"20s\"\n[hold]\nenvoy_max_message_timeout = \"19s\"\n",
+                "[hold]\nmax_hold = \"20s\"\nenvoy_max_message_timeout = \"19s\"\n",
                 (2, 12),
-                "rescue.deadline",
+                "hold.max_hold",
             ),
             ("[hold]\nenvoy_max_message_timeout = \"0s\"\n", (2, 29), "hold.envoy_max_message_timeout"),
+            ("[hold]\nmax_hold = \"200ms\"\n", (2, 12), "hold.max_hold"),
             (
                 "[endpoints]\nstatic = [\"127.0.0.1:1\"]\n[endpoints.clusters]\napp = [\"127.0.0.1:2\"]\n",
                 (2, 10),
@@ -451,10 +421,10 @@ mod tests {
     }
 
     #[test]
-    fn a_deadline_under_envoys_max_message_timeout_is_accepted() {
-        let text = "[rescue]\ndeadline = \"20s\"\n[hold]\nenvoy_max_message_timeout = \"20s\"\n";
+    fn a_max_hold_under_envoys_max_message_timeout_is_accepted() {
+        let text = "[hold]\nmax_hold = \"20s\"\nenvoy_max_message_timeout = \"20s\"\n";
         Config::parse("m.toml", text).expect("20 s fits in 20 s");
-        Config::parse("m.toml", "[rescue]\ndeadline = \"10s\"\n").expect("the defaults agree");
+        Config::parse("m.toml", "[hold]\nmax_hold = \"10s\"\n").expect("the defaults agree");
     }
 
     #[test]
@@ -477,7 +447,7 @@ mod tests {
     #[test]
     fn the_defaults_and_the_shipped_examples_are_valid() {
         assert_eq!(Config::default().problems(), vec![]);
-        let ok = "[probe]\npath = \"/ready\"\n[rescue]\ndrain_header = \"x-app-drained\"\n";
+        let ok = "[probe]\npath = \"/ready\"\n[retry]\ndrain_header = \"x-app-drained\"\n";
         Config::parse("m.toml", ok).expect("valid");
     }
 }

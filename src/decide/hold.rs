@@ -33,7 +33,7 @@ use crate::{
 pub enum Unheld {
     /// The deadline came first.
     TooLong,
-    /// `rescue.max_held` requests are held already.
+    /// `hold.max_held` requests are held already.
     Limit,
     /// No endpoint of the cluster could come back: none is ready or
     /// starting (all draining or gone, or the cluster is empty).
@@ -58,17 +58,23 @@ pub struct Holds {
 }
 
 impl Holds {
-    pub fn new(registry: Arc<Registry>, metrics: Metrics, max_held: usize, cfg: &Hold) -> Self {
+    pub fn new(registry: Arc<Registry>, metrics: Metrics, cfg: &Hold) -> Self {
         Self {
             registry,
             metrics,
             held: AtomicUsize::new(0),
-            max_held,
+            max_held: cfg.max_held,
             interval: cfg.interval.max(Duration::from_millis(1)),
             seen: Mutex::new(HashMap::new()),
             release_rate: f64::from(cfg.release_per_endpoint.max(1)),
             next_release: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Requests held right now.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
     }
 
     /// Whether an endpoint of cluster `name` could serve soon: one that is
@@ -222,7 +228,7 @@ fn coming(cluster: &Cluster) -> bool {
 
 /// Whether an endpoint may serve, as far as a hold is concerned: ready by
 /// its sources (configuration, discovery, lifecycle, probes). Passive
-/// penalties do not count here: with the decide wiring mulligan sees only
+/// penalties do not count here: mulligan sees only
 /// failures, never the successes that would clear them, and Envoy, not
 /// mulligan, picks the endpoint; the TCP check and Envoy's own retry judge
 /// whether it really serves.
@@ -237,5 +243,207 @@ impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.0.held.fetch_sub(1, Ordering::AcqRel);
         self.0.metrics.held(-1.0);
+    }
+}
+
+/// `start + d`, but never past a year from `start`: durations come from the
+/// config, which is input too, and an `Instant` that overflows panics (a
+/// `hold.max_hold` of a billion years would otherwise take the stream down
+/// on its first hold).
+pub(crate) fn later(start: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    start.checked_add(d.min(FAR)).unwrap_or(start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Endpoints, Health};
+
+    /// Listeners that accept connections (the kernel completes them on the
+    /// backlog; nothing reads), so a hold's connect check succeeds.
+    fn listening(n: usize) -> (Vec<std::net::TcpListener>, Vec<SocketAddr>) {
+        let listeners: Vec<_> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        let addrs = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("bound"))
+            .collect();
+        (listeners, addrs)
+    }
+
+    fn holds(addrs: &[SocketAddr], change: impl FnOnce(&mut Hold)) -> Holds {
+        let endpoints = Endpoints {
+            clusters: [("app".to_string(), addrs.to_vec())].into(),
+            ..Default::default()
+        };
+        let registry = Arc::new(Registry::from_config(&endpoints, &Health::default()));
+        let mut cfg = Hold::default();
+        change(&mut cfg);
+        Holds::new(registry, Metrics::new(), &cfg)
+    }
+
+    fn set(h: &Holds, addr: SocketAddr, state: State) {
+        h.registry
+            .set_state(addr, Some("app"), state, "test")
+            .expect("known");
+    }
+
+    const SETTLE: Duration = Duration::from_millis(50);
+    const LONG: Duration = Duration::from_secs(10);
+
+    /// Guard: `settle` in `wait` (the release slot starts at now + settle).
+    #[tokio::test(start_paused = true)]
+    async fn a_reachable_endpoint_releases_after_the_settle_time() {
+        let (_l, addrs) = listening(1);
+        let h = holds(&addrs, |_| {});
+        let start = Instant::now();
+        let got = h.wait(Some("app"), SETTLE, start + LONG).await;
+        assert_eq!(got, Ok(()));
+        assert_eq!(start.elapsed(), SETTLE);
+        assert_eq!(h.held(), 0);
+    }
+
+    /// Guard: the gap between release slots in `release_slot`.
+    #[tokio::test(start_paused = true)]
+    async fn held_requests_are_released_at_the_pace_of_the_usable_endpoints() {
+        let (_l, addrs) = listening(2);
+        // 5 per second per endpoint, 2 endpoints: one release every 100 ms.
+        let h = holds(&addrs, |c| c.release_per_endpoint = 5);
+        let start = Instant::now();
+        let waits = (0..3).map(|_| async {
+            h.wait(Some("app"), SETTLE, start + LONG)
+                .await
+                .expect("released");
+            start.elapsed()
+        });
+        let mut at = futures::future::join_all(waits).await;
+        at.sort();
+        let gap = Duration::from_millis(100);
+        assert_eq!(at, vec![SETTLE, SETTLE + gap, SETTLE + gap * 2]);
+    }
+
+    /// Guard: the deadline check after each tick in `wait`.
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_ends_at_its_deadline_when_no_endpoint_serves() {
+        let (_l, addrs) = listening(1);
+        let h = holds(&addrs, |_| {});
+        set(&h, addrs[0], State::NotReady);
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(350);
+        let got = tokio::time::timeout(LONG, h.wait(Some("app"), SETTLE, deadline)).await;
+        assert_eq!(
+            got,
+            Ok(Err(Unheld::TooLong)),
+            "a hold must end by its deadline"
+        );
+        assert_eq!(start.elapsed(), Duration::from_millis(350));
+        assert_eq!(h.held(), 0);
+    }
+
+    /// Guard: the registry subscription in `wait` (a change wakes the hold
+    /// before the next tick).
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_that_becomes_ready_releases_the_hold() {
+        let (_l, addrs) = listening(1);
+        let h = holds(&addrs, |c| c.interval = LONG);
+        set(&h, addrs[0], State::NotReady);
+        let start = Instant::now();
+        let ready = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            set(&h, addrs[0], State::Ready);
+        };
+        let (got, ()) = tokio::join!(h.wait(Some("app"), SETTLE, start + LONG * 2), ready);
+        assert_eq!(got, Ok(()));
+        assert_eq!(start.elapsed(), Duration::from_millis(200) + SETTLE);
+    }
+
+    /// Guard: the `plausible` checks in `wait` (before and on every wake).
+    #[tokio::test(start_paused = true)]
+    async fn nothing_coming_ends_the_hold_at_once() {
+        let (_l, addrs) = listening(2);
+        let h = holds(&addrs, |_| {});
+        set(&h, addrs[0], State::Draining);
+        set(&h, addrs[1], State::Draining);
+        let start = Instant::now();
+        assert_eq!(
+            h.wait(Some("app"), SETTLE, start + LONG).await,
+            Err(Unheld::NothingComing)
+        );
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // One not ready: worth waiting for, until it starts draining too.
+        set(&h, addrs[1], State::NotReady);
+        let leave = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            set(&h, addrs[1], State::Draining);
+        };
+        let (got, ()) = tokio::join!(h.wait(Some("app"), SETTLE, start + LONG), leave);
+        assert_eq!(got, Err(Unheld::NothingComing));
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+        assert_eq!(
+            h.wait(Some("other"), SETTLE, start + LONG).await,
+            Err(Unheld::NothingComing),
+            "a cluster mulligan does not know"
+        );
+    }
+
+    /// Guard: the `max_held` check in `wait`.
+    #[tokio::test(start_paused = true)]
+    async fn past_max_held_a_request_is_not_held() {
+        let (_l, addrs) = listening(1);
+        let h = holds(&addrs, |c| c.max_held = 1);
+        set(&h, addrs[0], State::NotReady);
+        let start = Instant::now();
+        let first = h.wait(Some("app"), SETTLE, start + Duration::from_secs(1));
+        let second = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(h.held(), 1);
+            let got = h.wait(Some("app"), SETTLE, start + LONG).await;
+            (got, start.elapsed())
+        };
+        let (first, second) = tokio::join!(first, second);
+        assert_eq!(first, Err(Unheld::TooLong));
+        assert_eq!(second, (Err(Unheld::Limit), Duration::from_millis(10)));
+        assert_eq!(h.held(), 0, "the place comes back");
+        assert_eq!(
+            h.wait(
+                Some("app"),
+                SETTLE,
+                Instant::now() + Duration::from_millis(5)
+            )
+            .await,
+            Err(Unheld::TooLong),
+            "held again once the first ended"
+        );
+    }
+
+    /// Guard: the doubling of `settle` per release in `Decider::hold`.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_back_at_the_hold_settles_twice_as_long() {
+        let (_l, addrs) = listening(1);
+        let mut cfg = Config::default();
+        cfg.endpoints.clusters.insert("app".into(), addrs.clone());
+        cfg.hold.settle = SETTLE;
+        let registry = Arc::new(Registry::from_config(&cfg.endpoints, &cfg.health));
+        let d = super::super::Decider::new(&cfg, registry, Metrics::new());
+        let mut took = Vec::new();
+        // The releases are counted in the request's own state.
+        let mut again = super::super::AttemptState::default();
+        for released in 1..=6 {
+            let start = Instant::now();
+            let answer = d.hold(Some("app"), LONG, &mut again).await;
+            assert_eq!(answer, crate::metrics::Answer::RetryAfterHold);
+            assert_eq!(again.releases, released);
+            took.push(start.elapsed().as_millis());
+        }
+        assert_eq!(
+            took,
+            vec![50, 100, 200, 400, 800, 1000],
+            "doubling, capped at 1 s"
+        );
+        let start = Instant::now();
+        d.hold(Some("app"), LONG, &mut Default::default()).await;
+        assert_eq!(start.elapsed(), SETTLE, "another request starts afresh");
     }
 }

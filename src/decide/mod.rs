@@ -54,6 +54,8 @@ pub enum Role {
 
 impl Role {
     pub const METADATA_KEY: &'static str = "x-mulligan-phase";
+    /// The values [`Role::METADATA_KEY`] may take, for error messages.
+    pub const ACCEPTED: &'static str = "retry, attempt, final";
 
     pub(crate) fn parse(value: &[u8]) -> Option<Role> {
         match value {
@@ -123,8 +125,8 @@ const REPEATED_FAILURES: u8 = 3;
 /// Shared by every stream.
 #[derive(Debug)]
 pub struct Decider {
-    pub cfg: config::Rescue,
-    hold_cfg: config::Hold,
+    pub cfg: config::Retry,
+    pub hold_cfg: config::Hold,
     registry: Arc<Registry>,
     metrics: Metrics,
     budget: Budget,
@@ -139,13 +141,8 @@ impl Decider {
                 cfg.budget.min_per_second,
                 cfg.budget.window,
             ),
-            holds: Holds::new(
-                Arc::clone(&registry),
-                metrics.clone(),
-                cfg.rescue.max_held,
-                &cfg.hold,
-            ),
-            cfg: cfg.rescue.clone(),
+            holds: Holds::new(Arc::clone(&registry), metrics.clone(), &cfg.hold),
+            cfg: cfg.retry.clone(),
             hold_cfg: cfg.hold.clone(),
             registry,
             metrics,
@@ -171,7 +168,7 @@ impl Decider {
         let verdict = self.verdict(f, cause, state);
         let decision = match verdict {
             Verdict::Stand(d) => d,
-            _ => Decision::Rescue,
+            _ => Decision::Retry,
         };
         self.metrics.decision(cause, decision);
         (cause, verdict)
@@ -195,7 +192,7 @@ impl Decider {
             return Verdict::Stand(Decision::Unsafe);
         }
         let decision = policy::decide(cause, f.facts, self.cfg.retry_plain_503);
-        if decision != Decision::Rescue {
+        if decision != Decision::Retry {
             return Verdict::Stand(decision);
         }
         if adds_load(cause, reached) && !self.budget.try_withdraw() {
@@ -243,8 +240,13 @@ impl Decider {
             .settle
             .saturating_mul(2u32.saturating_pow(state.releases.into()))
             .min(Duration::from_secs(1));
-        let deadline = crate::rescue::later(Instant::now(), max_hold);
-        match self.holds.wait(cluster, settle, deadline).await {
+        let started = Instant::now();
+        let deadline = hold::later(started, max_hold);
+        let waited = self.holds.wait(cluster, settle, deadline).await;
+        if waited != Err(Unheld::Limit) && waited != Err(Unheld::NothingComing) {
+            self.metrics.hold_ended(started.elapsed().as_secs_f64());
+        }
+        match waited {
             Ok(()) => {
                 state.releases = state.releases.saturating_add(1);
                 Answer::RetryAfterHold
@@ -284,4 +286,208 @@ impl Decider {
 /// rollout cannot exhaust it.
 fn adds_load(cause: Cause, reached: Reached) -> bool {
     reached == Reached::Maybe && !matches!(cause, Cause::UpstreamDraining | Cause::UpstreamNotReady)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::Config, endpoints::State};
+
+    const A: &str = "127.0.0.1:1";
+    const B: &str = "127.0.0.1:2";
+
+    fn addr(a: &str) -> SocketAddr {
+        a.parse().expect("an address")
+    }
+
+    /// Cluster `app` of A and B, both ready, with `change` applied.
+    fn decider(change: impl FnOnce(&mut Config)) -> Decider {
+        let mut cfg = Config::default();
+        cfg.endpoints
+            .clusters
+            .insert("app".into(), vec![addr(A), addr(B)]);
+        cfg.retry.retry_plain_503 = true;
+        change(&mut cfg);
+        let registry = Arc::new(Registry::from_config(&cfg.endpoints, &cfg.health));
+        Decider::new(&cfg, registry, Metrics::new())
+    }
+
+    /// How the failed response said why it failed.
+    #[derive(Clone, Copy)]
+    enum Signal {
+        Plain,
+        /// The drain header: the app refused it unprocessed.
+        Drain,
+        /// `connection: close`: a pod on its way out.
+        Close,
+    }
+
+    const GET: RequestFacts = RequestFacts {
+        idempotent_method: true,
+        idempotency_key: false,
+    };
+    const POST: RequestFacts = RequestFacts {
+        idempotent_method: false,
+        idempotency_key: false,
+    };
+    const KEYED_POST: RequestFacts = RequestFacts {
+        idempotent_method: false,
+        idempotency_key: true,
+    };
+
+    fn attempt(
+        status: u16,
+        signal: Signal,
+        facts: RequestFacts,
+        upstream: Upstream,
+    ) -> Failed<'static> {
+        Failed {
+            response: Observed {
+                status,
+                flags: 0,
+                details: "",
+                connection_close: matches!(signal, Signal::Close),
+                drain_header: matches!(signal, Signal::Drain),
+                overloaded: false,
+                endpoint: None,
+            },
+            upstream,
+            cluster: Some("app"),
+            facts,
+        }
+    }
+
+    fn from_a(status: u16, signal: Signal, facts: RequestFacts) -> Failed<'static> {
+        attempt(status, signal, facts, Upstream::Endpoint(addr(A)))
+    }
+
+    /// The verdict on the first failed attempt of a request.
+    fn first(d: &Decider, f: &Failed<'_>) -> (Cause, Verdict) {
+        d.judge(f, &mut AttemptState::default())
+    }
+
+    /// Guards: `policy::decide` (cause) and `safety::is_safe` (the verdict's
+    /// own safety check).
+    #[tokio::test(start_paused = true)]
+    async fn the_verdict_follows_the_cause_and_the_requests_safety() {
+        use Signal::*;
+        let d = decider(|_| {});
+        let stand = Verdict::Stand;
+        let cases = [
+            (503, Drain, POST, Verdict::Retry, "never reached the app"),
+            (503, Close, GET, Verdict::Retry, "a leaving pod, idempotent"),
+            (
+                503,
+                Close,
+                POST,
+                stand(Decision::Unsafe),
+                "a leaving pod may have run it",
+            ),
+            (503, Close, KEYED_POST, Verdict::Retry, "an idempotency key"),
+            (503, Plain, GET, Verdict::Retry, "retry_plain_503 on"),
+            (
+                503,
+                Plain,
+                POST,
+                stand(Decision::Unsafe),
+                "a plain 503 may have run it",
+            ),
+            (
+                500,
+                Plain,
+                GET,
+                stand(Decision::NotRetriable),
+                "another 5xx",
+            ),
+            (429, Plain, GET, stand(Decision::NotRetriable), "overload"),
+        ];
+        for (status, signal, facts, want, why) in cases {
+            let (_, got) = first(&d, &from_a(status, signal, facts));
+            assert_eq!(got, want, "{status} {why}");
+        }
+        let off = decider(|c| c.retry.retry_plain_503 = false);
+        let (cause, got) = first(&off, &from_a(503, Plain, GET));
+        assert_eq!((cause, got), (Cause::App503, stand(Decision::NotRetriable)));
+        let disabled = decider(|c| c.retry.enabled = false);
+        let (_, got) = first(&disabled, &from_a(503, Drain, GET));
+        assert_eq!(got, stand(Decision::Disabled));
+    }
+
+    /// Guard: the hold-or-retry choice at the end of `verdict`.
+    #[tokio::test(start_paused = true)]
+    async fn hold_when_no_other_endpoint_can_serve_else_retry() {
+        let d = decider(|_| {});
+        let (_, got) = first(&d, &from_a(503, Signal::Drain, GET));
+        assert_eq!(got, Verdict::Retry, "B is ready");
+        d.registry
+            .set_state(addr(B), None, State::Draining, "test")
+            .expect("known");
+        let (_, got) = first(&d, &from_a(503, Signal::Drain, GET));
+        assert_eq!(got, Verdict::Hold, "B is leaving: only A, which failed");
+        let hold = attempt(503, Signal::Plain, POST, Upstream::Hold);
+        let (cause, got) = first(&d, &hold);
+        assert_eq!((cause, got), (Cause::NoHealthyUpstream, Verdict::Hold));
+        let mut elsewhere = from_a(503, Signal::Drain, GET);
+        elsewhere.cluster = Some("not-known");
+        let (_, got) = first(&d, &elsewhere);
+        assert_eq!(
+            got,
+            Verdict::Retry,
+            "no cluster to hold for: Envoy's own retry"
+        );
+    }
+
+    /// Guard: `lagging` (the third-failure rule) in `verdict`, counted in
+    /// the request's own state.
+    #[tokio::test(start_paused = true)]
+    async fn the_third_failure_of_one_request_is_held() {
+        let d = decider(|_| {});
+        let mut same = AttemptState::default();
+        let mut fail = || d.judge(&from_a(503, Signal::Drain, GET), &mut same).1;
+        assert_eq!(fail(), Verdict::Retry);
+        assert_eq!(fail(), Verdict::Retry);
+        assert_eq!(fail(), Verdict::Hold, "Envoy's view lags: give it time");
+        assert_eq!(same.failures, 3);
+        let (_, other) = first(&d, &from_a(503, Signal::Drain, GET));
+        assert_eq!(other, Verdict::Retry, "another request has its own count");
+    }
+
+    /// Guard: the may-have-run check at the top of `verdict` (and
+    /// `may_retry`), carried in the request's state.
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_that_may_have_run_taints_every_later_one() {
+        let d = decider(|_| {});
+        let mut post = AttemptState::default();
+        let (_, once) = d.judge(&from_a(503, Signal::Close, POST), &mut post);
+        assert_eq!(once, Verdict::Stand(Decision::Unsafe));
+        assert!(post.may_have_run);
+        assert!(!d.may_retry(post), "the gate stops any retry of it");
+        // A later attempt that never reached an app would be safe on its
+        // own: not after one that may have run it.
+        let (_, later) = d.judge(&from_a(503, Signal::Drain, POST), &mut post);
+        assert_eq!(later, Verdict::Stand(Decision::Unsafe));
+        assert!(
+            d.may_retry(AttemptState::default()),
+            "nothing known against it"
+        );
+    }
+
+    /// Guards: `adds_load` and the budget withdrawal in `verdict`.
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_stops_only_retries_that_add_load_and_refills() {
+        let d = decider(|c| {
+            c.budget.ratio = 0.0;
+            c.budget.min_per_second = 1;
+            c.budget.window = Duration::from_secs(1);
+        });
+        let plain = || first(&d, &from_a(503, Signal::Plain, GET)).1;
+        assert_eq!(plain(), Verdict::Retry, "the floor: one a second");
+        assert_eq!(plain(), Verdict::Stand(Decision::BudgetSpent));
+        for signal in [Signal::Close, Signal::Drain] {
+            let (_, got) = first(&d, &from_a(503, signal, GET));
+            assert_eq!(got, Verdict::Retry, "away from a leaving pod: free");
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(plain(), Verdict::Retry, "a second later");
+    }
 }

@@ -57,7 +57,7 @@ struct EndpointAddr {
 
 #[derive(Debug, Deserialize)]
 struct Address {
-    /// Absent for an Envoy internal address (the decide wiring's hold
+    /// Absent for an Envoy internal address (the wiring's hold
     /// endpoint): not an app endpoint, skipped.
     #[serde(default)]
     socket_address: Option<SocketAddress>,

@@ -37,8 +37,9 @@ pub(crate) fn spawn(registry: Arc<Registry>, cfg: &config::Probe) -> Option<Join
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(cfg.timeout));
-    // With a timer, idle connections to endpoints that left are swept (see
-    // `replay::Replayer::new`).
+    // With a timer, idle connections to endpoints that left are swept
+    // instead of kept until the endpoint is probed again (never, once it
+    // is gone).
     let client: ProbeClient = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(30))

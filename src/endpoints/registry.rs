@@ -11,7 +11,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -61,8 +61,6 @@ pub struct Endpoint {
     drain_pinned: AtomicBool,
     /// Why the endpoint is in its state; written only when the state changes.
     reason: Mutex<String>,
-    /// Replays under way to this endpoint (the picker prefers fewer).
-    in_flight: AtomicU32,
     /// Passive health: avoided until this instant (ms since the registry
     /// started); 0 when not penalised.
     penalty_until_ms: AtomicU64,
@@ -78,7 +76,6 @@ impl Endpoint {
             state: AtomicU8::new(state as u8),
             drain_pinned: AtomicBool::new(state == State::Draining),
             reason: Mutex::new(reason.to_string()),
-            in_flight: AtomicU32::new(0),
             penalty_until_ms: AtomicU64::new(0),
             failures: AtomicU32::new(0),
         }
@@ -109,21 +106,6 @@ impl Endpoint {
         }
     }
 
-    /// Ready and not penalised: a request may be sent here now.
-    pub(crate) fn usable(&self, now_ms: u64) -> bool {
-        self.state() == State::Ready && self.penalty_until_ms.load(Ordering::Acquire) <= now_ms
-    }
-
-    pub(crate) fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Counts a request to this endpoint until the guard is dropped.
-    pub(crate) fn start_request(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(Arc::clone(self))
-    }
-
     fn view(&self, now_ms: u64) -> EndpointView {
         let reason = self
             .reason
@@ -139,18 +121,7 @@ impl Endpoint {
                 .penalty_until_ms
                 .load(Ordering::Acquire)
                 .saturating_sub(now_ms),
-            in_flight: self.in_flight(),
         }
-    }
-}
-
-/// A request under way to an endpoint.
-#[derive(Debug)]
-pub struct InFlight(Arc<Endpoint>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -163,7 +134,6 @@ pub struct EndpointView {
     pub reason: String,
     /// Milliseconds of passive-health penalty left (0: none).
     pub penalty_ms: u64,
-    pub in_flight: u32,
 }
 
 /// The endpoints of one cluster.
@@ -225,15 +195,6 @@ pub struct Registry {
     changed: watch::Sender<u64>,
     /// Bumped whenever the set of endpoints changes (probes follow it).
     membership: watch::Sender<u64>,
-    /// Endpoints under a passive penalty: while zero, successes cost nothing.
-    /// Counts every endpoint whose `penalty_until_ms` is set; expired
-    /// penalties are swept (see `sweep_expired`) and endpoints that leave
-    /// take theirs with them, so it returns to zero.
-    penalized: AtomicUsize,
-    /// The earliest end of a penalty still counted (`u64::MAX`: none).
-    next_expiry_ms: AtomicU64,
-    /// One sweep of expired penalties at a time.
-    sweeping: Mutex<()>,
     /// The clusters each discovery source published last (`replace_source`).
     sources: Mutex<HashMap<String, BTreeSet<Arc<str>>>>,
     coming_up: ComingUp,
@@ -280,9 +241,6 @@ impl Registry {
             start: Instant::now(),
             changed: watch::channel(0).0,
             membership: watch::channel(0).0,
-            penalized: AtomicUsize::new(0),
-            next_expiry_ms: AtomicU64::new(u64::MAX),
-            sweeping: Mutex::new(()),
             sources: Mutex::new(HashMap::new()),
             coming_up: ComingUp::default(),
             penalty_base: health.penalty_base,
@@ -583,108 +541,13 @@ impl Registry {
                 .saturating_mul(1 << n)
                 .min(self.penalty_max);
             let until = now + penalty.as_millis() as u64;
-            if e.penalty_until_ms.swap(until, Ordering::AcqRel) == 0 {
-                self.penalized.fetch_add(1, Ordering::AcqRel);
-            }
-            self.next_expiry_ms.fetch_min(until, Ordering::AcqRel);
-        }
-    }
-
-    /// True when some endpoint is under a passive penalty. Two atomic loads
-    /// unless a penalty has just expired.
-    pub(crate) fn has_penalties(&self) -> bool {
-        self.sweep_expired();
-        self.penalized.load(Ordering::Acquire) != 0
-    }
-
-    /// Clears penalties that have run out, once the earliest one has. The
-    /// failure streak stays: an endpoint that fails again right after its
-    /// penalty is avoided for longer.
-    fn sweep_expired(&self) {
-        if self.penalized.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        let now = self.now_ms();
-        if now < self.next_expiry_ms.load(Ordering::Acquire) {
-            return;
-        }
-        let Ok(_one) = self.sweeping.try_lock() else {
-            return;
-        };
-        // Reset first: a failure recorded during the scan lowers it again.
-        self.next_expiry_ms.store(u64::MAX, Ordering::Release);
-        let snap = self.snapshot.load();
-        let mut seen = 0;
-        for e in snap.clusters.values().flat_map(|c| c.endpoints.iter()) {
-            let until = e.penalty_until_ms.load(Ordering::Acquire);
-            if until != 0 && until <= now {
-                let cleared = e.penalty_until_ms.compare_exchange(
-                    until,
-                    0,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
-                if cleared.is_ok() {
-                    self.uncount_penalty();
-                }
-            }
-            let until = e.penalty_until_ms.load(Ordering::Acquire);
-            if until != 0 {
-                seen += 1;
-                self.next_expiry_ms.fetch_min(until, Ordering::AcqRel);
-            }
-        }
-        if seen == 0 {
-            // Penalties counted on endpoints that left through an older
-            // snapshot: nothing can clear them any more.
-            self.penalized.store(0, Ordering::Release);
-        }
-    }
-
-    fn uncount_penalty(&self) {
-        let _ = self
-            .penalized
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-    }
-
-    /// Passive health: `addr` served a request. Costs one atomic load when no
-    /// endpoint is penalised (the common case, on every request).
-    pub(crate) fn observe_success(&self, addr: SocketAddr) {
-        if !self.has_penalties() {
-            return;
-        }
-        let snap = self.snapshot.load();
-        let mut woke = false;
-        for e in snap.by_addr.get(&addr).into_iter().flatten() {
-            woke |= self.clear_penalty(e);
-        }
-        if woke {
-            self.notify();
+            e.penalty_until_ms.store(until, Ordering::Release);
         }
     }
 
     fn clear_penalty(&self, e: &Endpoint) -> bool {
         e.failures.store(0, Ordering::Release);
-        if e.penalty_until_ms.swap(0, Ordering::AcqRel) != 0 {
-            self.uncount_penalty();
-            true
-        } else {
-            false
-        }
-    }
-
-    /// The earliest moment a penalised endpoint of `cluster` becomes usable
-    /// again (held requests wake then, since no event marks it).
-    pub(crate) fn next_penalty_expiry(&self, cluster: &Cluster) -> Option<Duration> {
-        let now = self.now_ms();
-        cluster
-            .endpoints
-            .iter()
-            .filter(|e| e.state() == State::Ready)
-            .map(|e| e.penalty_until_ms.load(Ordering::Acquire))
-            .filter(|until| *until > now)
-            .min()
-            .map(|until| Duration::from_millis(until - now))
+        e.penalty_until_ms.swap(0, Ordering::AcqRel) != 0
     }
 }
 
@@ -797,21 +660,22 @@ mod tests {
     }
 
     #[test]
-    fn passive_penalty_grows_and_success_clears_it() {
+    fn passive_penalty_grows_and_a_ready_endpoint_starts_afresh() {
         let r = registry();
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let c = r.cluster(Some("static")).expect("static");
         let e = &c.endpoints[0];
-        assert!(e.usable(r.now_ms()));
         r.observe_failure(a);
         let first = e.penalty_until_ms.load(Ordering::Acquire);
-        assert!(!e.usable(r.now_ms()));
+        assert!(first > 0);
         r.observe_failure(a);
         assert!(e.penalty_until_ms.load(Ordering::Acquire) > first);
-        assert!(r.next_penalty_expiry(&c).is_some());
+        r.set_state(a, None, State::NotReady, "probe")
+            .expect("known");
         let rx = r.subscribe();
-        r.observe_success(a);
-        assert!(e.usable(r.now_ms()));
+        r.set_state(a, None, State::Ready, "lifecycle: ready")
+            .expect("known");
+        assert_eq!(e.penalty_until_ms.load(Ordering::Acquire), 0);
         assert!(rx.has_changed().expect("open"), "held requests must wake");
     }
 
@@ -821,7 +685,6 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:2".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:3".parse().unwrap();
         let before = r.cluster(Some("app")).unwrap();
-        let _busy = before.endpoints[0].start_request();
         r.set_state(a, Some("app"), State::Draining, "lifecycle: drain")
             .unwrap();
         let members = r.membership();
@@ -829,9 +692,8 @@ mod tests {
         assert!(members.has_changed().unwrap());
         let after = r.cluster(Some("app")).unwrap();
         assert_eq!(after.endpoints.len(), 2);
-        assert_eq!(
-            after.endpoints[0].in_flight(),
-            1,
+        assert!(
+            Arc::ptr_eq(&after.endpoints[0], &before.endpoints[0]),
             "same endpoint, same counters"
         );
         assert_eq!(
@@ -883,34 +745,5 @@ mod tests {
         r.replace_cluster("app", &[(a, State::NotReady)], "kubernetes");
         r.replace_cluster("app", &[(a, State::Ready)], "kubernetes");
         assert_eq!(r.list(Some("app"))[0].state, State::Ready);
-    }
-
-    #[test]
-    fn the_penalty_count_falls_when_penalties_expire_or_endpoints_leave() {
-        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        // A zero penalty has expired the moment it is given.
-        let instant = config::Health {
-            penalty_base: Duration::ZERO,
-            penalty_max: Duration::ZERO,
-        };
-        let cfg = config::Endpoints {
-            clusters: [("app".to_string(), vec![a])].into(),
-            ..Default::default()
-        };
-        let r = Registry::from_config(&cfg, &instant);
-        r.observe_failure(a);
-        assert!(!r.has_penalties(), "an expired penalty still counted");
-        assert_eq!(r.penalized.load(Ordering::Acquire), 0);
-
-        let r = registry();
-        r.observe_failure(b);
-        assert!(r.has_penalties());
-        // b leaves "app" but is still in the default cluster, penalised.
-        r.replace_cluster("app", &[], "file");
-        assert_eq!(r.penalized.load(Ordering::Acquire), 1);
-        r.replace_cluster("static", &[], "file");
-        assert_eq!(r.penalized.load(Ordering::Acquire), 0, "left with b");
-        assert!(!r.has_penalties());
     }
 }

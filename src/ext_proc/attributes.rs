@@ -64,11 +64,6 @@ impl<'a> Attributes<'a> {
             .unwrap_or(0)
     }
 
-    /// The upstream endpoint Envoy reports, when it is an address.
-    pub(crate) fn upstream(&self) -> Option<std::net::SocketAddr> {
-        self.str("upstream.address")?.parse().ok()
-    }
-
     /// A non-negative integer attribute (status codes, flags, counts).
     pub(crate) fn uint(&self, key: &str) -> Option<u64> {
         self.number(key)

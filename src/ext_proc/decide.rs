@@ -1,4 +1,4 @@
-//! The protocol side of the decide wiring: reads a failed attempt (or final
+//! The protocol side of a verdict: reads a failed attempt (or final
 //! response) out of Envoy's message, asks [`crate::decide`] for a verdict,
 //! and writes it back as Envoy understands it.
 
@@ -25,16 +25,24 @@ pub struct HoldJob {
     state: AttemptState,
 }
 
+/// What a stream knows beyond the message in hand: the request's state as
+/// Envoy forwarded it, and the stream's hold budget.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Known {
+    pub(crate) state: AttemptState,
+    pub(crate) max_hold: Option<Duration>,
+}
+
 /// How long a hold may last, and the wait to ask Envoy for. The budget is
 /// the stream's (`x-mulligan-max-hold`: the wiring gives Envoy the same as
-/// `max_message_timeout`), or the config's for a stream without one (a
+/// `max_message_timeout`), or `hold.max_hold` for a stream without one (a
 /// hand-written wiring; check-config holds it within
 /// `hold.envoy_max_message_timeout`). Envoy is asked to wait exactly the
 /// budget, never more than it grants, and the hold ends
 /// [`ANSWER_MARGIN`](crate::config::Hold::ANSWER_MARGIN) earlier so the
 /// answer arrives in time.
 pub(crate) fn hold_budget(decider: &Decider, stream: Option<Duration>) -> (Duration, Duration) {
-    let budget = stream.unwrap_or(decider.cfg.deadline);
+    let budget = stream.unwrap_or(decider.hold_cfg.max_hold);
     let margin = crate::config::Hold::ANSWER_MARGIN;
     (budget.saturating_sub(margin), budget)
 }
@@ -67,19 +75,8 @@ fn failed<'a>(decider: &Decider, headers: &'a HttpHeaders, attrs: Attributes<'a>
             idempotency_key: attrs
                 .str("request.headers['idempotency-key']")
                 .is_some_and(|k| !k.trim().is_empty()),
-            // Envoy keeps the body for its own retries; when it could not
-            // (over its buffer limit) it does not retry, whatever we say.
-            body_replayable: true,
         },
     }
-}
-
-/// What a decide stream knows beyond the message in hand: the request's
-/// state as Envoy forwarded it, and the stream's hold budget.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Context {
-    pub(crate) state: AttemptState,
-    pub(crate) max_hold: Option<Duration>,
 }
 
 /// The answer to the response headers of a decide stream.
@@ -88,7 +85,7 @@ pub(crate) fn on_response_headers(
     role: Role,
     headers: &HttpHeaders,
     attrs: Attributes<'_>,
-    ctx: Context,
+    known: Known,
 ) -> Reply {
     let f = failed(decider, headers, attrs);
     if role == Role::Final {
@@ -101,7 +98,7 @@ pub(crate) fn on_response_headers(
             hold: None,
         };
     }
-    let mut state = ctx.state;
+    let mut state = known.state;
     let (cause, verdict) = decider.judge(&f, &mut state);
     tracing::debug!(
         status = f.response.status,
@@ -120,24 +117,32 @@ pub(crate) fn on_response_headers(
             decider.metrics().answer(Answer::Stand);
             reply::continue_response_headers()
         }
-        Verdict::Hold => {
-            // Envoy must wait for the hold: extend its message timeout to
-            // the budget, never past what it grants. (Envoy reads no state
-            // off this reply: the answer that ends the hold carries it.)
-            let (max_hold, wait) = hold_budget(decider, ctx.max_hold);
-            return Reply {
-                now: reply::extend_timeout(wait),
-                hold: Some(HoldJob {
-                    cluster: f.cluster.map(str::to_string),
-                    max_hold,
-                    state,
-                }),
-            };
-        }
+        Verdict::Hold => return hold(decider, f.cluster, known.max_hold, state),
     };
     Reply {
         now: with_state(now, state),
         hold: None,
+    }
+}
+
+/// The reply that starts a hold: Envoy must wait for it, so its message
+/// timeout is extended to the budget, never past what it grants. (Envoy
+/// takes no state from this reply: the answer that ends the hold carries
+/// it.)
+fn hold(
+    decider: &Decider,
+    cluster: Option<&str>,
+    budget: Option<Duration>,
+    state: AttemptState,
+) -> Reply {
+    let (max_hold, wait) = hold_budget(decider, budget);
+    Reply {
+        now: reply::extend_timeout(wait),
+        hold: Some(HoldJob {
+            cluster: cluster.map(str::to_string),
+            max_hold,
+            state,
+        }),
     }
 }
 
@@ -147,7 +152,7 @@ pub(crate) fn on_response_headers(
 /// the client gets this 503.)
 pub(crate) fn on_retry(decider: &Decider, state: AttemptState) -> ProcessingResponse {
     if decider.may_retry(state) {
-        reply::continue_request_headers(None, reply::Mutation::default())
+        reply::continue_request_headers()
     } else {
         reply::refuse(
             "not retried: an earlier attempt may have run this request\n",

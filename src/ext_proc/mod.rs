@@ -1,14 +1,16 @@
-//! The ext_proc gRPC service: Envoy opens one bidirectional stream per HTTP
-//! request and sends a message per phase it was configured to send.
+//! The ext_proc gRPC service: one of mulligan's filters in Envoy opens a
+//! bidirectional stream per question (a failed attempt, a retry about to
+//! leave, a failed response), names itself in the stream's
+//! `x-mulligan-phase` metadata, and sends a message per phase it was
+//! configured to send.
 //!
-//! hyper already runs each HTTP/2 stream on its own task, so the per-request
+//! hyper already runs each HTTP/2 stream on its own task, so the per-stream
 //! state ([`Exchange`]) lives inside the response stream that task polls: no
-//! extra task or channel per request, and when Envoy hangs up the stream and
-//! everything it holds is dropped at once.
+//! extra task or channel per stream, and when Envoy hangs up the stream and
+//! everything it holds (a hold included) is dropped at once.
 
 mod attributes;
 mod budget;
-mod capture;
 mod decide;
 mod exchange;
 mod headers;
@@ -23,17 +25,17 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+pub use crate::decide::Role;
 #[cfg(feature = "fuzzing")]
 pub(crate) use attributes::Attributes;
 pub use exchange::Exchange;
 pub(crate) use headers::header_value;
 
 use crate::{
-    decide::{Decider, Role},
+    decide::Decider,
     drain::{Drain, StreamGuard},
     endpoints::Registry,
     metrics::{Metrics, StreamError},
-    rescue::Rescuer,
 };
 
 /// The gRPC service name Envoy calls, also used for gRPC health.
@@ -45,10 +47,8 @@ pub struct Context {
     pub metrics: Metrics,
     pub drain: Arc<Drain>,
     pub registry: Arc<Registry>,
-    pub rescuer: Rescuer,
-    /// The decide wiring: verdicts on failed attempts.
+    /// Verdicts on failed attempts, the gate and the holds.
     pub decider: Decider,
-    pub steer: crate::config::Steer,
     /// `limits.max_streams`.
     pub max_streams: usize,
 }
@@ -63,9 +63,7 @@ impl Context {
         drain: Arc<Drain>,
     ) -> Self {
         Self {
-            rescuer: Rescuer::new(cfg, Arc::clone(&registry), metrics.clone()),
             decider: Decider::new(cfg, Arc::clone(&registry), metrics.clone()),
-            steer: cfg.steer.clone(),
             max_streams: cfg.limits.max_streams,
             metrics,
             drain,
@@ -105,6 +103,26 @@ impl ExtProc {
     }
 }
 
+/// The role a stream's metadata names, or the status that refuses the
+/// stream at once (counted): mulligan never guesses which filter is asking,
+/// and Envoy's failure_mode_allow carries the request on untouched.
+pub(crate) fn role_of(
+    metadata: &tonic::metadata::MetadataMap,
+    metrics: &Metrics,
+) -> Result<Role, Status> {
+    let role = metadata
+        .get(Role::METADATA_KEY)
+        .and_then(|v| Role::parse(v.as_bytes()));
+    role.ok_or_else(|| {
+        metrics.error(StreamError::UnknownRole);
+        Status::invalid_argument(format!(
+            "gRPC metadata {} must be one of {}: it names the filter that opened the stream",
+            Role::METADATA_KEY,
+            Role::ACCEPTED
+        ))
+    })
+}
+
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -115,6 +133,7 @@ impl ExternalProcessor for ExtProc {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
+        let role = role_of(request.metadata(), &self.ctx.metrics)?;
         let Some(guard) = self.ctx.drain.admit() else {
             // Envoy's failure_mode_allow lets this request through untouched.
             self.ctx.metrics.error(StreamError::Draining);
@@ -127,20 +146,13 @@ impl ExternalProcessor for ExtProc {
                 "mulligan is at its stream limit",
             ));
         }
-        // The decide wiring names its filter; the legacy wiring says nothing.
-        let role = request
-            .metadata()
-            .get(Role::METADATA_KEY)
-            .and_then(|v| Role::parse(v.as_bytes()));
         let max_hold = request
             .metadata()
             .get(crate::names::max_hold::HEADER)
             .and_then(|v| budget::parse(v.as_bytes()));
         let stream = StreamState {
             inbound: request.into_inner(),
-            exchange: Exchange::new(Arc::clone(&self.ctx))
-                .with_role(role)
-                .with_max_hold(max_hold),
+            exchange: Exchange::new(Arc::clone(&self.ctx), role).with_max_hold(max_hold),
             _scope: StreamScope::new(Arc::clone(&self.ctx), guard),
             idle_timeout: self.idle_timeout,
             done: false,

@@ -1,17 +1,22 @@
 //! The retry budget shared by every stream.
 //!
-//! Replays may add at most `ratio` of the requests seen, plus
-//! `min_per_second`, over a sliding window. In a total outage that caps the
-//! extra load mulligan puts on the upstreams at `ratio` (plus a trickle), so
-//! retries cannot turn into a storm.
+//! Retries that may add load on the apps are at most `ratio` of the
+//! failed attempts judged, plus `min_per_second`, over a sliding window. In
+//! a total outage that caps the extra load mulligan asks Envoy to put on the
+//! upstreams at `ratio` (plus a trickle), so retries cannot turn into a
+//! storm.
 //!
 //! The window is a ring of one-second slots of atomic counters: recording a
 //! request is one atomic add on the hot path, and no lock is ever taken.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+// tokio's clock: the same as std's in a release build, and one a test can
+// pause and advance.
+use tokio::time::Instant;
 
 #[derive(Debug)]
 struct Slot {
@@ -74,7 +79,7 @@ impl Budget {
         slot
     }
 
-    /// Records one request (every request, on the hot path).
+    /// Records one failed attempt judged.
     pub fn deposit(&self) {
         self.slot(self.now())
             .requests
@@ -132,6 +137,33 @@ mod tests {
             b.deposit();
         }
         assert!(!b.try_withdraw());
+    }
+
+    /// Guard: the window's lower bound in `try_withdraw` (`s >= oldest`).
+    #[tokio::test(start_paused = true)]
+    async fn spent_retries_come_back_as_the_window_slides_past_them() {
+        let b = Budget::new(0.0, 1, Duration::from_secs(10));
+        assert_eq!((0..20).filter(|_| b.try_withdraw()).count(), 10);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(
+            !b.try_withdraw(),
+            "9 s on, the 10 retries are still in the window"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!((0..20).filter(|_| b.try_withdraw()).count(), 10);
+    }
+
+    /// Guard: the slot reset in `slot` (a slot reused for a later second
+    /// starts from zero).
+    #[tokio::test(start_paused = true)]
+    async fn a_reused_slot_forgets_its_old_second() {
+        let b = Budget::new(0.0, 1, Duration::from_secs(2));
+        assert_eq!((0..10).filter(|_| b.try_withdraw()).count(), 2);
+        // Two seconds on, second 2 reuses second 0's slot: the retries
+        // counted there are out of the window.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        b.deposit();
+        assert_eq!((0..10).filter(|_| b.try_withdraw()).count(), 2);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Safety: never replay a request the application may have processed,
-//! unless doing it twice is harmless.
+//! Safety: never bless another attempt of a request the application may
+//! have processed, unless doing it twice is harmless.
 
 use crate::classify::{Cause, Reached};
 use crate::labels::labels;
@@ -11,30 +11,26 @@ pub struct RequestFacts {
     pub idempotent_method: bool,
     /// The request carries an `Idempotency-Key`.
     pub idempotency_key: bool,
-    /// The body (if any) was captured whole, so it can be sent again.
-    pub body_replayable: bool,
 }
 
 labels! {
-    /// The verdict on one failed response.
+    /// The verdict on one failed attempt.
     pub enum Decision {
-        /// Replay it (or hold it until an endpoint is ready, then replay).
-        Rescue => "rescue",
+        /// Another attempt (at once, or once a hold finds an endpoint).
+        Retry => "retry",
         /// Not a failure retrying can help (overload, timeout, other 5xx), or a
         /// plain app 503 with `retry_plain_503` off.
         NotRetriable => "not_retriable",
         /// The app may have processed it and it is not idempotent.
         Unsafe => "unsafe",
-        /// The request body was not captured (over the cap, or not observed).
-        BodyNotCaptured => "body_not_captured",
-        /// Rescue is switched off.
+        /// `retry.enabled` is off.
         Disabled => "disabled",
         /// The retry budget is spent: a retry that may add load waits for it.
         BudgetSpent => "budget_spent",
     }
 }
 
-/// Whether a response with this cause may be rescued.
+/// Whether a failed attempt with this cause may be tried again.
 pub fn decide(cause: Cause, request: RequestFacts, retry_plain_503: bool) -> Decision {
     let retriable = match cause {
         Cause::NoHealthyUpstream
@@ -52,10 +48,7 @@ pub fn decide(cause: Cause, request: RequestFacts, retry_plain_503: bool) -> Dec
     if !is_safe(cause.reached_app(), request) {
         return Decision::Unsafe;
     }
-    if !request.body_replayable {
-        return Decision::BodyNotCaptured;
-    }
-    Decision::Rescue
+    Decision::Retry
 }
 
 /// Sending again is safe when the app never saw the request, or when doing
@@ -79,22 +72,20 @@ mod tests {
     const POST: RequestFacts = RequestFacts {
         idempotent_method: false,
         idempotency_key: false,
-        body_replayable: true,
     };
     const GET: RequestFacts = RequestFacts {
         idempotent_method: true,
         idempotency_key: false,
-        body_replayable: true,
     };
 
     #[test]
-    fn post_is_replayed_only_when_it_never_reached_the_app() {
+    fn post_is_retried_only_when_it_never_reached_the_app() {
         for cause in [
             Cause::ConnectFailure,
             Cause::NoHealthyUpstream,
             Cause::UpstreamRejected,
         ] {
-            assert_eq!(decide(cause, POST, false), Decision::Rescue, "{cause:?}");
+            assert_eq!(decide(cause, POST, false), Decision::Retry, "{cause:?}");
         }
         for cause in [
             Cause::UpstreamDraining,
@@ -111,10 +102,7 @@ mod tests {
             idempotency_key: true,
             ..POST
         };
-        assert_eq!(
-            decide(Cause::ResetAfterSend, keyed, false),
-            Decision::Rescue
-        );
+        assert_eq!(decide(Cause::ResetAfterSend, keyed, false), Decision::Retry);
     }
 
     #[test]
@@ -123,20 +111,8 @@ mod tests {
         assert_eq!(decide(Cause::Timeout, GET, true), Decision::NotRetriable);
         assert_eq!(decide(Cause::OtherError, GET, true), Decision::NotRetriable);
         assert_eq!(decide(Cause::App503, GET, false), Decision::NotRetriable);
-        assert_eq!(decide(Cause::App503, GET, true), Decision::Rescue);
+        assert_eq!(decide(Cause::App503, GET, true), Decision::Retry);
         assert_eq!(decide(Cause::App503, POST, true), Decision::Unsafe);
-    }
-
-    #[test]
-    fn uncaptured_body_is_never_replayed() {
-        let big = RequestFacts {
-            body_replayable: false,
-            ..GET
-        };
-        assert_eq!(
-            decide(Cause::ConnectFailure, big, false),
-            Decision::BodyNotCaptured
-        );
     }
 
     #[test]
