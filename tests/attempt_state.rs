@@ -259,3 +259,30 @@ async fn a_shorter_budget_serves_a_request_once_a_pod_is_ready() {
     assert!(started.elapsed() < MAX_HOLD, "served within the budget");
     assert_eq!(rig.pods[0].executions().get("held"), Some(&1));
 }
+
+/// The third-failure rule counts every failed attempt of a request, each
+/// judged by whichever process its stream reaches: three draining pods
+/// (each answers 503 with the drain header) and one ready pod; a request
+/// whose first three attempts meet the draining pods is held before its
+/// fourth (Envoy's view lags), then served.
+#[tokio::test]
+async fn the_third_failure_is_counted_across_processes() {
+    let mut pods = Vec::new();
+    for name in ["a", "b", "c"] {
+        let p = Pod::start(name, PodState::Draining).await;
+        p.set_drain_header(true);
+        pods.push(p);
+    }
+    pods.push(Pod::start("d", PodState::Ready).await);
+    let rig = Rig::start(pods, 2, &[], &[], |_| {}).await;
+    for i in 0..16 {
+        let r = send(rig.front, Method::GET, "/", &format!("get-{i}")).await;
+        assert_eq!(r.status, 200, "GET {i}: {:?}", r.body);
+    }
+    let mut held = 0.0;
+    for m in &rig.mulligans {
+        assert!(m.streams().await > 0.0, "both processes judged attempts");
+        held += m.answers("retry_after_hold").await;
+    }
+    assert!(held > 0.0, "no third failure was held");
+}
