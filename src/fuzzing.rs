@@ -16,7 +16,7 @@ use std::{
 use arbitrary::{Arbitrary, Unstructured};
 use envoy_types::pb::{
     envoy::{
-        config::core::v3::{HeaderMap, HeaderValue},
+        config::core::v3::{HeaderMap, HeaderValue, Metadata},
         extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode,
         service::ext_proc::v3::{
             body_mutation::Mutation as BodyChange,
@@ -33,7 +33,7 @@ use prost::Message as _;
 use crate::{
     classify::{self, flags, Cause, Observed, Reached},
     config::Config,
-    decide::{Decider, Role, RETRY_HEADER},
+    decide::{AttemptState, Decider, Role, RETRY_HEADER},
     drain::Drain,
     endpoints::{Registry, State},
     ext_proc::{header_value, role_of, Attributes, Context, Exchange},
@@ -622,6 +622,9 @@ struct Sent {
     status: Option<u64>,
     /// A body chunk's bytes.
     body: Option<Vec<u8>>,
+    /// The request's state forwarded with the message said an earlier
+    /// attempt may have run it.
+    may_have_run: bool,
 }
 
 impl Sent {
@@ -648,6 +651,7 @@ impl Sent {
                 .map(|p| (p.request_body_mode, p.response_body_mode)),
             status,
             body,
+            may_have_run: AttemptState::read(m.metadata_context.as_ref()).may_have_run,
         }
     }
 
@@ -741,7 +745,7 @@ impl Stream {
         };
         assert!(resumed.is_none(), "resumed without a hold: {resumed:?}");
         if let Response::ImmediateResponse(r) = response {
-            self.check_stop(phase, r);
+            self.check_stop(sent, phase, r);
             return;
         }
         assert_eq!(
@@ -813,7 +817,7 @@ impl Stream {
             u64::try_from(t.seconds).expect("a timeout ahead"),
             u32::try_from(t.nanos).expect("a timeout ahead"),
         );
-        assert_eq!(timeout, self.max_hold + Duration::from_millis(200));
+        assert_eq!(timeout, self.max_hold, "exactly the budget, never more");
         let resumed = resumed.expect("a hold ends with a reply");
         assert!(
             matches!(resumed.response, Some(Response::ResponseHeaders(_))),
@@ -824,7 +828,7 @@ impl Stream {
 
     /// The one immediate response: the gate stopping a retry of a request
     /// an earlier attempt may have run.
-    fn check_stop(&self, phase: Phase, r: &ImmediateResponse) {
+    fn check_stop(&self, sent: &Sent, phase: Phase, r: &ImmediateResponse) {
         assert_eq!(
             phase,
             Phase::RequestHeaders,
@@ -837,8 +841,8 @@ impl Stream {
             self.role
         );
         assert!(
-            self.judged_before,
-            "a retry stopped with nothing judged before"
+            self.judged_before || sent.may_have_run,
+            "a retry stopped with nothing judged before and no state saying so"
         );
         assert_eq!(r.status.as_ref().map(|s| s.code), Some(503), "{r:?}");
     }
@@ -889,6 +893,9 @@ pub fn ext_proc_sequence(data: &[u8]) -> Trace {
     let ctx = input.knobs.context();
     let mut trace = Trace::new();
     let mut judged_before = false;
+    // The request's dynamic metadata, as Envoy keeps it across the
+    // streams of its attempts.
+    let mut metadata = Metadata::default();
     for s in input.streams.iter().take(MAX_STREAMS) {
         let role = match role_of(&s.role.metadata(), &ctx.metrics) {
             Ok(role) => role,
@@ -916,7 +923,8 @@ pub fn ext_proc_sequence(data: &[u8]) -> Trace {
             judged_before,
         };
         block_on(async {
-            tokio::time::timeout(HANG, drive(&ctx, messages, &mut stream, &mut trace))
+            let run = drive(&ctx, messages, &mut stream, &mut metadata, &mut trace);
+            tokio::time::timeout(HANG, run)
                 .await
                 .unwrap_or_else(|_| panic!("hang: a stream took over {HANG:?}"))
         });
@@ -934,19 +942,43 @@ async fn drive(
     ctx: &Arc<Context>,
     messages: Vec<ProcessingRequest>,
     stream: &mut Stream,
+    metadata: &mut Metadata,
     trace: &mut Trace,
 ) {
     let mut exchange = Exchange::new(Arc::clone(ctx), stream.role);
-    for m in messages {
+    for mut m in messages {
+        // Envoy forwards the request's state with every message (a peer's
+        // own bytes for it are kept: they are fuzzed too).
+        if m.metadata_context.is_none() {
+            m.metadata_context = Some(metadata.clone());
+        }
         let sent = Sent::of(&m);
         let reply = exchange.on_message(m).await;
         let resumed = exchange.resume().await;
+        for r in reply.iter().chain(&resumed) {
+            envoy_keeps(metadata, r);
+        }
         trace.extend(reply.iter().chain(&resumed).map(label));
         stream.check(&sent, reply, resumed);
         // Response headers are judged whatever the mode: from here on the
         // gate may know of a request to stop.
         if sent.phase == Some(Phase::ResponseHeaders) && stream.role != Role::Final {
             stream.judged_before = true;
+        }
+    }
+}
+
+/// What Envoy keeps of a reply's dynamic metadata: the namespaces the
+/// wiring accepts, each merged key by key.
+fn envoy_keeps(metadata: &mut Metadata, reply: &ProcessingResponse) {
+    let Some(written) = &reply.dynamic_metadata else {
+        return;
+    };
+    for (ns, v) in &written.fields {
+        if let (crate::names::state::NAMESPACE, Some(Kind::StructValue(s))) = (ns.as_str(), &v.kind)
+        {
+            let kept = metadata.filter_metadata.entry(ns.clone()).or_default();
+            kept.fields.extend(s.fields.clone());
         }
     }
 }

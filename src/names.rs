@@ -32,6 +32,36 @@ pub mod phase {
     pub const ALL: [&str; 3] = [RETRY, ATTEMPT, FINAL];
 }
 
+/// The hold budget: gRPC initial metadata each `mulligan.attempt` call
+/// carries, the same value as the filter's `max_message_timeout`. mulligan
+/// holds a failed attempt at most this long (less the time it keeps to
+/// answer in), so it never asks Envoy for more time than Envoy grants, and
+/// the budget is set in one place: the wiring.
+pub mod max_hold {
+    /// The metadata key; its value is a duration as the proto JSON mapping
+    /// writes one (`10s`, `2.500s`).
+    pub const HEADER: &str = "x-mulligan-max-hold";
+}
+
+/// What earlier attempts of a request did, carried with the request in
+/// Envoy's dynamic metadata (under [`NAMESPACE`](state::NAMESPACE)), not in
+/// the memory of whichever mulligan process judged them. Upstream filters
+/// read and write the downstream request's stream info, so what mulligan
+/// writes on one attempt's stream is forwarded to it (`metadata_context`)
+/// on the next attempt's, whichever mulligan process that stream reaches.
+pub mod state {
+    /// The dynamic metadata namespace: `mulligan.attempt` forwards it to
+    /// mulligan and accepts it back (`metadata_options`), nothing else.
+    pub const NAMESPACE: &str = "mulligan.attempts";
+    /// `true` once an attempt may have run a request that is not safe to
+    /// run twice: no later attempt may leave.
+    pub const MAY_HAVE_RUN: &str = "may_have_run";
+    /// Failed attempts mulligan has judged.
+    pub const FAILURES: &str = "failures";
+    /// Times a hold released the request.
+    pub const RELEASES: &str = "releases";
+}
+
 /// The Envoy attributes the wiring asks for and mulligan reads. Envoy
 /// sends only what the wiring asks for, so an attribute read but not asked
 /// for is always missing, and one asked for but not read costs every
@@ -45,30 +75,25 @@ pub mod attribute {
     pub const CLUSTER_NAME: &str = "xds.cluster_name";
     /// The request's method (is another attempt safe?).
     pub const REQUEST_METHOD: &str = "request.method";
-    /// Envoy's request id: the same on every attempt of one request.
-    pub const REQUEST_ID: &str = "request.id";
     /// The client's Idempotency-Key (a POST with one is safe to retry).
     pub const IDEMPOTENCY_KEY: &str = "request.headers['idempotency-key']";
 
-    /// What mulligan needs to judge a failed attempt.
-    pub const ATTEMPT: [&str; 6] = [
+    /// What mulligan needs to judge a failed attempt. (What earlier
+    /// attempts did comes with the request's dynamic metadata, see
+    /// [`super::state`]; the gate needs nothing else.)
+    pub const ATTEMPT: [&str; 5] = [
         RESPONSE_CODE,
         UPSTREAM_ADDRESS,
         CLUSTER_NAME,
         REQUEST_METHOD,
-        REQUEST_ID,
         IDEMPOTENCY_KEY,
     ];
-    /// What the gate needs with a retry's request headers: the request id
-    /// that ties it to the attempts mulligan judged before.
-    pub const RETRY_REQUEST: [&str; 1] = [REQUEST_ID];
     /// What mulligan reads of the failed response the client gets.
-    pub const FINAL: [&str; 5] = [
+    pub const FINAL: [&str; 4] = [
         RESPONSE_CODE,
         UPSTREAM_ADDRESS,
         CLUSTER_NAME,
         REQUEST_METHOD,
-        REQUEST_ID,
     ];
 }
 

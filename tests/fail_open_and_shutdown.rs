@@ -225,7 +225,7 @@ async fn holding(n: usize, mulligan_toml: &str) -> (Stack, Vec<tokio::task::Join
     let stack = Stack::with_config(
         &[("a", PodState::Gone)],
         &toml,
-        &[("MAX_MESSAGE_TIMEOUT", "31s".into())],
+        &[("MAX_HOLD", "31s".into())],
     )
     .await;
     let body = payload(30_000);
@@ -447,11 +447,7 @@ async fn an_envoy_hot_restart_releases_the_old_envoys_holds() {
     )
     .expect("write");
     let m = Mulligan::start(&["--config", cfg.to_str().expect("path")]).await;
-    let yaml = render::tolerant(
-        &[gone.addr],
-        m.grpc.port(),
-        &[("MAX_MESSAGE_TIMEOUT", "31s".into())],
-    );
+    let yaml = render::tolerant(&[gone.addr], m.grpc.port(), &[("MAX_HOLD", "31s".into())]);
     // A family id of our own, so parallel tests never share shared memory.
     let base_id = 1000 + std::process::id() % 50_000;
     let mut parent = Envoy::start_hot(&yaml, base_id, 0, 1, 2).await;

@@ -196,24 +196,29 @@ impl Config {
         self.check_kubernetes(p);
     }
 
-    /// A hold keeps Envoy's ext_proc message open for up to `max_hold`:
-    /// past Envoy's `max_message_timeout`, Envoy would refuse the extension
-    /// and let the 503 through after `message_timeout`.
+    /// `max_hold` is the hold budget of a stream without one of its own (a
+    /// wiring that sends no `x-mulligan-max-hold`): mulligan asks Envoy to
+    /// wait that long and holds [`Hold::ANSWER_MARGIN`](super::Hold::ANSWER_MARGIN)
+    /// less. Past Envoy's `max_message_timeout`, Envoy would refuse the
+    /// extension and let the 503 through after `message_timeout`; within
+    /// the margin, nothing would be held at all.
     fn check_message_timeout(&self, p: &mut Problems) {
-        let asked = self
-            .hold
-            .max_hold
-            .saturating_add(super::Hold::ANSWER_MARGIN);
+        let asked = self.hold.max_hold;
         let max = self.hold.envoy_max_message_timeout;
+        let margin = super::Hold::ANSWER_MARGIN;
         if asked > max {
             p.add(
                 "hold.max_hold",
                 format!(
-                    "{asked:?} (with {:?} to answer in) is over Envoy's max_message_timeout \
-                     ({max:?}, hold.envoy_max_message_timeout): Envoy would let held 503s \
-                     through; lower max_hold or raise both",
-                    super::Hold::ANSWER_MARGIN
+                    "{asked:?} is over Envoy's max_message_timeout ({max:?}, \
+                     hold.envoy_max_message_timeout): Envoy would let held 503s through; \
+                     lower max_hold or raise both"
                 ),
+            );
+        } else if !asked.is_zero() && asked <= margin {
+            p.add(
+                "hold.max_hold",
+                format!("{asked:?} leaves nothing to hold: mulligan keeps {margin:?} of it to answer in"),
             );
         }
     }
@@ -390,11 +395,12 @@ mod tests {
             ("[health]\npenalty_base = \"500000000000years\"\n", (2, 16), "health.penalty_base"),
             ("[hold]\nmax_hold = \"14s\"\n", (2, 12), "hold.max_hold"),
             (
-                "[hold]\nmax_hold = \"20s\"\nenvoy_max_message_timeout = \"20s\"\n",
+                "[hold]\nmax_hold = \"20s\"\nenvoy_max_message_timeout = \"19s\"\n",
                 (2, 12),
                 "hold.max_hold",
             ),
             ("[hold]\nenvoy_max_message_timeout = \"0s\"\n", (2, 29), "hold.envoy_max_message_timeout"),
+            ("[hold]\nmax_hold = \"200ms\"\n", (2, 12), "hold.max_hold"),
             (
                 "[endpoints]\nstatic = [\"127.0.0.1:1\"]\n[endpoints.clusters]\napp = [\"127.0.0.1:2\"]\n",
                 (2, 10),
@@ -416,9 +422,9 @@ mod tests {
 
     #[test]
     fn a_max_hold_under_envoys_max_message_timeout_is_accepted() {
-        let text = "[hold]\nmax_hold = \"20s\"\nenvoy_max_message_timeout = \"21s\"\n";
-        Config::parse("m.toml", text).expect("20.2 s fits in 21 s");
-        Config::parse("m.toml", "[hold]\nmax_hold = \"13800ms\"\n").expect("13.8 s + 0.2 s = 14 s");
+        let text = "[hold]\nmax_hold = \"20s\"\nenvoy_max_message_timeout = \"20s\"\n";
+        Config::parse("m.toml", text).expect("20 s fits in 20 s");
+        Config::parse("m.toml", "[hold]\nmax_hold = \"10s\"\n").expect("the defaults agree");
     }
 
     #[test]

@@ -428,10 +428,13 @@ mod tests {
         let registry = Arc::new(Registry::from_config(&cfg.endpoints, &cfg.health));
         let d = super::super::Decider::new(&cfg, registry, Metrics::new());
         let mut took = Vec::new();
-        for _ in 0..6 {
+        // The releases are counted in the request's own state.
+        let mut again = super::super::AttemptState::default();
+        for released in 1..=6 {
             let start = Instant::now();
-            let answer = d.hold(Some("app"), Some("again")).await;
+            let answer = d.hold(Some("app"), LONG, &mut again).await;
             assert_eq!(answer, crate::metrics::Answer::RetryAfterHold);
+            assert_eq!(again.releases, released);
             took.push(start.elapsed().as_millis());
         }
         assert_eq!(
@@ -440,7 +443,7 @@ mod tests {
             "doubling, capped at 1 s"
         );
         let start = Instant::now();
-        d.hold(Some("app"), Some("fresh")).await;
+        d.hold(Some("app"), LONG, &mut Default::default()).await;
         assert_eq!(start.elapsed(), SETTLE, "another request starts afresh");
     }
 }

@@ -17,7 +17,7 @@
 //! for a retry Envoy would make through its own route.
 
 pub mod hold;
-pub mod memory;
+pub mod state;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -31,7 +31,7 @@ use crate::{
     policy::{self, Budget, Decision, RequestFacts},
 };
 use hold::{Holds, Unheld};
-use memory::Memory;
+pub use state::AttemptState;
 
 /// The response header that asks Envoy for another attempt. The route's
 /// retry policy retries on it (`retriable-headers`), and the wiring strips
@@ -104,8 +104,6 @@ pub struct Failed<'a> {
     pub response: Observed<'a>,
     pub upstream: Upstream,
     pub cluster: Option<&'a str>,
-    /// Envoy's request id: the same on every attempt of one request.
-    pub request_id: Option<&'a str>,
     pub facts: RequestFacts,
 }
 
@@ -132,7 +130,6 @@ pub struct Decider {
     registry: Arc<Registry>,
     metrics: Metrics,
     budget: Budget,
-    memory: Memory,
     pub holds: Holds,
 }
 
@@ -144,7 +141,6 @@ impl Decider {
                 cfg.budget.min_per_second,
                 cfg.budget.window,
             ),
-            memory: Memory::new(cfg.hold.max_hold.max(Duration::from_secs(1))),
             holds: Holds::new(Arc::clone(&registry), metrics.clone(), &cfg.hold),
             cfg: cfg.retry.clone(),
             hold_cfg: cfg.hold.clone(),
@@ -153,8 +149,10 @@ impl Decider {
         }
     }
 
-    /// The verdict on one failed attempt; learns from it on the way.
-    pub(crate) fn judge(&self, f: &Failed<'_>) -> (Cause, Verdict) {
+    /// The verdict on one failed attempt of a request whose earlier
+    /// attempts left `state`; learns from it on the way, and updates
+    /// `state` for the attempts that follow.
+    pub(crate) fn judge(&self, f: &Failed<'_>, state: &mut AttemptState) -> (Cause, Verdict) {
         let cause = match f.upstream {
             Upstream::Hold => Cause::NoHealthyUpstream,
             _ => classify::classify(&Observed {
@@ -167,7 +165,7 @@ impl Decider {
             }),
         };
         self.learn(f.upstream, cause);
-        let verdict = self.verdict(f, cause);
+        let verdict = self.verdict(f, cause, state);
         let decision = match verdict {
             Verdict::Stand(d) => d,
             _ => Decision::Retry,
@@ -176,22 +174,21 @@ impl Decider {
         (cause, verdict)
     }
 
-    fn verdict(&self, f: &Failed<'_>, cause: Cause) -> Verdict {
+    fn verdict(&self, f: &Failed<'_>, cause: Cause, state: &mut AttemptState) -> Verdict {
         if !self.cfg.enabled {
             return Verdict::Stand(Decision::Disabled);
         }
         self.budget.deposit();
         let reached = cause.reached_app();
-        let note = self
-            .memory
-            .update(f.request_id, |n| n.failures = n.failures.saturating_add(1));
-        if note.tainted {
+        state.failures = state.failures.saturating_add(1);
+        if state.may_have_run {
             return Verdict::Stand(Decision::Unsafe);
         }
         if !policy::safety::is_safe(reached, f.facts) {
             // Whatever happens next (the route's own retry policy may still
-            // try again), mulligan never blesses another attempt of it.
-            self.memory.update(f.request_id, |n| n.tainted = true);
+            // try again), no later attempt of it may leave: the gate reads
+            // this on the retry's stream, in whichever process it reaches.
+            state.may_have_run = true;
             return Verdict::Stand(Decision::Unsafe);
         }
         let decision = policy::decide(cause, f.facts, self.cfg.retry_plain_503);
@@ -209,7 +206,7 @@ impl Decider {
         // serve: Envoy's view lags (its endpoint list still shows pods that
         // are leaving). Holding gives it time to catch up before the next
         // attempt, instead of spending every retry on the same leavers.
-        let lagging = note.failures >= REPEATED_FAILURES;
+        let lagging = state.failures >= REPEATED_FAILURES;
         if f.upstream == Upstream::Hold || (cluster.is_some() && (!others || lagging)) {
             Verdict::Hold
         } else {
@@ -228,26 +225,30 @@ impl Decider {
     }
 
     /// Holds a request judged [`Verdict::Hold`] until an endpoint of its
-    /// cluster can serve; the answer that ends the hold.
-    pub(crate) async fn hold(&self, cluster: Option<&str>, request_id: Option<&str>) -> Answer {
-        let note = self.memory.get(request_id);
+    /// cluster can serve, for at most `max_hold`; the answer that ends the
+    /// hold (a release is counted in `state`).
+    pub(crate) async fn hold(
+        &self,
+        cluster: Option<&str>,
+        max_hold: Duration,
+        state: &mut AttemptState,
+    ) -> Answer {
         // A request back at the hold right after a release found Envoy
         // still without the endpoint: give Envoy's view longer to catch up.
         let settle = self
             .hold_cfg
             .settle
-            .saturating_mul(2u32.saturating_pow(note.releases.into()))
+            .saturating_mul(2u32.saturating_pow(state.releases.into()))
             .min(Duration::from_secs(1));
         let started = Instant::now();
-        let deadline = hold::later(started, self.hold_cfg.max_hold);
+        let deadline = hold::later(started, max_hold);
         let waited = self.holds.wait(cluster, settle, deadline).await;
         if waited != Err(Unheld::Limit) && waited != Err(Unheld::NothingComing) {
             self.metrics.hold_ended(started.elapsed().as_secs_f64());
         }
         match waited {
             Ok(()) => {
-                self.memory
-                    .update(request_id, |n| n.releases = n.releases.saturating_add(1));
+                state.releases = state.releases.saturating_add(1);
                 Answer::RetryAfterHold
             }
             Err(Unheld::Limit) => Answer::HeldLimit,
@@ -256,12 +257,12 @@ impl Decider {
         }
     }
 
-    /// Whether a retry of request `id` may leave for a pod: not when an
-    /// earlier attempt may have run it and it is not safe to run twice,
-    /// whoever asked for the retry (mulligan, a connection failure, or a
-    /// retry policy of the route's own).
-    pub(crate) fn may_retry(&self, id: Option<&str>) -> bool {
-        let ok = !self.memory.get(id).tainted;
+    /// Whether a retry of a request whose earlier attempts left `state`
+    /// may leave for a pod: not when one of them may have run it and it is
+    /// not safe to run twice, whoever asked for the retry (mulligan, a
+    /// connection failure, or a retry policy of the route's own).
+    pub(crate) fn may_retry(&self, state: AttemptState) -> bool {
+        let ok = !state.may_have_run;
         self.metrics
             .answer(if ok { Answer::Pass } else { Answer::Stopped });
         ok
@@ -339,7 +340,6 @@ mod tests {
         signal: Signal,
         facts: RequestFacts,
         upstream: Upstream,
-        id: &'static str,
     ) -> Failed<'static> {
         Failed {
             response: Observed {
@@ -353,18 +353,17 @@ mod tests {
             },
             upstream,
             cluster: Some("app"),
-            request_id: Some(id),
             facts,
         }
     }
 
-    fn from_a(
-        status: u16,
-        signal: Signal,
-        facts: RequestFacts,
-        id: &'static str,
-    ) -> Failed<'static> {
-        attempt(status, signal, facts, Upstream::Endpoint(addr(A)), id)
+    fn from_a(status: u16, signal: Signal, facts: RequestFacts) -> Failed<'static> {
+        attempt(status, signal, facts, Upstream::Endpoint(addr(A)))
+    }
+
+    /// The verdict on the first failed attempt of a request.
+    fn first(d: &Decider, f: &Failed<'_>) -> (Cause, Verdict) {
+        d.judge(f, &mut AttemptState::default())
     }
 
     /// Guards: `policy::decide` (cause) and `safety::is_safe` (the verdict's
@@ -402,16 +401,15 @@ mod tests {
             ),
             (429, Plain, GET, stand(Decision::NotRetriable), "overload"),
         ];
-        for (i, (status, signal, facts, want, why)) in cases.into_iter().enumerate() {
-            let id = ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7"][i];
-            let (_, got) = d.judge(&from_a(status, signal, facts, id));
+        for (status, signal, facts, want, why) in cases {
+            let (_, got) = first(&d, &from_a(status, signal, facts));
             assert_eq!(got, want, "{status} {why}");
         }
         let off = decider(|c| c.retry.retry_plain_503 = false);
-        let (cause, got) = off.judge(&from_a(503, Plain, GET, "p"));
+        let (cause, got) = first(&off, &from_a(503, Plain, GET));
         assert_eq!((cause, got), (Cause::App503, stand(Decision::NotRetriable)));
         let disabled = decider(|c| c.retry.enabled = false);
-        let (_, got) = disabled.judge(&from_a(503, Drain, GET, "d"));
+        let (_, got) = first(&disabled, &from_a(503, Drain, GET));
         assert_eq!(got, stand(Decision::Disabled));
     }
 
@@ -419,19 +417,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn hold_when_no_other_endpoint_can_serve_else_retry() {
         let d = decider(|_| {});
-        let (_, got) = d.judge(&from_a(503, Signal::Drain, GET, "1"));
+        let (_, got) = first(&d, &from_a(503, Signal::Drain, GET));
         assert_eq!(got, Verdict::Retry, "B is ready");
         d.registry
             .set_state(addr(B), None, State::Draining, "test")
             .expect("known");
-        let (_, got) = d.judge(&from_a(503, Signal::Drain, GET, "2"));
+        let (_, got) = first(&d, &from_a(503, Signal::Drain, GET));
         assert_eq!(got, Verdict::Hold, "B is leaving: only A, which failed");
-        let hold = attempt(503, Signal::Plain, POST, Upstream::Hold, "3");
-        let (cause, got) = d.judge(&hold);
+        let hold = attempt(503, Signal::Plain, POST, Upstream::Hold);
+        let (cause, got) = first(&d, &hold);
         assert_eq!((cause, got), (Cause::NoHealthyUpstream, Verdict::Hold));
-        let mut elsewhere = from_a(503, Signal::Drain, GET, "4");
+        let mut elsewhere = from_a(503, Signal::Drain, GET);
         elsewhere.cluster = Some("not-known");
-        let (_, got) = d.judge(&elsewhere);
+        let (_, got) = first(&d, &elsewhere);
         assert_eq!(
             got,
             Verdict::Retry,
@@ -439,31 +437,39 @@ mod tests {
         );
     }
 
-    /// Guard: `lagging` (the third-failure rule) in `verdict`.
+    /// Guard: `lagging` (the third-failure rule) in `verdict`, counted in
+    /// the request's own state.
     #[tokio::test(start_paused = true)]
     async fn the_third_failure_of_one_request_is_held() {
         let d = decider(|_| {});
-        let fail = || d.judge(&from_a(503, Signal::Drain, GET, "same")).1;
+        let mut same = AttemptState::default();
+        let mut fail = || d.judge(&from_a(503, Signal::Drain, GET), &mut same).1;
         assert_eq!(fail(), Verdict::Retry);
         assert_eq!(fail(), Verdict::Retry);
         assert_eq!(fail(), Verdict::Hold, "Envoy's view lags: give it time");
-        let (_, other) = d.judge(&from_a(503, Signal::Drain, GET, "other"));
+        assert_eq!(same.failures, 3);
+        let (_, other) = first(&d, &from_a(503, Signal::Drain, GET));
         assert_eq!(other, Verdict::Retry, "another request has its own count");
     }
 
-    /// Guard: the taint check at the top of `verdict` (and `may_retry`).
+    /// Guard: the may-have-run check at the top of `verdict` (and
+    /// `may_retry`), carried in the request's state.
     #[tokio::test(start_paused = true)]
     async fn an_attempt_that_may_have_run_taints_every_later_one() {
         let d = decider(|_| {});
-        let (_, first) = d.judge(&from_a(503, Signal::Close, POST, "post"));
-        assert_eq!(first, Verdict::Stand(Decision::Unsafe));
-        assert!(!d.may_retry(Some("post")), "the gate stops any retry of it");
+        let mut post = AttemptState::default();
+        let (_, once) = d.judge(&from_a(503, Signal::Close, POST), &mut post);
+        assert_eq!(once, Verdict::Stand(Decision::Unsafe));
+        assert!(post.may_have_run);
+        assert!(!d.may_retry(post), "the gate stops any retry of it");
         // A later attempt that never reached an app would be safe on its
         // own: not after one that may have run it.
-        let (_, later) = d.judge(&from_a(503, Signal::Drain, POST, "post"));
+        let (_, later) = d.judge(&from_a(503, Signal::Drain, POST), &mut post);
         assert_eq!(later, Verdict::Stand(Decision::Unsafe));
-        assert!(d.may_retry(Some("another")));
-        assert!(d.may_retry(None), "no id: nothing known against it");
+        assert!(
+            d.may_retry(AttemptState::default()),
+            "nothing known against it"
+        );
     }
 
     /// Guards: `adds_load` and the budget withdrawal in `verdict`.
@@ -474,14 +480,14 @@ mod tests {
             c.budget.min_per_second = 1;
             c.budget.window = Duration::from_secs(1);
         });
-        let plain = |id| d.judge(&from_a(503, Signal::Plain, GET, id)).1;
-        assert_eq!(plain("1"), Verdict::Retry, "the floor: one a second");
-        assert_eq!(plain("2"), Verdict::Stand(Decision::BudgetSpent));
-        for (signal, id) in [(Signal::Close, "3"), (Signal::Drain, "4")] {
-            let (_, got) = d.judge(&from_a(503, signal, GET, id));
+        let plain = || first(&d, &from_a(503, Signal::Plain, GET)).1;
+        assert_eq!(plain(), Verdict::Retry, "the floor: one a second");
+        assert_eq!(plain(), Verdict::Stand(Decision::BudgetSpent));
+        for signal in [Signal::Close, Signal::Drain] {
+            let (_, got) = first(&d, &from_a(503, signal, GET));
             assert_eq!(got, Verdict::Retry, "away from a leaving pod: free");
         }
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(plain("5"), Verdict::Retry, "a second later");
+        assert_eq!(plain(), Verdict::Retry, "a second later");
     }
 }

@@ -12,7 +12,7 @@
 //! headers first extends Envoy's message timeout, then, once the hold ends
 //! ([`Exchange::resume`]), says whether Envoy retries.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use envoy_types::pb::envoy::{
     extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode,
@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::{
 
 use super::{attributes, attributes::Attributes, decide, reply, Context};
 use crate::{
-    decide::Role,
+    decide::{AttemptState, Role},
     metrics::{Phase, StreamError},
 };
 
@@ -41,6 +41,8 @@ pub struct Exchange {
     started: bool,
     /// A hold decided on, to run when the stream next asks for a reply.
     hold: Option<decide::HoldJob>,
+    /// The hold budget the wiring gave this stream (`x-mulligan-max-hold`).
+    max_hold: Option<Duration>,
 }
 
 impl Exchange {
@@ -54,7 +56,14 @@ impl Exchange {
             observability: false,
             started: false,
             hold: None,
+            max_hold: None,
         }
+    }
+
+    /// A stream whose wiring gave it the hold budget `max_hold`.
+    pub(crate) fn with_max_hold(mut self, max_hold: Option<Duration>) -> Self {
+        self.max_hold = max_hold;
+        self
     }
 
     pub(crate) fn ctx(&self) -> &Context {
@@ -77,7 +86,10 @@ impl Exchange {
             return None;
         };
         let attrs = message.attributes.remove(attributes::FILTER_KEY);
-        let reply = self.on_phase(phase, Attributes::from_struct(attrs.as_ref()));
+        // What earlier attempts of the request did: Envoy forwards it with
+        // every message of mulligan.attempt's streams.
+        let state = AttemptState::read(message.metadata_context.as_ref());
+        let reply = self.on_phase(phase, Attributes::from_struct(attrs.as_ref()), state);
         (!self.observability).then_some(reply)
     }
 
@@ -97,13 +109,18 @@ impl Exchange {
     }
 
     /// The reply to one phase.
-    fn on_phase(&mut self, phase: Request, attrs: Attributes<'_>) -> ProcessingResponse {
+    fn on_phase(
+        &mut self,
+        phase: Request,
+        attrs: Attributes<'_>,
+        state: AttemptState,
+    ) -> ProcessingResponse {
         let metrics = &self.ctx.metrics;
         match phase {
             Request::RequestHeaders(_) => {
                 metrics.phase(Phase::RequestHeaders);
                 match self.role {
-                    Role::Retry => decide::on_retry(&self.ctx.decider, attrs),
+                    Role::Retry => decide::on_retry(&self.ctx.decider, state),
                     // The attempt and final filters skip the request
                     // headers; a peer that sends them anyway gets them back.
                     Role::Attempt | Role::Final => reply::continue_request_headers(),
@@ -119,7 +136,12 @@ impl Exchange {
             }
             Request::ResponseHeaders(headers) => {
                 metrics.phase(Phase::ResponseHeaders);
-                let r = decide::on_response_headers(&self.ctx.decider, self.role, &headers, attrs);
+                let known = decide::Known {
+                    state,
+                    max_hold: self.max_hold,
+                };
+                let decider = &self.ctx.decider;
+                let r = decide::on_response_headers(decider, self.role, &headers, attrs, known);
                 // Envoy ignores every reply in observability mode: a hold
                 // would keep a place in `max_held` for an answer no one
                 // reads.

@@ -10,6 +10,7 @@
 //! everything it holds (a hold included) is dropped at once.
 
 mod attributes;
+mod budget;
 mod decide;
 mod exchange;
 mod headers;
@@ -145,9 +146,13 @@ impl ExternalProcessor for ExtProc {
                 "mulligan is at its stream limit",
             ));
         }
+        let max_hold = request
+            .metadata()
+            .get(crate::names::max_hold::HEADER)
+            .and_then(|v| budget::parse(v.as_bytes()));
         let stream = StreamState {
             inbound: request.into_inner(),
-            exchange: Exchange::new(Arc::clone(&self.ctx), role),
+            exchange: Exchange::new(Arc::clone(&self.ctx), role).with_max_hold(max_hold),
             _scope: StreamScope::new(Arc::clone(&self.ctx), guard),
             idle_timeout: self.idle_timeout,
             done: false,

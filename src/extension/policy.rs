@@ -20,8 +20,18 @@ pub const TARGET_KINDS: [&str; 3] = ["Gateway", "HTTPRoute", "GRPCRoute"];
 pub const ROUTE_KINDS: [&str; 2] = ["HTTPRoute", "GRPCRoute"];
 pub const DEFAULT_NUM_RETRIES: u32 = 10;
 pub const MAX_NUM_RETRIES: u32 = 20;
-pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(14);
+/// The hold budget when a policy names none: the same as mulligan's own
+/// `hold.max_hold` default, and the reference bootstrap's `${MAX_HOLD}`.
+pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(10);
+/// A longer hold outlasts any sensible route timeout.
 pub const MAX_MAX_HOLD: Duration = Duration::from_secs(60);
+/// A shorter hold cannot wait for anything: mulligan keeps
+/// [`ANSWER_MARGIN`] of the budget to answer in, and a pod that becomes
+/// ready is noticed within a probe interval (100 ms) plus a settle time.
+pub const MIN_MAX_HOLD: Duration = Duration::from_secs(1);
+/// The part of the hold budget mulligan keeps to send its answer in: it
+/// holds at most the budget less this, and asks Envoy to wait the budget.
+pub const ANSWER_MARGIN: Duration = crate::config::Hold::ANSWER_MARGIN;
 
 /// What the wiring of one route is tuned by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,8 +39,11 @@ pub struct Settings {
     /// Route `num_retries`: attempts Envoy may add, each one asked for by
     /// mulligan (or a connect failure).
     pub num_retries: u32,
-    /// ext_proc `max_message_timeout`: how long mulligan may hold a failed
-    /// attempt's reply while no endpoint is ready.
+    /// The hold budget: how long a failed attempt's answer may wait for an
+    /// endpoint that can serve. Envoy's `max_message_timeout` on
+    /// `mulligan.attempt`, and told to mulligan with each stream
+    /// (`x-mulligan-max-hold`), which holds at most this less
+    /// [`ANSWER_MARGIN`].
     pub max_hold: Duration,
 }
 
@@ -196,9 +209,26 @@ fn validate(spec: &Spec) -> Result<(), String> {
         }
     }
     if let Some(d) = spec.budget.max_hold {
-        if d.is_zero() || d > MAX_MAX_HOLD {
-            return Err(format!("spec.budget.maxHold {d:?} is outside (0s, 60s]"));
-        }
+        check_max_hold(d).map_err(|why| format!("spec.budget.maxHold {d:?}: {why}"))?;
+    }
+    Ok(())
+}
+
+/// Why a hold budget cannot work, if it cannot.
+pub fn check_max_hold(d: Duration) -> Result<(), String> {
+    if d < MIN_MAX_HOLD {
+        return Err(format!(
+            "under {MIN_MAX_HOLD:?}: mulligan keeps {ANSWER_MARGIN:?} of it to answer in, \
+             and what is left could not wait for a pod to become ready"
+        ));
+    }
+    if d > MAX_MAX_HOLD {
+        return Err(format!(
+            "over {MAX_MAX_HOLD:?}: a held request would outlast any sensible route timeout"
+        ));
+    }
+    if d.subsec_millis() as u128 * 1_000_000 != d.subsec_nanos() as u128 {
+        return Err("finer than a millisecond: Envoy's timeouts count milliseconds".into());
     }
     Ok(())
 }
@@ -221,4 +251,53 @@ pub fn selects(
             None => true,
             Some(wanted) => section == Some(wanted),
         }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_max_hold(value: &str) -> Parsed {
+        let object = serde_json::json!({
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"namespace": "default", "name": "p"},
+            "spec": {
+                "targetRefs": [{"group": GATEWAY_API_GROUP, "kind": "Gateway", "name": "eg"}],
+                "budget": {"maxHold": value},
+            },
+        });
+        parse(object.to_string().as_bytes())
+    }
+
+    #[test]
+    fn a_hold_budget_that_can_work_is_the_routes_budget() {
+        for (value, want) in [
+            ("3s", Duration::from_secs(3)),
+            ("1s", MIN_MAX_HOLD),
+            ("1m", MAX_MAX_HOLD),
+        ] {
+            match with_max_hold(value) {
+                Parsed::Valid(p) => assert_eq!(p.settings.max_hold, want, "{value}"),
+                other => panic!("{value}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_hold_budget_that_cannot_work_is_refused_with_the_reason() {
+        for (value, why) in [
+            ("500ms", "to answer in"),
+            ("61s", "route timeout"),
+            ("2s 1us", "millisecond"),
+        ] {
+            match with_max_hold(value) {
+                Parsed::Invalid { reason, .. } => {
+                    assert!(reason.starts_with("spec.budget.maxHold"), "{reason}");
+                    assert!(reason.contains(why), "{value}: {reason}");
+                }
+                other => panic!("{value}: {other:?}"),
+            }
+        }
+    }
 }

@@ -26,14 +26,16 @@ use crate::{extension::policy::Settings, names};
 
 /// `mulligan.attempt`: the gate on every retry (role `retry`: it sees the
 /// retry's request headers, and its answer), then a failed first attempt
-/// (role `attempt`: its response only); never for an upgrade.
+/// (role `attempt`: its response only); never for an upgrade. Both carry
+/// the request's attempt state and the hold budget.
 pub fn attempt_filter(settings: &Settings) -> Any {
     let retry = Call {
         phase: names::phase::RETRY,
         request_headers: true,
-        request_attributes: &names::attribute::RETRY_REQUEST,
+        request_attributes: &[],
         response_attributes: &names::attribute::ATTEMPT,
         max_hold: Some(settings.max_hold),
+        attempt_state: true,
     };
     let attempt = Call {
         phase: names::phase::ATTEMPT,
@@ -41,6 +43,7 @@ pub fn attempt_filter(settings: &Settings) -> Any {
         request_attributes: &[],
         response_attributes: &names::attribute::ATTEMPT,
         max_hold: Some(settings.max_hold),
+        attempt_state: true,
     };
     composite(vec![
         unless_upgrade(on_retry(&retry)),

@@ -11,7 +11,10 @@ use envoy_types::pb::{
             common::matching::v3::ExtensionWithMatcher,
             filters::http::{
                 composite::v3::{Composite, ExecuteFilterAction},
-                ext_proc::v3::{ExternalProcessor, ProcessingMode},
+                ext_proc::v3::{
+                    metadata_options::MetadataNamespaces, ExternalProcessor, MetadataOptions,
+                    ProcessingMode,
+                },
             },
         },
         r#type::matcher::v3::{HttpRequestHeaderMatchInput, HttpResponseHeaderMatchInput},
@@ -49,29 +52,73 @@ mod xds {
 }
 
 /// One ext_proc call to mulligan: its role (`phase`), which headers it is
-/// sent, the attributes it gets, and how long mulligan may hold its answer.
+/// sent, the attributes it gets, how long mulligan may hold its answer, and
+/// whether it carries the request's attempt state.
 pub(super) struct Call<'a> {
     pub(super) phase: &'a str,
     /// Request headers SEND (the gate) or SKIP (a response is judged).
     pub(super) request_headers: bool,
     pub(super) request_attributes: &'a [&'a str],
     pub(super) response_attributes: &'a [&'a str],
+    /// The hold budget: Envoy's `max_message_timeout`, and the same value
+    /// told to mulligan ([`names::max_hold::HEADER`]), so mulligan never
+    /// asks for more than Envoy grants.
     pub(super) max_hold: Option<Duration>,
+    /// Forward the request's [`names::state::NAMESPACE`] to mulligan and
+    /// accept mulligan's update of it: what earlier attempts did travels
+    /// with the request, whichever mulligan process a stream reaches.
+    pub(super) attempt_state: bool,
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|a| a.to_string()).collect()
 }
 
+fn metadata(key: &str, value: String) -> HeaderValue {
+    HeaderValue {
+        key: key.to_string(),
+        value,
+        ..Default::default()
+    }
+}
+
+/// The gRPC initial metadata of a [`Call`]: its role, and its hold budget.
+fn initial_metadata(call: &Call) -> Vec<HeaderValue> {
+    let mut all = vec![metadata(names::phase::HEADER, call.phase.to_string())];
+    if let Some(budget) = call.max_hold {
+        all.push(metadata(names::max_hold::HEADER, proto_json(budget)));
+    }
+    all
+}
+
+/// A duration as the proto JSON mapping writes one (`10s`, `2.500s`): how
+/// the rendered bootstrap prints `max_message_timeout`, so one placeholder
+/// fills both.
+pub fn proto_json(d: Duration) -> String {
+    match d.subsec_millis() {
+        0 => format!("{}s", d.as_secs()),
+        ms => format!("{}.{ms:03}s", d.as_secs()),
+    }
+}
+
+/// Only [`names::state::NAMESPACE`], both ways.
+fn attempt_state() -> MetadataOptions {
+    let ours = || MetadataNamespaces {
+        untyped: vec![names::state::NAMESPACE.to_string()],
+        typed: Vec::new(),
+    };
+    MetadataOptions {
+        forwarding_namespaces: Some(ours()),
+        receiving_namespaces: Some(ours()),
+        ..Default::default()
+    }
+}
+
 /// The ext_proc filter of a [`Call`], as a composite filter's action.
 fn ext_proc_action(call: &Call) -> xds::TypedExtensionConfig {
     let ext_proc = ExternalProcessor {
         grpc_service: Some(GrpcService {
-            initial_metadata: vec![HeaderValue {
-                key: names::phase::HEADER.to_string(),
-                value: call.phase.to_string(),
-                ..Default::default()
-            }],
+            initial_metadata: initial_metadata(call),
             target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
                 grpc_service::EnvoyGrpc {
                     cluster_name: names::CLUSTER.to_string(),
@@ -92,6 +139,7 @@ fn ext_proc_action(call: &Call) -> xds::TypedExtensionConfig {
         }),
         request_attributes: strings(call.request_attributes),
         response_attributes: strings(call.response_attributes),
+        metadata_options: call.attempt_state.then(attempt_state),
         ..Default::default()
     };
     let action = ExecuteFilterAction {

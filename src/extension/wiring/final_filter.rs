@@ -27,6 +27,7 @@ pub fn final_filter() -> Any {
         request_attributes: &[],
         response_attributes: &names::attribute::FINAL,
         max_hold: None,
+        attempt_state: false,
     };
     composite(vec![on_failed_status(&call)])
 }

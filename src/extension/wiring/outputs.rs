@@ -80,6 +80,8 @@ impl Encoded {
 /// Every `key: value` in a region becomes `key: ${NAME:-value}`.
 #[derive(Clone, Copy, Debug)]
 pub struct Placeholder {
+    /// `key`, or `key=value`: only the lines where it has that value (a
+    /// `value:` of one header among others).
     pub key: &'static str,
     pub name: &'static str,
 }
@@ -175,8 +177,13 @@ impl Region {
         let body = line.trim_start_matches([' ', '-']);
         let at = line.len() - body.len();
         for p in &self.placeholders {
-            if let Some(value) = body.strip_prefix(p.key).and_then(|r| r.strip_prefix(": ")) {
-                return format!("{}{}: ${{{}:-{}}}", &line[..at], p.key, p.name, value);
+            let (key, only) = p
+                .key
+                .split_once('=')
+                .map_or((p.key, None), |(k, v)| (k, Some(v)));
+            let value = body.strip_prefix(key).and_then(|r| r.strip_prefix(": "));
+            if let Some(value) = value.filter(|v| only.is_none_or(|o| o == *v)) {
+                return format!("{}{}: ${{{}:-{}}}", &line[..at], key, p.name, value);
             }
         }
         line.to_string()

@@ -40,10 +40,20 @@ const MESSAGE_TIMEOUT: Placeholder = Placeholder {
     key: "message_timeout",
     name: "MESSAGE_TIMEOUT",
 };
-const MAX_MESSAGE_TIMEOUT: Placeholder = Placeholder {
+/// The hold budget, in both places it goes: Envoy's `max_message_timeout`
+/// and the `x-mulligan-max-hold` metadata that tells mulligan (its value:
+/// the one metadata value printed as the default budget).
+const MAX_HOLD: Placeholder = Placeholder {
     key: "max_message_timeout",
-    name: "MAX_MESSAGE_TIMEOUT",
+    name: "MAX_HOLD",
 };
+const MAX_HOLD_METADATA: Placeholder = Placeholder {
+    key: DEFAULT_MAX_HOLD_VALUE,
+    name: "MAX_HOLD",
+};
+/// `value=` the default budget as printed (`policy::DEFAULT_MAX_HOLD`; a
+/// test checks they agree).
+const DEFAULT_MAX_HOLD_VALUE: &str = "value=10s";
 const MULLIGAN_GRPC_PORT: Placeholder = Placeholder {
     key: "port_value",
     name: "MULLIGAN_GRPC_PORT",
@@ -176,7 +186,7 @@ fn cluster_regions(settings: &Settings) -> Vec<Region> {
                 Shape::Items,
                 filters.iter().map(Encoded::of).collect(),
             ),
-            &[MESSAGE_TIMEOUT, MAX_MESSAGE_TIMEOUT],
+            &[MESSAGE_TIMEOUT, MAX_HOLD, MAX_HOLD_METADATA],
         ),
         region("hold_policy", Shape::Fields, vec![Encoded::of(&policy)]),
         region(
@@ -190,6 +200,14 @@ fn cluster_regions(settings: &Settings) -> Vec<Region> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The budget's metadata placeholder names the default budget.
+    #[test]
+    fn the_budget_placeholder_matches_the_default() {
+        let printed =
+            super::super::ext_proc::proto_json(crate::extension::policy::DEFAULT_MAX_HOLD);
+        assert_eq!(DEFAULT_MAX_HOLD_VALUE, format!("value={printed}"));
+    }
 
     /// The regions' names are the file's markers: each at most once.
     #[test]

@@ -2,6 +2,7 @@
 //! ext_proc stream only for a retry or a 5xx.
 
 use super::*;
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::metadata_options::MetadataNamespaces;
 
 /// One matcher of a composite filter: the header it reads, what it looks
 /// for, and the ext_proc it runs.
@@ -120,16 +121,15 @@ pub(super) fn check_attempt_filter(f: &HttpFilter, max_hold_s: i64) {
     );
     assert_eq!(regex(&m[0].pattern), "[2-9]|[1-9][0-9]+");
     check_ext_proc(&m[0].ext_proc, names::phase::RETRY, Some(max_hold_s), 1);
-    assert_eq!(
-        m[0].ext_proc.request_attributes,
-        names::attribute::RETRY_REQUEST
+    assert!(
+        m[0].ext_proc.request_attributes.is_empty(),
+        "the gate reads the request's state, nothing else"
     );
     // The full list is compared with the reference bootstrap's in
     // reference.rs; here, what the safety rule cannot do without.
     let attributes = &m[0].ext_proc.response_attributes;
     for needed in [
         names::attribute::REQUEST_METHOD,
-        names::attribute::REQUEST_ID,
         names::attribute::IDEMPOTENCY_KEY,
     ] {
         assert!(
@@ -168,6 +168,23 @@ pub(super) fn check_final_filter(f: &HttpFilter) {
     }
 }
 
+/// `mulligan.attempt` forwards the request's attempt state to mulligan and
+/// takes mulligan's update back, and only that namespace; `mulligan.final`
+/// neither.
+fn check_metadata_options(p: &ExternalProcessor, attempt_state: bool) {
+    let ns = |n: &Option<MetadataNamespaces>| {
+        n.as_ref().map(|n| {
+            assert!(n.typed.is_empty(), "no typed namespace");
+            n.untyped.clone()
+        })
+    };
+    let options = p.metadata_options.as_ref();
+    let forwarding = options.and_then(|o| ns(&o.forwarding_namespaces));
+    let receiving = options.and_then(|o| ns(&o.receiving_namespaces));
+    let want = attempt_state.then(|| vec![names::state::NAMESPACE.to_string()]);
+    assert_eq!((forwarding, receiving), (want.clone(), want));
+}
+
 /// `request_header_mode`: 1 SEND (the gate), 2 SKIP.
 pub(super) fn check_ext_proc(
     p: &ExternalProcessor,
@@ -180,14 +197,20 @@ pub(super) fn check_ext_proc(
         panic!("envoy_grpc")
     };
     assert_eq!(g.cluster_name, names::CLUSTER);
-    assert_eq!(grpc.initial_metadata.len(), 1);
-    assert_eq!(
-        (
-            grpc.initial_metadata[0].key.as_str(),
-            grpc.initial_metadata[0].value.as_str()
-        ),
-        (names::phase::HEADER, phase)
-    );
+    let metadata: Vec<(&str, &str)> = grpc
+        .initial_metadata
+        .iter()
+        .map(|h| (h.key.as_str(), h.value.as_str()))
+        .collect();
+    let budget = max_hold_s.map(|s| format!("{s}s"));
+    let mut want = vec![(names::phase::HEADER, phase)];
+    if let Some(budget) = &budget {
+        // The hold budget, told to mulligan: the same as Envoy's
+        // max_message_timeout below.
+        want.push((names::max_hold::HEADER, budget.as_str()));
+    }
+    assert_eq!(metadata, want);
+    check_metadata_options(p, max_hold_s.is_some());
     assert!(p.failure_mode_allow);
     assert_eq!(
         p.message_timeout,

@@ -29,7 +29,7 @@ async fn an_httproute_policy_reaches_translation_through_post_route_modify() {
             clusters: &["first-route-dest"],
             listeners: &["first-listener"],
             num_retries: 10,
-            max_hold_s: 14,
+            max_hold_s: 10,
             mulligan: ("127.0.0.1", 50051, false),
         },
     );
@@ -54,7 +54,7 @@ async fn an_httproute_policy_reaches_translation_through_post_route_modify() {
         clusters: &["grpcroute/default/backend/rule/0"],
         listeners: &["default/eg/grpc"],
         num_retries: 10,
-        max_hold_s: 14,
+        max_hold_s: 10,
         mulligan: ("127.0.0.1", 50051, false),
     };
     assert_wired(&before, &resp, &grpc_only);
@@ -81,7 +81,7 @@ async fn an_httproute_policy_delivered_to_translation_wires_that_route_only() {
             clusters: &["httproute/default/backend/rule/0"],
             listeners: &["default/eg/http"],
             num_retries: 2,
-            max_hold_s: 14,
+            max_hold_s: 10,
             mulligan: ("127.0.0.1", 50051, false),
         },
     );
@@ -163,7 +163,7 @@ async fn a_grpcroute_policy_reaches_translation_through_post_route_modify() {
             clusters: &["grpcroute/default/backend/rule/0"],
             listeners: &["default/eg/grpc"],
             num_retries: 10,
-            max_hold_s: 14,
+            max_hold_s: 10,
             mulligan: ("127.0.0.1", 50051, false),
         },
     );

@@ -66,7 +66,7 @@ async fn a_gateway_listener_policy_adds_exactly_the_documented_wiring() {
             clusters: &["httproute/default/backend/rule/0"],
             listeners: &["default/eg/http"],
             num_retries: 10,
-            max_hold_s: 14,
+            max_hold_s: 10,
             mulligan: ("mulligan.mulligan-system.svc", 50051, true),
         },
     );
@@ -122,7 +122,7 @@ async fn a_gateway_listener_policy_adds_exactly_the_documented_wiring() {
             clusters: &["grpcroute/default/backend/rule/0"],
             listeners: &["default/eg/grpc"],
             num_retries: 3,
-            max_hold_s: 14,
+            max_hold_s: 10,
             mulligan: ("mulligan.mulligan-system.svc", 50051, true),
         },
     );
@@ -197,7 +197,7 @@ async fn an_invalid_policy_is_reported_and_its_routes_are_left_alone() {
                 clusters: &["grpcroute/default/backend/rule/0"],
                 listeners: &["default/eg/grpc"],
                 num_retries: 10,
-                max_hold_s: 14,
+                max_hold_s: 10,
                 mulligan: ("127.0.0.1", 50051, false),
             },
         );
@@ -271,7 +271,7 @@ async fn the_gate_is_on_only_where_every_forwarding_route_of_the_virtual_host_is
         clusters: &["httproute/default/backend/rule/0"],
         listeners: &["default/eg/http"],
         num_retries: 10,
-        max_hold_s: 14,
+        max_hold_s: 10,
         mulligan: ("127.0.0.1", 50051, false),
     };
 
