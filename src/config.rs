@@ -128,9 +128,10 @@ impl Default for Retry {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Hold {
-    /// A hold ends this long after it began: the 503 stands, with
-    /// `Retry-After`. Envoy is asked to wait this long plus
-    /// [`Hold::ANSWER_MARGIN`], so it must fit in `envoy_max_message_timeout`.
+    /// The hold budget of a stream whose wiring sends none
+    /// (`x-mulligan-max-hold`): Envoy is asked to wait this long and the hold
+    /// ends [`Hold::ANSWER_MARGIN`] sooner, so the 503 stands, with
+    /// `Retry-After`, in time. It must fit in `envoy_max_message_timeout`.
     #[serde(with = "humantime_serde")]
     pub max_hold: Duration,
     /// Requests held at once, at most; past this a failed attempt that would
@@ -151,11 +152,11 @@ pub struct Hold {
     /// usable endpoint of their cluster, so a pod that just came back is not
     /// handed every held request at once.
     pub release_per_endpoint: u32,
-    /// Envoy's `max_message_timeout` on mulligan's ext_proc filters (the
-    /// reference wiring's `${MAX_MESSAGE_TIMEOUT:-14s}`). mulligan asks Envoy
-    /// to wait `max_hold` plus [`Hold::ANSWER_MARGIN`] for a held
-    /// answer; Envoy ignores a longer wait and lets the 503 through at
-    /// `message_timeout`, so `check-config` compares the two.
+    /// Envoy's `max_message_timeout` on mulligan's ext_proc filters, for a
+    /// wiring that sends no hold budget with its streams (the shipped ones
+    /// send it, from the same value as their `max_message_timeout`). Envoy
+    /// ignores a longer wait and lets the 503 through at `message_timeout`,
+    /// so `check-config` compares it with `max_hold`.
     #[serde(with = "humantime_serde")]
     pub envoy_max_message_timeout: Duration,
 }
