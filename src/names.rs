@@ -112,6 +112,9 @@ pub mod header {
     /// Headers no client may send: one would choose an endpoint, the other
     /// would speak for mulligan.
     pub const FROM_CLIENTS_REMOVED: [&str; 2] = [OVERRIDE_HOST, super::RETRY_HEADER];
+    /// Headers no client may receive: mulligan's retry header stays on an
+    /// attempt's answer when Envoy has no retry left to make.
+    pub const TO_CLIENTS_REMOVED: [&str; 1] = [super::RETRY_HEADER];
 }
 
 /// mulligan's HTTP filters.

@@ -250,3 +250,38 @@ async fn only_a_non_empty_idempotency_key_lets_a_post_be_retried() {
             >= refused as f64
     );
 }
+
+/// When Envoy has no retry left to make, the attempt's answer goes to the
+/// client as it is: mulligan's retry header on it stays inside Envoy (the
+/// route removes it from every response), so the client gets exactly what
+/// Envoy alone would send it.
+#[tokio::test]
+async fn a_client_never_receives_mulligans_retry_header() {
+    let stack = Stack::start(
+        &[("a", PodState::Draining), ("b", PodState::Draining)],
+        &[],
+        &[("NUM_RETRIES", "1".to_string())],
+    )
+    .await;
+    for i in 0..6 {
+        let id = format!("spent-{i}");
+        let r = send(
+            stack.front,
+            Method::GET,
+            "/",
+            &[("x-harness-id", &id)],
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(r.status, 503, "both pods are draining");
+        assert!(
+            r.headers.get("x-mulligan-retry").is_none(),
+            "the client got mulligan's retry header: {:?}",
+            r.headers
+        );
+    }
+    assert!(
+        stack.mulligan.answers("retry").await >= 6.0,
+        "mulligan asked for the retries Envoy then had no room for"
+    );
+}

@@ -57,6 +57,9 @@ const ROUTER: &str = "envoy.filters.http.router";
 /// ([`crate::names::header::FROM_CLIENTS_REMOVED`], in its order): a JSON Patch
 /// appends one item to the route's list, so each header is a patch.
 pub const CLIENT_HEADERS: [&str; 2] = ["client_header_override_host", "client_header_retry"];
+/// The regions of the headers no client may receive
+/// ([`crate::names::header::TO_CLIENTS_REMOVED`]), a patch each likewise.
+pub const CLIENT_RESPONSE_HEADERS: [&str; 1] = ["client_response_header_retry"];
 
 fn region(name: &'static str, message: Encoded) -> Region {
     regions(name, vec![message])
@@ -141,6 +144,12 @@ fn route_regions(settings: &Settings) -> Vec<Region> {
     let headers = CLIENT_HEADERS.iter().zip(&route.request_headers_to_remove);
     out.extend(
         headers.map(|(name, h)| region(name, Encoded::of(&StringValue { value: h.clone() }))),
+    );
+    let responses = CLIENT_RESPONSE_HEADERS
+        .iter()
+        .zip(&route.response_headers_to_remove);
+    out.extend(
+        responses.map(|(name, h)| region(name, Encoded::of(&StringValue { value: h.clone() }))),
     );
     out.push(region(
         "attempt_count",
@@ -227,6 +236,10 @@ mod tests {
         assert_eq!(
             CLIENT_HEADERS.len(),
             crate::names::header::FROM_CLIENTS_REMOVED.len()
+        );
+        assert_eq!(
+            CLIENT_RESPONSE_HEADERS.len(),
+            crate::names::header::TO_CLIENTS_REMOVED.len()
         );
     }
 }

@@ -60,7 +60,8 @@ pub fn retry_policy(settings: &Settings, previous: Option<&RetryPolicy>) -> Retr
 }
 
 /// Installs the retry policy on a forwarding route, and removes
-/// [`names::header::FROM_CLIENTS_REMOVED`] from its requests; returns the
+/// [`names::header::FROM_CLIENTS_REMOVED`] from its requests and
+/// [`names::header::TO_CLIENTS_REMOVED`] from its responses; returns the
 /// clusters it forwards to (empty for redirects and direct responses, left
 /// untouched).
 pub fn install_route(route: &mut Route, settings: &Settings) -> Vec<String> {
@@ -69,12 +70,24 @@ pub fn install_route(route: &mut Route, settings: &Settings) -> Vec<String> {
     };
     action.retry_policy = Some(retry_policy(settings, action.retry_policy.as_ref()));
     let clusters = route_clusters(action);
-    for name in names::header::FROM_CLIENTS_REMOVED {
-        if !route.request_headers_to_remove.iter().any(|h| h == name) {
-            route.request_headers_to_remove.push(name.to_string());
+    add_missing(
+        &mut route.request_headers_to_remove,
+        &names::header::FROM_CLIENTS_REMOVED,
+    );
+    add_missing(
+        &mut route.response_headers_to_remove,
+        &names::header::TO_CLIENTS_REMOVED,
+    );
+    clusters
+}
+
+/// Appends each of `names` that `list` lacks, keeping the route's own.
+fn add_missing(list: &mut Vec<String>, names: &[&str]) {
+    for name in names {
+        if !list.iter().any(|h| h == name) {
+            list.push(name.to_string());
         }
     }
-    clusters
 }
 
 /// Turns the gate on for a virtual host: Envoy then adds

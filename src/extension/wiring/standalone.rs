@@ -131,6 +131,7 @@ fn route_regions(settings: &Settings) -> Vec<Region> {
     };
     let headers = Route {
         request_headers_to_remove: route.request_headers_to_remove,
+        response_headers_to_remove: route.response_headers_to_remove,
         ..Default::default()
     };
     vec![

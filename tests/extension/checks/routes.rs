@@ -43,6 +43,15 @@ pub(super) fn check_routes(
                     "{}: client-sent headers removed",
                     rb.name
                 );
+                let added = ra
+                    .response_headers_to_remove
+                    .split_off(rb.response_headers_to_remove.len());
+                assert_eq!(
+                    added,
+                    names::header::TO_CLIENTS_REMOVED,
+                    "{}: headers no client receives removed",
+                    rb.name
+                );
                 let (Some(route::Action::Route(aa)), Some(route::Action::Route(ab))) =
                     (ra.action.as_mut(), rb.action.as_mut())
                 else {
