@@ -33,7 +33,7 @@ use prost::Message as _;
 use crate::{
     classify::{self, flags, Cause, Observed, Reached},
     config::Config,
-    decide::{AttemptState, Decider, Role, RETRY_HEADER},
+    decide::{AttemptState, Decider, Role},
     drain::Drain,
     endpoints::{Registry, State},
     ext_proc::{header_value, role_of, Attributes, Context, Exchange},
@@ -289,7 +289,7 @@ impl RoleIn {
             RoleIn::Other(bytes) => bytes,
         };
         if let Ok(v) = tonic::metadata::AsciiMetadataValue::try_from(value) {
-            map.insert(Role::METADATA_KEY, v);
+            map.insert(crate::names::phase::HEADER, v);
         }
         map
     }
@@ -772,7 +772,7 @@ impl Stream {
     fn check_answer(&self, sent: &Sent, reply: &ProcessingResponse) {
         for name in set_headers(reply) {
             match name {
-                RETRY_HEADER => {
+                crate::names::RETRY_HEADER => {
                     assert_ne!(
                         self.role,
                         Role::Final,
@@ -861,7 +861,7 @@ fn label(r: &ProcessingResponse) -> &'static str {
         }
         Some(Response::RequestBody(_)) => "request_body",
         Some(Response::RequestTrailers(_)) => "request_trailers",
-        Some(Response::ResponseHeaders(_)) if sets.contains(&RETRY_HEADER) => "retry",
+        Some(Response::ResponseHeaders(_)) if sets.contains(&crate::names::RETRY_HEADER) => "retry",
         Some(Response::ResponseHeaders(_)) if sets.contains(&"retry-after") => "retry_after",
         Some(Response::ResponseHeaders(_)) => "response_headers",
         Some(Response::ResponseBody(_)) => "response_body",
@@ -901,7 +901,7 @@ pub fn ext_proc_sequence(data: &[u8]) -> Trace {
             Ok(role) => role,
             Err(status) => {
                 assert_eq!(status.code(), tonic::Code::InvalidArgument);
-                assert!(status.message().contains(Role::METADATA_KEY), "{status:?}");
+                assert!(status.message().contains(crate::names::phase::HEADER), "{status:?}");
                 trace.push("unknown_role");
                 continue;
             }

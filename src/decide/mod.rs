@@ -24,6 +24,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::time::Instant;
 
 use crate::{
+    names,
     classify::{self, Cause, Observed, Reached},
     config,
     endpoints::Registry,
@@ -33,13 +34,8 @@ use crate::{
 use hold::{Holds, Unheld};
 pub use state::AttemptState;
 
-/// The response header that asks Envoy for another attempt. The route's
-/// retry policy retries on it (`retriable-headers`), and the wiring strips
-/// it from every upstream response first, so only mulligan can set it.
-pub const RETRY_HEADER: &str = "x-mulligan-retry";
-
 /// Which filter opened the stream: the gRPC initial metadata
-/// `x-mulligan-phase` the wiring sets on each.
+/// [`names::phase::HEADER`] the wiring sets on each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     /// A retry (attempt 2 and later), from the app cluster's upstream
@@ -53,15 +49,11 @@ pub enum Role {
 }
 
 impl Role {
-    pub const METADATA_KEY: &'static str = "x-mulligan-phase";
-    /// The values [`Role::METADATA_KEY`] may take, for error messages.
-    pub const ACCEPTED: &'static str = "retry, attempt, final";
-
     pub(crate) fn parse(value: &[u8]) -> Option<Role> {
-        match value {
-            b"retry" => Some(Role::Retry),
-            b"attempt" => Some(Role::Attempt),
-            b"final" => Some(Role::Final),
+        match std::str::from_utf8(value).ok()? {
+            names::phase::RETRY => Some(Role::Retry),
+            names::phase::ATTEMPT => Some(Role::Attempt),
+            names::phase::FINAL => Some(Role::Final),
             _ => None,
         }
     }

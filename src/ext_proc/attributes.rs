@@ -55,7 +55,7 @@ impl<'a> Attributes<'a> {
     /// header; 0 when neither is a valid HTTP status. A code past u16 is no
     /// HTTP status (a plain cast would wrap 66039 to 503).
     pub(crate) fn status(&self, headers: Option<&HeaderMap>) -> u16 {
-        self.uint("response.code")
+        self.uint(crate::names::attribute::RESPONSE_CODE)
             .or_else(|| {
                 super::header_value(headers, ":status")
                     .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())

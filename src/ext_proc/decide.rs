@@ -8,8 +8,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRespo
 
 use super::{attributes::Attributes, header_value, reply};
 use crate::{
+    names::{self, attribute},
     classify::Observed,
-    decide::{AttemptState, Decider, Failed, Role, Upstream, Verdict, RETRY_HEADER},
+    decide::{AttemptState, Decider, Failed, Role, Upstream, Verdict},
     metrics::Answer,
     policy::{safety, RequestFacts},
 };
@@ -62,18 +63,18 @@ pub struct Reply {
 /// Reads the failed attempt or response in `headers`.
 fn failed<'a>(decider: &Decider, headers: &'a HttpHeaders, attrs: Attributes<'a>) -> Failed<'a> {
     let fields = headers.headers.as_ref();
-    let method = attrs.str("request.method").unwrap_or("").as_bytes();
+    let method = attrs.str(attribute::REQUEST_METHOD).unwrap_or("").as_bytes();
     Failed {
         response: Observed::response(attrs.status(fields), &decider.cfg.drain_header, |name| {
             header_value(fields, name)
         }),
-        upstream: Upstream::parse(attrs.str("upstream.address")),
-        cluster: attrs.str("xds.cluster_name"),
+        upstream: Upstream::parse(attrs.str(attribute::UPSTREAM_ADDRESS)),
+        cluster: attrs.str(attribute::CLUSTER_NAME),
         facts: RequestFacts {
             idempotent_method: safety::idempotent_method(method),
             // An empty key is no key: it names nothing to deduplicate on.
             idempotency_key: attrs
-                .str("request.headers['idempotency-key']")
+                .str(attribute::IDEMPOTENCY_KEY)
                 .is_some_and(|k| !k.trim().is_empty()),
         },
     }
@@ -189,5 +190,5 @@ fn final_response(decider: &Decider, f: &Failed<'_>) -> Reply {
 }
 
 fn retry() -> ProcessingResponse {
-    reply::continue_setting(RETRY_HEADER, "1".to_string())
+    reply::continue_setting(names::RETRY_HEADER, names::RETRY_VALUE.to_string())
 }

@@ -111,14 +111,14 @@ pub(crate) fn role_of(
     metrics: &Metrics,
 ) -> Result<Role, Status> {
     let role = metadata
-        .get(Role::METADATA_KEY)
+        .get(crate::names::phase::HEADER)
         .and_then(|v| Role::parse(v.as_bytes()));
     role.ok_or_else(|| {
         metrics.error(StreamError::UnknownRole);
         Status::invalid_argument(format!(
             "gRPC metadata {} must be one of {}: it names the filter that opened the stream",
-            Role::METADATA_KEY,
-            Role::ACCEPTED
+            crate::names::phase::HEADER,
+            crate::names::phase::ALL.join(", ")
         ))
     })
 }
