@@ -901,7 +901,10 @@ pub fn ext_proc_sequence(data: &[u8]) -> Trace {
             Ok(role) => role,
             Err(status) => {
                 assert_eq!(status.code(), tonic::Code::InvalidArgument);
-                assert!(status.message().contains(crate::names::phase::HEADER), "{status:?}");
+                assert!(
+                    status.message().contains(crate::names::phase::HEADER),
+                    "{status:?}"
+                );
                 trace.push("unknown_role");
                 continue;
             }

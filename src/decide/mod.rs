@@ -24,11 +24,11 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::time::Instant;
 
 use crate::{
-    names,
     classify::{self, Cause, Observed, Reached},
     config,
     endpoints::Registry,
     metrics::{Answer, Metrics},
+    names,
     policy::{self, Budget, Decision, RequestFacts},
 };
 use hold::{Holds, Unheld};

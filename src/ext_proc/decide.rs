@@ -8,10 +8,10 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRespo
 
 use super::{attributes::Attributes, header_value, reply};
 use crate::{
-    names::{self, attribute},
     classify::Observed,
     decide::{AttemptState, Decider, Failed, Role, Upstream, Verdict},
     metrics::Answer,
+    names::{self, attribute},
     policy::{safety, RequestFacts},
 };
 
@@ -63,7 +63,10 @@ pub struct Reply {
 /// Reads the failed attempt or response in `headers`.
 fn failed<'a>(decider: &Decider, headers: &'a HttpHeaders, attrs: Attributes<'a>) -> Failed<'a> {
     let fields = headers.headers.as_ref();
-    let method = attrs.str(attribute::REQUEST_METHOD).unwrap_or("").as_bytes();
+    let method = attrs
+        .str(attribute::REQUEST_METHOD)
+        .unwrap_or("")
+        .as_bytes();
     Failed {
         response: Observed::response(attrs.status(fields), &decider.cfg.drain_header, |name| {
             header_value(fields, name)
