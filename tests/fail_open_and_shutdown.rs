@@ -219,9 +219,8 @@ async fn killed_under_load_every_request_ends_as_envoy_alone_and_a_restart_serve
 /// and Envoy's wait for it (31 s) longer than any test: only what the test
 /// does to mulligan ends them.
 async fn holding(n: usize, mulligan_toml: &str) -> (Stack, Vec<tokio::task::JoinHandle<Reply>>) {
-    let toml = format!(
-        "[hold]\nmax_hold = \"30s\"\nenvoy_max_message_timeout = \"31s\"\n{mulligan_toml}"
-    );
+    let toml =
+        format!("[hold]\nmax_hold = \"30s\"\nenvoy_max_message_timeout = \"31s\"\n{mulligan_toml}");
     let stack = Stack::with_config(
         &[("a", PodState::Gone)],
         &toml,
