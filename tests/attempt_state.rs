@@ -235,8 +235,8 @@ async fn a_shorter_budget_holds_for_that_long() {
     assert_eq!(r.status, 503, "{:?}", r.body);
     assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
     assert!(
-        took >= MAX_HOLD - Duration::from_millis(500) && took < MAX_HOLD + Duration::from_secs(2),
-        "held {took:?}, the budget is {MAX_HOLD:?}"
+        took >= MAX_HOLD - Duration::from_millis(500) && took < MAX_HOLD + Duration::from_secs(5),
+        "held {took:?}, the budget is {MAX_HOLD:?} (the default is 10 s)"
     );
     assert_eq!(rig.mulligans[0].answers("held_too_long").await, 1.0);
 }
