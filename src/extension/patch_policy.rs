@@ -13,11 +13,7 @@
 
 use envoy_types::pb::{
     envoy::{
-        config::{
-            cluster::v3::Cluster,
-            endpoint::v3::ClusterLoadAssignment,
-            route::v3::{route, Route, RouteAction, VirtualHost},
-        },
+        config::route::v3::{route, Route, RouteAction, VirtualHost},
         extensions::{
             filters::{
                 http::router::v3::Router,
@@ -35,10 +31,9 @@ use prost::{Message, Name};
 use super::{
     policy::Settings,
     wiring::{
-        final_filter, hold, install_attempt_count, install_cluster, install_route,
-        mulligan_cluster,
+        final_filter, hold, install_attempt_count, install_route, mulligan_cluster,
         outputs::{Encoded, Output, Region, Shape},
-        MulliganAddress,
+        wired_inline_cluster, MulliganAddress,
     },
 };
 
@@ -164,16 +159,7 @@ fn route_regions(settings: &Settings) -> Vec<Region> {
 /// options (the upstream filters), outlier detection, retry circuit
 /// breaker, and the hold endpoint of its load assignment.
 fn cluster_regions(settings: &Settings) -> Vec<Region> {
-    let mut cluster = Cluster {
-        name: APP.to_string(),
-        load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: APP.to_string(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    // A cluster with no protocol options always wires.
-    let _ = install_cluster(&mut cluster, settings);
+    let mut cluster = wired_inline_cluster(APP, settings);
     let options = cluster
         .typed_extension_protocol_options
         .get(&HttpProtocolOptions::full_name())

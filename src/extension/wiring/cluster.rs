@@ -39,6 +39,22 @@ pub const MAX_RETRIES_CIRCUIT: u32 = 1024;
 /// Connecting to mulligan's gRPC port.
 pub const MULLIGAN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A bare cluster `name` with an inline load assignment, wired with
+/// `settings`: what the generated files print the cluster's parts from.
+pub fn wired_inline_cluster(name: &str, settings: &Settings) -> Cluster {
+    let mut cluster = Cluster {
+        name: name.to_string(),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.to_string(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // A cluster with no protocol options always wires.
+    let _ = install_cluster(&mut cluster, settings);
+    cluster
+}
+
 /// Wires an app cluster: upstream filters (merged into any existing
 /// HttpProtocolOptions), outlier detection on local-origin failures only,
 /// panic threshold 0, the retry circuit breaker, and, for clusters with an

@@ -42,7 +42,10 @@ use envoy_types::pb::{
 use prost::{Message, Name};
 
 pub use attempt_filter::install_upstream_filters;
-pub use cluster::{install_cluster, install_eds_cluster, is_aggregate, mulligan_cluster, EdsWired};
+pub use cluster::{
+    install_cluster, install_eds_cluster, is_aggregate, mulligan_cluster, wired_inline_cluster,
+    EdsWired,
+};
 pub use final_filter::install_listener;
 pub use hold::{
     hold_answer_cluster, hold_answer_listener, hold_cluster, hold_listener, install_hold_endpoint,

@@ -20,8 +20,7 @@ use envoy_types::pb::envoy::{
 use prost::Message;
 
 use super::{
-    envoy, final_filter, hold, http_filter, install_attempt_count, install_cluster, install_route,
-    mulligan_cluster,
+    envoy, final_filter, hold, http_filter, install_attempt_count, install_route, mulligan_cluster,
     outputs::{Encoded, Output, Placeholder, Region, Shape},
     pack, MulliganAddress,
 };
@@ -147,16 +146,7 @@ fn route_regions(settings: &Settings) -> Vec<Region> {
 /// The app cluster, wired: its outlier, panic and circuit breaker
 /// settings, its upstream filters, and the hold endpoint.
 fn cluster_regions(settings: &Settings) -> Vec<Region> {
-    let mut cluster = Cluster {
-        name: APP.to_string(),
-        load_assignment: Some(ClusterLoadAssignment {
-            cluster_name: APP.to_string(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    // A cluster with no protocol options always wires.
-    let _ = install_cluster(&mut cluster, settings);
+    let mut cluster = super::wired_inline_cluster(APP, settings);
     let filters: Vec<HttpFilter> = cluster
         .typed_extension_protocol_options
         .get(envoy::HTTP_PROTOCOL_OPTIONS)
