@@ -14,8 +14,12 @@
 //! HTTP/1.1 uses one client connection per request; HTTP/2 many streams over
 //! a few connections. Prints figures; asserts nothing about speed.
 //!
+//! Each runs twice: with Envoy's circuit breakers as the bootstrap ships
+//! them (Envoy's defaults: 1,024 requests in flight per cluster, which
+//! bounds the held requests), and raised past N.
+//!
 //! `cargo bench --bench holds [-- --requests N --proto h1|h2|both
-//!  --release-per-endpoint R --h2-connections C]`
+//!  --breakers shipped|raised|both --release-per-endpoint R --h2-connections C]`
 //!
 //! Held HTTP/1.1 requests cost file descriptors in three places: the client
 //! (one per request, in this process), Envoy (the downstream connection,
@@ -118,7 +122,10 @@ async fn one(c: Http, front: SocketAddr, i: usize, finished: Arc<AtomicUsize>) -
             o.retry_after = parts.headers.contains_key("retry-after");
             o.body_whole = parts.status != StatusCode::OK || !is_post(i) || b.as_ref() == body;
         }
-        Err(e) => o.error = Some(e),
+        Err(e) => {
+            o.body_whole = true;
+            o.error = Some(e);
+        }
     }
     o
 }
@@ -154,6 +161,9 @@ struct Scenario {
     end: End,
     release: u64,
     h2_conns: usize,
+    /// Envoy's circuit breakers on the app and mulligan clusters raised
+    /// past N (see [`raise_breakers`]); else as the bootstrap ships them.
+    raised: bool,
 }
 
 /// What one scenario saw.
@@ -182,6 +192,20 @@ struct Report {
     ran_twice: usize,
     ran: usize,
     answers: Vec<String>,
+    /// Envoy's HTTP/2 codec stats that are not zero (a flood, a reset).
+    flood: Vec<String>,
+}
+
+/// Envoy stats containing `part` whose value is not zero.
+async fn nonzero(stack: &Stack, part: &str) -> Vec<String> {
+    stack
+        .envoy
+        .stats(part)
+        .await
+        .lines()
+        .filter(|l| !l.ends_with(": 0") && !l.ends_with("No recorded values"))
+        .map(str::to_string)
+        .collect()
 }
 
 /// mulligan's state of `addr` ("" when it does not know it).
@@ -198,6 +222,28 @@ async fn state_of(stack: &Stack, addr: SocketAddr) -> String {
         .and_then(|e| e["state"].as_str())
         .unwrap_or_default()
         .to_string()
+}
+
+/// Envoy's default circuit breakers allow 1,024 requests in flight per
+/// cluster (and as many pending requests and connections): every held
+/// request is one on the app cluster (its attempt, whose 503 is held) and
+/// one ext_proc stream on the mulligan cluster. Raised past `n` on both, so
+/// what is measured is the hold, not the breaker.
+fn raise_breakers(v: &mut serde_yaml_ng::Value, n: usize) {
+    let above = (n * 4 + 1024) as u64;
+    for name in ["app", "mulligan"] {
+        let c = render::cluster(v, name);
+        let mut t = serde_yaml_ng::Mapping::new();
+        for key in ["max_connections", "max_pending_requests", "max_requests"] {
+            t.insert(key.into(), above.into());
+        }
+        if name == "app" {
+            t.insert("max_retries".into(), above.into());
+        }
+        c["circuit_breakers"] = render::yaml("thresholds: []");
+        c["circuit_breakers"]["thresholds"] =
+            serde_yaml_ng::Value::Sequence(vec![serde_yaml_ng::Value::Mapping(t)]);
+    }
 }
 
 async fn start(s: &Scenario, hold_secs: u64) -> Stack {
@@ -220,7 +266,12 @@ async fn start(s: &Scenario, hold_secs: u64) -> Stack {
         vec![pod],
         &["--config", &path],
         &[("MAX_HOLD", format!("{hold_secs}s"))],
-        |v| render::route(v)["route"]["timeout"] = route_timeout.as_str().into(),
+        |v| {
+            render::route(v)["route"]["timeout"] = route_timeout.as_str().into();
+            if s.raised {
+                raise_breakers(v, s.n);
+            }
+        },
     )
     .await;
     let addr = stack.pods[0].addr;
@@ -362,7 +413,12 @@ async fn run(s: Scenario) -> Report {
     let ran = pod.executions();
     let label = format!(
         "{} {} {}",
-        if s.h2 { "h2" } else { "h1" },
+        match (s.h2, s.raised) {
+            (false, false) => "h1",
+            (true, false) => "h2",
+            (false, true) => "h1 raised",
+            (true, true) => "h2 raised",
+        },
         match s.end {
             End::Ready => "ready",
             End::Drain => "nothing coming",
@@ -394,6 +450,11 @@ async fn run(s: Scenario) -> Report {
         ran_twice: ran.values().filter(|c| **c > 1).count(),
         ran: ran.len(),
         answers: answers(&stack).await,
+        flood: nonzero(&stack, "http2.")
+            .await
+            .into_iter()
+            .filter(|l| l.contains("flood") || l.contains("reset"))
+            .collect(),
     }
 }
 
@@ -461,7 +522,7 @@ fn print(r: &Report) {
         .collect();
     println!(
         "    {}: ran {} (twice: {}), POST bodies not whole: {bad_bodies}, 503s without Retry-After: {no_retry_after}; \
-         answered before the end: {} (p50 {} ms, max {} ms); mulligan's answers: {}; this process's fds: {}{}{}",
+         answered before the end: {} (p50 {} ms, max {} ms); mulligan's answers: {}; this process's fds: {}{}{}{}",
         r.label,
         r.ran,
         r.ran_twice,
@@ -473,6 +534,11 @@ fn print(r: &Report) {
         r.gave_up
             .as_ref()
             .map_or(String::new(), |g| format!("; GAVE UP WAITING: {g}")),
+        if r.flood.is_empty() {
+            String::new()
+        } else {
+            format!("; Envoy's HTTP/2 stats that are not zero: {:?}", r.flood)
+        },
         if errors.is_empty() {
             String::new()
         } else {
@@ -495,14 +561,7 @@ async fn main() {
     let n = arg("--requests", 10_000) as usize;
     let release = arg("--release-per-endpoint", 200);
     let h2_conns = arg("--h2-connections", 4) as usize;
-    let args: Vec<String> = std::env::args().collect();
-    let proto = args
-        .iter()
-        .position(|a| a == "--proto")
-        .and_then(|i| args.get(i + 1))
-        .map_or("both", String::as_str)
-        .to_string();
-    let protos: Vec<bool> = match proto.as_str() {
+    let protos: Vec<bool> = match flag("--proto").as_str() {
         "h1" => vec![false],
         "h2" => vec![true],
         _ => vec![false, true],
@@ -519,8 +578,16 @@ async fn main() {
          upstream ones to the app cluster while held.\n"
     );
     header();
+    let breakers: Vec<bool> = match flag("--breakers").as_str() {
+        "shipped" => vec![false],
+        "raised" => vec![true],
+        _ => vec![false, true],
+    };
     let fits = h1_fits(fd_limit());
-    for h2 in protos {
+    for (h2, raised) in protos
+        .iter()
+        .flat_map(|h2| breakers.iter().map(move |r| (*h2, *r)))
+    {
         let n = if h2 || n <= fits {
             n
         } else {
@@ -539,11 +606,22 @@ async fn main() {
                 end,
                 release,
                 h2_conns,
+                raised,
             })
             .await;
             print(&r);
         }
     }
+}
+
+/// `--name VALUE` from the command line, else "".
+fn flag(name: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// This process's soft limit on open files (Envoy and mulligan inherit it).
