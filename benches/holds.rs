@@ -45,8 +45,7 @@ use hyper_util::{
 };
 use rig::{
     bench::arg,
-    client,
-    payload,
+    client, payload,
     pods::{Pod, PodState},
     render, Stack,
 };
@@ -281,7 +280,10 @@ async fn start(s: &Scenario, hold_secs: u64) -> Stack {
         if st == "not_ready" {
             break;
         }
-        assert!(Instant::now() < until, "{addr} is {st:?} in mulligan, want not_ready");
+        assert!(
+            Instant::now() < until,
+            "{addr} is {st:?} in mulligan, want not_ready"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stack
@@ -291,7 +293,7 @@ async fn start(s: &Scenario, hold_secs: u64) -> Stack {
 /// have their answer), or until it has not moved for `stall`: then says
 /// what it saw.
 async fn wait_for(
-    stack: &Stack,
+    stack: &mut Stack,
     want: usize,
     finished: &AtomicUsize,
     answered: usize,
@@ -303,6 +305,15 @@ async fn wait_for(
     loop {
         let held = stack.mulligan.metric("mulligan_held").await;
         let done = finished.load(Ordering::Acquire);
+        if stack.envoy.exited() {
+            let log = stack.envoy.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "Envoy exited with mulligan_held at {held} (highest {best}), {done} answered; \
+                 the end of its log, last line first:\n{}",
+                tail.join("\n")
+            );
+        }
         best = best.max(held);
         if held == want as f64 && done >= answered {
             return (held, None);
@@ -348,7 +359,7 @@ async fn answers(stack: &Stack) -> Vec<String> {
 async fn run(s: Scenario) -> Report {
     // Long enough for the ramp and for paced releases of every request.
     let hold_secs = 60 + s.n as u64 / s.release.max(1);
-    let stack = start(&s, hold_secs).await;
+    let mut stack = start(&s, hold_secs).await;
     let front = stack.front;
     let mulligan_rss_idle = rss_mib(stack.mulligan.pid());
     let envoy_rss_idle = rss_mib(stack.envoy.pid());
@@ -368,7 +379,7 @@ async fn run(s: Scenario) -> Report {
         .collect();
     let expect_held = s.n.min(s.max_held);
     let (held, gave_up) = wait_for(
-        &stack,
+        &mut stack,
         expect_held,
         &finished,
         s.n - expect_held,
