@@ -161,6 +161,7 @@ soak: envoy release
 bench: envoy release
 	cargo bench --bench passthrough
 	cargo bench --bench hot_path
+	cargo bench --bench holds -- --requests 1000
 	$(ROLLOUT) all
 
 clean-tools:
