@@ -205,16 +205,6 @@ fn any(a: &Any) -> Encoded {
 mod tests {
     use super::*;
 
-    /// The regions' names are the file's markers: each at most once.
-    #[test]
-    fn region_names_are_unique() {
-        let out = output();
-        let mut names: Vec<_> = out.regions.iter().map(|r| r.name).collect();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), out.regions.len());
-    }
-
     /// Every header the wiring removes from clients' requests has a patch
     /// (a region) of its own: one more header needs one more patch.
     #[test]

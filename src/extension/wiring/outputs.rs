@@ -189,3 +189,18 @@ impl Region {
         line.to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// In every generated file, the regions' names are the file's markers:
+    /// each at most once.
+    #[test]
+    fn region_names_are_unique() {
+        for out in super::outputs() {
+            let mut names: Vec<_> = out.regions.iter().map(|r| r.name).collect();
+            names.sort_unstable();
+            names.dedup();
+            assert_eq!(names.len(), out.regions.len(), "{}", out.path);
+        }
+    }
+}

@@ -199,14 +199,4 @@ mod tests {
             super::super::ext_proc::proto_json(crate::extension::policy::DEFAULT_MAX_HOLD);
         assert_eq!(DEFAULT_MAX_HOLD_VALUE, format!("value={printed}"));
     }
-
-    /// The regions' names are the file's markers: each at most once.
-    #[test]
-    fn region_names_are_unique() {
-        let out = output();
-        let mut names: Vec<_> = out.regions.iter().map(|r| r.name).collect();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), out.regions.len());
-    }
 }
