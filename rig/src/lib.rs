@@ -12,16 +12,21 @@
 //! - [`tls`]: certificates made at test time, and TLS pods;
 //! - [`eds`]: an EDS file standing in for Envoy Gateway's control plane;
 //! - [`arrivals`]: a pod that notes when each request reaches it;
+//! - [`backend_traffic`]: the retry policy Envoy Gateway's
+//!   BackendTrafficPolicy puts on a route;
+//! - [`executions`]: requests the pods ran more than once;
 //! - [`protocols`]: gRPC (h2c, trailers) and WebSocket pods;
 //! - [`bench`]: latency summaries for benches;
 //! - [`rollout`]: the rollout harness (`cargo run -p mulligan-rig --bin
 //!   rollout`, `make demo`).
 
 pub mod arrivals;
+pub mod backend_traffic;
 pub mod bench;
 pub mod client;
 pub mod eds;
 pub mod envoy;
+pub mod executions;
 pub mod ext_proc;
 pub mod kube_api;
 pub mod mulligan;
