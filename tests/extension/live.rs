@@ -272,7 +272,7 @@ pub(super) const MULLIGAN_TOML: &str = "[probe]\npath = \"/ready\"\ninterval = \
 /// on a busy test machine still answers in time (at the shipped 200 ms
 /// Envoy would fail open and nothing would be held: what these tests
 /// observe is mulligan's answers, not its speed).
-fn tolerant(bootstrap: &str) -> String {
+pub(super) fn tolerant(bootstrap: &str) -> String {
     let shipped = "\"messageTimeout\":\"0.200s\"";
     assert!(
         bootstrap.contains(shipped),

@@ -11,7 +11,9 @@ mod hostile;
 mod live;
 mod manifests;
 mod reference;
+mod replicas;
 mod server;
+mod two_processes;
 mod xds;
 
 use checks::{assert_unchanged, assert_wired, Expect};
