@@ -10,6 +10,7 @@ mod hooks;
 mod hostile;
 mod live;
 mod manifests;
+mod max_hold;
 mod reference;
 mod replicas;
 mod server;
