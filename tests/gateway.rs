@@ -20,6 +20,9 @@ use rig::{
 };
 use serde_json::{json, Value};
 
+#[path = "gateway/two_processes.rs"]
+mod two_processes;
+
 /// The Envoy Gateway resources the shipped policy names (the quickstart's
 /// Gateway `eg`, listener `http`, HTTPRoute `backend`).
 const LISTENER: &str = "default/eg/http";
