@@ -1,7 +1,10 @@
 //! The EnvoyPatchPolicy path with two mulligan processes behind the
 //! `mulligan` cluster, on a translation whose route carries Envoy Gateway's
 //! BackendTrafficPolicy retry on 503: a failed attempt is judged by one
-//! process, the retry's gate by either, and still no POST runs twice.
+//! process, the retry's gate by either, and still no POST runs twice;
+//! with the whole policy applied because Envoy never retries such a 503,
+//! and with its retry policy patch left out because the gate stops the
+//! retries Envoy then makes on its own.
 
 use std::net::SocketAddr;
 
@@ -23,9 +26,10 @@ use super::{
 
 /// Envoy Gateway's translation for `pods` with a BackendTrafficPolicy
 /// `retry` on 503 ([`rig::backend_traffic`]) on every route to
-/// [`CLUSTER`], as Envoy Gateway patches it: the shipped policy applied
-/// after the BackendTrafficPolicy's translation.
-fn with_backend_traffic_retry(pods: &[SocketAddr]) -> Translation {
+/// [`CLUSTER`], then `policy` applied as Envoy Gateway applies it (after
+/// the BackendTrafficPolicy's translation); and what Envoy Gateway would
+/// report.
+fn with_backend_traffic_retry(pods: &[SocketAddr], policy: &Value) -> (Translation, Vec<String>) {
     let mut t = Translation::egctl().with_pods(pods);
     let btp = snake(rig::backend_traffic::retry_on_503());
     let routes = t
@@ -41,12 +45,28 @@ fn with_backend_traffic_retry(pods: &[SocketAddr]) -> Translation {
         }
     }
     assert!(edited > 0, "no route forwards to {CLUSTER}");
-    let errors = EnvoyGateway::apply(&patch_policy(), &mut t);
-    assert!(
-        errors.is_empty(),
-        "Envoy Gateway would report:\n{errors:#?}"
-    );
-    t
+    let errors = EnvoyGateway::apply(policy, &mut t);
+    (t, errors)
+}
+
+/// The shipped policy with its retry policy patch naming a route cluster
+/// Envoy Gateway does not make (a renamed route): Envoy Gateway reports
+/// that patch and applies the others, and the route keeps Envoy Gateway's
+/// retry policy.
+fn without_the_retry_policy_patch() -> Value {
+    let mut policy = patch_policy();
+    let patch = policy["spec"]["jsonPatches"]
+        .as_array_mut()
+        .expect("patches")
+        .iter_mut()
+        .find(|p| p["operation"]["path"] == "/retry_policy")
+        .expect("the retry policy patch");
+    let json_path = patch["operation"]["jsonPath"]
+        .as_str()
+        .expect("jsonPath")
+        .replace(CLUSTER, "httproute/default/renamed/rule/0");
+    patch["operation"]["jsonPath"] = json!(json_path);
+    policy
 }
 
 /// mulligan's message timeout widened to the rig's loaded-machine value:
@@ -66,8 +86,8 @@ fn tolerant(bootstrap: &str) -> String {
 }
 
 /// Pods, `processes` mulligans (each knowing the pods as [`CLUSTER`]'s
-/// endpoints) behind the `mulligan` cluster, and Envoy running the patched
-/// translation.
+/// endpoints) behind the `mulligan` cluster, and Envoy running the
+/// translation patched by `policy`.
 struct Replicas {
     mulligans: Vec<Mulligan>,
     envoy: Envoy,
@@ -76,7 +96,13 @@ struct Replicas {
 }
 
 impl Replicas {
-    async fn start(pods: &[SocketAddr], processes: usize) -> Replicas {
+    /// Panics unless Envoy Gateway would report `reported` patches.
+    async fn start(
+        pods: &[SocketAddr],
+        processes: usize,
+        policy: &Value,
+        reported: usize,
+    ) -> Replicas {
         let config = tempfile::tempdir().expect("tempdir");
         let toml = config.path().join("mulligan.toml");
         std::fs::write(&toml, MULLIGAN_TOML).expect("write config");
@@ -93,7 +119,12 @@ impl Replicas {
         for _ in 0..processes {
             mulligans.push(Mulligan::start(&args).await);
         }
-        let mut t = with_backend_traffic_retry(pods);
+        let (mut t, errors) = with_backend_traffic_retry(pods, policy);
+        assert_eq!(
+            errors.len(),
+            reported,
+            "Envoy Gateway would report:\n{errors:#?}"
+        );
         let m = t
             .find_mut(CLUSTER_TYPE, "mulligan")
             .expect("mulligan cluster");
@@ -135,24 +166,26 @@ impl Replicas {
     }
 }
 
-/// A pod that runs a POST and answers a plain 503 beside a ready pod. No
-/// POST the failing pod ran runs again: each gets its 503, as with Envoy
-/// alone and no retry policy; the GETs (safe to run twice) still reach the
-/// ready pod.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backend_traffic_policy_retry_on_503_runs_no_post_twice_across_two_mulligans() {
-    let pods = vec![
-        Pod::start("failing", PodState::Failing).await,
-        Pod::start("ready", PodState::Ready).await,
-    ];
-    let addrs: Vec<_> = pods.iter().map(|p| p.addr).collect();
-    let gw = Replicas::start(&addrs, 2).await;
-    let (mut stopped, mut served) = (0, 0);
+/// What 40 POSTs and 20 GETs did, behind a pod that runs each request and
+/// answers a plain 503 (`pods[0]`) beside a ready pod.
+struct Outcome {
+    /// POSTs the failing pod ran.
+    failing: usize,
+    /// POSTs run more than once, over both pods.
+    twice: Vec<(String, u32)>,
+    /// POSTs answered 503.
+    refused: usize,
+    /// Retries mulligan's gate stopped, over both processes.
+    gate_stops: f64,
+}
+
+async fn run(gw: &Replicas, pods: &[std::sync::Arc<Pod>]) -> Outcome {
+    let (mut refused, mut served) = (0, 0);
     let n = 40;
     for i in 0..n {
         let r = gw.send(Method::POST, "/echo", &format!("post-{i}")).await;
         match r.status.as_u16() {
-            503 => stopped += 1,
+            503 => refused += 1,
             200 => served += 1,
             s => panic!("POST {i}: status {s}: {:?}", r.body),
         }
@@ -161,7 +194,7 @@ async fn a_backend_traffic_policy_retry_on_503_runs_no_post_twice_across_two_mul
         let r = gw.send(Method::GET, "/", &format!("get-{i}")).await;
         assert_eq!(r.status, 200, "GET {i}: {:?}", r.body);
     }
-    let twice = executions::run_twice(&pods, "post-");
+    let twice = executions::run_twice(pods, "post-");
     let failing = executions::ran(&pods[0], "post-");
     let mut streams = Vec::new();
     let mut gate_stops = 0.0;
@@ -171,7 +204,7 @@ async fn a_backend_traffic_policy_retry_on_503_runs_no_post_twice_across_two_mul
     }
     eprintln!(
         "POSTs run by the failing pod: {failing} of {n}; run twice: {}; \
-         503 {stopped}, 200 {served}; streams per mulligan: {streams:?}; \
+         503 {refused}, 200 {served}; streams per mulligan: {streams:?}; \
          gate stops: {gate_stops}",
         twice.len()
     );
@@ -190,7 +223,53 @@ async fn a_backend_traffic_policy_retry_on_503_runs_no_post_twice_across_two_mul
         gw.envoy.stats("retry").await
     );
     assert_eq!(
-        stopped, failing,
+        refused, failing,
         "every POST the failing pod ran got its 503, no other did"
+    );
+    Outcome {
+        failing,
+        twice,
+        refused,
+        gate_stops,
+    }
+}
+
+async fn failing_and_ready() -> Vec<std::sync::Arc<Pod>> {
+    vec![
+        Pod::start("failing", PodState::Failing).await,
+        Pod::start("ready", PodState::Ready).await,
+    ]
+}
+
+/// The shipped policy replaces the route's retry policy: Envoy never
+/// retries a 503 on its own (the gate has nothing to stop), and no POST
+/// runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_traffic_policy_retry_on_503_runs_no_post_twice_across_two_mulligans() {
+    let pods = failing_and_ready().await;
+    let addrs: Vec<_> = pods.iter().map(|p| p.addr).collect();
+    let gw = Replicas::start(&addrs, 2, &patch_policy(), 0).await;
+    let out = run(&gw, &pods).await;
+    assert!(out.twice.is_empty() && out.refused == out.failing);
+    assert_eq!(
+        out.gate_stops, 0.0,
+        "Envoy retried a 503 on its own: the policy left Envoy Gateway's retry trigger on the route"
+    );
+}
+
+/// Where the retry policy patch does not apply (reported; the others
+/// did), the route keeps Envoy Gateway's 503 trigger and Envoy retries
+/// every POST the failing pod ran: the gate stops each of those retries,
+/// whichever process it reaches, from what the failed attempt's stream
+/// left in the request's metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_route_patch_not_applied_the_gate_stops_every_retry_of_a_post_that_ran() {
+    let pods = failing_and_ready().await;
+    let addrs: Vec<_> = pods.iter().map(|p| p.addr).collect();
+    let gw = Replicas::start(&addrs, 2, &without_the_retry_policy_patch(), 1).await;
+    let out = run(&gw, &pods).await;
+    assert_eq!(
+        out.gate_stops, out.failing as f64,
+        "every retry of a POST the failing pod ran reached the gate and was stopped"
     );
 }
