@@ -17,7 +17,8 @@ use super::replicas::{backend_traffic_retry_on_503, Replicas};
 /// A pod that runs a POST and answers a plain 503 beside a ready pod. No
 /// POST the failing pod ran runs again: each gets its 503, as with Envoy
 /// alone and no retry policy; the GETs (safe to run twice) still reach the
-/// ready pod.
+/// ready pod. The Extension Server replaced the route's retry policy, so
+/// Envoy never retries a 503 on its own: the gate has nothing to stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_traffic_policy_retry_on_503_runs_no_post_twice_across_two_mulligans() {
     let pods = vec![
@@ -43,12 +44,12 @@ async fn a_backend_traffic_policy_retry_on_503_runs_no_post_twice_across_two_mul
     let twice = executions::run_twice(&pods, "post-");
     let failing = executions::ran(&pods[0], "post-");
     let streams = gw.streams().await;
+    let gate_stops = gw.answers("stopped").await;
     eprintln!(
         "POSTs run by the failing pod: {failing} of {n}; run twice: {}; \
          503 {stopped}, 200 {served}; streams per mulligan: {streams:?}; \
-         gate stops: {}",
-        twice.len(),
-        gw.answers("stopped").await
+         gate stops: {gate_stops}",
+        twice.len()
     );
     assert!(
         failing > 0,
@@ -67,5 +68,9 @@ async fn a_backend_traffic_policy_retry_on_503_runs_no_post_twice_across_two_mul
     assert_eq!(
         stopped, failing,
         "every POST the failing pod ran got its 503, no other did"
+    );
+    assert_eq!(
+        gate_stops, 0.0,
+        "Envoy retried a 503 on its own: the wiring left Envoy Gateway's retry trigger on the route"
     );
 }
