@@ -100,6 +100,38 @@ impl Mulligan {
             .await
     }
 
+    /// The answers mulligan gave so far, one sample a line (those never
+    /// given left out), for a failure's message.
+    pub async fn answer_counts(&self) -> String {
+        let metrics = self.metrics().await;
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("mulligan_answers_total") && !l.ends_with(" 0"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// mulligan as it runs beside Envoy Gateway: knowing `pods` as the
+    /// endpoints of `cluster` (Envoy Gateway's name for their Service) and
+    /// learning their readiness from their probe ([`PROBED`]).
+    pub async fn beside_gateway(pods: &[SocketAddr], cluster: &str) -> Mulligan {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let toml = dir.path().join("mulligan.toml");
+        std::fs::write(&toml, PROBED).expect("write config");
+        let list = crate::endpoint_list(pods);
+        let toml = toml.to_str().expect("utf-8 path");
+        // mulligan has read the file by the time it listens.
+        Mulligan::start(&[
+            "--config",
+            toml,
+            "--endpoints",
+            &list,
+            "--static-cluster",
+            cluster,
+        ])
+        .await
+    }
+
     /// Waits until `sample` reads more than `floor`.
     pub async fn wait_metric_above(&self, sample: &str, floor: f64, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
@@ -131,6 +163,80 @@ impl Mulligan {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// mulligan's config beside Envoy Gateway in the tests: readiness from the
+/// pods' readiness probe, as it would come from Kubernetes. Healthy
+/// requests open no stream, so mulligan never sees a success that would
+/// clear what it learnt from failures; the probe is what tells it a pod is
+/// back.
+pub const PROBED: &str = "[probe]\npath = \"/ready\"\ninterval = \"100ms\"\n";
+
+/// mulligan processes behind one `mulligan` cluster, as a Deployment's
+/// replicas behind its Service: Envoy spreads its ext_proc streams over
+/// them, so one request's attempts may be judged by different processes.
+pub struct Mulligans(Vec<Mulligan>);
+
+impl Mulligans {
+    /// `processes` mulligans, each `mulligan serve` on ports 0 with `args`.
+    pub async fn start(processes: usize, args: &[&str]) -> Mulligans {
+        let mut all = Vec::new();
+        for _ in 0..processes {
+            all.push(Mulligan::start(args).await);
+        }
+        Mulligans(all)
+    }
+
+    /// `processes` mulligans, each as [`Mulligan::beside_gateway`] starts
+    /// one.
+    pub async fn beside_gateway(processes: usize, pods: &[SocketAddr], cluster: &str) -> Mulligans {
+        let mut all = Vec::new();
+        for _ in 0..processes {
+            all.push(Mulligan::beside_gateway(pods, cluster).await);
+        }
+        Mulligans(all)
+    }
+
+    /// Each process's gRPC address, in order: the `mulligan` cluster's
+    /// endpoints.
+    pub fn grpc(&self) -> Vec<SocketAddr> {
+        self.0.iter().map(|m| m.grpc).collect()
+    }
+
+    /// Streams each process was asked to judge, in order.
+    pub async fn streams(&self) -> Vec<f64> {
+        let mut seen = Vec::new();
+        for m in &self.0 {
+            seen.push(m.streams().await);
+        }
+        seen
+    }
+
+    /// How often the processes, together, gave `answer`.
+    pub async fn answers(&self, answer: &str) -> f64 {
+        let mut n = 0.0;
+        for m in &self.0 {
+            n += m.answers(answer).await;
+        }
+        n
+    }
+}
+
+impl<'a> IntoIterator for &'a Mulligans {
+    type Item = &'a Mulligan;
+    type IntoIter = std::slice::Iter<'a, Mulligan>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl std::ops::Deref for Mulligans {
+    type Target = [Mulligan];
+
+    fn deref(&self) -> &[Mulligan] {
+        &self.0
     }
 }
 

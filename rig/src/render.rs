@@ -81,6 +81,22 @@ pub fn tolerant(
     standalone(app, mulligan_grpc_port, &all)
 }
 
+/// A bootstrap as JSON (Envoy Gateway's translation, wired, as the tests
+/// run it) with mulligan's message timeout widened from the shipped 200 ms
+/// to [`LOADED_MESSAGE_TIMEOUT`], for the same reason as [`tolerant`]. The
+/// field may be spelt as proto JSON (`messageTimeout`) or by its name
+/// (`message_timeout`); panics if it is neither: the wiring's timeout moved.
+pub fn tolerant_json(bootstrap: &str) -> String {
+    for field in ["messageTimeout", "message_timeout"] {
+        let shipped = format!("\"{field}\":\"0.200s\"");
+        if bootstrap.contains(&shipped) {
+            let loaded = format!("\"{field}\":\"{LOADED_MESSAGE_TIMEOUT}\"");
+            return bootstrap.replace(&shipped, &loaded);
+        }
+    }
+    panic!("the wiring's message timeout moved: no 200 ms message timeout in the bootstrap");
+}
+
 /// The reference bootstrap with `overrides` on top of the rig's defaults:
 /// every port 0 (Envoy picks), the given app endpoints and mulligan port.
 pub fn standalone(
