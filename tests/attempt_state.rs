@@ -6,7 +6,6 @@
 //! failed attempt did.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -14,9 +13,10 @@ use std::{
 
 use http::Method;
 use rig::{
-    client::{self, HttpClient, Proto, Reply},
+    client::Reply,
     envoy::Envoy,
-    mulligan::Mulligan,
+    executions, failing_pod,
+    mulligan::{Mulligan, Mulligans},
     payload,
     pods::{Pod, PodState},
     render,
@@ -27,7 +27,7 @@ use serde_yaml_ng::Value;
 /// reference bootstrap, edited by `edit`.
 struct Rig {
     pods: Vec<Arc<Pod>>,
-    mulligans: Vec<Mulligan>,
+    mulligans: Mulligans,
     envoy: Envoy,
     front: SocketAddr,
 }
@@ -36,31 +36,16 @@ impl Rig {
     async fn start(
         pods: Vec<Arc<Pod>>,
         processes: usize,
-        mulligan_args: &[&str],
         overrides: &[(&'static str, String)],
         edit: impl FnOnce(&mut Value),
     ) -> Rig {
         let addrs: Vec<SocketAddr> = pods.iter().map(|p| p.addr).collect();
         let list = rig::endpoint_list(&addrs);
-        let mut mulligans = Vec::new();
-        for _ in 0..processes {
-            let mut args = vec![
-                "serve",
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--endpoints",
-                &list,
-            ];
-            args.extend_from_slice(mulligan_args);
-            mulligans.push(Mulligan::spawn(&args).await);
-        }
+        let mulligans = Mulligans::start(processes, &["--endpoints", &list]).await;
         let yaml = render::standalone(&addrs, mulligans[0].grpc.port(), overrides);
         let mut v: Value = serde_yaml_ng::from_str(&yaml).expect("bootstrap is YAML");
-        let grpc: Vec<SocketAddr> = mulligans.iter().map(|m| m.grpc).collect();
         render::cluster(&mut v, "mulligan")["load_assignment"]["endpoints"][0]["lb_endpoints"] =
-            render::yaml(&render::lb_endpoints(&grpc));
+            render::yaml(&render::lb_endpoints(&mulligans.grpc()));
         edit(&mut v);
         let envoy = Envoy::start(&serde_yaml_ng::to_string(&v).expect("YAML")).await;
         let front = envoy.listener("mulligan").await;
@@ -72,13 +57,9 @@ impl Rig {
         }
     }
 
-    /// Streams each mulligan process was asked to judge, in order.
-    async fn streams(&self) -> Vec<f64> {
-        let mut seen = Vec::new();
-        for m in &self.mulligans {
-            seen.push(m.streams().await);
-        }
-        seen
+    /// `method` `path` with its own `id` ([`executions::send`]).
+    async fn send(&self, method: Method, path: &str, id: &str) -> Reply {
+        executions::send(self.front, &[], method, path, id).await
     }
 }
 
@@ -91,92 +72,15 @@ fn retry_503(v: &mut Value) {
     policy["retriable_status_codes"] = render::yaml("[503]");
 }
 
-async fn send(addr: SocketAddr, method: Method, path: &str, id: &str) -> Reply {
-    HttpClient::new(Proto::Http1)
-        .send(
-            method,
-            addr,
-            path,
-            &[("x-harness-id", id)],
-            client::full(payload(100)),
-        )
-        .await
-        .expect("request through Envoy")
-}
-
-/// Ids starting with `prefix` that ran more than once, over all pods.
-fn run_twice(pods: &[Arc<Pod>], prefix: &str) -> Vec<String> {
-    let mut runs: HashMap<String, u32> = HashMap::new();
-    for p in pods {
-        for (id, n) in p.executions() {
-            if !id.starts_with(prefix) {
-                continue;
-            }
-            *runs.entry(id).or_default() += n;
-        }
-    }
-    let mut twice: Vec<String> = runs
-        .into_iter()
-        .filter(|(_, n)| *n > 1)
-        .map(|(id, _)| id)
-        .collect();
-    twice.sort();
-    twice
-}
-
 /// A pod that runs a POST and answers a plain 503 beside a ready pod, the
 /// route retrying 503s on its own, two mulligan processes: the failed
 /// attempt is judged by one, the retry's gate by either. No POST runs
-/// twice, and the GETs (safe to run twice) still reach the ready pod.
+/// twice (every POST the failing pod ran gets the gate's 503), and the
+/// GETs (safe to run twice) still reach the ready pod.
 #[tokio::test]
 async fn a_retry_judged_by_another_mulligan_never_runs_a_post_twice() {
-    let pods = vec![
-        Pod::start("a", PodState::Failing).await,
-        Pod::start("b", PodState::Ready).await,
-    ];
-    let rig = Rig::start(pods, 2, &[], &[], retry_503).await;
-    let (mut stopped, mut served) = (0, 0);
-    for i in 0..40 {
-        let r = send(rig.front, Method::POST, "/echo", &format!("post-{i}")).await;
-        match r.status.as_u16() {
-            503 => stopped += 1,
-            200 => served += 1,
-            s => panic!("POST {i}: status {s}: {:?}", r.body),
-        }
-    }
-    for i in 0..20 {
-        let r = send(rig.front, Method::GET, "/", &format!("get-{i}")).await;
-        assert_eq!(r.status, 200, "GET {i}: {:?}", r.body);
-    }
-    let twice = run_twice(&rig.pods, "post-");
-    let failing = rig.pods[0]
-        .executions()
-        .keys()
-        .filter(|id| id.starts_with("post-"))
-        .count();
-    let streams = rig.streams().await;
-    eprintln!(
-        "POSTs run by the failing pod: {failing}; run twice: {}; stopped {stopped}, served {served}; streams per mulligan: {streams:?}",
-        twice.len()
-    );
-    assert!(
-        failing > 0,
-        "no POST reached the failing pod: the test proves nothing"
-    );
-    assert!(
-        streams.iter().all(|n| *n > 0.0),
-        "every mulligan process judged some attempt: {streams:?}"
-    );
-    assert_eq!(
-        stopped, failing,
-        "every POST the failing pod ran got the gate's 503"
-    );
-    assert_eq!(
-        twice,
-        Vec::<String>::new(),
-        "POSTs run twice (of {failing} that reached the failing pod)\n{}",
-        rig.envoy.log()
-    );
+    let rig = Rig::start(failing_pod::pods().await, 2, &[], retry_503).await;
+    failing_pod::run(rig.front, &[], &rig.pods, &rig.mulligans, &rig.envoy).await;
 }
 
 /// A GET (safe to run twice) that fails on the failing pod is retried to
@@ -184,26 +88,16 @@ async fn a_retry_judged_by_another_mulligan_never_runs_a_post_twice() {
 /// with the request never stops a retry that is safe.
 #[tokio::test]
 async fn a_safe_retry_judged_by_another_mulligan_still_leaves() {
-    let pods = vec![
-        Pod::start("a", PodState::Failing).await,
-        Pod::start("b", PodState::Ready).await,
-    ];
-    let rig = Rig::start(pods, 2, &[], &[], retry_503).await;
+    let rig = Rig::start(failing_pod::pods().await, 2, &[], retry_503).await;
     for i in 0..20 {
-        let r = send(rig.front, Method::GET, "/", &format!("get-{i}")).await;
+        let r = rig.send(Method::GET, "/", &format!("get-{i}")).await;
         assert_eq!(r.status, 200, "GET {i}: {:?}", r.body);
     }
     assert!(
         !rig.pods[0].executions().is_empty(),
         "the failing pod was tried"
     );
-    let stopped: f64 = {
-        let mut n = 0.0;
-        for m in &rig.mulligans {
-            n += m.answers("stopped").await;
-        }
-        n
-    };
+    let stopped = rig.mulligans.answers("stopped").await;
     assert_eq!(stopped, 0.0, "a safe retry was stopped");
 }
 
@@ -228,9 +122,9 @@ const HELD: &str = "mulligan_held";
 async fn a_shorter_budget_holds_for_that_long() {
     let pods = vec![Pod::start("a", PodState::Gone).await];
     let budget = [("MAX_HOLD", "3s".to_string())];
-    let rig = Rig::start(pods, 1, &[], &budget, |_| {}).await;
+    let rig = Rig::start(pods, 1, &budget, |_| {}).await;
     let started = Instant::now();
-    let r = send(rig.front, Method::GET, "/", "held").await;
+    let r = rig.send(Method::GET, "/", "held").await;
     let took = started.elapsed();
     assert_eq!(r.status, 503, "{:?}", r.body);
     assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
@@ -247,10 +141,13 @@ async fn a_shorter_budget_holds_for_that_long() {
 async fn a_shorter_budget_serves_a_request_once_a_pod_is_ready() {
     let pods = vec![Pod::start("a", PodState::Gone).await];
     let budget = [("MAX_HOLD", "3s".to_string())];
-    let rig = Rig::start(pods, 1, &[], &budget, |_| {}).await;
+    let rig = Rig::start(pods, 1, &budget, |_| {}).await;
     let front = rig.front;
     let started = Instant::now();
-    let held = tokio::spawn(async move { send(front, Method::POST, "/echo", "held").await });
+    let held =
+        tokio::spawn(
+            async move { executions::send(front, &[], Method::POST, "/echo", "held").await },
+        );
     wait_held(&rig.mulligans[0], 1.0).await;
     rig.pods[0].set_state(PodState::Ready).await;
     let r = held.await.expect("request");
@@ -274,9 +171,9 @@ async fn the_third_failure_is_counted_across_processes() {
         pods.push(p);
     }
     pods.push(Pod::start("d", PodState::Ready).await);
-    let rig = Rig::start(pods, 2, &[], &[], |_| {}).await;
+    let rig = Rig::start(pods, 2, &[], |_| {}).await;
     for i in 0..16 {
-        let r = send(rig.front, Method::GET, "/", &format!("get-{i}")).await;
+        let r = rig.send(Method::GET, "/", &format!("get-{i}")).await;
         assert_eq!(r.status, 200, "GET {i}: {:?}", r.body);
     }
     let mut held = 0.0;

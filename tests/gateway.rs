@@ -14,9 +14,11 @@ use http::Method;
 use rig::{
     client::{full, HttpClient, Proto},
     envoy::Envoy,
+    executions,
     mulligan::Mulligan,
     pods::{Pod, PodState},
     protocols, render, repo_root,
+    rolling_update::RollingUpdate,
 };
 use serde_json::{json, Value};
 
@@ -730,11 +732,6 @@ fn the_patched_translation_passes_envoy_validate() {
     }
 }
 
-/// mulligan learns readiness from the pods' readiness probe, as it would
-/// from Kubernetes: healthy requests open no stream, so it never sees a
-/// success that would clear what it learnt from failures.
-const MULLIGAN_TOML: &str = "[probe]\npath = \"/ready\"\ninterval = \"100ms\"\n";
-
 const HOST: [(&str, &str); 1] = [("host", "www.example.com")];
 
 /// Pods, the real mulligan (knowing them as the endpoints of [`CLUSTER`]),
@@ -745,24 +742,11 @@ struct Gateway {
     mulligan: Mulligan,
     envoy: Envoy,
     front: SocketAddr,
-    _config: tempfile::TempDir,
 }
 
 impl Gateway {
     async fn start(pods: &[SocketAddr]) -> Gateway {
-        let config = tempfile::tempdir().expect("tempdir");
-        let toml = config.path().join("mulligan.toml");
-        std::fs::write(&toml, MULLIGAN_TOML).expect("write config");
-        let list = rig::endpoint_list(pods);
-        let mulligan = Mulligan::start(&[
-            "--config",
-            toml.to_str().expect("utf-8 path"),
-            "--endpoints",
-            &list,
-            "--static-cluster",
-            CLUSTER,
-        ])
-        .await;
+        let mulligan = Mulligan::beside_gateway(pods, CLUSTER).await;
         let mut t = patched(pods);
         let m = t
             .find_mut(CLUSTER_TYPE, "mulligan")
@@ -776,7 +760,6 @@ impl Gateway {
             mulligan,
             envoy,
             front,
-            _config: config,
         }
     }
 
@@ -800,30 +783,9 @@ impl Gateway {
         (r.status.as_u16(), pod)
     }
 
-    /// mulligan's answers so far, for a failure's message.
-    async fn answer_counts(&self) -> String {
-        let metrics = self.mulligan.metrics().await;
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("mulligan_answers_total") && !l.ends_with(" 0"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
     async fn cluster_stat(&self, stat: &str) -> u64 {
         self.envoy.stat(&format!("cluster.{CLUSTER}.{stat}")).await
     }
-}
-
-/// Ids any pod ran more than once: a request run twice.
-fn run_twice(pods: &[&Arc<Pod>]) -> Vec<(String, u32)> {
-    let mut all: BTreeMap<String, u32> = BTreeMap::new();
-    for p in pods {
-        for (id, n) in p.executions() {
-            *all.entry(id).or_default() += n;
-        }
-    }
-    all.into_iter().filter(|(_, n)| *n > 1).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -863,7 +825,7 @@ async fn the_patched_gateway_retries_failed_attempts_and_asks_mulligan_only_abou
             status,
             200,
             "request {i}: {}\n{}",
-            gw.answer_counts().await,
+            gw.mulligan.answer_counts().await,
             gw.envoy.stats("retry").await
         );
         assert_eq!(pod, "ready");
@@ -872,9 +834,9 @@ async fn the_patched_gateway_retries_failed_attempts_and_asks_mulligan_only_abou
     assert!(
         gw.mulligan.answers("retry").await >= 1.0,
         "mulligan asked for retries: {}",
-        gw.answer_counts().await
+        gw.mulligan.answer_counts().await
     );
-    assert!(run_twice(&[&draining, &ready, &gone]).is_empty());
+    assert!(executions::run_twice([&draining, &ready, &gone], "").is_empty());
     assert_eq!(
         gw.mulligan.answers("final").await,
         0.0,
@@ -889,7 +851,7 @@ async fn the_patched_gateway_retries_failed_attempts_and_asks_mulligan_only_abou
     assert!(
         passed >= 1.0 && passed <= retries && passed >= retries - refused,
         "{passed} retries passed the gate; {retries} retries, {refused} refused\n{}",
-        gw.answer_counts().await
+        gw.mulligan.answer_counts().await
     );
 }
 
@@ -913,10 +875,7 @@ async fn a_post_the_app_ran_and_failed_is_not_run_again() {
         let want = if pod == "ready" { 200 } else { 503 };
         assert_eq!(status, want, "{id}, answered by {pod:?}");
     }
-    let twice: Vec<_> = run_twice(&[&failing, &ready])
-        .into_iter()
-        .filter(|(id, _)| id.starts_with("post-"))
-        .collect();
+    let twice = executions::run_twice([&failing, &ready], "post-");
     assert_eq!(twice, vec![], "a POST ran twice");
     assert!(failing.served() > 0, "no request reached the failing pod");
 }
@@ -936,7 +895,7 @@ async fn an_upgrade_answered_5xx_through_the_patched_gateway_leaves_envoy_up() {
     assert_eq!(status, 200, "Envoy is still up");
     // Only mulligan.final (on the listener, where ext_proc is safe) saw
     // the 500s; mulligan.attempt opened nothing.
-    let answers = gw.answer_counts().await;
+    let answers = gw.mulligan.answer_counts().await;
     assert_eq!(gw.mulligan.streams().await, 4.0, "{answers}");
     assert_eq!(gw.mulligan.answers("final").await, 4.0, "{answers}");
 }
@@ -961,116 +920,40 @@ async fn with_no_pod_left_a_request_waits_at_the_patched_hold_then_is_served() {
             let (status, _) = request.await.expect("request task");
             panic!(
                 "answered {status} before the hold did: {}",
-                gw.answer_counts().await
+                gw.mulligan.answer_counts().await
             );
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "the hold never answered within 20s: {}\n{}",
             gw.envoy.stats("mulligan_hold").await,
-            gw.answer_counts().await
+            gw.mulligan.answer_counts().await
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!request.is_finished(), "the request is held, not answered");
     only.set_state(PodState::Ready).await;
     let (status, _) = request.await.expect("request task");
-    assert_eq!(status, 200, "{}", gw.answer_counts().await);
+    assert_eq!(status, 200, "{}", gw.mulligan.answer_counts().await);
     assert_eq!(only.served(), 1);
     assert!(gw.mulligan.answers("retry_after_hold").await >= 1.0);
     assert_eq!(gw.mulligan.answers("final").await, 0.0);
 }
 
+/// A rolling update ([`RollingUpdate`]) behind the patched gateway: the
+/// client sees no 503, every request runs once (no POST twice), and
+/// mulligan is asked only about failed attempts and retries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_behind_the_patched_gateway_shows_the_client_no_503() {
-    let old = [
-        Pod::start("old-1", PodState::Ready).await,
-        Pod::start("old-2", PodState::Ready).await,
-    ];
-    let new = [
-        Pod::start("new-1", PodState::Booting).await,
-        Pod::start("new-2", PodState::Booting).await,
-    ];
-    let addrs: Vec<SocketAddr> = old.iter().chain(&new).map(|p| p.addr).collect();
-    let gw = Arc::new(Gateway::start(&addrs).await);
-
-    // A second client keeps POSTs and GETs in flight while the first one
-    // steps the rollout along at fixed points of its own sequence.
-    let background = {
-        let gw = Arc::clone(&gw);
-        tokio::spawn(async move {
-            let mut statuses = Vec::new();
-            for i in 0..300 {
-                let method = if i % 3 == 0 {
-                    Method::POST
-                } else {
-                    Method::GET
-                };
-                let (status, _) = gw.send(method, "/echo", &format!("bg-{i}")).await;
-                statuses.push(status);
-            }
-            statuses
-        })
+    let update = RollingUpdate::start().await;
+    let gw = Gateway::start(&update.addrs()).await;
+    let send = |method: Method, id: String| {
+        let gw = &gw;
+        async move { gw.send(method, "/echo", &id).await.0 }
     };
-    let grace = Duration::from_secs(2);
-    for i in 0..400 {
-        match i {
-            50 => new[0].set_state(PodState::Ready).await,
-            100 => old[0].set_state(PodState::Draining).await,
-            150 => old[0].exit(grace),
-            200 => new[1].set_state(PodState::Ready).await,
-            250 => old[1].set_state(PodState::Draining).await,
-            300 => old[1].exit(grace),
-            _ => {}
-        }
-        let method = if i % 5 == 0 {
-            Method::POST
-        } else {
-            Method::GET
-        };
-        let (status, _) = gw.send(method, "/echo", &format!("fg-{i}")).await;
-        if status != 200 {
-            panic!(
-                "request {i} during the rollout: {status}\n{}\n{}",
-                gw.answer_counts().await,
-                gw.envoy.stats("retry").await
-            );
-        }
-    }
-    let statuses = background.await.expect("background client");
-    let bad: Vec<(usize, &u16)> = statuses
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| **s != 200)
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "background client (request, status): {bad:?}\n{}",
-        gw.answer_counts().await
-    );
-    let all: Vec<&Arc<Pod>> = old.iter().chain(&new).collect();
-    assert_eq!(run_twice(&all), vec![], "a request ran twice");
-    assert_eq!(
-        all.iter().map(|p| p.served()).sum::<u64>(),
-        700,
-        "every request ran exactly once"
-    );
-    let rejected: u64 = all.iter().map(|p| p.rejected()).sum();
-    assert!(rejected > 0, "the rollout produced failed attempts");
-    assert!(
-        gw.mulligan.answers("retry").await >= 1.0,
-        "failed attempts were retried: {}",
-        gw.answer_counts().await
-    );
-    // mulligan was asked only about failed attempts and retries.
-    let retries = gw.cluster_stat("upstream_rq_retry").await as f64;
-    let streams = gw.mulligan.streams().await;
-    assert!(
-        streams <= retries + rejected as f64,
-        "{streams} streams: more than {retries} retries and {rejected} failed attempts"
-    );
-    assert_eq!(gw.mulligan.answers("final").await, 0.0);
-    assert_eq!(gw.mulligan.answers("stopped").await, 0.0);
+    update.run(&gw.mulligan, &gw.envoy, CLUSTER, send).await;
+    let twice = executions::run_twice(update.pods(), "");
+    assert_eq!(twice, vec![], "a request ran twice");
 }
 
 /// The Kubernetes manifests for mulligan itself: every file the

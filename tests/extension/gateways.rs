@@ -7,8 +7,6 @@
 //! holds a request while its only pod is gone and serves it once the pod
 //! is back.
 
-use std::net::SocketAddr;
-
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use http::Method;
 use prost::Message;
@@ -16,14 +14,13 @@ use serde_json::json;
 
 use rig::{
     client::{full, HttpClient, Proto},
-    envoy::Envoy,
     mulligan::Mulligan,
     pods::{Pod, PodState},
 };
 
 use super::{
     decode, endpoints_hook, gateway_ref,
-    live::{bootstrap, CLUSTER, HOST, MULLIGAN_TOML},
+    live::{bootstrap, run_wired, CLUSTER, HOST},
     policy, route_hook,
     server::ExtensionServer,
     translate, xds, Client,
@@ -69,12 +66,7 @@ async fn a_holds(
 ) {
     only.set_state(PodState::Gone).await;
     let served = only.served();
-    let json = xds::to_json(
-        "envoy.config.bootstrap.v3.Bootstrap",
-        &bootstrap(&a.0, &a.1, &[only.addr]),
-    );
-    let envoy = Envoy::start(&json.to_string()).await;
-    let front: SocketAddr = envoy.listener("default/eg/http").await;
+    let (envoy, front) = run_wired(&bootstrap(&a.0, &a.1, &[only.addr])).await;
     let request = tokio::spawn(async move {
         HttpClient::new(Proto::Http1)
             .send(
@@ -117,20 +109,7 @@ async fn a_holds(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_translated_in_turn_or_at_once_keep_the_hold_of_the_one_with_a_policy() {
     let only = Pod::start("only", PodState::Gone).await;
-    let config = tempfile::tempdir().expect("tempdir");
-    let toml = config.path().join("mulligan.toml");
-    std::fs::write(&toml, MULLIGAN_TOML).expect("write config");
-    let list = rig::endpoint_list(&[only.addr]);
-    let toml = toml.to_str().expect("utf-8 path");
-    let mulligan = Mulligan::start(&[
-        "--config",
-        toml,
-        "--endpoints",
-        &list,
-        "--static-cluster",
-        CLUSTER,
-    ])
-    .await;
+    let mulligan = Mulligan::beside_gateway(&[only.addr], CLUSTER).await;
     let server = ExtensionServer::start(&mulligan.grpc.to_string(), &[]).await;
     let t = super::the_fixture("from-gateway-api-to-xds");
     let mut client = server.client().await;

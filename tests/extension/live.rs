@@ -5,7 +5,7 @@
 //! every attempt, mulligan is asked only about failed ones and retries (the
 //! gate), and the client sees no 503 while pods come and go.
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::{
     config::{
@@ -33,12 +33,14 @@ use rig::{
     mulligan::Mulligan,
     pods::{Pod, PodState},
     protocols,
+    rolling_update::RollingUpdate,
 };
 
 use super::{decode, endpoints_hook, gateway_ref, policy, server::ExtensionServer, translate, xds};
 use mulligan::extension::api::PostTranslateModifyResponse;
 
-fn loopback(addr: SocketAddr) -> Address {
+/// `addr` as an Envoy socket address.
+pub(super) fn loopback(addr: SocketAddr) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: addr.ip().to_string(),
@@ -259,62 +261,31 @@ struct Gateway {
     front: SocketAddr,
     // Kept alive for the test's length.
     _server: ExtensionServer,
-    _config: tempfile::TempDir,
 }
 
-/// mulligan learns readiness from the pods' readiness probe, as it would
-/// from Kubernetes: healthy requests open no stream, so it never sees a
-/// success that would clear what it learnt from failures.
-pub(super) const MULLIGAN_TOML: &str = "[probe]\npath = \"/ready\"\ninterval = \"100ms\"\n";
-
-/// The wired translation as these tests run it: mulligan's message timeout
-/// widened to the rig's loaded-machine value, so a mulligan starved of CPU
-/// on a busy test machine still answers in time (at the shipped 200 ms
-/// Envoy would fail open and nothing would be held: what these tests
-/// observe is mulligan's answers, not its speed).
-pub(super) fn tolerant(bootstrap: &str) -> String {
-    let shipped = "\"messageTimeout\":\"0.200s\"";
-    assert!(
-        bootstrap.contains(shipped),
-        "the wiring's message timeout moved"
-    );
-    let loaded = format!(
-        "\"messageTimeout\":\"{}\"",
-        rig::render::LOADED_MESSAGE_TIMEOUT
-    );
-    bootstrap.replace(shipped, &loaded)
+/// Envoy running the wired bootstrap `b` as these tests run it, and its
+/// listener for the fixtures' Gateway. mulligan's message timeout is
+/// widened to the rig's loaded-machine value ([`rig::render::tolerant_json`]):
+/// what these tests observe is mulligan's answers, not its speed.
+pub(super) async fn run_wired(b: &Bootstrap) -> (Envoy, SocketAddr) {
+    let json = xds::to_json("envoy.config.bootstrap.v3.Bootstrap", b);
+    let envoy = Envoy::start(&rig::render::tolerant_json(&json.to_string())).await;
+    let front = envoy.listener("default/eg/http").await;
+    (envoy, front)
 }
 
 impl Gateway {
-    async fn start(pods: &[SocketAddr], mulligan_args: &[&str]) -> Gateway {
-        let list = rig::endpoint_list(pods);
-        let config = tempfile::tempdir().expect("tempdir");
-        let toml = config.path().join("mulligan.toml");
-        std::fs::write(&toml, MULLIGAN_TOML).expect("write config");
-        let toml = toml.to_str().expect("utf-8 path");
-        let mut args = vec![
-            "--config",
-            toml,
-            "--endpoints",
-            &list,
-            "--static-cluster",
-            CLUSTER,
-        ];
-        args.extend_from_slice(mulligan_args);
-        let mulligan = Mulligan::start(&args).await;
+    async fn start(pods: &[SocketAddr]) -> Gateway {
+        let mulligan = Mulligan::beside_gateway(pods, CLUSTER).await;
         let server = ExtensionServer::start(&mulligan.grpc.to_string(), &[]).await;
         let t = super::the_fixture("from-gateway-api-to-xds");
         let (resp, endpoints) = wired(&server, &t).await;
-        let b = bootstrap(&resp, &endpoints, pods);
-        let json = xds::to_json("envoy.config.bootstrap.v3.Bootstrap", &b);
-        let envoy = Envoy::start(&tolerant(&json.to_string())).await;
-        let front = envoy.listener("default/eg/http").await;
+        let (envoy, front) = run_wired(&bootstrap(&resp, &endpoints, pods)).await;
         Gateway {
             mulligan,
             envoy,
             front,
             _server: server,
-            _config: config,
         }
     }
 
@@ -334,16 +305,6 @@ impl Gateway {
             "the echo came back empty"
         );
         (r.status.as_u16(), pod)
-    }
-
-    /// mulligan's answers so far, for a failure's message.
-    async fn answer_counts(&self) -> String {
-        let metrics = self.mulligan.metrics().await;
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("mulligan_answers_total") && !l.ends_with(" 0"))
-            .collect::<Vec<_>>()
-            .join("\n")
     }
 
     /// A stat of [`CLUSTER`], the aggregate the route forwards to: the
@@ -370,7 +331,7 @@ async fn the_wired_gateway_retries_failed_attempts_and_asks_mulligan_only_about_
     let draining = Pod::start("draining", PodState::Ready).await;
     let ready = Pod::start("ready", PodState::Ready).await;
     let gone = Pod::start("gone", PodState::Ready).await;
-    let gw = Gateway::start(&[draining.addr, ready.addr, gone.addr], &[]).await;
+    let gw = Gateway::start(&[draining.addr, ready.addr, gone.addr]).await;
 
     // Healthy: no stream at all, for GETs and POSTs alike.
     for i in 0..30 {
@@ -428,7 +389,7 @@ async fn the_wired_gateway_retries_failed_attempts_and_asks_mulligan_only_about_
     assert!(
         passed <= retries && passed >= retries - refused,
         "{passed} retries passed the gate; {retries} retries, {refused} refused\n{}",
-        gw.answer_counts().await
+        gw.mulligan.answer_counts().await
     );
     assert!(
         gw.mulligan.streams().await > passed,
@@ -448,7 +409,7 @@ async fn the_wired_gateway_retries_failed_attempts_and_asks_mulligan_only_about_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_answered_5xx_through_the_wired_gateway_leaves_envoy_up() {
     let pod = Pod::start("a", PodState::Ready).await;
-    let gw = Gateway::start(&[pod.addr], &[]).await;
+    let gw = Gateway::start(&[pod.addr]).await;
     for i in 0..4 {
         let ws = protocols::upgrade_host(gw.front, "/status/500", HOST[0].1).await;
         assert_eq!(ws.status, 500, "upgrade {i}: {}", ws.head);
@@ -488,7 +449,7 @@ async fn a_grpc_request_with_no_app_endpoint_left_waits_at_the_hold_then_is_serv
 /// served whole, once, when the pod comes back.
 async fn held_then_served(headers: &[(&'static str, &'static str)], answered: &str) {
     let only = Pod::start("only", PodState::Gone).await;
-    let gw = Gateway::start(&[only.addr], &[]).await;
+    let gw = Gateway::start(&[only.addr]).await;
     let front = gw.front;
     let mut all = vec![HOST[0]];
     all.extend_from_slice(headers);
@@ -512,89 +473,16 @@ async fn held_then_served(headers: &[(&'static str, &'static str)], answered: &s
     assert_eq!(gw.mulligan.answers("final").await, 0.0);
 }
 
+/// A rolling update ([`RollingUpdate`]) behind the wired gateway: the
+/// client sees no 503, every request runs once, and mulligan is asked only
+/// about failed attempts and retries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_behind_the_wired_gateway_shows_the_client_no_503() {
-    let old = [
-        Pod::start("old-1", PodState::Ready).await,
-        Pod::start("old-2", PodState::Ready).await,
-    ];
-    let new = [
-        Pod::start("new-1", PodState::Booting).await,
-        Pod::start("new-2", PodState::Booting).await,
-    ];
-    let addrs: Vec<SocketAddr> = old.iter().chain(&new).map(|p| p.addr).collect();
-    let gw = Gateway::start(&addrs, &[]).await;
-    let front = gw.front;
-
-    // A second client keeps requests in flight while the first one steps
-    // the rollout along at fixed points of its own sequence.
-    let background = tokio::spawn(async move {
-        let http = HttpClient::new(Proto::Http1);
-        let mut statuses = Vec::new();
-        for i in 0..300 {
-            let body = if i % 3 == 0 {
-                format!("bg {i}")
-            } else {
-                String::new()
-            };
-            let method = if body.is_empty() {
-                Method::GET
-            } else {
-                Method::POST
-            };
-            let r = http.send(method, front, "/echo", &HOST, full(body)).await;
-            statuses.push(r.map(|r| r.status.as_u16()).unwrap_or(0));
-        }
-        statuses
-    });
-    let grace = Duration::from_secs(2);
-    for i in 0..400 {
-        match i {
-            50 => new[0].set_state(PodState::Ready).await,
-            100 => old[0].set_state(PodState::Draining).await,
-            150 => old[0].exit(grace),
-            200 => new[1].set_state(PodState::Ready).await,
-            250 => old[1].set_state(PodState::Draining).await,
-            300 => old[1].exit(grace),
-            _ => {}
-        }
-        let (status, _) = gw.send(Method::GET, "/", String::new()).await;
-        if status != 200 {
-            panic!(
-                "request {i} during the rollout: {status}\n{}\n{}",
-                gw.answer_counts().await,
-                gw.envoy.stats("retry").await
-            );
-        }
-    }
-    let statuses = background.await.expect("background client");
-    let bad: Vec<(usize, &u16)> = statuses
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| **s != 200)
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "background client (request, status): {bad:?}\n{}",
-        gw.answer_counts().await
-    );
-    let rejected: u64 = old.iter().chain(&new).map(|p| p.rejected()).sum();
-    assert!(rejected > 0, "the rollout produced failed attempts");
-    assert!(
-        gw.mulligan.answers("retry").await >= 1.0,
-        "failed attempts were retried"
-    );
-    let retries = gw.cluster_stat("upstream_rq_retry").await as f64;
-    let streams = gw.mulligan.streams().await;
-    assert!(
-        streams <= retries + rejected as f64,
-        "{streams} streams: more than {retries} retries and {rejected} failed attempts"
-    );
-    assert_eq!(gw.mulligan.answers("final").await, 0.0);
-    assert_eq!(gw.mulligan.answers("stopped").await, 0.0);
-    assert_eq!(
-        new.iter().chain(&old).map(|p| p.served()).sum::<u64>(),
-        700,
-        "every request ran exactly once"
-    );
+    let update = RollingUpdate::start().await;
+    let gw = Gateway::start(&update.addrs()).await;
+    let send = |method: Method, id: String| {
+        let gw = &gw;
+        async move { gw.send(method, "/echo", id).await.0 }
+    };
+    update.run(&gw.mulligan, &gw.envoy, CLUSTER, send).await;
 }

@@ -42,7 +42,7 @@ async fn a_policy_max_hold_of_3s_holds_a_request_about_3s() {
         "held {took:?}, the policy's budget is {MAX_HOLD:?} (mulligan's default is 10 s)\n{}",
         gw.envoy.stats("ext_proc").await
     );
-    assert_eq!(gw.answers("held_too_long").await, 1.0);
+    assert_eq!(gw.mulligans.answers("held_too_long").await, 1.0);
 }
 
 /// The same budget, and the pod becomes ready about 1 s into the hold: the
@@ -75,5 +75,5 @@ async fn a_policy_max_hold_of_3s_serves_a_request_once_a_pod_is_ready() {
         took >= Duration::from_secs(1) && took < MAX_HOLD,
         "served after {took:?}: held until the pod was ready, within {MAX_HOLD:?}"
     );
-    assert!(gw.answers("retry_after_hold").await >= 1.0);
+    assert!(gw.mulligans.answers("retry_after_hold").await >= 1.0);
 }

@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::config::{
-    core::v3::{address, socket_address, Address, SocketAddress},
     endpoint::v3::lb_endpoint::HostIdentifier,
     route::v3::{route, route_action::ClusterSpecifier, RetryPolicy, RouteAction},
 };
@@ -16,16 +15,11 @@ use http::Method;
 use prost::Message;
 use serde_json::{json, Value};
 
-use rig::{
-    client::{full, HttpClient, Proto, Reply},
-    envoy::Envoy,
-    mulligan::Mulligan,
-    payload,
-};
+use rig::{client::Reply, envoy::Envoy, executions, mulligan::Mulligans};
 
 use super::{
     decode, endpoints_hook, gateway_ref, httproute_ref,
-    live::{bootstrap, tolerant, CLUSTER, HOST, MULLIGAN_TOML},
+    live::{bootstrap, loopback, run_wired, CLUSTER, HOST},
     policy,
     server::ExtensionServer,
     translate, xds,
@@ -34,12 +28,11 @@ use super::{
 /// Pods behind [`CLUSTER`], `mulligans` behind the `mulligan` cluster, the
 /// Extension Server that wired the translation, and Envoy running it.
 pub(super) struct Replicas {
-    pub mulligans: Vec<Mulligan>,
+    pub mulligans: Mulligans,
     pub envoy: Envoy,
     pub front: SocketAddr,
     // Kept alive for the test's length.
     _server: ExtensionServer,
-    _config: tempfile::TempDir,
 }
 
 impl Replicas {
@@ -54,72 +47,24 @@ impl Replicas {
         spec: Value,
         edit: impl Fn(&mut RouteAction),
     ) -> Replicas {
-        let config = tempfile::tempdir().expect("tempdir");
-        let toml = config.path().join("mulligan.toml");
-        std::fs::write(&toml, MULLIGAN_TOML).expect("write config");
-        let toml = toml.to_str().expect("utf-8 path");
-        let list = rig::endpoint_list(pods);
-        let args = [
-            "--config",
-            toml,
-            "--endpoints",
-            &list,
-            "--static-cluster",
-            CLUSTER,
-        ];
-        let mut mulligans = Vec::new();
-        for _ in 0..processes {
-            mulligans.push(Mulligan::start(&args).await);
-        }
+        let mulligans = Mulligans::beside_gateway(processes, pods, CLUSTER).await;
         let server = ExtensionServer::start(&mulligans[0].grpc.to_string(), &[]).await;
         let mut t = super::the_fixture("from-gateway-api-to-xds");
         for_routes_to_cluster(&mut t, edit);
         let mut b = wired_bootstrap(&server, &t, &spec, pods).await;
-        let grpc: Vec<SocketAddr> = mulligans.iter().map(|m| m.grpc).collect();
-        behind_mulligan_cluster(&mut b, &grpc);
-        let json = xds::to_json("envoy.config.bootstrap.v3.Bootstrap", &b);
-        let envoy = Envoy::start(&tolerant(&json.to_string())).await;
-        let front = envoy.listener("default/eg/http").await;
+        behind_mulligan_cluster(&mut b, &mulligans.grpc());
+        let (envoy, front) = run_wired(&b).await;
         Replicas {
             mulligans,
             envoy,
             front,
             _server: server,
-            _config: config,
         }
     }
 
-    /// `method` `path` with a 100-byte body and `x-harness-id: id` (each
-    /// pod counts how often it ran each id).
+    /// `method` `path` with its own `id` ([`executions::send`]).
     pub async fn send(&self, method: Method, path: &str, id: &str) -> Reply {
-        HttpClient::new(Proto::Http1)
-            .send(
-                method,
-                self.front,
-                path,
-                &[HOST[0], ("x-harness-id", id)],
-                full(payload(100)),
-            )
-            .await
-            .expect("request through the wired gateway")
-    }
-
-    /// Streams each mulligan process was asked to judge, in order.
-    pub async fn streams(&self) -> Vec<f64> {
-        let mut seen = Vec::new();
-        for m in &self.mulligans {
-            seen.push(m.streams().await);
-        }
-        seen
-    }
-
-    /// How often the mulligans, together, gave `answer`.
-    pub async fn answers(&self, answer: &str) -> f64 {
-        let mut n = 0.0;
-        for m in &self.mulligans {
-            n += m.answers(answer).await;
-        }
-        n
+        executions::send(self.front, &HOST, method, path, id).await
     }
 }
 
@@ -201,15 +146,7 @@ fn behind_mulligan_cluster(
         .map(|addr| {
             let mut ep = template.clone();
             if let Some(HostIdentifier::Endpoint(e)) = ep.host_identifier.as_mut() {
-                e.address = Some(Address {
-                    address: Some(address::Address::SocketAddress(SocketAddress {
-                        address: addr.ip().to_string(),
-                        port_specifier: Some(socket_address::PortSpecifier::PortValue(
-                            addr.port().into(),
-                        )),
-                        ..Default::default()
-                    })),
-                });
+                e.address = Some(loopback(*addr));
             }
             ep
         })

@@ -8,20 +8,12 @@
 
 use std::net::SocketAddr;
 
-use http::Method;
-use rig::{
-    client::{full, HttpClient, Proto, Reply},
-    envoy::Envoy,
-    executions,
-    mulligan::Mulligan,
-    payload,
-    pods::{Pod, PodState},
-};
+use rig::{envoy::Envoy, failing_pod, mulligan::Mulligans};
 use serde_json::{json, Value};
 
 use super::{
     bootstrap, patch_policy, snake, EnvoyGateway, Translation, CLUSTER, CLUSTER_TYPE, HOST,
-    LISTENER, MULLIGAN_TOML, ROUTE_TYPE,
+    LISTENER, ROUTE_TYPE,
 };
 
 /// Envoy Gateway's translation for `pods` with a BackendTrafficPolicy
@@ -69,30 +61,13 @@ fn without_the_retry_policy_patch() -> Value {
     policy
 }
 
-/// mulligan's message timeout widened to the rig's loaded-machine value:
-/// a starved gate answers in time instead of failing open (what this test
-/// observes is mulligan's answers, not its speed).
-fn tolerant(bootstrap: &str) -> String {
-    let shipped = "\"message_timeout\":\"0.200s\"";
-    assert!(
-        bootstrap.contains(shipped),
-        "the wiring's message timeout moved"
-    );
-    let loaded = format!(
-        "\"message_timeout\":\"{}\"",
-        rig::render::LOADED_MESSAGE_TIMEOUT
-    );
-    bootstrap.replace(shipped, &loaded)
-}
-
 /// Pods, `processes` mulligans (each knowing the pods as [`CLUSTER`]'s
 /// endpoints) behind the `mulligan` cluster, and Envoy running the
 /// translation patched by `policy`.
 struct Replicas {
-    mulligans: Vec<Mulligan>,
+    mulligans: Mulligans,
     envoy: Envoy,
     front: SocketAddr,
-    _config: tempfile::TempDir,
 }
 
 impl Replicas {
@@ -103,22 +78,7 @@ impl Replicas {
         policy: &Value,
         reported: usize,
     ) -> Replicas {
-        let config = tempfile::tempdir().expect("tempdir");
-        let toml = config.path().join("mulligan.toml");
-        std::fs::write(&toml, MULLIGAN_TOML).expect("write config");
-        let list = rig::endpoint_list(pods);
-        let args = [
-            "--config",
-            toml.to_str().expect("utf-8 path"),
-            "--endpoints",
-            &list,
-            "--static-cluster",
-            CLUSTER,
-        ];
-        let mut mulligans = Vec::new();
-        for _ in 0..processes {
-            mulligans.push(Mulligan::start(&args).await);
-        }
+        let mulligans = Mulligans::beside_gateway(processes, pods, CLUSTER).await;
         let (mut t, errors) = with_backend_traffic_retry(pods, policy);
         assert_eq!(
             errors.len(),
@@ -133,112 +93,24 @@ impl Replicas {
         let template = endpoints[0].clone();
         *endpoints = Value::Array(
             mulligans
+                .grpc()
                 .iter()
-                .map(|p| {
+                .map(|grpc| {
                     let mut ep = template.clone();
                     ep["endpoint"]["address"] = json!({"socket_address": {
-                        "address": "127.0.0.1", "port_value": p.grpc.port()}});
+                        "address": grpc.ip().to_string(), "port_value": grpc.port()}});
                     ep
                 })
                 .collect(),
         );
-        let envoy = Envoy::start(&tolerant(&bootstrap(&t).to_string())).await;
+        let envoy = Envoy::start(&rig::render::tolerant_json(&bootstrap(&t).to_string())).await;
         let front = envoy.listener(LISTENER).await;
         Replicas {
             mulligans,
             envoy,
             front,
-            _config: config,
         }
     }
-
-    async fn send(&self, method: Method, path: &str, id: &str) -> Reply {
-        HttpClient::new(Proto::Http1)
-            .send(
-                method,
-                self.front,
-                path,
-                &[HOST[0], ("x-harness-id", id)],
-                full(payload(100)),
-            )
-            .await
-            .expect("request through Envoy Gateway's listener")
-    }
-}
-
-/// What 40 POSTs and 20 GETs did, behind a pod that runs each request and
-/// answers a plain 503 (`pods[0]`) beside a ready pod.
-struct Outcome {
-    /// POSTs the failing pod ran.
-    failing: usize,
-    /// POSTs run more than once, over both pods.
-    twice: Vec<(String, u32)>,
-    /// POSTs answered 503.
-    refused: usize,
-    /// Retries mulligan's gate stopped, over both processes.
-    gate_stops: f64,
-}
-
-async fn run(gw: &Replicas, pods: &[std::sync::Arc<Pod>]) -> Outcome {
-    let (mut refused, mut served) = (0, 0);
-    let n = 40;
-    for i in 0..n {
-        let r = gw.send(Method::POST, "/echo", &format!("post-{i}")).await;
-        match r.status.as_u16() {
-            503 => refused += 1,
-            200 => served += 1,
-            s => panic!("POST {i}: status {s}: {:?}", r.body),
-        }
-    }
-    for i in 0..20 {
-        let r = gw.send(Method::GET, "/", &format!("get-{i}")).await;
-        assert_eq!(r.status, 200, "GET {i}: {:?}", r.body);
-    }
-    let twice = executions::run_twice(pods, "post-");
-    let failing = executions::ran(&pods[0], "post-");
-    let mut streams = Vec::new();
-    let mut gate_stops = 0.0;
-    for m in &gw.mulligans {
-        streams.push(m.streams().await);
-        gate_stops += m.answers("stopped").await;
-    }
-    eprintln!(
-        "POSTs run by the failing pod: {failing} of {n}; run twice: {}; \
-         503 {refused}, 200 {served}; streams per mulligan: {streams:?}; \
-         gate stops: {gate_stops}",
-        twice.len()
-    );
-    assert!(
-        failing > 0,
-        "no POST reached the failing pod: the test proves nothing"
-    );
-    assert!(
-        streams.iter().all(|s| *s > 0.0),
-        "every mulligan process judged some attempt: {streams:?}"
-    );
-    assert_eq!(
-        twice,
-        Vec::<(String, u32)>::new(),
-        "POSTs run twice (of {failing} the failing pod ran)\n{}",
-        gw.envoy.stats("retry").await
-    );
-    assert_eq!(
-        refused, failing,
-        "every POST the failing pod ran got its 503, no other did"
-    );
-    Outcome {
-        failing,
-        twice,
-        refused,
-        gate_stops,
-    }
-}
-
-async fn failing_and_ready() -> Vec<std::sync::Arc<Pod>> {
-    vec![
-        Pod::start("failing", PodState::Failing).await,
-        Pod::start("ready", PodState::Ready).await,
-    ]
 }
 
 /// The shipped policy replaces the route's retry policy: Envoy never
@@ -246,11 +118,10 @@ async fn failing_and_ready() -> Vec<std::sync::Arc<Pod>> {
 /// runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_traffic_policy_retry_on_503_runs_no_post_twice_across_two_mulligans() {
-    let pods = failing_and_ready().await;
+    let pods = failing_pod::pods().await;
     let addrs: Vec<_> = pods.iter().map(|p| p.addr).collect();
     let gw = Replicas::start(&addrs, 2, &patch_policy(), 0).await;
-    let out = run(&gw, &pods).await;
-    assert!(out.twice.is_empty() && out.refused == out.failing);
+    let out = failing_pod::run(gw.front, &HOST, &pods, &gw.mulligans, &gw.envoy).await;
     assert_eq!(
         out.gate_stops, 0.0,
         "Envoy retried a 503 on its own: the policy left Envoy Gateway's retry trigger on the route"
@@ -264,10 +135,10 @@ async fn a_backend_traffic_policy_retry_on_503_runs_no_post_twice_across_two_mul
 /// left in the request's metadata.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_route_patch_not_applied_the_gate_stops_every_retry_of_a_post_that_ran() {
-    let pods = failing_and_ready().await;
+    let pods = failing_pod::pods().await;
     let addrs: Vec<_> = pods.iter().map(|p| p.addr).collect();
     let gw = Replicas::start(&addrs, 2, &without_the_retry_policy_patch(), 1).await;
-    let out = run(&gw, &pods).await;
+    let out = failing_pod::run(gw.front, &HOST, &pods, &gw.mulligans, &gw.envoy).await;
     assert_eq!(
         out.gate_stops, out.failing as f64,
         "every retry of a POST the failing pod ran reached the gate and was stopped"
