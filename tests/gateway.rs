@@ -12,9 +12,10 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::Method;
 use rig::{
-    client::{full, HttpClient, Proto},
+    draining_and_gone::DrainingAndGone,
     envoy::Envoy,
     executions,
+    gateway::{Gateway, CLUSTER, HOST, LISTENER},
     mulligan::Mulligan,
     pods::{Pod, PodState},
     protocols, render, repo_root,
@@ -25,11 +26,9 @@ use serde_json::{json, Value};
 #[path = "gateway/two_processes.rs"]
 mod two_processes;
 
-/// The Envoy Gateway resources the shipped policy names (the quickstart's
-/// Gateway `eg`, listener `http`, HTTPRoute `backend`).
-const LISTENER: &str = "default/eg/http";
+/// The virtual host the shipped policy names (beside [`LISTENER`] and
+/// [`CLUSTER`]).
 const VHOST: &str = "default/eg/http/www_example_com";
-const CLUSTER: &str = "httproute/default/backend/rule/0";
 
 const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
@@ -732,116 +731,32 @@ fn the_patched_translation_passes_envoy_validate() {
     }
 }
 
-const HOST: [(&str, &str); 1] = [("host", "www.example.com")];
-
 /// Pods, the real mulligan (knowing them as the endpoints of [`CLUSTER`]),
 /// and Envoy running Envoy Gateway's translation for those pods with the
 /// policy applied. mulligan's cluster points at the test's mulligan
 /// instead of the Service name.
-struct Gateway {
-    mulligan: Mulligan,
-    envoy: Envoy,
-    front: SocketAddr,
+async fn patched_gateway(pods: &[SocketAddr]) -> Gateway {
+    let mulligan = Mulligan::beside_gateway(pods, CLUSTER).await;
+    let mut t = patched(pods);
+    let m = t
+        .find_mut(CLUSTER_TYPE, "mulligan")
+        .expect("mulligan cluster");
+    m["type"] = json!("STATIC");
+    m["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = json!({
+        "socket_address": {"address": "127.0.0.1", "port_value": mulligan.grpc.port()}});
+    let envoy = Envoy::start(&bootstrap(&t).to_string()).await;
+    Gateway::around(mulligan, envoy, ()).await
 }
 
-impl Gateway {
-    async fn start(pods: &[SocketAddr]) -> Gateway {
-        let mulligan = Mulligan::beside_gateway(pods, CLUSTER).await;
-        let mut t = patched(pods);
-        let m = t
-            .find_mut(CLUSTER_TYPE, "mulligan")
-            .expect("mulligan cluster");
-        m["type"] = json!("STATIC");
-        m["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = json!({
-            "socket_address": {"address": "127.0.0.1", "port_value": mulligan.grpc.port()}});
-        let envoy = Envoy::start(&bootstrap(&t).to_string()).await;
-        let front = envoy.listener(LISTENER).await;
-        Gateway {
-            mulligan,
-            envoy,
-            front,
-        }
-    }
-
-    /// `method` `path` with a body and an `x-harness-id` (each pod counts
-    /// how often it ran each id); the status and the pod that answered.
-    async fn send(&self, method: Method, path: &str, id: &str) -> (u16, String) {
-        let headers = [HOST[0], ("x-harness-id", id)];
-        let r = HttpClient::new(Proto::Http1)
-            .send(method, self.front, path, &headers, full(id.to_string()))
-            .await
-            .expect("request through Envoy Gateway's listener");
-        let pod = r
-            .headers
-            .get("x-pod")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        if r.status == 200 && path == "/echo" {
-            assert_eq!(r.body, id.as_bytes(), "the echo came back whole");
-        }
-        (r.status.as_u16(), pod)
-    }
-
-    async fn cluster_stat(&self, stat: &str) -> u64 {
-        self.envoy.stat(&format!("cluster.{CLUSTER}.{stat}")).await
-    }
-}
-
+/// Healthy requests open no stream; with a pod draining and one gone,
+/// every request is served by the ready pod ([`DrainingAndGone`]), and
+/// none runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_patched_gateway_retries_failed_attempts_and_asks_mulligan_only_about_them() {
-    let draining = Pod::start("draining", PodState::Ready).await;
-    let ready = Pod::start("ready", PodState::Ready).await;
-    let gone = Pod::start("gone", PodState::Ready).await;
-    let gw = Gateway::start(&[draining.addr, ready.addr, gone.addr]).await;
-
-    // Healthy: no stream at all, for GETs and POSTs alike.
-    for i in 0..30 {
-        let method = if i % 2 == 0 {
-            Method::GET
-        } else {
-            Method::POST
-        };
-        let (status, _) = gw.send(method, "/echo", &format!("healthy-{i}")).await;
-        assert_eq!(status, 200);
-    }
-    assert_eq!(
-        gw.mulligan.streams().await,
-        0.0,
-        "a healthy request opened a stream"
-    );
-
-    draining.set_state(PodState::Draining).await;
-    gone.set_state(PodState::Gone).await;
-    let n = 40;
-    for i in 0..n {
-        let method = if i % 4 == 0 {
-            Method::POST
-        } else {
-            Method::GET
-        };
-        let (status, pod) = gw.send(method, "/echo", &format!("rollout-{i}")).await;
-        assert_eq!(
-            status,
-            200,
-            "request {i}: {}\n{}",
-            gw.mulligan.answer_counts().await,
-            gw.envoy.stats("retry").await
-        );
-        assert_eq!(pod, "ready");
-    }
-    assert!(draining.rejected() > 0, "the draining pod was tried");
-    assert!(
-        gw.mulligan.answers("retry").await >= 1.0,
-        "mulligan asked for retries: {}",
-        gw.mulligan.answer_counts().await
-    );
-    assert!(executions::run_twice([&draining, &ready, &gone], "").is_empty());
-    assert_eq!(
-        gw.mulligan.answers("final").await,
-        0.0,
-        "no 5xx reached the client"
-    );
+    let pods = DrainingAndGone::start().await;
+    let gw = patched_gateway(&pods.addrs()).await;
+    pods.run(&gw).await;
+    assert!(executions::run_twice(pods.pods(), "").is_empty());
     // Every retry that reached a pod passed the gate once, on a stream of
     // its own (a retry refused by the gone pod never gets that far): the
     // virtual host's attempt count reached mulligan.attempt.
@@ -864,7 +779,7 @@ async fn the_patched_gateway_retries_failed_attempts_and_asks_mulligan_only_abou
 async fn a_post_the_app_ran_and_failed_is_not_run_again() {
     let failing = Pod::start("failing", PodState::Failing).await;
     let ready = Pod::start("ready", PodState::Ready).await;
-    let gw = Gateway::start(&[failing.addr, ready.addr]).await;
+    let gw = patched_gateway(&[failing.addr, ready.addr]).await;
     for i in 0..40 {
         let (method, id) = if i % 2 == 0 {
             (Method::POST, format!("post-{i}"))
@@ -886,7 +801,7 @@ async fn a_post_the_app_ran_and_failed_is_not_run_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_answered_5xx_through_the_patched_gateway_leaves_envoy_up() {
     let pod = Pod::start("a", PodState::Ready).await;
-    let gw = Gateway::start(&[pod.addr]).await;
+    let gw = patched_gateway(&[pod.addr]).await;
     for i in 0..4 {
         let ws = protocols::upgrade_host(gw.front, "/status/500", HOST[0].1).await;
         assert_eq!(ws.status, 500, "upgrade {i}: {}", ws.head);
@@ -907,7 +822,7 @@ async fn an_upgrade_answered_5xx_through_the_patched_gateway_leaves_envoy_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_pod_left_a_request_waits_at_the_patched_hold_then_is_served() {
     let only = Pod::start("only", PodState::Gone).await;
-    let gw = Arc::new(Gateway::start(&[only.addr]).await);
+    let gw = Arc::new(patched_gateway(&[only.addr]).await);
     let request = {
         let gw = Arc::clone(&gw);
         tokio::spawn(async move { gw.send(Method::POST, "/echo", "held").await })
@@ -946,12 +861,8 @@ async fn with_no_pod_left_a_request_waits_at_the_patched_hold_then_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_behind_the_patched_gateway_shows_the_client_no_503() {
     let update = RollingUpdate::start().await;
-    let gw = Gateway::start(&update.addrs()).await;
-    let send = |method: Method, id: String| {
-        let gw = &gw;
-        async move { gw.send(method, "/echo", &id).await.0 }
-    };
-    update.run(&gw.mulligan, &gw.envoy, CLUSTER, send).await;
+    let gw = patched_gateway(&update.addrs()).await;
+    update.run(&gw).await;
     let twice = executions::run_twice(update.pods(), "");
     assert_eq!(twice, vec![], "a request ran twice");
 }

@@ -4,13 +4,12 @@
 //! clients keep requests in flight. The client must see no 503, and no
 //! request may run twice.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use http::Method;
 
 use crate::{
-    envoy::Envoy,
-    mulligan::Mulligan,
+    gateway::Gateway,
     pods::{Pod, PodState},
 };
 
@@ -50,19 +49,16 @@ impl RollingUpdate {
         self.pods().map(|p| p.addr).collect()
     }
 
-    /// Runs the update while two clients send POSTs and GETs to `/echo`,
-    /// each through `send(method, id)` (which returns the status), each id
-    /// its own. Panics, with mulligan's answers and Envoy's retry stats,
-    /// unless every request is answered 200 and every one ran exactly once;
-    /// and unless the update produced failed attempts (else it proves
-    /// nothing), mulligan asked for a retry, was asked only about failed
-    /// attempts and retries (its streams, against `cluster`'s retries), and
-    /// answered none final and stopped none.
-    pub async fn run<S, F>(&self, mulligan: &Mulligan, envoy: &Envoy, cluster: &str, send: S)
-    where
-        S: Fn(Method, String) -> F,
-        F: Future<Output = u16>,
-    {
+    /// Runs the update behind `gw` while two clients send it POSTs and
+    /// GETs to `/echo`, each with an id of its own. Panics, with mulligan's
+    /// answers and Envoy's retry stats, unless every request is answered
+    /// 200 and every one ran exactly once; and unless the update produced
+    /// failed attempts (else it proves nothing), mulligan asked for a
+    /// retry, was asked only about failed attempts and retries (its
+    /// streams, against the route cluster's retries), and answered none
+    /// final and stopped none.
+    pub async fn run(&self, gw: &Gateway) {
+        let (mulligan, envoy) = (&gw.mulligan, &gw.envoy);
         let background = async {
             let mut statuses = Vec::new();
             for i in 0..BACKGROUND {
@@ -71,7 +67,7 @@ impl RollingUpdate {
                 } else {
                     Method::GET
                 };
-                statuses.push(send(method, format!("bg-{i}")).await);
+                statuses.push(gw.send(method, "/echo", &format!("bg-{i}")).await.0);
             }
             statuses
         };
@@ -83,7 +79,7 @@ impl RollingUpdate {
                 } else {
                     Method::GET
                 };
-                let status = send(method, format!("fg-{i}")).await;
+                let (status, _) = gw.send(method, "/echo", &format!("fg-{i}")).await;
                 if status != 200 {
                     panic!(
                         "request {i} during the rollout: {status}\n{}\n{}",
@@ -117,9 +113,7 @@ impl RollingUpdate {
             mulligan.answer_counts().await
         );
         // mulligan was asked only about failed attempts and retries.
-        let retries = envoy
-            .stat(&format!("cluster.{cluster}.upstream_rq_retry"))
-            .await as f64;
+        let retries = gw.cluster_stat("upstream_rq_retry").await as f64;
         let streams = mulligan.streams().await;
         assert!(
             streams <= retries + rejected as f64,
