@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::{
         bootstrap::v3::{bootstrap::StaticResources, Admin, Bootstrap},
         cluster::v3::{cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster},
         core::v3::{address, socket_address, Address, Node, SocketAddress, TypedExtensionConfig},
-        endpoint::v3::{lb_endpoint::HostIdentifier, ClusterLoadAssignment},
+        endpoint::v3::{lb_endpoint::HostIdentifier, ClusterLoadAssignment, LbEndpoint},
         listener::v3::{filter, Listener},
         route::v3::RouteConfiguration,
     },
@@ -44,7 +44,7 @@ use super::{decode, endpoints_hook, gateway_ref, policy, server::ExtensionServer
 use mulligan::extension::api::PostTranslateModifyResponse;
 
 /// `addr` as an Envoy socket address.
-pub(super) fn loopback(addr: SocketAddr) -> Address {
+fn loopback(addr: SocketAddr) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: addr.ip().to_string(),
@@ -82,20 +82,33 @@ fn inline_routes(listener: &mut Listener, routes: &[RouteConfiguration]) {
     }
 }
 
+/// One copy of `template` per address in `addrs`, each at its address.
+pub(super) fn copies_at(template: &LbEndpoint, addrs: &[SocketAddr]) -> Vec<LbEndpoint> {
+    addrs
+        .iter()
+        .map(|addr| {
+            let mut ep = template.clone();
+            if let Some(HostIdentifier::Endpoint(e)) = ep.host_identifier.as_mut() {
+                e.address = Some(loopback(*addr));
+            }
+            ep
+        })
+        .collect()
+}
+
 /// A load assignment's app endpoints replaced by one per pod (each a copy
 /// of Envoy Gateway's first endpoint, address rewritten); internal
 /// addresses (the hold) stay.
 fn to_pods(cla: &mut ClusterLoadAssignment, pods: &[SocketAddr]) {
-    let is_socket =
-        |ep: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint| match &ep.host_identifier {
-            Some(HostIdentifier::Endpoint(e)) => {
-                matches!(
-                    e.address.as_ref().and_then(|a| a.address.as_ref()),
-                    Some(address::Address::SocketAddress(_))
-                )
-            }
-            _ => false,
-        };
+    let is_socket = |ep: &LbEndpoint| match &ep.host_identifier {
+        Some(HostIdentifier::Endpoint(e)) => {
+            matches!(
+                e.address.as_ref().and_then(|a| a.address.as_ref()),
+                Some(address::Address::SocketAddress(_))
+            )
+        }
+        _ => false,
+    };
     let Some(locality) = cla
         .endpoints
         .iter_mut()
@@ -106,16 +119,7 @@ fn to_pods(cla: &mut ClusterLoadAssignment, pods: &[SocketAddr]) {
     let Some(template) = locality.lb_endpoints.iter().find(|e| is_socket(e)).cloned() else {
         return;
     };
-    locality.lb_endpoints = pods
-        .iter()
-        .map(|p| {
-            let mut ep = template.clone();
-            if let Some(HostIdentifier::Endpoint(e)) = ep.host_identifier.as_mut() {
-                e.address = Some(loopback(*p));
-            }
-            ep
-        })
-        .collect();
+    locality.lb_endpoints = copies_at(&template, pods);
     let first = cla
         .endpoints
         .iter()

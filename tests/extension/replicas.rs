@@ -7,9 +7,8 @@
 
 use std::net::SocketAddr;
 
-use envoy_types::pb::envoy::config::{
-    endpoint::v3::lb_endpoint::HostIdentifier,
-    route::v3::{route, route_action::ClusterSpecifier, RetryPolicy, RouteAction},
+use envoy_types::pb::envoy::config::route::v3::{
+    route, route_action::ClusterSpecifier, RetryPolicy, RouteAction,
 };
 use http::Method;
 use prost::Message;
@@ -19,7 +18,7 @@ use rig::{client::Reply, envoy::Envoy, executions, mulligan::Mulligans};
 
 use super::{
     decode, endpoints_hook, gateway_ref, httproute_ref,
-    live::{bootstrap, loopback, run_wired, CLUSTER, HOST},
+    live::{bootstrap, copies_at, run_wired, CLUSTER, HOST},
     policy,
     server::ExtensionServer,
     translate, xds,
@@ -141,14 +140,5 @@ fn behind_mulligan_cluster(
         .and_then(|a| a.endpoints.first_mut())
         .expect("mulligan's endpoints");
     let template = locality.lb_endpoints[0].clone();
-    locality.lb_endpoints = grpc
-        .iter()
-        .map(|addr| {
-            let mut ep = template.clone();
-            if let Some(HostIdentifier::Endpoint(e)) = ep.host_identifier.as_mut() {
-                e.address = Some(loopback(*addr));
-            }
-            ep
-        })
-        .collect();
+    locality.lb_endpoints = copies_at(&template, grpc);
 }
