@@ -152,6 +152,16 @@ fn snake(v: Value) -> Value {
     }
 }
 
+/// The field that names a resource of `type_url`: a load assignment is
+/// called by its `cluster_name`, everything else by its `name`.
+fn name_field(type_url: &str) -> &'static str {
+    if type_url == ENDPOINT_TYPE {
+        "cluster_name"
+    } else {
+        "name"
+    }
+}
+
 /// What Envoy Gateway sends one Envoy: its resources by type URL, in the
 /// form it patches them (field names, no top-level `@type`).
 #[derive(Clone, Debug)]
@@ -233,11 +243,7 @@ impl Translation {
     /// The resource of `type_url` called `name` (a load assignment is
     /// called by its `cluster_name`), as Envoy Gateway finds it.
     fn find_mut(&mut self, type_url: &str, name: &str) -> Option<&mut Value> {
-        let key = if type_url == ENDPOINT_TYPE {
-            "cluster_name"
-        } else {
-            "name"
-        };
+        let key = name_field(type_url);
         self.resources
             .get_mut(type_url)?
             .iter_mut()
@@ -250,11 +256,7 @@ impl Translation {
     }
 
     fn clone_find(&self, type_url: &str, name: &str) -> Option<&Value> {
-        let key = if type_url == ENDPOINT_TYPE {
-            "cluster_name"
-        } else {
-            "name"
-        };
+        let key = name_field(type_url);
         self.resources
             .get(type_url)?
             .iter()

@@ -113,15 +113,25 @@ impl Replicas {
     }
 }
 
+/// The POSTs and GETs of [`failing_pod::run`] through two mulligans
+/// ([`Replicas`]) and the translation patched by `policy`, of which Envoy
+/// Gateway reports `reported` patches.
+async fn two_mulligans_behind_a_failing_pod(
+    policy: &Value,
+    reported: usize,
+) -> failing_pod::Outcome {
+    let pods = failing_pod::pods().await;
+    let addrs: Vec<_> = pods.iter().map(|p| p.addr).collect();
+    let gw = Replicas::start(&addrs, 2, policy, reported).await;
+    failing_pod::run(gw.front, &HOST, &pods, &gw.mulligans, &gw.envoy).await
+}
+
 /// The shipped policy replaces the route's retry policy: Envoy never
 /// retries a 503 on its own (the gate has nothing to stop), and no POST
 /// runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_traffic_policy_retry_on_503_runs_no_post_twice_across_two_mulligans() {
-    let pods = failing_pod::pods().await;
-    let addrs: Vec<_> = pods.iter().map(|p| p.addr).collect();
-    let gw = Replicas::start(&addrs, 2, &patch_policy(), 0).await;
-    let out = failing_pod::run(gw.front, &HOST, &pods, &gw.mulligans, &gw.envoy).await;
+    let out = two_mulligans_behind_a_failing_pod(&patch_policy(), 0).await;
     assert_eq!(
         out.gate_stops, 0.0,
         "Envoy retried a 503 on its own: the policy left Envoy Gateway's retry trigger on the route"
@@ -135,10 +145,7 @@ async fn a_backend_traffic_policy_retry_on_503_runs_no_post_twice_across_two_mul
 /// left in the request's metadata.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_route_patch_not_applied_the_gate_stops_every_retry_of_a_post_that_ran() {
-    let pods = failing_pod::pods().await;
-    let addrs: Vec<_> = pods.iter().map(|p| p.addr).collect();
-    let gw = Replicas::start(&addrs, 2, &without_the_retry_policy_patch(), 1).await;
-    let out = failing_pod::run(gw.front, &HOST, &pods, &gw.mulligans, &gw.envoy).await;
+    let out = two_mulligans_behind_a_failing_pod(&without_the_retry_policy_patch(), 1).await;
     assert_eq!(
         out.gate_stops, out.failing as f64,
         "every retry of a POST the failing pod ran reached the gate and was stopped"
