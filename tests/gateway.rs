@@ -736,7 +736,7 @@ fn the_patched_translation_passes_envoy_validate() {
 /// Pods, the real mulligan (knowing them as the endpoints of [`CLUSTER`]),
 /// and Envoy running Envoy Gateway's translation for those pods with the
 /// policy applied. mulligan's cluster points at the test's mulligan
-/// instead of the Service name.
+/// instead of the Service name; the message timeout is the tests' 2 s.
 async fn patched_gateway(pods: &[SocketAddr]) -> Gateway {
     let mulligan = Mulligan::beside_gateway(pods, CLUSTER).await;
     let mut t = patched(pods);
@@ -746,7 +746,9 @@ async fn patched_gateway(pods: &[SocketAddr]) -> Gateway {
     m["type"] = json!("STATIC");
     m["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = json!({
         "socket_address": {"address": "127.0.0.1", "port_value": mulligan.grpc.port()}});
-    let envoy = Envoy::start(&bootstrap(&t).to_string()).await;
+    // mulligan's answers are under test, not Envoy's patience with a
+    // CPU-starved debug build: the message timeout is widened.
+    let envoy = Envoy::start(&rig::render::tolerant_json(&bootstrap(&t).to_string())).await;
     Gateway::around(mulligan, envoy, ()).await
 }
 
