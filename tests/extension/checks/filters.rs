@@ -56,13 +56,14 @@ fn single(p: Predicate) -> (String, &'static str, MatchPattern) {
     (header, side, value.match_pattern.expect("pattern"))
 }
 
-/// A matcher's predicate: a single one, or `and(not(an upgrade), single)`
-/// (the `bool`).
+/// A matcher's predicate: a single one, or `and(single, not(an upgrade))`
+/// (the `bool`), the single one first so a healthy attempt is rejected
+/// before the upgrade check.
 fn predicate(p: Predicate) -> ((String, &'static str, MatchPattern), bool) {
     let Some(MatchType::AndMatcher(list)) = p.match_type else {
         return (single(p), false);
     };
-    let [not, inner]: [Predicate; 2] = list.predicate.try_into().expect("two predicates");
+    let [inner, not]: [Predicate; 2] = list.predicate.try_into().expect("two predicates");
     let Some(MatchType::NotMatcher(upgrade)) = not.match_type else {
         panic!("not an upgrade")
     };
