@@ -184,8 +184,14 @@ fn cluster_regions(settings: &Settings) -> Vec<Region> {
             "outlier_detection",
             Encoded::of(&cluster.outlier_detection.unwrap_or_default()),
         ),
-        region("max_retries", Encoded::of(&breakers.max_retries.unwrap_or_default())),
-        region("max_requests", Encoded::of(&breakers.max_requests.unwrap_or_default())),
+        region(
+            "max_retries",
+            Encoded::of(&breakers.max_retries.unwrap_or_default()),
+        ),
+        region(
+            "max_requests",
+            Encoded::of(&breakers.max_requests.unwrap_or_default()),
+        ),
         region(
             "max_pending_requests",
             Encoded::of(&breakers.max_pending_requests.unwrap_or_default()),
