@@ -9,9 +9,8 @@ use envoy_types::pb::envoy::{
     config::{
         cluster::v3::{
             circuit_breakers::Thresholds,
-            CircuitBreakers,
             cluster::{ClusterDiscoveryType, CommonLbConfig, CustomClusterType, LbPolicy},
-            Cluster, OutlierDetection,
+            CircuitBreakers, Cluster, OutlierDetection,
         },
         core::v3::{
             address, socket_address, Address, Http1ProtocolOptions, Http2ProtocolOptions,

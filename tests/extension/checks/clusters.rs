@@ -346,7 +346,11 @@ fn check_breaker(before: &Cluster, after: &mut Cluster) {
             &mut t.max_pending_requests,
             was.max_pending_requests,
         ),
-        ("max_connections", &mut t.max_connections, was.max_connections),
+        (
+            "max_connections",
+            &mut t.max_connections,
+            was.max_connections,
+        ),
     ] {
         let want = then.map_or(50_000, |v| v.value);
         assert_eq!(now.take().map(|m| m.value), Some(want), "{name}");
