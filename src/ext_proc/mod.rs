@@ -15,12 +15,12 @@ mod decide;
 mod exchange;
 mod headers;
 mod reply;
-mod service;
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    external_processor_server::ExternalProcessor, ProcessingRequest, ProcessingResponse,
+    external_processor_server::{ExternalProcessor, ExternalProcessorServer},
+    ProcessingRequest, ProcessingResponse,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -96,8 +96,10 @@ impl ExtProc {
 
     /// The tonic service; `max_message_bytes` bounds each message both ways
     /// (a body chunk is echoed back in full-duplex mode).
-    pub(crate) fn into_server(self, max_message_bytes: usize) -> service::ExtProcServer<Self> {
-        service::ExtProcServer::new(self, max_message_bytes)
+    pub(crate) fn into_server(self, max_message_bytes: usize) -> ExternalProcessorServer<Self> {
+        ExternalProcessorServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes.saturating_add(4096))
     }
 }
 
