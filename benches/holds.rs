@@ -15,12 +15,14 @@
 //! a few connections (16: at most 1,024 streams were seen open on one
 //! connection, so 4 held no more than 4,096). Prints figures; asserts nothing about speed.
 //!
-//! Each runs twice: with Envoy's circuit breakers as the bootstrap ships
-//! them (Envoy's defaults: 1,024 requests in flight per cluster, which
-//! bounds the held requests), and raised past N.
+//! The bootstrap is the reference one as it ships, circuit breakers
+//! included. With `--baseline BIN`, every run is made twice, first with the
+//! mulligan binary BIN (a build of another tree: its row says "baseline"),
+//! then with the one under test, so the two stand side by side.
 //!
 //! `cargo bench --bench holds [-- --requests N --proto h1|h2|both
-//!  --breakers shipped|raised|both --release-per-endpoint R --h2-connections C]`
+//!  --runs ready,drain,limit --baseline BIN --mulligan-h2 envoy-defaults
+//!  --release-per-endpoint R --h2-connections C]`
 //!
 //! Held HTTP/1.1 requests cost file descriptors in three places: the client
 //! (one per request, in this process), Envoy (the downstream connection,
@@ -161,9 +163,12 @@ struct Scenario {
     end: End,
     release: u64,
     h2_conns: usize,
-    /// Envoy's circuit breakers on the app and mulligan clusters raised
-    /// past N (see [`raise_breakers`]); else as the bootstrap ships them.
-    raised: bool,
+    /// Runs the `--baseline` binary instead of the one under test.
+    baseline: bool,
+    /// Envoy's HTTP/2 to mulligan with Envoy's defaults instead of the
+    /// bootstrap's (`--mulligan-h2 envoy-defaults`): to see what the
+    /// bootstrap's settings prevent.
+    envoy_h2_defaults: bool,
 }
 
 /// What one scenario saw.
@@ -194,6 +199,10 @@ struct Report {
     answers: Vec<String>,
     /// Envoy's HTTP/2 codec stats that are not zero (a flood, a reset).
     flood: Vec<String>,
+    /// Envoy's connections to mulligan while held, and how many times it
+    /// closed one as a flood of control frames.
+    mulligan_cx: u64,
+    mulligan_control_flood: u64,
 }
 
 /// Envoy stats containing `part` whose value is not zero.
@@ -224,28 +233,6 @@ async fn state_of(stack: &Stack, addr: SocketAddr) -> String {
         .to_string()
 }
 
-/// Envoy's default circuit breakers allow 1,024 requests in flight per
-/// cluster (and as many pending requests and connections): every held
-/// request is one on the app cluster (its attempt, whose 503 is held) and
-/// one ext_proc stream on the mulligan cluster. Raised past `n` on both, so
-/// what is measured is the hold, not the breaker.
-fn raise_breakers(v: &mut serde_yaml_ng::Value, n: usize) {
-    let above = (n * 4 + 1024) as u64;
-    for name in ["app", "mulligan"] {
-        let c = render::cluster(v, name);
-        let mut t = serde_yaml_ng::Mapping::new();
-        for key in ["max_connections", "max_pending_requests", "max_requests"] {
-            t.insert(key.into(), above.into());
-        }
-        if name == "app" {
-            t.insert("max_retries".into(), above.into());
-        }
-        c["circuit_breakers"] = render::yaml("thresholds: []");
-        c["circuit_breakers"]["thresholds"] =
-            serde_yaml_ng::Value::Sequence(vec![serde_yaml_ng::Value::Mapping(t)]);
-    }
-}
-
 async fn start(s: &Scenario, hold_secs: u64) -> Stack {
     let pod = Pod::start("app", PodState::Booting).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -268,8 +255,11 @@ async fn start(s: &Scenario, hold_secs: u64) -> Stack {
         &[("MAX_HOLD", format!("{hold_secs}s"))],
         |v| {
             render::route(v)["route"]["timeout"] = route_timeout.as_str().into();
-            if s.raised {
-                raise_breakers(v, s.n);
+            if s.envoy_h2_defaults {
+                let options = &mut render::cluster(v, "mulligan")
+                    ["typed_extension_protocol_options"]
+                    ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+                options["explicit_http_config"]["http2_protocol_options"] = render::yaml("{}");
             }
         },
     )
@@ -394,6 +384,10 @@ async fn run(s: Scenario) -> Report {
     let own_fds = fds("self");
     let downstream_cx = stack.envoy.stat("http.mulligan.downstream_cx_active").await;
     let upstream_cx = stack.envoy.stat("cluster.app.upstream_cx_active").await;
+    let mulligan_cx = stack
+        .envoy
+        .stat("cluster.mulligan.upstream_cx_active")
+        .await;
     let early_count = finished.load(Ordering::Acquire);
 
     let pod = Arc::clone(&stack.pods[0]);
@@ -424,12 +418,13 @@ async fn run(s: Scenario) -> Report {
     debug_assert!(early.len() <= early_count.max(early.len()));
     let ran = pod.executions();
     let label = format!(
-        "{} {} {}",
-        match (s.h2, s.raised) {
-            (false, false) => "h1",
-            (true, false) => "h2",
-            (false, true) => "h1 raised",
-            (true, true) => "h2 raised",
+        "{}{}{} {} {}",
+        if s.h2 { "h2" } else { "h1" },
+        if s.baseline { " baseline" } else { "" },
+        if s.envoy_h2_defaults {
+            " envoy-h2-defaults"
+        } else {
+            ""
         },
         match s.end {
             End::Ready => "ready",
@@ -467,6 +462,11 @@ async fn run(s: Scenario) -> Report {
             .into_iter()
             .filter(|l| l.contains("flood") || l.contains("reset"))
             .collect(),
+        mulligan_cx,
+        mulligan_control_flood: stack
+            .envoy
+            .stat("cluster.mulligan.http2.outbound_control_flood")
+            .await,
     }
 }
 
@@ -534,7 +534,8 @@ fn print(r: &Report) {
         .collect();
     println!(
         "    {}: ran {} (twice: {}), POST bodies not whole: {bad_bodies}, 503s without Retry-After: {no_retry_after}; \
-         answered before the end: {} (p50 {} ms, max {} ms); mulligan's answers: {}; this process's fds: {}{}{}{}",
+         answered before the end: {} (p50 {} ms, max {} ms); mulligan's answers: {}; this process's fds: {}; \
+         Envoy's connections to mulligan: {}, closed as a control-frame flood: {}{}{}{}",
         r.label,
         r.ran,
         r.ran_twice,
@@ -543,6 +544,8 @@ fn print(r: &Report) {
         ms(quantile(&mut early, 1.0)),
         r.answers.join(" "),
         r.own_fds,
+        r.mulligan_cx,
+        r.mulligan_control_flood,
         r.gave_up
             .as_ref()
             .map_or(String::new(), |g| format!("; GAVE UP WAITING: {g}")),
@@ -590,16 +593,18 @@ async fn main() {
          upstream ones to the app cluster while held.\n"
     );
     header();
-    let breakers: Vec<bool> = match flag("--breakers").as_str() {
-        "shipped" => vec![false],
-        "raised" => vec![true],
-        _ => vec![false, true],
+    let baseline = flag("--baseline");
+    let binaries: Vec<bool> = if baseline.is_empty() {
+        vec![false]
+    } else {
+        vec![true, false]
     };
+    let under_test = rig::mulligan::mulligan_bin();
+    let runs = flag("--runs");
+    let envoy_h2_defaults = flag("--mulligan-h2") == "envoy-defaults";
+    let wanted = |name: &str| runs.is_empty() || runs.split(',').any(|r| r == name);
     let fits = h1_fits(fd_limit());
-    for (h2, raised) in protos
-        .iter()
-        .flat_map(|h2| breakers.iter().map(move |r| (*h2, *r)))
-    {
+    for h2 in protos {
         let n = if h2 || n <= fits {
             n
         } else {
@@ -610,18 +615,34 @@ async fn main() {
             );
             fits
         };
-        for (end, max_held) in [(End::Ready, n), (End::Drain, n), (End::Drain, n / 2)] {
-            let r = run(Scenario {
-                h2,
-                n,
-                max_held,
-                end,
-                release,
-                h2_conns,
-                raised,
-            })
-            .await;
-            print(&r);
+        let all = [
+            ("ready", End::Ready, n),
+            ("drain", End::Drain, n),
+            ("limit", End::Drain, n / 2),
+        ];
+        for (_, end, max_held) in all.into_iter().filter(|(name, ..)| wanted(name)) {
+            for &on_baseline in &binaries {
+                // rig starts the binary `MULLIGAN_BIN` names; nothing else
+                // in this process reads the environment meanwhile.
+                let bin = if on_baseline {
+                    std::path::PathBuf::from(&baseline)
+                } else {
+                    under_test.clone()
+                };
+                std::env::set_var("MULLIGAN_BIN", bin);
+                let r = run(Scenario {
+                    h2,
+                    n,
+                    max_held,
+                    end,
+                    release,
+                    h2_conns,
+                    baseline: on_baseline,
+                    envoy_h2_defaults,
+                })
+                .await;
+                print(&r);
+            }
         }
     }
 }

@@ -510,7 +510,7 @@ fn the_patch_policy_installs_the_reference_wiring_into_envoy_gateways_translatio
     );
 
     // Cluster: upstream filters (and HTTP/1.1, the reference's default),
-    // outlier detection, panic threshold, retry circuit breaker.
+    // outlier detection, panic threshold, circuit breakers.
     let cluster = t.get(CLUSTER_TYPE, CLUSTER);
     for field in ["typed_extension_protocol_options", "outlier_detection"] {
         assert_eq!(cluster[field], app[field], "{field}");
@@ -520,8 +520,8 @@ fn the_patch_policy_installs_the_reference_wiring_into_envoy_gateways_translatio
         app["common_lb_config"]["healthy_panic_threshold"]
     );
     assert_eq!(
-        cluster["circuit_breakers"]["thresholds"][0]["max_retries"],
-        app["circuit_breakers"]["thresholds"][0]["max_retries"]
+        cluster["circuit_breakers"]["thresholds"][0],
+        app["circuit_breakers"]["thresholds"][0]
     );
 
     // Endpoints: the hold, one priority below the pods, and the factor that

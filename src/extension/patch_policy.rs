@@ -156,8 +156,8 @@ fn route_regions(settings: &Settings) -> Vec<Region> {
 }
 
 /// A route cluster wired as the Extension Server wires it: its protocol
-/// options (the upstream filters), outlier detection, retry circuit
-/// breaker, and the hold endpoint of its load assignment.
+/// options (the upstream filters), outlier detection, circuit breakers,
+/// and the hold endpoint of its load assignment.
 fn cluster_regions(settings: &Settings) -> Vec<Region> {
     let mut cluster = wired_inline_cluster(APP, settings);
     let options = cluster
@@ -165,11 +165,11 @@ fn cluster_regions(settings: &Settings) -> Vec<Region> {
         .get(&HttpProtocolOptions::full_name())
         .cloned()
         .unwrap_or_default();
-    let max_retries = cluster
+    let breakers = cluster
         .circuit_breakers
         .as_ref()
         .and_then(|b| b.thresholds.first())
-        .and_then(|t| t.max_retries)
+        .cloned()
         .unwrap_or_default();
     let assignment = cluster.load_assignment.take().unwrap_or_default();
     let hold = assignment.endpoints.iter().find(|l| hold::is_hold(l));
@@ -184,7 +184,22 @@ fn cluster_regions(settings: &Settings) -> Vec<Region> {
             "outlier_detection",
             Encoded::of(&cluster.outlier_detection.unwrap_or_default()),
         ),
-        region("max_retries", Encoded::of(&max_retries)),
+        region(
+            "max_retries",
+            Encoded::of(&breakers.max_retries.unwrap_or_default()),
+        ),
+        region(
+            "max_requests",
+            Encoded::of(&breakers.max_requests.unwrap_or_default()),
+        ),
+        region(
+            "max_pending_requests",
+            Encoded::of(&breakers.max_pending_requests.unwrap_or_default()),
+        ),
+        region(
+            "max_connections",
+            Encoded::of(&breakers.max_connections.unwrap_or_default()),
+        ),
         region(
             "hold_endpoint",
             Encoded::of(&hold.cloned().unwrap_or_default()),

@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::{
         cluster::v3::{
             circuit_breakers::Thresholds,
             cluster::{ClusterDiscoveryType, CommonLbConfig, CustomClusterType, LbPolicy},
-            Cluster, OutlierDetection,
+            CircuitBreakers, Cluster, OutlierDetection,
         },
         core::v3::{
             address, socket_address, Address, Http1ProtocolOptions, Http2ProtocolOptions,
@@ -34,8 +34,19 @@ use super::{
 use crate::{extension::policy::Settings, names};
 
 /// The cluster's retry circuit breaker: high, so mulligan's budget (not
-/// Envoy's default of 3 concurrent retries) is what limits retries.
-pub const MAX_RETRIES_CIRCUIT: u32 = 1024;
+/// Envoy's default of 3 concurrent retries) is what limits retries. A
+/// retry keeps its place until its request ends, a held one included, so
+/// it is as high as [`IN_FLIGHT_CIRCUIT`].
+pub const MAX_RETRIES_CIRCUIT: u32 = IN_FLIGHT_CIRCUIT;
+/// Requests, pending requests and connections a wired cluster and
+/// mulligan's own let in flight at once (Envoy's default: 1,024 each).
+/// Every held request is one request in flight on the app's cluster (its
+/// failed attempt, whose answer waits; over HTTP/1.1 a connection too) and
+/// one ext_proc stream on mulligan's, for as long as it is held: the
+/// breakers fit `hold.max_held` (10,000 by default) five times over, so a
+/// full hold still leaves room for the traffic that is not held, and a
+/// burst past the limit meets mulligan's `held_limit`, not Envoy's breaker.
+pub const IN_FLIGHT_CIRCUIT: u32 = 50_000;
 /// Connecting to mulligan's gRPC port.
 pub const MULLIGAN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -66,7 +77,7 @@ pub fn install_cluster(cluster: &mut Cluster, settings: &Settings) -> Result<(),
         .typed_extension_protocol_options
         .insert(envoy::HTTP_PROTOCOL_OPTIONS.to_string(), pack(&options));
     install_endpoint_health(cluster);
-    install_max_retries(cluster);
+    install_breakers(cluster);
     if let Some(assignment) = cluster.load_assignment.as_mut() {
         hold::install_hold_endpoint(assignment);
     }
@@ -148,6 +159,7 @@ pub fn install_eds_cluster(
     app.typed_extension_protocol_options
         .insert(envoy::HTTP_PROTOCOL_OPTIONS.to_string(), pack(&options));
     install_endpoint_health(&mut app);
+    install_breakers(&mut app);
     install_upstream_filters(&mut options.http_filters, settings);
     let members = ClusterConfig {
         clusters: vec![app.name.clone(), hold::HOLD_CLUSTER.to_string()],
@@ -173,7 +185,7 @@ pub fn install_eds_cluster(
     };
     install_endpoint_health(&mut aggregate);
     aggregate.outlier_detection = None;
-    install_max_retries(&mut aggregate);
+    install_breakers(&mut aggregate);
     Ok(EdsWired {
         aggregate,
         app: Some(app),
@@ -221,17 +233,62 @@ fn outlier_detection() -> OutlierDetection {
     }
 }
 
-fn install_max_retries(cluster: &mut Cluster) {
+/// The retry breaker, set; the in-flight ones ([`IN_FLIGHT_CIRCUIT`])
+/// where the cluster sets none: a limit the cluster already has is its
+/// operator's choice and stays.
+fn install_breakers(cluster: &mut Cluster) {
     let breakers = cluster
         .circuit_breakers
         .get_or_insert_with(Default::default);
     // Priority 0 (DEFAULT) is the one app traffic uses.
-    match breakers.thresholds.iter_mut().find(|t| t.priority == 0) {
-        Some(t) => t.max_retries = u32v(MAX_RETRIES_CIRCUIT),
-        None => breakers.thresholds.push(Thresholds {
-            max_retries: u32v(MAX_RETRIES_CIRCUIT),
-            ..Default::default()
-        }),
+    if !breakers.thresholds.iter().any(|t| t.priority == 0) {
+        breakers.thresholds.push(Thresholds::default());
+    }
+    let in_flight = in_flight_thresholds();
+    for t in breakers.thresholds.iter_mut().filter(|t| t.priority == 0) {
+        t.max_retries = u32v(MAX_RETRIES_CIRCUIT);
+        t.max_connections = t.max_connections.or(in_flight.max_connections);
+        t.max_pending_requests = t.max_pending_requests.or(in_flight.max_pending_requests);
+        t.max_requests = t.max_requests.or(in_flight.max_requests);
+    }
+}
+
+/// The breakers of a cluster whose requests can be held (the hold's own,
+/// mulligan's, whose streams are held requests): [`IN_FLIGHT_CIRCUIT`]
+/// requests, pending requests and connections.
+pub fn in_flight_breakers() -> CircuitBreakers {
+    CircuitBreakers {
+        thresholds: vec![in_flight_thresholds()],
+        ..Default::default()
+    }
+}
+
+fn in_flight_thresholds() -> Thresholds {
+    Thresholds {
+        max_connections: u32v(IN_FLIGHT_CIRCUIT),
+        max_pending_requests: u32v(IN_FLIGHT_CIRCUIT),
+        max_requests: u32v(IN_FLIGHT_CIRCUIT),
+        ..Default::default()
+    }
+}
+
+/// ext_proc streams Envoy opens on one connection to mulligan. When many
+/// holds end at once, Envoy closes each of their streams (a RST_STREAM,
+/// a WINDOW_UPDATE): spread over connections of this many streams, no
+/// connection queues more of those than [`MULLIGAN_CONTROL_FRAMES`].
+pub const MULLIGAN_STREAMS_PER_CONNECTION: u32 = 1_000;
+/// Control frames Envoy may queue to one connection to mulligan before
+/// it takes the peer for a flood and closes the connection, failing every
+/// stream on it (Envoy's default: 1,000): a few per stream, for every
+/// stream of a connection ending at once.
+pub const MULLIGAN_CONTROL_FRAMES: u32 = 4 * MULLIGAN_STREAMS_PER_CONNECTION;
+
+/// Envoy's HTTP/2 to mulligan: see [`MULLIGAN_STREAMS_PER_CONNECTION`].
+fn mulligan_http2() -> Http2ProtocolOptions {
+    Http2ProtocolOptions {
+        max_concurrent_streams: u32v(MULLIGAN_STREAMS_PER_CONNECTION),
+        max_outbound_control_frames: u32v(MULLIGAN_CONTROL_FRAMES),
+        ..Default::default()
     }
 }
 
@@ -252,9 +309,7 @@ pub fn mulligan_cluster(addr: &MulliganAddress) -> Cluster {
     let options = HttpProtocolOptions {
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
-                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
-                    Http2ProtocolOptions::default(),
-                )),
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(mulligan_http2())),
             },
         )),
         ..Default::default()
@@ -268,6 +323,7 @@ pub fn mulligan_cluster(addr: &MulliganAddress) -> Cluster {
         name: names::CLUSTER.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(kind as i32)),
         connect_timeout: Some(duration(MULLIGAN_CONNECT_TIMEOUT)),
+        circuit_breakers: Some(in_flight_breakers()),
         typed_extension_protocol_options: [(
             envoy::HTTP_PROTOCOL_OPTIONS.to_string(),
             pack(&options),

@@ -251,6 +251,7 @@ fn internal_cluster(name: &str, listener: &str) -> Cluster {
         name: name.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
         connect_timeout: Some(duration(HOLD_CONNECT_TIMEOUT)),
+        circuit_breakers: Some(super::cluster::in_flight_breakers()),
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: name.to_string(),
             endpoints: vec![LocalityLbEndpoints {

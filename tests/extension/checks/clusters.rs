@@ -165,6 +165,7 @@ pub(super) fn check_eds_cluster(before: &Cluster, aggregate: &Cluster, app: &Clu
         .unwrap_or_default();
     app.name = before.name.clone();
     check_health(before, &mut app);
+    check_breaker(before, &mut app);
     let mut want = hpo(before).unwrap_or_default();
     if want.upstream_protocol_options.is_none() {
         use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::ExplicitHttpConfig;
@@ -320,18 +321,39 @@ fn check_health(before: &Cluster, after: &mut Cluster) {
     after.outlier_detection = before.outlier_detection.clone();
 }
 
-/// The retry circuit breaker at 1024; put back as it was in `after`.
+/// The circuit breakers: retries at 50,000; requests, pending requests
+/// and connections at 50,000 where the cluster set none, as Envoy Gateway
+/// sets none (its own stay). Put back as they were in `after`.
 fn check_breaker(before: &Cluster, after: &mut Cluster) {
+    let was = before
+        .circuit_breakers
+        .as_ref()
+        .and_then(|c| c.thresholds.iter().find(|t| t.priority == 0))
+        .cloned()
+        .unwrap_or_default();
     let cb = after.circuit_breakers.as_mut().expect("breakers");
     let t = cb
         .thresholds
         .iter_mut()
         .find(|t| t.priority == 0)
         .expect("default priority");
-    assert_eq!(t.max_retries.take().map(|m| m.value), Some(1024));
-    t.max_retries = before
-        .circuit_breakers
-        .as_ref()
-        .and_then(|c| c.thresholds.iter().find(|t| t.priority == 0))
-        .and_then(|t| t.max_retries);
+    assert_eq!(t.max_retries.take().map(|m| m.value), Some(50_000));
+    t.max_retries = was.max_retries;
+    for (name, now, then) in [
+        ("max_requests", &mut t.max_requests, was.max_requests),
+        (
+            "max_pending_requests",
+            &mut t.max_pending_requests,
+            was.max_pending_requests,
+        ),
+        (
+            "max_connections",
+            &mut t.max_connections,
+            was.max_connections,
+        ),
+    ] {
+        let want = then.map_or(50_000, |v| v.value);
+        assert_eq!(now.take().map(|m| m.value), Some(want), "{name}");
+        *now = then;
+    }
 }
