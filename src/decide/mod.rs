@@ -111,7 +111,7 @@ pub enum Verdict {
 }
 
 /// From this many failed attempts of one request on, each retry waits in
-/// the hold first (with a settle time that doubles per release).
+/// the hold first (released after `hold.settle`, or as a scout).
 const REPEATED_FAILURES: u8 = 3;
 
 /// Shared by every stream.
@@ -158,6 +158,12 @@ impl Decider {
         };
         self.learn(f.upstream, cause);
         let verdict = self.verdict(f, cause, state);
+        if verdict == Verdict::Hold {
+            // Envoy sent it where it could not be served (the hold
+            // endpoint, or the leavers its list still shows): its view is
+            // behind until a retry is served.
+            self.holds.envoy_behind(f.cluster);
+        }
         let decision = match verdict {
             Verdict::Stand(d) => d,
             _ => Decision::Retry,
@@ -225,16 +231,15 @@ impl Decider {
         max_hold: Duration,
         state: &mut AttemptState,
     ) -> Answer {
-        // A request back at the hold right after a release found Envoy
-        // still without the endpoint: give Envoy's view longer to catch up.
-        let settle = self
-            .hold_cfg
-            .settle
-            .saturating_mul(2u32.saturating_pow(state.releases.into()))
+        // A request back at the hold again waits longer before it may
+        // scout once more: its retries last while Envoy is behind.
+        let settle = self.hold_cfg.settle;
+        let patience = settle
+            .saturating_mul(state.releases.into())
             .min(Duration::from_secs(1));
         let started = Instant::now();
         let deadline = hold::later(started, max_hold);
-        let waited = self.holds.wait(cluster, settle, deadline).await;
+        let waited = self.holds.wait(cluster, settle, patience, deadline).await;
         if waited != Err(Unheld::Limit) && waited != Err(Unheld::NothingComing) {
             self.metrics.hold_ended(started.elapsed().as_secs_f64());
         }
@@ -258,6 +263,14 @@ impl Decider {
         self.metrics
             .answer(if ok { Answer::Pass } else { Answer::Stopped });
         ok
+    }
+
+    /// A retry's answer that did not fail, from `upstream`: Envoy can send
+    /// the requests held for `cluster` somewhere.
+    pub(crate) fn served(&self, cluster: Option<&str>, upstream: Upstream) {
+        if upstream.endpoint().is_some() {
+            self.holds.served(cluster);
+        }
     }
 
     /// The failed response the client is about to get: learn from it.
@@ -481,5 +494,24 @@ mod tests {
         }
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(plain(), Verdict::Retry, "a second later");
+    }
+
+    /// Guards: the `envoy_behind` call in `judge` and `served`.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_attempt_marks_envoy_behind_until_an_app_serves_a_retry() {
+        let d = decider(|_| {});
+        let (_, got) = first(&d, &from_a(503, Signal::Drain, GET));
+        assert_eq!(got, Verdict::Retry);
+        assert!(!d.holds.is_behind(Some("app")), "retried, not held");
+        let (_, got) = first(&d, &attempt(503, Signal::Plain, GET, Upstream::Hold));
+        assert_eq!(got, Verdict::Hold);
+        assert!(
+            d.holds.is_behind(Some("app")),
+            "Envoy had nowhere to send it"
+        );
+        d.served(Some("app"), Upstream::Hold);
+        assert!(d.holds.is_behind(Some("app")), "not served by an app");
+        d.served(Some("app"), Upstream::Endpoint(addr(B)));
+        assert!(!d.holds.is_behind(Some("app")));
     }
 }
