@@ -123,14 +123,24 @@ impl Holds {
         current(&mut behind, name).is_some()
     }
 
-    /// The next scout slot of cluster `name` at or after `earliest`, taken
-    /// (one per `gap`); `None` when Envoy is not behind on it.
-    fn scout_slot(&self, name: Option<&str>, earliest: Instant, gap: Duration) -> Option<Instant> {
+    /// When a request of cluster `name` that may not leave before
+    /// `not_before` scouts: the next slot of the cluster's queue (one per
+    /// `gap`, taken), or its own later time, which leaves the queue to the
+    /// others; `None` when Envoy is not behind on it.
+    fn scout_slot(
+        &self,
+        name: Option<&str>,
+        not_before: Instant,
+        gap: Duration,
+    ) -> Option<Instant> {
         let mut behind = self.behind.lock().unwrap_or_else(|p| p.into_inner());
         let b = current(&mut behind, name)?;
-        let slot = b.next_scout.max(earliest);
-        b.next_scout = slot + gap;
-        Some(slot)
+        let queue = b.next_scout.max(Instant::now());
+        if not_before > queue {
+            return Some(not_before);
+        }
+        b.next_scout = queue + gap;
+        Some(queue)
     }
 
     /// Requests held right now.
@@ -207,7 +217,7 @@ impl Holds {
                 let scout = if confirmed {
                     None
                 } else {
-                    self.scout_slot(name, not_before.max(now), settle)
+                    self.scout_slot(name, not_before, settle)
                 };
                 let Some(scout) = scout else {
                     let earliest = if confirmed { now } else { now + settle };
@@ -582,8 +592,8 @@ mod tests {
         d.hold(Some("app"), LONG, &mut Default::default()).await;
         assert_eq!(
             start.elapsed(),
-            SETTLE,
-            "another request: the next scout slot"
+            Duration::ZERO,
+            "another request: the queue is not held up by the first's patience"
         );
     }
 

@@ -201,10 +201,12 @@ impl Decider {
             .as_deref()
             .is_some_and(|c| self.holds.has_other(c, f.upstream.endpoint()));
         // Two failures in a row while mulligan knows an endpoint that can
-        // serve: Envoy's view lags (its endpoint list still shows pods that
-        // are leaving). Holding gives it time to catch up before the next
-        // attempt, instead of spending every retry on the same leavers.
-        let lagging = state.failures >= REPEATED_FAILURES;
+        // serve, or Envoy behind on the cluster (a request held since a
+        // retry was last served): Envoy's view lags (its endpoint list
+        // still shows pods that are leaving). Holding gives it time to
+        // catch up before the next attempt, instead of spending every retry
+        // on the same leavers.
+        let lagging = state.failures >= REPEATED_FAILURES || self.holds.is_behind(f.cluster);
         if f.upstream == Upstream::Hold || (cluster.is_some() && (!others || lagging)) {
             Verdict::Hold
         } else {
@@ -453,6 +455,9 @@ mod tests {
         assert_eq!(fail(), Verdict::Retry);
         assert_eq!(fail(), Verdict::Hold, "Envoy's view lags: give it time");
         assert_eq!(same.failures, 3);
+        // Envoy's view caught up (a retry was served): another request is
+        // judged on its own failures again.
+        d.served(Some("app"), Upstream::Endpoint(addr(B)));
         let (_, other) = first(&d, &from_a(503, Signal::Drain, GET));
         assert_eq!(other, Verdict::Retry, "another request has its own count");
     }
@@ -513,5 +518,20 @@ mod tests {
         assert!(d.holds.is_behind(Some("app")), "not served by an app");
         d.served(Some("app"), Upstream::Endpoint(addr(B)));
         assert!(!d.holds.is_behind(Some("app")));
+    }
+
+    /// Guard: `is_behind` in `lagging`.
+    #[tokio::test(start_paused = true)]
+    async fn while_envoy_is_behind_a_first_failure_is_held_not_retried() {
+        let d = decider(|_| {});
+        d.holds.envoy_behind(Some("app"));
+        let (_, got) = first(&d, &from_a(503, Signal::Drain, GET));
+        assert_eq!(got, Verdict::Hold, "B is ready, but Envoy is behind");
+        d.served(Some("app"), Upstream::Endpoint(addr(B)));
+        let (_, got) = first(&d, &from_a(503, Signal::Drain, GET));
+        assert_eq!(got, Verdict::Retry, "a retry was served since");
+        d.holds.envoy_behind(Some("app"));
+        let (_, got) = first(&d, &from_a(503, Signal::Close, POST));
+        assert_eq!(got, Verdict::Stand(Decision::Unsafe), "safety first");
     }
 }
