@@ -225,7 +225,12 @@ impl Holds {
                     return until(ready, deadline).await;
                 };
                 tokio::select! {
-                    ended = until(scout, deadline) => return ended,
+                    ended = until(scout, deadline) => {
+                        ended?;
+                        // A scout is a release like any other: at the pace.
+                        let ready = self.release_slot(name, &cluster, Instant::now());
+                        return until(ready, deadline).await;
+                    }
                     _ = served.changed() => confirmed = true,
                 }
                 continue;
@@ -592,8 +597,8 @@ mod tests {
         d.hold(Some("app"), LONG, &mut Default::default()).await;
         assert_eq!(
             start.elapsed(),
-            Duration::ZERO,
-            "another request: the queue is not held up by the first's patience"
+            Duration::from_millis(5),
+            "another request: not held up by the first's patience, only by the release pace (200 a second)"
         );
     }
 
