@@ -213,25 +213,11 @@ impl Holds {
             }
             let cluster = cluster.unwrap_or_default();
             if self.reachable(&cluster).await {
-                let now = Instant::now();
-                let scout = if confirmed {
-                    None
-                } else {
-                    self.scout_slot(name, not_before, settle)
-                };
-                let Some(scout) = scout else {
-                    let earliest = if confirmed { now } else { now + settle };
-                    let ready = self.release_slot(name, &cluster, earliest);
-                    return until(ready, deadline).await;
-                };
-                tokio::select! {
-                    ended = until(scout, deadline) => {
-                        ended?;
-                        // A scout is a release like any other: at the pace.
-                        let ready = self.release_slot(name, &cluster, Instant::now());
-                        return until(ready, deadline).await;
-                    }
-                    _ = served.changed() => confirmed = true,
+                let timing = (settle, not_before);
+                let go = self.release(name, &cluster, timing, confirmed, deadline, &mut served);
+                match go.await {
+                    Some(ended) => return ended,
+                    None => confirmed = true,
                 }
                 continue;
             }
@@ -244,6 +230,44 @@ impl Holds {
             if Instant::now() >= deadline {
                 return Err(Unheld::TooLong);
             }
+        }
+    }
+
+    /// Once an endpoint of `cluster` is reachable: the request goes at
+    /// its release slot (at once when a scout was served, else `settle`
+    /// from now) or, while Envoy is behind, at its scout slot (`settle`
+    /// apart, not before `not_before`); `None` when a scout is served
+    /// first.
+    async fn release(
+        &self,
+        name: Option<&str>,
+        cluster: &Cluster,
+        (settle, not_before): (Duration, Instant),
+        confirmed: bool,
+        deadline: Instant,
+        served: &mut watch::Receiver<u64>,
+    ) -> Option<Result<(), Unheld>> {
+        let now = Instant::now();
+        let scout = if confirmed {
+            None
+        } else {
+            self.scout_slot(name, not_before, settle)
+        };
+        let Some(scout) = scout else {
+            let earliest = if confirmed { now } else { now + settle };
+            let ready = self.release_slot(name, cluster, earliest);
+            return Some(until(ready, deadline).await);
+        };
+        tokio::select! {
+            ended = until(scout, deadline) => {
+                if ended.is_err() {
+                    return Some(ended);
+                }
+                // A scout is a release like any other: at the pace.
+                let ready = self.release_slot(name, cluster, Instant::now());
+                Some(until(ready, deadline).await)
+            }
+            _ = served.changed() => None,
         }
     }
 
