@@ -143,9 +143,12 @@ pub struct Hold {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// After an endpoint is found, wait this long before asking Envoy to
-    /// retry, doubled each time the same request comes back to the hold
-    /// (Envoy's view of the endpoint may lag mulligan's: an ejected host
-    /// returns after its ejection time). Capped at 1 s.
+    /// retry (Envoy's view of the endpoint may lag mulligan's: an ejected
+    /// host returns after its ejection time). While Envoy is behind (a
+    /// request was held since a retry was last served), held requests
+    /// leave as scouts, one per `settle`, until one is served; a request
+    /// back at the hold waits one `settle` more per earlier release (at
+    /// most 1 s) before it scouts again.
     #[serde(with = "humantime_serde")]
     pub settle: Duration,
     /// Held requests go back to Envoy at most this many per second per

@@ -9,6 +9,15 @@
 //! `interval` even with no probe path configured. Probes are shared: an
 //! endpoint is connected to at most once per `interval`, however many
 //! requests wait on it.
+//!
+//! mulligan often knows an endpoint before Envoy does (its discovery has no
+//! propagation lag, its probes see readiness first). A request released
+//! then comes back (from the hold endpoint, or from a leaver Envoy's list
+//! still shows). So a cluster is *behind* from the moment an attempt of it
+//! is held until a retry is served by an app: while it is, held requests
+//! leave one at a time, a *scout* per `settle`, and the rest wait until a
+//! scout is served, then all go at once. The others keep their retries
+//! (Envoy's `num_retries`) for when Envoy can use them.
 
 use std::{
     collections::HashMap,
@@ -20,7 +29,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{net::TcpStream, time::Instant};
+use tokio::{net::TcpStream, sync::watch, time::Instant};
 
 use crate::{
     config::Hold,
@@ -55,6 +64,11 @@ pub struct Holds {
     /// The next free release slot per cluster: held requests go back to
     /// Envoy at a pace the endpoints that came back can take, not at once.
     next_release: Mutex<HashMap<Option<String>, Instant>>,
+    /// Clusters Envoy is behind on.
+    behind: Mutex<HashMap<Option<String>, Behind>>,
+    /// Bumped when a retry is served: wakes the requests waiting for a
+    /// scout.
+    served: watch::Sender<u64>,
 }
 
 impl Holds {
@@ -68,7 +82,65 @@ impl Holds {
             seen: Mutex::new(HashMap::new()),
             release_rate: f64::from(cfg.release_per_endpoint.max(1)),
             next_release: Mutex::new(HashMap::new()),
+            behind: Mutex::new(HashMap::new()),
+            served: watch::Sender::new(0),
         }
+    }
+
+    /// An attempt of cluster `name` is held: Envoy had no endpoint to send
+    /// it to that could serve it, whatever mulligan knows.
+    pub fn envoy_behind(&self, name: Option<&str>) {
+        let mut behind = self.behind.lock().unwrap_or_else(|p| p.into_inner());
+        if behind.len() > 4096 {
+            behind.clear();
+        }
+        let now = Instant::now();
+        behind
+            .entry(name.map(str::to_string))
+            .and_modify(|b| b.seen = now)
+            .or_insert(Behind {
+                seen: now,
+                next_scout: now,
+            });
+    }
+
+    /// A retry of cluster `name` was served by an app: Envoy can send there
+    /// again, and every request waiting for a scout may go.
+    pub fn served(&self, name: Option<&str>) {
+        let was = self
+            .behind
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name.map(str::to_string));
+        if was.is_some() {
+            self.served.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Whether Envoy is behind on cluster `name`.
+    pub fn is_behind(&self, name: Option<&str>) -> bool {
+        let mut behind = self.behind.lock().unwrap_or_else(|p| p.into_inner());
+        current(&mut behind, name).is_some()
+    }
+
+    /// When a request of cluster `name` that may not leave before
+    /// `not_before` scouts: the next slot of the cluster's queue (one per
+    /// `gap`, taken), or its own later time, which leaves the queue to the
+    /// others; `None` when Envoy is not behind on it.
+    fn scout_slot(
+        &self,
+        name: Option<&str>,
+        not_before: Instant,
+        gap: Duration,
+    ) -> Option<Instant> {
+        let mut behind = self.behind.lock().unwrap_or_else(|p| p.into_inner());
+        let b = current(&mut behind, name)?;
+        let queue = b.next_scout.max(Instant::now());
+        if not_before > queue {
+            return Some(not_before);
+        }
+        b.next_scout = queue + gap;
+        Some(queue)
     }
 
     /// Requests held right now.
@@ -105,12 +177,16 @@ impl Holds {
 
     /// Waits until an endpoint of cluster `name` can serve, then `settle`
     /// more (time for Envoy's own view to catch up), or until `deadline`.
-    /// The cluster is read afresh on every wake: an endpoint discovered
-    /// after the hold began serves it too.
+    /// While Envoy is behind on the cluster, the request leaves as a scout
+    /// (one per `settle`, and not before `patience` from now: a request
+    /// back from the hold again waits its turn longer, so its retries last)
+    /// or as soon as a scout is served. The cluster is read afresh on every
+    /// wake: an endpoint discovered after the hold began serves it too.
     pub async fn wait(
         &self,
         name: Option<&str>,
         settle: Duration,
+        patience: Duration,
         deadline: Instant,
     ) -> Result<(), Unheld> {
         if !self.plausible(name) {
@@ -124,22 +200,26 @@ impl Holds {
         self.metrics.held(1.0);
         let mut changes = self.registry.subscribe();
         let mut members = self.registry.membership();
+        let mut served = self.served.subscribe();
+        let not_before = later(Instant::now(), patience);
+        let mut confirmed = false;
         loop {
             changes.borrow_and_update();
             members.borrow_and_update();
+            served.borrow_and_update();
             let cluster = self.registry.cluster(name);
             if !self.plausible_with(name, cluster.as_deref()) {
                 return Err(Unheld::NothingComing);
             }
             let cluster = cluster.unwrap_or_default();
             if self.reachable(&cluster).await {
-                let ready = self.release_slot(name, &cluster, Instant::now() + settle);
-                tokio::time::sleep_until(ready.min(deadline)).await;
-                return if ready <= deadline {
-                    Ok(())
-                } else {
-                    Err(Unheld::TooLong)
-                };
+                let timing = (settle, not_before);
+                let go = self.release(name, &cluster, timing, confirmed, deadline, &mut served);
+                match go.await {
+                    Some(ended) => return ended,
+                    None => confirmed = true,
+                }
+                continue;
             }
             let tick = (Instant::now() + self.interval).min(deadline);
             tokio::select! {
@@ -150,6 +230,44 @@ impl Holds {
             if Instant::now() >= deadline {
                 return Err(Unheld::TooLong);
             }
+        }
+    }
+
+    /// Once an endpoint of `cluster` is reachable: the request goes at
+    /// its release slot (at once when a scout was served, else `settle`
+    /// from now) or, while Envoy is behind, at its scout slot (`settle`
+    /// apart, not before `not_before`); `None` when a scout is served
+    /// first.
+    async fn release(
+        &self,
+        name: Option<&str>,
+        cluster: &Cluster,
+        (settle, not_before): (Duration, Instant),
+        confirmed: bool,
+        deadline: Instant,
+        served: &mut watch::Receiver<u64>,
+    ) -> Option<Result<(), Unheld>> {
+        let now = Instant::now();
+        let scout = if confirmed {
+            None
+        } else {
+            self.scout_slot(name, not_before, settle)
+        };
+        let Some(scout) = scout else {
+            let earliest = if confirmed { now } else { now + settle };
+            let ready = self.release_slot(name, cluster, earliest);
+            return Some(until(ready, deadline).await);
+        };
+        tokio::select! {
+            ended = until(scout, deadline) => {
+                if ended.is_err() {
+                    return Some(ended);
+                }
+                // A scout is a release like any other: at the pace.
+                let ready = self.release_slot(name, cluster, Instant::now());
+                Some(until(ready, deadline).await)
+            }
+            _ = served.changed() => None,
         }
     }
 
@@ -215,6 +333,45 @@ impl Holds {
         seen.get(&addr)
             .filter(|(at, _)| at.elapsed() < self.interval)
             .map(|(_, ok)| *ok)
+    }
+}
+
+/// Envoy seen behind on a cluster.
+#[derive(Debug)]
+struct Behind {
+    /// When an attempt was last held.
+    seen: Instant,
+    /// The next free scout slot.
+    next_scout: Instant,
+}
+
+/// How long one sighting keeps a cluster behind without a served retry to
+/// clear it: past this, with no attempt held since, Envoy
+/// may well have caught up, and held requests go at the usual pace (one
+/// that finds Envoy still behind comes back and says so).
+const BEHIND_FOR: Duration = Duration::from_secs(1);
+
+/// Cluster `name`'s entry in `behind`, unless it has expired.
+fn current<'a>(
+    behind: &'a mut HashMap<Option<String>, Behind>,
+    name: Option<&str>,
+) -> Option<&'a mut Behind> {
+    let key = name.map(str::to_string);
+    if behind.get(&key)?.seen.elapsed() > BEHIND_FOR {
+        behind.remove(&key);
+        return None;
+    }
+    behind.get_mut(&key)
+}
+
+/// Sleeps until `ready`: released then, or too long if `deadline` comes
+/// first.
+async fn until(ready: Instant, deadline: Instant) -> Result<(), Unheld> {
+    tokio::time::sleep_until(ready.min(deadline)).await;
+    if ready <= deadline {
+        Ok(())
+    } else {
+        Err(Unheld::TooLong)
     }
 }
 
@@ -299,7 +456,9 @@ mod tests {
         let (_l, addrs) = listening(1);
         let h = holds(&addrs, |_| {});
         let start = Instant::now();
-        let got = h.wait(Some("app"), SETTLE, start + LONG).await;
+        let got = h
+            .wait(Some("app"), SETTLE, Duration::ZERO, start + LONG)
+            .await;
         assert_eq!(got, Ok(()));
         assert_eq!(start.elapsed(), SETTLE);
         assert_eq!(h.held(), 0);
@@ -313,7 +472,7 @@ mod tests {
         let h = holds(&addrs, |c| c.release_per_endpoint = 5);
         let start = Instant::now();
         let waits = (0..3).map(|_| async {
-            h.wait(Some("app"), SETTLE, start + LONG)
+            h.wait(Some("app"), SETTLE, Duration::ZERO, start + LONG)
                 .await
                 .expect("released");
             start.elapsed()
@@ -332,7 +491,8 @@ mod tests {
         set(&h, addrs[0], State::NotReady);
         let start = Instant::now();
         let deadline = start + Duration::from_millis(350);
-        let got = tokio::time::timeout(LONG, h.wait(Some("app"), SETTLE, deadline)).await;
+        let got =
+            tokio::time::timeout(LONG, h.wait(Some("app"), SETTLE, Duration::ZERO, deadline)).await;
         assert_eq!(
             got,
             Ok(Err(Unheld::TooLong)),
@@ -354,7 +514,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(200)).await;
             set(&h, addrs[0], State::Ready);
         };
-        let (got, ()) = tokio::join!(h.wait(Some("app"), SETTLE, start + LONG * 2), ready);
+        let (got, ()) = tokio::join!(
+            h.wait(Some("app"), SETTLE, Duration::ZERO, start + LONG * 2),
+            ready
+        );
         assert_eq!(got, Ok(()));
         assert_eq!(start.elapsed(), Duration::from_millis(200) + SETTLE);
     }
@@ -368,7 +531,8 @@ mod tests {
         set(&h, addrs[1], State::Draining);
         let start = Instant::now();
         assert_eq!(
-            h.wait(Some("app"), SETTLE, start + LONG).await,
+            h.wait(Some("app"), SETTLE, Duration::ZERO, start + LONG)
+                .await,
             Err(Unheld::NothingComing)
         );
         assert_eq!(start.elapsed(), Duration::ZERO);
@@ -378,11 +542,15 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(300)).await;
             set(&h, addrs[1], State::Draining);
         };
-        let (got, ()) = tokio::join!(h.wait(Some("app"), SETTLE, start + LONG), leave);
+        let (got, ()) = tokio::join!(
+            h.wait(Some("app"), SETTLE, Duration::ZERO, start + LONG),
+            leave
+        );
         assert_eq!(got, Err(Unheld::NothingComing));
         assert_eq!(start.elapsed(), Duration::from_millis(300));
         assert_eq!(
-            h.wait(Some("other"), SETTLE, start + LONG).await,
+            h.wait(Some("other"), SETTLE, Duration::ZERO, start + LONG)
+                .await,
             Err(Unheld::NothingComing),
             "a cluster mulligan does not know"
         );
@@ -395,11 +563,18 @@ mod tests {
         let h = holds(&addrs, |c| c.max_held = 1);
         set(&h, addrs[0], State::NotReady);
         let start = Instant::now();
-        let first = h.wait(Some("app"), SETTLE, start + Duration::from_secs(1));
+        let first = h.wait(
+            Some("app"),
+            SETTLE,
+            Duration::ZERO,
+            start + Duration::from_secs(1),
+        );
         let second = async {
             tokio::time::sleep(Duration::from_millis(10)).await;
             assert_eq!(h.held(), 1);
-            let got = h.wait(Some("app"), SETTLE, start + LONG).await;
+            let got = h
+                .wait(Some("app"), SETTLE, Duration::ZERO, start + LONG)
+                .await;
             (got, start.elapsed())
         };
         let (first, second) = tokio::join!(first, second);
@@ -410,6 +585,7 @@ mod tests {
             h.wait(
                 Some("app"),
                 SETTLE,
+                Duration::ZERO,
                 Instant::now() + Duration::from_millis(5)
             )
             .await,
@@ -418,9 +594,10 @@ mod tests {
         );
     }
 
-    /// Guard: the doubling of `settle` per release in `Decider::hold`.
+    /// Guard: `patience` in `Decider::hold` (a request's own releases) and
+    /// its floor on the scout slot in `wait`.
     #[tokio::test(start_paused = true)]
-    async fn a_request_back_at_the_hold_settles_twice_as_long() {
+    async fn a_request_back_at_the_hold_again_scouts_later() {
         let (_l, addrs) = listening(1);
         let mut cfg = Config::default();
         cfg.endpoints.clusters.insert("app".into(), addrs.clone());
@@ -430,20 +607,82 @@ mod tests {
         let mut took = Vec::new();
         // The releases are counted in the request's own state.
         let mut again = super::super::AttemptState::default();
-        for released in 1..=6 {
+        for released in 1..=4 {
+            d.holds.envoy_behind(Some("app"));
             let start = Instant::now();
             let answer = d.hold(Some("app"), LONG, &mut again).await;
             assert_eq!(answer, crate::metrics::Answer::RetryAfterHold);
             assert_eq!(again.releases, released);
             took.push(start.elapsed().as_millis());
         }
-        assert_eq!(
-            took,
-            vec![50, 100, 200, 400, 800, 1000],
-            "doubling, capped at 1 s"
-        );
+        assert_eq!(took, vec![0, 50, 100, 150], "one settle more per release");
+        d.holds.envoy_behind(Some("app"));
         let start = Instant::now();
         d.hold(Some("app"), LONG, &mut Default::default()).await;
-        assert_eq!(start.elapsed(), SETTLE, "another request starts afresh");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(5),
+            "another request: not held up by the first's patience, only by the release pace (200 a second)"
+        );
+    }
+
+    /// Guards: `scout_slot` (one scout per settle while Envoy is behind)
+    /// and the `served` wake in `wait` (the rest go at once).
+    #[tokio::test(start_paused = true)]
+    async fn while_envoy_is_behind_one_scout_leaves_per_settle_until_one_is_served() {
+        let (_l, addrs) = listening(1);
+        let h = holds(&addrs, |_| {});
+        h.envoy_behind(Some("app"));
+        let start = Instant::now();
+        let waits = (0..4).map(|_| async {
+            h.wait(Some("app"), SETTLE, Duration::ZERO, start + LONG)
+                .await
+                .expect("released");
+            start.elapsed()
+        });
+        let serve = async {
+            // The second scout is served 30 ms after it left.
+            tokio::time::sleep(SETTLE + Duration::from_millis(30)).await;
+            h.served(Some("app"));
+        };
+        let (mut at, ()) = tokio::join!(futures::future::join_all(waits), serve);
+        at.sort();
+        // The last two at once, at the release pace (200 a second).
+        let served = SETTLE + Duration::from_millis(30);
+        let pace = Duration::from_millis(5);
+        assert_eq!(at, vec![Duration::ZERO, SETTLE, served, served + pace]);
+        assert!(!h.is_behind(Some("app")));
+        let again = Instant::now();
+        h.wait(Some("app"), SETTLE, Duration::ZERO, again + LONG)
+            .await
+            .expect("released");
+        assert_eq!(again.elapsed(), SETTLE, "no longer behind: the settle time");
+    }
+
+    /// Guard: `served` clears only the cluster it names.
+    #[tokio::test(start_paused = true)]
+    async fn a_cluster_is_behind_until_a_retry_of_its_own_is_served() {
+        let (_l, addrs) = listening(1);
+        let h = holds(&addrs, |_| {});
+        h.envoy_behind(Some("app"));
+        h.served(Some("other"));
+        assert!(h.is_behind(Some("app")));
+        h.served(Some("app"));
+        assert!(!h.is_behind(Some("app")));
+    }
+
+    /// Guard: `BEHIND_FOR` in `current`.
+    #[tokio::test(start_paused = true)]
+    async fn a_sighting_of_envoy_behind_expires_without_another() {
+        let (_l, addrs) = listening(1);
+        let h = holds(&addrs, |_| {});
+        h.envoy_behind(Some("app"));
+        tokio::time::advance(BEHIND_FOR).await;
+        assert!(h.is_behind(Some("app")), "within the time");
+        h.envoy_behind(Some("app"));
+        tokio::time::advance(BEHIND_FOR).await;
+        assert!(h.is_behind(Some("app")), "seen again: kept");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!h.is_behind(Some("app")));
     }
 }

@@ -111,7 +111,7 @@ pub enum Verdict {
 }
 
 /// From this many failed attempts of one request on, each retry waits in
-/// the hold first (with a settle time that doubles per release).
+/// the hold first (released after `hold.settle`, or as a scout).
 const REPEATED_FAILURES: u8 = 3;
 
 /// Shared by every stream.
@@ -158,6 +158,12 @@ impl Decider {
         };
         self.learn(f.upstream, cause);
         let verdict = self.verdict(f, cause, state);
+        if verdict == Verdict::Hold {
+            // Envoy sent it where it could not be served (the hold
+            // endpoint, or the leavers its list still shows): its view is
+            // behind until a retry is served.
+            self.holds.envoy_behind(f.cluster);
+        }
         let decision = match verdict {
             Verdict::Stand(d) => d,
             _ => Decision::Retry,
@@ -195,10 +201,12 @@ impl Decider {
             .as_deref()
             .is_some_and(|c| self.holds.has_other(c, f.upstream.endpoint()));
         // Two failures in a row while mulligan knows an endpoint that can
-        // serve: Envoy's view lags (its endpoint list still shows pods that
-        // are leaving). Holding gives it time to catch up before the next
-        // attempt, instead of spending every retry on the same leavers.
-        let lagging = state.failures >= REPEATED_FAILURES;
+        // serve, or Envoy behind on the cluster (a request held since a
+        // retry was last served): Envoy's view lags (its endpoint list
+        // still shows pods that are leaving). Holding gives it time to
+        // catch up before the next attempt, instead of spending every retry
+        // on the same leavers.
+        let lagging = state.failures >= REPEATED_FAILURES || self.holds.is_behind(f.cluster);
         if f.upstream == Upstream::Hold || (cluster.is_some() && (!others || lagging)) {
             Verdict::Hold
         } else {
@@ -225,16 +233,15 @@ impl Decider {
         max_hold: Duration,
         state: &mut AttemptState,
     ) -> Answer {
-        // A request back at the hold right after a release found Envoy
-        // still without the endpoint: give Envoy's view longer to catch up.
-        let settle = self
-            .hold_cfg
-            .settle
-            .saturating_mul(2u32.saturating_pow(state.releases.into()))
+        // A request back at the hold again waits longer before it may
+        // scout once more: its retries last while Envoy is behind.
+        let settle = self.hold_cfg.settle;
+        let patience = settle
+            .saturating_mul(state.releases.into())
             .min(Duration::from_secs(1));
         let started = Instant::now();
         let deadline = hold::later(started, max_hold);
-        let waited = self.holds.wait(cluster, settle, deadline).await;
+        let waited = self.holds.wait(cluster, settle, patience, deadline).await;
         if waited != Err(Unheld::Limit) && waited != Err(Unheld::NothingComing) {
             self.metrics.hold_ended(started.elapsed().as_secs_f64());
         }
@@ -258,6 +265,14 @@ impl Decider {
         self.metrics
             .answer(if ok { Answer::Pass } else { Answer::Stopped });
         ok
+    }
+
+    /// A retry's answer that did not fail, from `upstream`: Envoy can send
+    /// the requests held for `cluster` somewhere.
+    pub(crate) fn served(&self, cluster: Option<&str>, upstream: Upstream) {
+        if upstream.endpoint().is_some() {
+            self.holds.served(cluster);
+        }
     }
 
     /// The failed response the client is about to get: learn from it.
@@ -440,6 +455,9 @@ mod tests {
         assert_eq!(fail(), Verdict::Retry);
         assert_eq!(fail(), Verdict::Hold, "Envoy's view lags: give it time");
         assert_eq!(same.failures, 3);
+        // Envoy's view caught up (a retry was served): another request is
+        // judged on its own failures again.
+        d.served(Some("app"), Upstream::Endpoint(addr(B)));
         let (_, other) = first(&d, &from_a(503, Signal::Drain, GET));
         assert_eq!(other, Verdict::Retry, "another request has its own count");
     }
@@ -481,5 +499,39 @@ mod tests {
         }
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(plain(), Verdict::Retry, "a second later");
+    }
+
+    /// Guards: the `envoy_behind` call in `judge` and `served`.
+    #[tokio::test(start_paused = true)]
+    async fn a_held_attempt_marks_envoy_behind_until_an_app_serves_a_retry() {
+        let d = decider(|_| {});
+        let (_, got) = first(&d, &from_a(503, Signal::Drain, GET));
+        assert_eq!(got, Verdict::Retry);
+        assert!(!d.holds.is_behind(Some("app")), "retried, not held");
+        let (_, got) = first(&d, &attempt(503, Signal::Plain, GET, Upstream::Hold));
+        assert_eq!(got, Verdict::Hold);
+        assert!(
+            d.holds.is_behind(Some("app")),
+            "Envoy had nowhere to send it"
+        );
+        d.served(Some("app"), Upstream::Hold);
+        assert!(d.holds.is_behind(Some("app")), "not served by an app");
+        d.served(Some("app"), Upstream::Endpoint(addr(B)));
+        assert!(!d.holds.is_behind(Some("app")));
+    }
+
+    /// Guard: `is_behind` in `lagging`.
+    #[tokio::test(start_paused = true)]
+    async fn while_envoy_is_behind_a_first_failure_is_held_not_retried() {
+        let d = decider(|_| {});
+        d.holds.envoy_behind(Some("app"));
+        let (_, got) = first(&d, &from_a(503, Signal::Drain, GET));
+        assert_eq!(got, Verdict::Hold, "B is ready, but Envoy is behind");
+        d.served(Some("app"), Upstream::Endpoint(addr(B)));
+        let (_, got) = first(&d, &from_a(503, Signal::Drain, GET));
+        assert_eq!(got, Verdict::Retry, "a retry was served since");
+        d.holds.envoy_behind(Some("app"));
+        let (_, got) = first(&d, &from_a(503, Signal::Close, POST));
+        assert_eq!(got, Verdict::Stand(Decision::Unsafe), "safety first");
     }
 }

@@ -96,7 +96,9 @@ pub(crate) fn on_response_headers(
         return final_response(decider, &f);
     }
     if f.response.status < 500 {
-        // A retry's answer that did not fail: nothing to judge.
+        // A retry's answer that did not fail: nothing to judge, but Envoy
+        // can reach an app again.
+        decider.served(f.cluster, f.upstream);
         return Reply {
             now: reply::continue_response_headers(),
             hold: None,

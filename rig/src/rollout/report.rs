@@ -209,14 +209,22 @@ impl ScenarioResult {
         out
     }
 
-    /// One line on what mulligan changed: Envoy Gateway's retries against
-    /// mulligan, when both ran.
+    /// One line on what mulligan changed, the win and its cost: Envoy
+    /// Gateway's retries against mulligan, when both ran.
     pub fn verdict(&self) -> Option<String> {
         let by = |v: Variant| self.variants.iter().find(|r| r.variant == v.name());
         let (b, e) = (by(Variant::GatewayRetries)?, by(Variant::Mulligan)?);
         Some(format!(
-            "**With Envoy Gateway's retries, {} of {} requests failed (p99 wait for the error {:.0} ms) and {} ran twice; with mulligan, {} failed (p99 wait {:.0} ms) and {} ran twice.**",
-            b.errors, b.requests, b.p99_failed_ms, b.ran_twice, e.errors, e.p99_failed_ms, e.ran_twice
+            "**With Envoy Gateway's retries, {} of {} requests failed (p99 wait for the error {:.0} ms) and {} ran twice; with mulligan, {} failed (p99 wait {:.0} ms) and {} ran twice. p99 latency of every request: {:.0} ms with mulligan, {:.0} ms with Envoy Gateway's retries.**",
+            b.errors,
+            b.requests,
+            b.p99_failed_ms,
+            b.ran_twice,
+            e.errors,
+            e.p99_failed_ms,
+            e.ran_twice,
+            e.p99_ms,
+            b.p99_ms
         ))
     }
 
