@@ -178,34 +178,30 @@ fn cluster_regions(settings: &Settings) -> Vec<Region> {
         .as_ref()
         .and_then(|p| p.overprovisioning_factor)
         .unwrap_or_default();
-    vec![
+    let limits = [
+        ("max_retries", breakers.max_retries),
+        ("max_requests", breakers.max_requests),
+        ("max_pending_requests", breakers.max_pending_requests),
+        ("max_connections", breakers.max_connections),
+    ];
+    let mut regions = vec![
         region("protocol_options", any(&options)),
         region(
             "outlier_detection",
             Encoded::of(&cluster.outlier_detection.unwrap_or_default()),
         ),
-        region(
-            "max_retries",
-            Encoded::of(&breakers.max_retries.unwrap_or_default()),
-        ),
-        region(
-            "max_requests",
-            Encoded::of(&breakers.max_requests.unwrap_or_default()),
-        ),
-        region(
-            "max_pending_requests",
-            Encoded::of(&breakers.max_pending_requests.unwrap_or_default()),
-        ),
-        region(
-            "max_connections",
-            Encoded::of(&breakers.max_connections.unwrap_or_default()),
-        ),
-        region(
-            "hold_endpoint",
-            Encoded::of(&hold.cloned().unwrap_or_default()),
-        ),
-        region("overprovisioning_factor", Encoded::of(&factor)),
-    ]
+    ];
+    regions.extend(
+        limits
+            .into_iter()
+            .map(|(name, limit)| region(name, Encoded::of(&limit.unwrap_or_default()))),
+    );
+    regions.push(region(
+        "hold_endpoint",
+        Encoded::of(&hold.cloned().unwrap_or_default()),
+    ));
+    regions.push(region("overprovisioning_factor", Encoded::of(&factor)));
+    regions
 }
 
 /// An `Any` as a message of its own (printed with its `@type`).
