@@ -177,7 +177,7 @@ async fn until_envoy_healthy(envoy: &Envoy, healthy: u64) -> Instant {
 }
 
 /// One scenario's stack: the pod (booting), both EDS files, mulligan, Envoy.
-struct Rig {
+struct Stage {
     pod: StampedPod,
     mulligan_eds: MulliganEds,
     envoy_eds: EdsFile,
@@ -186,9 +186,9 @@ struct Rig {
     envoy: Envoy,
 }
 
-impl Rig {
+impl Stage {
     /// `envoy_lists`: whether Envoy's EDS lists the booting pod.
-    async fn start(envoy_lists: bool) -> Rig {
+    async fn start(envoy_lists: bool) -> Stage {
         let pod = StampedPod::start(false).await;
         let mulligan_eds = MulliganEds::new();
         mulligan_eds.write(pod.addr, "UNHEALTHY");
@@ -200,7 +200,7 @@ impl Rig {
         }
         let envoy = Envoy::start(&envoy_eds.bootstrap(mulligan.grpc.port())).await;
         until_envoy_healthy(&envoy, if envoy_lists { 2 } else { 1 }).await;
-        Rig {
+        Stage {
             pod,
             mulligan_eds,
             envoy_eds,
@@ -228,6 +228,8 @@ struct Run {
     /// The first served after it, ms.
     first_ms: f64,
     all_200: bool,
+    /// Releases that met the hold again (Envoy still behind: scouts).
+    back_at_hold: f64,
     ran_twice: bool,
     bodies_whole: bool,
 }
@@ -247,8 +249,8 @@ fn since(from: Instant, to: Instant) -> f64 {
 
 /// Waits for every request, prints each one's status and when its served
 /// attempt reached the pod (relative to `t0`), and checks the pod's view.
-async fn settle(
-    r: &Rig,
+async fn outcomes(
+    r: &Stage,
     tasks: Vec<tokio::task::JoinHandle<Outcome>>,
     t0: Instant,
     what: &str,
@@ -294,6 +296,7 @@ async fn settle(
         last_ms: since(t0, last),
         first_ms: since(t0, first),
         all_200: outcomes.iter().all(|o| o.status == "200"),
+        back_at_hold: r.mulligan.answers("retry_after_hold").await - REQUESTS as f64,
         ran_twice,
         bodies_whole,
     }
@@ -302,7 +305,7 @@ async fn settle(
 /// "EDS behind": Envoy learns the pod 500 ms after mulligan.
 async fn eds_behind(run: u64) -> Run {
     println!("\n### EDS behind, run {run}");
-    let r = Rig::start(false).await;
+    let r = Stage::start(false).await;
     let tasks = r.hold().await;
     println!("    {REQUESTS} held");
     let ready = Instant::now();
@@ -319,13 +322,13 @@ async fn eds_behind(run: u64) -> Run {
         since(learned, seen),
         since(learned, written),
     );
-    settle(&r, tasks, learned, "Envoy learned").await
+    outcomes(&r, tasks, learned, "Envoy learned").await
 }
 
 /// "Envoy already lists it": the pod becomes ready, mulligan is told at once.
 async fn already_listed(run: u64) -> Run {
     println!("\n### Envoy already lists it, run {run}");
-    let r = Rig::start(true).await;
+    let r = Stage::start(true).await;
     let tasks = r.hold().await;
     println!("    {REQUESTS} held");
     let ready = Instant::now();
@@ -336,20 +339,21 @@ async fn already_listed(run: u64) -> Run {
         "    mulligan saw it ready {:+.1} ms after the pod became ready",
         since(ready, seen)
     );
-    settle(&r, tasks, ready, "ready").await
+    outcomes(&r, tasks, ready, "ready").await
 }
 
 fn table(title: &str, from: &str, runs: &[Run]) {
     println!("\n## {title}\n");
-    println!("| run | last served after {from} (ms) | first (ms) | all 200 | none twice | bodies whole | <= {TARGET_MS} ms |");
-    println!("|-----|------|------|-----|-----|-----|-----|");
+    println!("| run | last served after {from} (ms) | first (ms) | all 200 | releases back at the hold | none twice | bodies whole | <= {TARGET_MS} ms |");
+    println!("|-----|------|------|-----|-----|-----|-----|-----|");
     for (i, r) in runs.iter().enumerate() {
         println!(
-            "| {} | {:.1} | {:.1} | {} | {} | {} | {} |",
+            "| {} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
             i + 1,
             r.last_ms,
             r.first_ms,
             r.all_200,
+            r.back_at_hold,
             !r.ran_twice,
             r.bodies_whole,
             r.last_ms <= TARGET_MS
