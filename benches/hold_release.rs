@@ -11,7 +11,8 @@
 //!   The pod becomes ready, mulligan is told at once, and Envoy's EDS file is
 //!   written 500 ms after mulligan saw it. The figure: the last request
 //!   served after the moment Envoy's admin shows the pod (its
-//!   `cluster.app.membership_healthy` counts it).
+//!   `cluster.app.membership_healthy` counts it; polled every 2 ms, so a
+//!   request may reach the pod a moment before that).
 //! - **Envoy already lists it**: Envoy's EDS lists the pod from the start
 //!   (so the first attempts meet its 503), mulligan's lists it not ready.
 //!   The pod becomes ready and mulligan's EDS marks it healthy at once. The
