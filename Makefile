@@ -162,6 +162,7 @@ bench: envoy release
 	cargo bench --bench passthrough
 	cargo bench --bench hot_path
 	cargo bench --bench holds -- --requests 1000
+	cargo bench --bench hold_release -- --runs 3
 	$(ROLLOUT) all
 
 clean-tools:
