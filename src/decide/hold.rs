@@ -16,7 +16,7 @@
 //! still shows). So a cluster is *behind* from the moment an attempt of it
 //! is held until a retry is served by an app: while it is, held requests
 //! leave one at a time, a *scout* per `settle`, and the rest wait until a
-//! scout is served, then all go at once. The others keep their retries
+//! scout is served, then go at the release pace. The others keep their retries
 //! (Envoy's `num_retries`) for when Envoy can use them.
 
 use std::{
