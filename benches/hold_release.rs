@@ -42,7 +42,6 @@ use rig::{
     payload,
     rollout::cluster::{eds_json, write_atomic},
 };
-use serde_json::Value;
 
 /// Held requests: even ids GET, odd ids POST with a body.
 const REQUESTS: usize = 15;
@@ -125,40 +124,6 @@ async fn mulligan_on(eds: &Path) -> (Mulligan, tempfile::TempDir) {
     (m, dir)
 }
 
-/// mulligan's state of `addr` in cluster `app` ("" when unknown).
-async fn state_of(m: &Mulligan, addr: SocketAddr) -> String {
-    let r = client::get(m.admin, "/v1/endpoints?cluster=app")
-        .await
-        .expect("list endpoints");
-    let v: Value = serde_json::from_slice(&r.body).expect("json");
-    v["endpoints"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| e["address"] == addr.to_string())
-        .and_then(|e| e["state"].as_str())
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Waits (polling every 2 ms) until mulligan has `addr` in `state`; returns
-/// when it first saw it so.
-async fn until_state(m: &Mulligan, addr: SocketAddr, state: &str) -> Instant {
-    let deadline = Instant::now() + rig::LOADED;
-    loop {
-        let now = state_of(m, addr).await;
-        if now == state {
-            return Instant::now();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{addr} is {now:?} in mulligan after {:?}, want {state:?}",
-            rig::LOADED
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 /// Waits (polling Envoy's admin every 2 ms) until `cluster.app` counts
 /// `healthy` healthy members (the hold endpoint is one); returns when.
 async fn until_envoy_healthy(envoy: &Envoy, healthy: u64) -> Instant {
@@ -194,7 +159,7 @@ impl Stage {
         let mulligan_eds = MulliganEds::new();
         mulligan_eds.write(pod.addr, "UNHEALTHY");
         let (mulligan, config) = mulligan_on(&mulligan_eds.path).await;
-        until_state(&mulligan, pod.addr, "not_ready").await;
+        mulligan.until_endpoint_state(pod.addr, "not_ready").await;
         let envoy_eds = EdsFile::new("app");
         if envoy_lists {
             envoy_eds.write("app", &[(pod.addr, Health::Serving)]);
@@ -312,7 +277,7 @@ async fn eds_behind(run: u64) -> Run {
     let ready = Instant::now();
     r.pod.set_ready(true);
     r.mulligan_eds.write(r.pod.addr, "HEALTHY");
-    let seen = until_state(&r.mulligan, r.pod.addr, "ready").await;
+    let seen = r.mulligan.until_endpoint_state(r.pod.addr, "ready").await;
     tokio::time::sleep_until((seen + EDS_LAG).into()).await;
     let written = Instant::now();
     r.envoy_eds.write("app", &[(r.pod.addr, Health::Serving)]);
@@ -335,7 +300,7 @@ async fn already_listed(run: u64) -> Run {
     let ready = Instant::now();
     r.pod.set_ready(true);
     r.mulligan_eds.write(r.pod.addr, "HEALTHY");
-    let seen = until_state(&r.mulligan, r.pod.addr, "ready").await;
+    let seen = r.mulligan.until_endpoint_state(r.pod.addr, "ready").await;
     println!(
         "    mulligan saw it ready {:+.1} ms after the pod became ready",
         since(ready, seen)

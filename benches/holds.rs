@@ -217,22 +217,6 @@ async fn nonzero(stack: &Stack, part: &str) -> Vec<String> {
         .collect()
 }
 
-/// mulligan's state of `addr` ("" when it does not know it).
-async fn state_of(stack: &Stack, addr: SocketAddr) -> String {
-    let r = client::get(stack.mulligan.admin, "/v1/endpoints?cluster=app")
-        .await
-        .expect("list endpoints");
-    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
-    v["endpoints"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| e["address"] == addr.to_string())
-        .and_then(|e| e["state"].as_str())
-        .unwrap_or_default()
-        .to_string()
-}
-
 async fn start(s: &Scenario, hold_secs: u64) -> Stack {
     let pod = Pod::start("app", PodState::Booting).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -267,7 +251,7 @@ async fn start(s: &Scenario, hold_secs: u64) -> Stack {
     let addr = stack.pods[0].addr;
     let until = Instant::now() + rig::LOADED;
     loop {
-        let st = state_of(&stack, addr).await;
+        let st = stack.mulligan.endpoint_state(addr).await;
         if st == "not_ready" {
             break;
         }

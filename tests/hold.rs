@@ -37,7 +37,6 @@ use rig::{
     pods::{Pod, PodState},
     render, Stack,
 };
-use serde_json::Value;
 
 /// mulligan started with `toml` as its config file (plus `args`).
 async fn mulligan_with(toml: &str, args: &[&str]) -> Mulligan {
@@ -48,38 +47,6 @@ async fn mulligan_with(toml: &str, args: &[&str]) -> Mulligan {
     all.extend_from_slice(args);
     // mulligan has read the file by the time it announces its ports.
     Mulligan::start(&all).await
-}
-
-/// mulligan's state of `addr` in cluster `app` ("" when it does not know it).
-async fn state_of(m: &Mulligan, addr: SocketAddr) -> String {
-    let r = client::get(m.admin, "/v1/endpoints?cluster=app")
-        .await
-        .expect("list endpoints");
-    let v: Value = serde_json::from_slice(&r.body).expect("json");
-    v["endpoints"]
-        .as_array()
-        .expect("endpoints")
-        .iter()
-        .find(|e| e["address"] == addr.to_string())
-        .and_then(|e| e["state"].as_str())
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Waits until mulligan's registry has `addr` in `state`.
-async fn until_state(m: &Mulligan, addr: SocketAddr, state: &str) {
-    let deadline = Instant::now() + rig::LOADED;
-    loop {
-        let now = state_of(m, addr).await;
-        if now == state {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{addr} is {now:?} in mulligan, want {state:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// One request through `front`: a GET for even `i`, a POST with a body
@@ -161,7 +128,7 @@ async fn static_a_held_request_is_served_once_the_probe_sees_the_pod_ready() {
         &[],
     )
     .await;
-    until_state(&m, pod.addr, "not_ready").await;
+    m.until_endpoint_state(pod.addr, "not_ready").await;
     let envoy = Envoy::start(&render::tolerant(&[pod.addr], m.grpc.port(), &[])).await;
     let tasks = held(&m, &envoy, 2).await;
     assert_eq!(pod.rejected(), 2, "each first attempt met the booting pod");
@@ -184,7 +151,7 @@ async fn static_a_held_request_is_served_once_the_lifecycle_api_says_ready() {
             &["--endpoints", &list, "--control-listen", "127.0.0.1:0"],
         )
         .await;
-        until_state(&m, pod.addr, "not_ready").await;
+        m.until_endpoint_state(pod.addr, "not_ready").await;
         let envoy = Envoy::start(&render::tolerant(&[pod.addr], m.grpc.port(), &[])).await;
         let tasks = held(&m, &envoy, 2).await;
         pod.set_state(PodState::Ready).await;
@@ -277,7 +244,7 @@ impl Kube {
             ),
         );
         self.pods.insert(name.to_string(), (addr, cond));
-        until_state(&self.mulligan, addr, state).await;
+        self.mulligan.until_endpoint_state(addr, state).await;
     }
 
     /// The pod `name` at `addr` is gone: its EndpointSlice is deleted,
@@ -286,7 +253,7 @@ impl Kube {
         self.api
             .delete("endpointslices", &format!("backend-{name}"));
         self.pods.remove(name);
-        until_state(&self.mulligan, addr, "").await;
+        self.mulligan.until_endpoint_state(addr, "").await;
         self.push_eds();
     }
 
@@ -446,7 +413,7 @@ async fn held_requests_are_released_at_the_configured_pace() {
         &["--endpoints", &list],
     )
     .await;
-    until_state(&m, pod.addr, "not_ready").await;
+    m.until_endpoint_state(pod.addr, "not_ready").await;
     let envoy = Envoy::start(&render::tolerant(&[pod.addr], m.grpc.port(), &[])).await;
     let tasks = held(&m, &envoy, N).await;
     let became_ready = Instant::now();

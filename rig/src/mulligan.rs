@@ -111,6 +111,41 @@ impl Mulligan {
             .join("\n")
     }
 
+    /// The state mulligan's registry gives `addr` in cluster `app` (`""`
+    /// when it does not list it), from `/v1/endpoints`.
+    pub async fn endpoint_state(&self, addr: SocketAddr) -> String {
+        let r = client::get(self.admin, "/v1/endpoints?cluster=app")
+            .await
+            .expect("list endpoints");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+        v["endpoints"]
+            .as_array()
+            .expect("endpoints")
+            .iter()
+            .find(|e| e["address"] == addr.to_string())
+            .and_then(|e| e["state"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Waits (polling every 2 ms, up to [`crate::LOADED`]) until mulligan's
+    /// registry has `addr` in `state`; returns when it first saw it so.
+    pub async fn until_endpoint_state(&self, addr: SocketAddr, state: &str) -> std::time::Instant {
+        let deadline = std::time::Instant::now() + crate::LOADED;
+        loop {
+            let now = self.endpoint_state(addr).await;
+            if now == state {
+                return std::time::Instant::now();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr} is {now:?} in mulligan after {:?}, want {state:?}",
+                crate::LOADED
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// mulligan as it runs beside Envoy Gateway: knowing `pods` as the
     /// endpoints of `cluster` (Envoy Gateway's name for their Service) and
     /// learning their readiness from their probe ([`PROBED`]).
