@@ -98,14 +98,31 @@ impl ErrorCause {
     }
 }
 
+/// A failed response in a line: its status, the pod state header if any,
+/// and the start of its body.
+fn seen(r: &client::Reply) -> String {
+    let body = String::from_utf8_lossy(&r.body);
+    let body: String = body.chars().take(160).collect();
+    let pod = r
+        .headers
+        .get("x-pod-state")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let body = body.trim().replace(['\n', '`'], " ");
+    format!("{} (pod {pod}): {body}", r.status.as_u16())
+}
+
 /// One request's fate.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Sample {
     /// Intended send time, ms since the run started.
     pub at_ms: u64,
     /// From the intended send time to the last byte.
     pub latency_us: u64,
     pub error: Option<ErrorCause>,
+    /// A failure as the client saw it (status and the body's start), so a
+    /// report can show what each cause looked like.
+    pub seen: Option<String>,
     pub post: bool,
 }
 
@@ -164,11 +181,16 @@ pub async fn run(
                 Ok(r) => ErrorCause::of(r),
                 Err(_) => Some(ErrorCause::Client),
             };
+            let seen = error.map(|_| match &r {
+                Ok(r) => seen(r),
+                Err(e) => e.to_string(),
+            });
             progress.lock().unwrap()[slot] += 1;
             Sample {
                 at_ms: intended.duration_since(start).as_millis() as u64,
                 latency_us: intended.elapsed().as_micros() as u64,
                 error,
+                seen,
                 post,
             }
         });

@@ -52,6 +52,8 @@ pub struct VariantResult {
     /// The same, of POSTs only: a POST the app may have run is never sent
     /// again (by Envoy alone or with mulligan), so its failure stands.
     pub post_errors_by_cause: BTreeMap<&'static str, u64>,
+    /// The first failure of each cause as the client saw it.
+    pub seen_by_cause: BTreeMap<&'static str, String>,
     /// Requests that reached a pod (rejected ones included) per client request.
     pub amplification: f64,
     /// Requests an app ran more than once (the pods count each request id).
@@ -87,6 +89,7 @@ impl VariantResult {
         let mut failed = Histogram::<u64>::new(3).expect("histogram");
         let mut by_cause: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut post_by_cause: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut seen_by_cause: BTreeMap<&'static str, String> = BTreeMap::new();
         let seconds = duration_s.ceil() as usize + 1;
         let mut per_second = vec![0u64; seconds];
         let mut rollout_errors = 0;
@@ -95,6 +98,11 @@ impl VariantResult {
             if let Some(c) = s.error {
                 let _ = failed.record(s.latency_us.max(1));
                 *by_cause.entry(c.as_str()).or_default() += 1;
+                if let Some(seen) = &s.seen {
+                    seen_by_cause
+                        .entry(c.as_str())
+                        .or_insert_with(|| seen.clone());
+                }
                 if s.post {
                     *post_by_cause.entry(c.as_str()).or_default() += 1;
                 }
@@ -118,6 +126,7 @@ impl VariantResult {
             rollout_errors,
             errors_by_cause: by_cause,
             post_errors_by_cause: post_by_cause,
+            seen_by_cause,
             amplification: arrivals as f64 / requests.max(1) as f64,
             ran_twice: 0,
             processed: 0.0,
@@ -206,6 +215,19 @@ impl ScenarioResult {
         }
         out.push('\n');
         out.push_str(&self.resources_markdown());
+        out.push_str(&self.seen_markdown());
+        out
+    }
+
+    /// What the first failure of each cause looked like, per variant.
+    fn seen_markdown(&self) -> String {
+        let mut out = String::new();
+        for v in self.variants.iter().filter(|v| !v.seen_by_cause.is_empty()) {
+            out.push_str(&format!("\nFirst failure of each cause, {}:\n", v.label));
+            for (cause, seen) in &v.seen_by_cause {
+                out.push_str(&format!("- {cause}: `{seen}`\n"));
+            }
+        }
         out
     }
 
