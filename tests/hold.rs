@@ -221,7 +221,7 @@ impl Kube {
     /// Envoy Gateway's EDS follows.
     async fn set(&mut self, name: &str, addr: SocketAddr, cond: (bool, bool, bool), state: &str) {
         self.tell_api(name, addr, cond, state).await;
-        self.push_eds();
+        self.push_eds().await;
     }
 
     /// The API server's part of [`Kube::set`]: mulligan sees it, Envoy not
@@ -254,7 +254,7 @@ impl Kube {
             .delete("endpointslices", &format!("backend-{name}"));
         self.pods.remove(name);
         self.mulligan.until_endpoint_state(addr, "").await;
-        self.push_eds();
+        self.push_eds().await;
     }
 
     /// Waits until mulligan counts `n` pods of cluster `app` coming up.
@@ -269,14 +269,19 @@ impl Kube {
             .await;
     }
 
-    /// Envoy Gateway's part: EDS for every pod's current conditions.
-    fn push_eds(&self) {
+    /// Envoy Gateway's part: EDS for every pod's current conditions,
+    /// returning once Envoy has applied it (a request sent next meets
+    /// Envoy's new list, not the old one).
+    async fn push_eds(&self) {
         let listed: Vec<_> = self
             .pods
             .values()
             .filter_map(|(a, (_, s, t))| gateway_health(*s, *t).map(|h| (*a, h)))
             .collect();
+        const APPLIED: &str = "cluster.app.update_success";
+        let before = self.envoy.stat(APPLIED).await;
         self.eds.write("app", &listed);
+        self.envoy.until_stat_above(APPLIED, before).await;
     }
 }
 
@@ -306,7 +311,7 @@ async fn kubernetes_a_held_request_is_served_by_a_pod_that_becomes_ready() {
             rig::LOADED,
         )
         .await;
-    k.push_eds();
+    k.push_eds().await;
     served_once_by(&pod, tasks).await;
 }
 
