@@ -461,8 +461,13 @@ impl Eds {
         tokio::spawn(async move {
             while let Some((due, [plain, with_hold])) = rx.recv().await {
                 tokio::time::sleep_until(due).await;
-                write_atomic(&path, &plain);
-                write_atomic(&hold_path, &with_hold);
+                let written = try_write_atomic(&path, &plain)
+                    .and_then(|()| try_write_atomic(&hold_path, &with_hold));
+                if written.is_err() {
+                    // The run is over and its directory gone: an update
+                    // still in the lag has no Envoy left to read it.
+                    return;
+                }
             }
         });
         Eds {
@@ -485,7 +490,11 @@ impl Eds {
 /// Write to a temporary file beside `path`, then rename: readers never see
 /// half a file.
 pub fn write_atomic(path: &Path, text: &str) {
+    try_write_atomic(path, text).expect("write eds");
+}
+
+fn try_write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write eds");
-    std::fs::rename(&tmp, path).expect("rename eds");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
