@@ -41,7 +41,10 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    task::JoinSet,
+};
 
 /// Where a pod is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +96,23 @@ struct Shared {
     executions: Mutex<std::collections::HashMap<String, u32>>,
     /// Arrivals over HTTP/2 (Envoy speaks HTTP/1.1 to pods in the rig).
     http2: AtomicU64,
+    /// While gone: the pod's port, held (see [`hold_port`]).
+    held_port: Mutex<Option<TcpSocket>>,
+}
+
+/// Holds a gone pod's port: bound, never listening, so a connection is
+/// refused as by a pod that is gone, and no other socket of the test run
+/// takes the port meanwhile (the kernel hands out unbound ports first). A
+/// port given back instead could go to another test's pod or Envoy, which
+/// would then answer for the gone pod.
+fn hold_port(shared: &Shared, addr: SocketAddr) {
+    let held = TcpSocket::new_v4().and_then(|s| {
+        // Past the TIME_WAIT of the pod's own connections.
+        s.set_reuseaddr(true)?;
+        s.bind(addr)?;
+        Ok(s)
+    });
+    *shared.held_port.lock().unwrap() = held.ok();
 }
 
 /// A request as it reached a pod's application: what a test compares
@@ -162,6 +182,7 @@ impl Pod {
             http2: AtomicU64::new(0),
             seen: Mutex::new(Vec::new()),
             executions: Mutex::new(Default::default()),
+            held_port: Mutex::new(None),
         });
         let pod = Arc::new(Pod {
             addr,
@@ -172,6 +193,7 @@ impl Pod {
         });
         if state == PodState::Gone {
             drop(listener);
+            hold_port(&pod.shared, addr);
         } else {
             pod.serve(listener);
         }
@@ -197,7 +219,9 @@ impl Pod {
                 task.abort();
                 let _ = task.await;
             }
+            hold_port(&self.shared, self.addr);
         } else if was == PodState::Gone && state != PodState::Gone {
+            self.shared.held_port.lock().unwrap().take();
             let listener = TcpListener::bind(self.addr).await.expect("rebind pod port");
             self.serve(listener);
         }
@@ -255,6 +279,7 @@ impl Pod {
     fn serve(&self, listener: TcpListener) {
         let shared = Arc::clone(&self.shared);
         let tls = self.tls.clone();
+        let addr = self.addr;
         let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<Duration>();
         *self.stop.lock().unwrap() = Some(stop_tx);
         let task = tokio::spawn(async move {
@@ -264,6 +289,7 @@ impl Pod {
                 tokio::select! {
                     grace = &mut stop => {
                         drop(listener);
+                        hold_port(&shared, addr);
                         let grace = grace.unwrap_or_default();
                         let _ = tokio::time::timeout(grace, async {
                             while conns.join_next().await.is_some() {}
@@ -490,4 +516,48 @@ async fn record(
         });
     }
     Ok((parts, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a bind without `SO_REUSEADDR` gets `addr`: what the
+    /// kernel's choice of a port for `bind(0)` (every pod and Envoy
+    /// listener of the rig) asks first.
+    fn free(addr: SocketAddr) -> bool {
+        TcpSocket::new_v4().and_then(|s| s.bind(addr)).is_ok()
+    }
+
+    /// A gone pod refuses connections and keeps its port: another socket
+    /// of the run taking it would answer in the gone pod's place.
+    #[tokio::test]
+    async fn a_gone_pod_refuses_connections_and_keeps_its_port() {
+        for start in [PodState::Gone, PodState::Ready] {
+            let pod = Pod::start("p", start).await;
+            pod.set_state(PodState::Gone).await;
+            assert!(
+                !free(pod.addr),
+                "started {start:?}: the port was given back"
+            );
+            assert!(
+                tokio::net::TcpStream::connect(pod.addr).await.is_err(),
+                "started {start:?}: a gone pod accepted a connection"
+            );
+            pod.set_state(PodState::Ready).await;
+            let r = crate::client::get(pod.addr, "/").await;
+            assert!(r.is_ok_and(|r| r.status == 200), "started {start:?}: back");
+        }
+        let pod = Pod::start("p", PodState::Ready).await;
+        pod.exit(Duration::ZERO);
+        let deadline = tokio::time::Instant::now() + crate::LOADED;
+        while tokio::net::TcpStream::connect(pod.addr).await.is_ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "exit never closed the port"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(!free(pod.addr), "an exited pod's port was given back");
+    }
 }
