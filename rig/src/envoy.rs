@@ -188,19 +188,16 @@ impl Envoy {
     /// Waits until the counter or gauge `name` is above `value` (polled
     /// every 5 ms, for at most [`crate::LOADED`]).
     pub async fn until_stat_above(&self, name: &str, value: u64) {
-        let deadline = tokio::time::Instant::now() + crate::LOADED;
-        loop {
-            let now = self.stat(name).await;
-            if now > value {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{name} is still {now} after {:?}",
-                crate::LOADED
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let what = format!("{name}, want more than {value}");
+        let every = Duration::from_millis(5);
+        crate::poll_until(
+            &what,
+            crate::LOADED,
+            every,
+            || self.stat(name),
+            |&v| v > value,
+        )
+        .await;
     }
 
     /// Every stat whose name contains `part`, as text (for failure messages).

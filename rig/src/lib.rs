@@ -79,6 +79,30 @@ pub fn envoy_gateway_fixtures() -> std::path::PathBuf {
 /// requests reaching a hold) and may take seconds on a loaded 2-core one.
 pub const LOADED: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// Reads `read` every `every` until `done` says yes, and returns that
+/// reading; past `limit`, panics with the last reading. For admin
+/// counters and metrics: neither Envoy nor mulligan pushes a signal.
+pub async fn poll_until<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    what: &str,
+    limit: std::time::Duration,
+    every: std::time::Duration,
+    mut read: impl FnMut() -> F,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let now = read().await;
+        if done(&now) {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: still {now:?} after {limit:?}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Waits until `mulligan` holds `n` requests, up to [`LOADED`]. When they
 /// never all show, it says what Envoy and mulligan saw instead: Envoy timing
 /// mulligan out or failing open (`message_timeouts`, `failure_mode_allowed`)

@@ -169,18 +169,9 @@ impl Mulligan {
 
     /// Waits until `sample` reads more than `floor`.
     pub async fn wait_metric_above(&self, sample: &str, floor: f64, limit: Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let v = self.metric(sample).await;
-            if v > floor {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{sample} is {v}, want more than {floor} within {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let what = format!("{sample}, want more than {floor}");
+        let every = Duration::from_millis(10);
+        crate::poll_until(&what, limit, every, || self.metric(sample), |&v| v > floor).await;
     }
 
     /// Waits until `sample` reads `want`; panics with `what` after `limit`.
