@@ -127,19 +127,18 @@ async fn mulligan_on(eds: &Path) -> (Mulligan, tempfile::TempDir) {
 /// Waits (polling Envoy's admin every 2 ms) until `cluster.app` counts
 /// `healthy` healthy members (the hold endpoint is one); returns when.
 async fn until_envoy_healthy(envoy: &Envoy, healthy: u64) -> Instant {
-    let deadline = Instant::now() + rig::LOADED;
-    loop {
-        let now = envoy.stat("cluster.app.membership_healthy").await;
-        if now >= healthy {
-            return Instant::now();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cluster.app.membership_healthy is {now} after {:?}, want {healthy}",
-            rig::LOADED
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let stat = "cluster.app.membership_healthy";
+    let what = format!("{stat}, want {healthy}");
+    let every = Duration::from_millis(2);
+    rig::poll_until(
+        &what,
+        rig::LOADED,
+        every,
+        || envoy.stat(stat),
+        |&v| v >= healthy,
+    )
+    .await;
+    Instant::now()
 }
 
 /// One scenario's stack: the pod (booting), both EDS files, mulligan, Envoy.
@@ -183,7 +182,21 @@ impl Stage {
             .map(|i| tokio::spawn(request(front, i)))
             .collect();
         rig::wait_held(&self.mulligan, &self.envoy, REQUESTS).await;
+        println!("    {REQUESTS} held");
         tasks
+    }
+
+    /// The pod becomes ready and mulligan's EDS says so: when each
+    /// happened (the pod, then mulligan seeing it).
+    async fn pod_ready(&self) -> (Instant, Instant) {
+        let ready = Instant::now();
+        self.pod.set_ready(true);
+        self.mulligan_eds.write(self.pod.addr, "HEALTHY");
+        let seen = self
+            .mulligan
+            .until_endpoint_state(self.pod.addr, "ready")
+            .await;
+        (ready, seen)
     }
 }
 
@@ -273,11 +286,7 @@ async fn eds_behind(run: u64) -> Run {
     println!("\n### EDS behind, run {run}");
     let r = Stage::start(false).await;
     let tasks = r.hold().await;
-    println!("    {REQUESTS} held");
-    let ready = Instant::now();
-    r.pod.set_ready(true);
-    r.mulligan_eds.write(r.pod.addr, "HEALTHY");
-    let seen = r.mulligan.until_endpoint_state(r.pod.addr, "ready").await;
+    let (ready, seen) = r.pod_ready().await;
     tokio::time::sleep_until((seen + EDS_LAG).into()).await;
     let written = Instant::now();
     r.envoy_eds.write("app", &[(r.pod.addr, Health::Serving)]);
@@ -296,11 +305,7 @@ async fn already_listed(run: u64) -> Run {
     println!("\n### Envoy already lists it, run {run}");
     let r = Stage::start(true).await;
     let tasks = r.hold().await;
-    println!("    {REQUESTS} held");
-    let ready = Instant::now();
-    r.pod.set_ready(true);
-    r.mulligan_eds.write(r.pod.addr, "HEALTHY");
-    let seen = r.mulligan.until_endpoint_state(r.pod.addr, "ready").await;
+    let (ready, seen) = r.pod_ready().await;
     println!(
         "    mulligan saw it ready {:+.1} ms after the pod became ready",
         since(ready, seen)
